@@ -1,0 +1,643 @@
+"""Scores to loss weights: every scheme of the paper, as pure tensor functions.
+
+Notation (SPEC §2). Per target ``i``: ``l_i = -log p_long(x_i)`` and
+``s_i = -log p_short(x_i)``, natural-log NLL. A :class:`Scheme` turns ``(l, s)`` into
+weights in fixed stages:
+
+1. comparison: ``difference`` ``d = l - s`` or ``quotient`` ``d = (l + 1e-5) / (s + 1e-5)``
+2. transforms, in the order given: ``absolute`` ``|d|``, ``minus`` ``-d``, ``exp`` ``e^d``,
+   ``max`` ``max(d, 0)``, ``shift c`` ``d - log(c)``
+3. truncation ``gamma``: ``min(d, gamma)``
+4. sparsification ``kappa``: per sequence the ``floor(kappa * n)`` largest values become 1,
+   the rest 0 (at least one kept when ``n > 0``; ties broken at random, reproducibly)
+5. normalization ``L1``: ``n * d / sum|d|``; ``softmax``: ``n * softmax(d)``; an all-zero
+   sequence gets uniform weights
+6. interpolation ``lambda``: ``lambda + (1 - lambda) * w``
+
+``n`` is the number of valid targets of the sequence. Weights are detached float32; the
+loss is ``sum_i w_i * l_i / n_valid`` (:func:`weighted_nll_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from tokenweight.errors import TokenWeightError
+
+__all__ = [
+    "COMPARISONS",
+    "NORMALIZATIONS",
+    "TRANSFORMS",
+    "Scheme",
+    "Transform",
+    "compute_scores",
+    "compute_weights",
+    "weighted_nll_loss",
+]
+
+COMPARISONS = ("difference", "quotient")
+TRANSFORMS = ("absolute", "minus", "exp", "max", "shift")
+NORMALIZATIONS = ("l1", "softmax")
+QUOTIENT_EPS = 1e-5
+DEFAULT_SEED = 0
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise TokenWeightError(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TokenWeightError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise TokenWeightError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _fmt(x: float) -> str:
+    """Shortest text that parses back to exactly ``x``."""
+    return repr(float(x)).removesuffix(".0") if float(x).is_integer() else repr(float(x))
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One element-wise transform of the comparison value.
+
+    ``name`` is one of ``absolute``, ``minus``, ``exp``, ``max``, ``shift``; ``shift``
+    carries ``c > 0`` and computes ``d - log(c)``.
+    """
+
+    name: str
+    c: float | None = None
+
+    def __post_init__(self) -> None:
+        name = str(self.name).strip().lower()
+        if name not in TRANSFORMS:
+            raise TokenWeightError(
+                f"unknown transform {self.name!r}; allowed: absolute, minus, exp, max, shift C"
+            )
+        object.__setattr__(self, "name", name)
+        if name == "shift":
+            if self.c is None:
+                raise TokenWeightError("transform 'shift' needs a constant c > 0, e.g. 'shift 2'")
+            c = _number(self.c, "shift constant c")
+            if c <= 0:
+                raise TokenWeightError(f"shift constant c must be > 0, got {self.c!r}")
+            object.__setattr__(self, "c", c)
+        elif self.c is not None:
+            raise TokenWeightError(f"transform {name!r} takes no constant (got {self.c!r})")
+
+    @classmethod
+    def parse(cls, value: str | Transform | Mapping[str, Any]) -> Transform:
+        """Accept ``"absolute"``, ``"shift 2"``, ``"shift=2"``, ``"shift(2)"``,
+        ``{"shift": 2}`` or a :class:`Transform`."""
+        if isinstance(value, Transform):
+            return value
+        if isinstance(value, Mapping):
+            if len(value) != 1:
+                raise TokenWeightError(
+                    f"a transform given as a mapping needs exactly one key, got {dict(value)!r}"
+                )
+            ((name, c),) = value.items()
+            return cls(str(name), c)
+        if not isinstance(value, str):
+            raise TokenWeightError(f"a transform must be text such as 'absolute', got {value!r}")
+        match = re.fullmatch(r"\s*([A-Za-z_]+)\s*(?:[\s:=(]\s*([^\s)]+)\s*\)?)?\s*", value)
+        if not match:
+            raise TokenWeightError(
+                f"cannot read transform {value!r}; allowed: absolute, minus, exp, max, shift C"
+            )
+        name, arg = match.groups()
+        return cls(name, arg)
+
+    def __str__(self) -> str:
+        return f"shift({_fmt(self.c)})" if self.name == "shift" else self.name
+
+
+_PRESETS = ("uniform", "dense", "sparse", "longce", "ppmi", "npmi", "rho1")
+_ALIASES = {
+    "gamma": "truncation",
+    "kappa": "sparsification",
+    "lambda": "interpolation",
+    "lam": "interpolation",
+    "norm": "normalization",
+}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An immutable, validated token-weighting scheme (SPEC §2).
+
+    ``comparison=None`` means uniform weights (plain cross-entropy); every other field
+    must then be unset. Use the presets (:meth:`dense`, :meth:`sparse`, ...) or
+    :meth:`parse` rather than spelling out fields, unless you compose your own scheme.
+    """
+
+    comparison: str | None = None
+    transforms: tuple[Transform, ...] = field(default=())
+    truncation: float | None = None
+    sparsification: float | None = None
+    normalization: str | None = None
+    interpolation: float | None = None
+
+    def __post_init__(self) -> None:
+        comparison = self.comparison
+        if comparison is not None:
+            comparison = str(comparison).strip().lower()
+            if comparison in ("none", ""):
+                comparison = None
+            elif comparison not in COMPARISONS:
+                raise TokenWeightError(
+                    f"unknown comparison {self.comparison!r}; allowed: difference, quotient"
+                )
+        object.__setattr__(self, "comparison", comparison)
+
+        transforms = self.transforms
+        if isinstance(transforms, str):
+            transforms = _split_transforms(transforms)
+        elif isinstance(transforms, (Transform, Mapping)):
+            transforms = [transforms]
+        try:
+            transforms = tuple(Transform.parse(t) for t in transforms)
+        except TypeError:
+            raise TokenWeightError(
+                f"transforms must be a list such as ['absolute'], got {self.transforms!r}"
+            ) from None
+        object.__setattr__(self, "transforms", transforms)
+
+        if self.truncation is not None:
+            object.__setattr__(self, "truncation", _number(self.truncation, "truncation gamma"))
+        if self.sparsification is not None:
+            kappa = _number(self.sparsification, "sparsification kappa")
+            if not 0 < kappa <= 1:
+                raise TokenWeightError(
+                    f"sparsification kappa must be in (0, 1], got {self.sparsification!r}"
+                )
+            object.__setattr__(self, "sparsification", kappa)
+        normalization = self.normalization
+        if normalization is not None:
+            normalization = str(normalization).strip().lower()
+            if normalization in ("none", ""):
+                normalization = None
+            elif normalization not in NORMALIZATIONS:
+                raise TokenWeightError(
+                    f"unknown normalization {self.normalization!r}; allowed: L1, softmax, none"
+                )
+        object.__setattr__(self, "normalization", normalization)
+        if self.interpolation is not None:
+            lam = _number(self.interpolation, "interpolation lambda")
+            if not 0 <= lam <= 1:
+                raise TokenWeightError(
+                    f"interpolation lambda must be in [0, 1], got {self.interpolation!r}"
+                )
+            object.__setattr__(self, "interpolation", lam)
+
+        if comparison is None and (
+            transforms
+            or self.truncation is not None
+            or self.sparsification is not None
+            or normalization is not None
+            or self.interpolation is not None
+        ):
+            raise TokenWeightError(
+                "a scheme without a comparison is uniform and takes no other fields; "
+                "set comparison to 'difference' or 'quotient'"
+            )
+
+    # ----------------------------------------------------------------- presets
+    @classmethod
+    def uniform(cls) -> Scheme:
+        """Weight 1 for every valid target: plain cross-entropy (the baseline)."""
+        return cls()
+
+    @classmethod
+    def dense(cls, lam: float) -> Scheme:
+        """Dense lambda: ``|l - s|``, L1-normalized, interpolated with uniform by ``lam``."""
+        return cls("difference", ("absolute",), normalization="l1", interpolation=lam)
+
+    @classmethod
+    def sparse(cls, kappa: float) -> Scheme:
+        """Sparse kappa: the top ``kappa`` fraction by ``|l - s|`` share the loss."""
+        return cls("difference", ("absolute",), sparsification=kappa, normalization="l1")
+
+    @classmethod
+    def longce(cls, gamma: float = 5.0) -> Scheme:
+        """LongCE (Fang et al. 2025): ``min(p_long / p_short, gamma)``."""
+        return cls("difference", ("minus", "exp"), truncation=gamma)
+
+    @classmethod
+    def ppmi(cls, c: float, kappa: float) -> Scheme:
+        """PPMI c: ``max(s - l - log c, 0)``, top ``kappa`` kept, L1-normalized."""
+        return cls(
+            "difference",
+            ("minus", Transform("shift", c), "max"),
+            sparsification=kappa,
+            normalization="l1",
+        )
+
+    @classmethod
+    def npmi(cls, c: float, kappa: float) -> Scheme:
+        """NPMI c: ``max(l - s - log c, 0)``, top ``kappa`` kept, L1-normalized."""
+        return cls(
+            "difference", (Transform("shift", c), "max"), sparsification=kappa, normalization="l1"
+        )
+
+    @classmethod
+    def rho1(cls, kappa: float) -> Scheme:
+        """Rho-1 style selection (Lin et al. 2024): top ``kappa`` by ``l - s_ref``, averaged.
+
+        Use a reference model as the short-context scorer.
+        """
+        return cls("difference", (), sparsification=kappa, normalization="l1")
+
+    # ----------------------------------------------------------------- text / dict
+    @property
+    def is_uniform(self) -> bool:
+        return self.comparison is None
+
+    def _preset_form(self) -> str | None:
+        if self.is_uniform:
+            return "uniform"
+        try:
+            if self.truncation is not None and self == Scheme.longce(self.truncation):
+                return f"longce:{_fmt(self.truncation)}"
+            if self.interpolation is not None and self == Scheme.dense(self.interpolation):
+                return f"dense:{_fmt(self.interpolation)}"
+            if self.sparsification is not None:
+                kappa = self.sparsification
+                if self == Scheme.sparse(kappa):
+                    return f"sparse:{_fmt(kappa)}"
+                if self == Scheme.rho1(kappa):
+                    return f"rho1:{_fmt(kappa)}"
+                shifts = [t.c for t in self.transforms if t.name == "shift"]
+                if len(shifts) == 1:
+                    c = shifts[0]
+                    if self == Scheme.ppmi(c, kappa):
+                        return f"ppmi:c={_fmt(c)},kappa={_fmt(kappa)}"
+                    if self == Scheme.npmi(c, kappa):
+                        return f"npmi:c={_fmt(c)},kappa={_fmt(kappa)}"
+        except TokenWeightError:
+            pass
+        return None
+
+    def __str__(self) -> str:
+        preset = self._preset_form()
+        if preset is not None:
+            return preset
+        parts = [f"comparison={self.comparison}"]
+        if self.transforms:
+            parts.append("transforms=" + "+".join(str(t) for t in self.transforms))
+        for name in ("truncation", "sparsification", "interpolation"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={_fmt(value)}")
+        if self.normalization is not None:
+            parts.append(f"normalization={self.normalization}")
+        return "custom:" + ",".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for YAML/JSON); :meth:`from_dict` reads it back."""
+        return {
+            "comparison": self.comparison,
+            "transforms": [str(t) for t in self.transforms],
+            "truncation": self.truncation,
+            "sparsification": self.sparsification,
+            "normalization": self.normalization,
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scheme:
+        """Build from a mapping of field names (aliases gamma, kappa, lambda accepted), or
+        from ``{"preset": "dense:0.75"}`` / ``{"name": "dense", "lambda": 0.75}``."""
+        if not isinstance(data, Mapping):
+            raise TokenWeightError(f"a scheme must be a mapping or text, got {data!r}")
+        data = dict(data)
+        if "preset" in data:
+            preset = data.pop("preset")
+            if data:
+                raise TokenWeightError(f"scheme 'preset' takes no other keys, got {sorted(data)}")
+            return cls.parse(str(preset))
+        if "name" in data:
+            name = str(data.pop("name"))
+            args = ",".join(f"{k}={v}" for k, v in data.items())
+            return cls.parse(f"{name}:{args}" if args else name)
+        valid = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = _ALIASES.get(str(key).lower(), str(key).lower())
+            if name not in valid:
+                raise TokenWeightError(
+                    f"unknown scheme field {key!r}; allowed: {', '.join(sorted(valid))} "
+                    "(or gamma, kappa, lambda)"
+                )
+            if name in kwargs:
+                raise TokenWeightError(f"scheme field {name!r} given twice")
+            kwargs[name] = value
+        if isinstance(kwargs.get("transforms"), str):
+            kwargs["transforms"] = _split_transforms(kwargs["transforms"])
+        if kwargs.get("transforms") is None:
+            kwargs.pop("transforms", None)
+        return cls(**kwargs)
+
+    @classmethod
+    def coerce(cls, value: Scheme | str | Mapping[str, Any]) -> Scheme:
+        """A :class:`Scheme` from a scheme, its text form or its dict form."""
+        if isinstance(value, Scheme):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        return cls.from_dict(value)
+
+    @classmethod
+    def parse(cls, text: str) -> Scheme:
+        """Read a scheme from text.
+
+        Accepted: ``uniform``, ``dense:0.75``, ``sparse:0.25``, ``longce:5``, ``rho1:0.6``,
+        ``ppmi:c=2,kappa=0.25``, ``npmi:c=2,kappa=0.25`` and the full form
+        ``custom:comparison=difference,transforms=minus+shift(2)+max,truncation=5,
+        sparsification=0.25,normalization=l1,interpolation=0.5`` (every field optional
+        except comparison). ``str(scheme)`` always parses back to an equal scheme.
+        """
+        if not isinstance(text, str):
+            raise TokenWeightError(f"a scheme must be text such as 'dense:0.75', got {text!r}")
+        name, _, rest = text.strip().partition(":")
+        name = name.strip().lower()
+        rest = rest.strip()
+        try:
+            if name == "uniform":
+                if rest:
+                    raise TokenWeightError("'uniform' takes no parameters")
+                return cls.uniform()
+            if name in ("dense", "sparse", "longce", "rho1"):
+                key = {"dense": "lambda", "sparse": "kappa", "longce": "gamma", "rho1": "kappa"}
+                args = _parse_args(rest, positional=key[name], allowed={key[name]})
+                if name == "longce" and not args:
+                    return cls.longce()
+                if key[name] not in args:
+                    raise TokenWeightError(f"'{name}' needs {key[name]}, e.g. '{name}:0.5'")
+                value = args[key[name]]
+                return {
+                    "dense": cls.dense,
+                    "sparse": cls.sparse,
+                    "longce": cls.longce,
+                    "rho1": cls.rho1,
+                }[name](value)
+            if name in ("ppmi", "npmi"):
+                args = _parse_args(rest, positional=None, allowed={"c", "kappa"})
+                missing = {"c", "kappa"} - set(args)
+                if missing:
+                    raise TokenWeightError(
+                        f"'{name}' needs c and kappa, e.g. '{name}:c=2,kappa=0.25'"
+                    )
+                return (cls.ppmi if name == "ppmi" else cls.npmi)(args["c"], args["kappa"])
+            if name in ("custom", "scheme"):
+                args = _parse_args(rest, positional=None, allowed=None, numeric=False)
+                return cls.from_dict(args)
+        except TokenWeightError as exc:
+            raise TokenWeightError(f"cannot read scheme {text!r}: {exc}") from None
+        raise TokenWeightError(
+            f"unknown scheme {text!r}; use one of uniform, dense:LAMBDA, sparse:KAPPA, "
+            "longce:GAMMA, ppmi:c=C,kappa=K, npmi:c=C,kappa=K, rho1:KAPPA, or "
+            "custom:comparison=...,transforms=a+b,truncation=...,sparsification=...,"
+            "normalization=...,interpolation=..."
+        )
+
+
+def _split_transforms(text: str) -> list[str]:
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return []
+    return [part for part in re.split(r"[+;|]", text) if part.strip()]
+
+
+def _parse_args(
+    text: str, *, positional: str | None, allowed: set[str] | None, numeric: bool = True
+) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if not text:
+        return args
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise TokenWeightError("empty parameter (stray comma)")
+        key, eq, value = part.partition("=")
+        if not eq:
+            if positional is None or args:
+                raise TokenWeightError(f"expected key=value, got {part!r}")
+            key, value = positional, part
+        key = key.strip().lower()
+        if allowed is not None:
+            key = {
+                "lam": "lambda",
+                "interpolation": "lambda",
+                "sparsification": "kappa",
+                "truncation": "gamma",
+            }.get(key, key)
+            if key not in allowed:
+                raise TokenWeightError(
+                    f"unknown parameter {key!r}; allowed: {', '.join(sorted(allowed))}"
+                )
+        if key in args:
+            raise TokenWeightError(f"parameter {key!r} given twice")
+        args[key] = _number(value.strip(), key) if numeric else value.strip()
+    return args
+
+
+# --------------------------------------------------------------------- tensor code
+def _check_nll(name: str, x: torch.Tensor, shape: torch.Size | None, mask: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TokenWeightError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TokenWeightError(f"{name} must be a float tensor, got {x.dtype}")
+    if x.dim() != 2:
+        raise TokenWeightError(f"{name} must have shape (batch, targets), got {tuple(x.shape)}")
+    if shape is not None and x.shape != shape:
+        raise TokenWeightError(
+            f"{name} has shape {tuple(x.shape)} but long_nll has {tuple(shape)}; they must match"
+        )
+    bad = ~torch.isfinite(x) & mask
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        value = float(x[row, col])
+        raise TokenWeightError(
+            f"{name} is not finite ({value}) at row {row}, target {col} "
+            f"({int(bad.sum())} such value(s)); check the model's dtype and the input data"
+        )
+
+
+def _prepare_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return torch.ones_like(like, dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor):
+        raise TokenWeightError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != like.shape:
+        raise TokenWeightError(
+            f"mask has shape {tuple(mask.shape)} but long_nll has {tuple(like.shape)}"
+        )
+    if mask.device != like.device:
+        raise TokenWeightError(f"mask is on {mask.device} but long_nll is on {like.device}")
+    if mask.dtype != torch.bool:
+        raise TokenWeightError(f"mask must be a bool tensor, got {mask.dtype}")
+    return mask
+
+
+def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """Stages 1-3 (comparison, transforms, truncation) as float32, without validation.
+
+    Shapes ``(batch, targets)``; units are nats (or nat ratios for ``quotient``).
+    """
+    long32, short32 = long_nll.detach().float(), short_nll.detach().float()
+    if scheme.comparison == "quotient":
+        d = (long32 + QUOTIENT_EPS) / (short32 + QUOTIENT_EPS)
+    else:
+        d = long32 - short32
+    for t in scheme.transforms:
+        if t.name == "absolute":
+            d = d.abs()
+        elif t.name == "minus":
+            d = -d
+        elif t.name == "exp":
+            d = d.exp()
+        elif t.name == "max":
+            d = d.clamp(min=0)
+        else:  # shift
+            d = d - math.log(t.c)
+    if scheme.truncation is not None:
+        d = d.clamp(max=scheme.truncation)
+    return d
+
+
+def _top_fraction(
+    d: torch.Tensor, mask: torch.Tensor, kappa: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """1.0 for the ``floor(kappa * n)`` largest valid values of each row (>= 1 if n > 0).
+
+    Ties are broken by a random permutation drawn from ``generator``: rows are first
+    shuffled, then sorted stably by value, so equal values keep their random order.
+    """
+    n = mask.sum(dim=-1, keepdim=True)
+    keep = torch.floor(n.double() * kappa).long()
+    keep = torch.where(n > 0, keep.clamp(min=1), keep)
+    if generator is None:
+        generator = torch.Generator().manual_seed(DEFAULT_SEED)
+    noise = torch.rand(d.shape, generator=generator, device=generator.device).to(d.device)
+    order = noise.argsort(dim=-1)
+    finite = d.nan_to_num(posinf=torch.finfo(d.dtype).max, neginf=torch.finfo(d.dtype).min)
+    keyed = torch.where(mask, finite, torch.full_like(d, -math.inf)).gather(-1, order)
+    # Stable sort by value: valid targets first, equal values keep their random order.
+    ranked = order.gather(-1, torch.sort(keyed, dim=-1, descending=True, stable=True).indices)
+    rank = torch.arange(d.shape[-1], device=d.device).expand_as(d)
+    selected = torch.zeros_like(d)
+    selected.scatter_(-1, ranked, (rank < keep).to(d.dtype))
+    return selected
+
+
+def compute_weights(
+    long_nll: torch.Tensor,
+    short_nll: torch.Tensor | None,
+    scheme: Scheme | str,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-target loss weights.
+
+    Args:
+        long_nll: ``(batch, targets)`` NLL in nats under the long context.
+        short_nll: ``(batch, targets)`` NLL in nats under the short context (may be
+            ``None`` for the uniform scheme).
+        scheme: a :class:`Scheme` or its text form (``"dense:0.75"``).
+        mask: ``(batch, targets)`` bool, True for valid targets. Invalid targets get
+            weight 0 and do not count in ``n``. Values at invalid positions are ignored
+            (they may be NaN).
+        generator: random source for breaking ties in sparsification; ``None`` uses a
+            fixed seed, so results are reproducible either way.
+
+    Returns:
+        Detached float32 weights, shape ``(batch, targets)``, 0 at invalid targets. For
+        normalized schemes they average exactly 1 over each row's valid targets (before
+        interpolation, which keeps the average at 1).
+    """
+    scheme = Scheme.coerce(scheme)
+    if not isinstance(long_nll, torch.Tensor):
+        raise TokenWeightError(f"long_nll must be a torch.Tensor, got {type(long_nll).__name__}")
+    mask = _prepare_mask(mask, long_nll)
+    _check_nll("long_nll", long_nll, None, mask)
+    if scheme.is_uniform:
+        return mask.float()
+    if short_nll is None:
+        raise TokenWeightError(f"scheme {scheme} needs short_nll, got None")
+    if isinstance(short_nll, torch.Tensor) and short_nll.device != long_nll.device:
+        raise TokenWeightError(
+            f"short_nll is on {short_nll.device} but long_nll is on {long_nll.device}"
+        )
+    _check_nll("short_nll", short_nll, long_nll.shape, mask)
+
+    with torch.no_grad():
+        d = compute_scores(long_nll, short_nll, scheme)
+        d = torch.where(mask, d, torch.zeros_like(d))
+        n = mask.sum(dim=-1, keepdim=True).float()
+        if scheme.sparsification is not None:
+            d = _top_fraction(d, mask, scheme.sparsification, generator)
+        if scheme.normalization == "l1":
+            denom = d.abs().sum(dim=-1, keepdim=True)
+            d = torch.where(
+                denom > 0, n * d / denom.clamp(min=torch.finfo(d.dtype).tiny), torch.ones_like(d)
+            )
+        elif scheme.normalization == "softmax":
+            logits = torch.where(mask, d, torch.full_like(d, -math.inf))
+            all_zero = (d == 0).logical_or(~mask).all(dim=-1, keepdim=True)
+            soft = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # n == 0 rows: all -inf
+            d = torch.where(all_zero, torch.ones_like(d), n * soft)
+        if scheme.interpolation is not None:
+            lam = scheme.interpolation
+            d = lam + (1.0 - lam) * d
+        weights = torch.where(mask, d, torch.zeros_like(d))
+    if not bool(torch.isfinite(weights).all()):
+        raise TokenWeightError(
+            f"scheme {scheme} produced non-finite weights (overflow in 'exp'?); "
+            "add a truncation gamma or a normalization"
+        )
+    return weights.float()
+
+
+def weighted_nll_loss(
+    long_nll: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    num_items: int | float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``sum_i w_i * l_i / count``: the token-weighted loss (a scalar).
+
+    ``count`` is the number of valid targets (``mask.sum()``, or all targets without a
+    mask) unless ``num_items`` is given: pass the global number of valid targets when
+    gradients are accumulated over micro-batches or summed over processes, so that every
+    target counts the same. Weights are detached; the gradient flows through
+    ``long_nll`` only. Invalid targets contribute nothing, whatever their NLL.
+    """
+    if long_nll.shape != weights.shape:
+        raise TokenWeightError(
+            f"weights have shape {tuple(weights.shape)} but long_nll has {tuple(long_nll.shape)}"
+        )
+    if weights.device != long_nll.device:
+        raise TokenWeightError(f"weights are on {weights.device} but long_nll on {long_nll.device}")
+    weights = weights.detach().to(long_nll.dtype)
+    if mask is not None:
+        mask = _prepare_mask(mask, long_nll)
+        terms = torch.where(mask, weights * long_nll, torch.zeros_like(long_nll))
+        count = mask.sum()
+    else:
+        terms = weights * long_nll
+        count = long_nll.numel()
+    if num_items is not None:
+        count = num_items
+    if isinstance(count, torch.Tensor):
+        count = count.to(device=long_nll.device, dtype=terms.dtype)
+        return terms.sum() / count.clamp(min=1)
+    return terms.sum() / max(float(count), 1.0)

@@ -451,7 +451,9 @@ def _parse_args(
 
 
 # --------------------------------------------------------------------- tensor code
-def _check_nll(name: str, x: torch.Tensor, shape: torch.Size | None, mask: torch.Tensor) -> None:
+def _check_nll(
+    name: str, x: torch.Tensor, shape: torch.Size | None, mask: torch.Tensor | None
+) -> None:
     if not isinstance(x, torch.Tensor):
         raise TokenWeightError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -462,19 +464,26 @@ def _check_nll(name: str, x: torch.Tensor, shape: torch.Size | None, mask: torch
         raise TokenWeightError(
             f"{name} has shape {tuple(x.shape)} but long_nll has {tuple(shape)}; they must match"
         )
-    bad = ~torch.isfinite(x) & mask
-    if bool(bad.any()):
-        row, col = (int(i) for i in bad.nonzero()[0])
-        value = float(x[row, col])
-        raise TokenWeightError(
-            f"{name} is not finite ({value}) at row {row}, target {col} "
-            f"({int(bad.sum())} such value(s)); check the model's dtype and the input data"
-        )
+    if x.numel() == 0:
+        return
+    # Two cheap reductions (max/min propagate NaN) before the element-wise search.
+    valid = (
+        x if mask is None else torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    )
+    if bool(torch.isfinite(valid.amax())) and bool(torch.isfinite(valid.amin())):
+        return
+    bad = ~torch.isfinite(valid)
+    row, col = (int(i) for i in bad.nonzero()[0])
+    raise TokenWeightError(
+        f"{name} is not finite ({float(x[row, col])}) at row {row}, target {col} "
+        f"({int(bad.sum())} such value(s)); check the model's dtype and the input data"
+    )
 
 
-def _prepare_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def _check_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Validate ``mask``; an all-True mask becomes ``None`` (the fast path)."""
     if mask is None:
-        return torch.ones_like(like, dtype=torch.bool)
+        return None
     if not isinstance(mask, torch.Tensor):
         raise TokenWeightError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.shape != like.shape:
@@ -485,7 +494,7 @@ def _prepare_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
         raise TokenWeightError(f"mask is on {mask.device} but long_nll is on {like.device}")
     if mask.dtype != torch.bool:
         raise TokenWeightError(f"mask must be a bool tensor, got {mask.dtype}")
-    return mask
+    return None if bool(mask.all()) else mask
 
 
 def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Scheme) -> torch.Tensor:
@@ -500,43 +509,62 @@ def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Sche
         d = long32 - short32
     for t in scheme.transforms:
         if t.name == "absolute":
-            d = d.abs()
+            d = d.abs_()
         elif t.name == "minus":
-            d = -d
+            d = d.neg_()
         elif t.name == "exp":
-            d = d.exp()
+            d = d.exp_()
         elif t.name == "max":
-            d = d.clamp(min=0)
+            d = d.clamp_(min=0)
         else:  # shift
-            d = d - math.log(t.c)
+            d = d.sub_(math.log(t.c))
     if scheme.truncation is not None:
-        d = d.clamp(max=scheme.truncation)
+        d = d.clamp_(max=scheme.truncation)
     return d
 
 
 def _top_fraction(
-    d: torch.Tensor, mask: torch.Tensor, kappa: float, generator: torch.Generator | None
+    d: torch.Tensor,
+    mask: torch.Tensor | None,
+    n: torch.Tensor,
+    kappa: float,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """1.0 for the ``floor(kappa * n)`` largest valid values of each row (>= 1 if n > 0).
 
-    Ties are broken by a random permutation drawn from ``generator``: rows are first
-    shuffled, then sorted stably by value, so equal values keep their random order.
+    One partial sort (``topk``) finds each row's threshold value; everything above it is
+    kept. Among the targets equal to the threshold, the ones still needed are drawn at
+    random from ``generator`` (only when there is a choice to make).
     """
-    n = mask.sum(dim=-1, keepdim=True)
+    rows, cols = d.shape
     keep = torch.floor(n.double() * kappa).long()
     keep = torch.where(n > 0, keep.clamp(min=1), keep)
+    k_max = int(keep.max()) if rows else 0
+    if k_max == 0:
+        return torch.zeros_like(d)
+    keyed = d.nan_to_num(posinf=torch.finfo(d.dtype).max, neginf=torch.finfo(d.dtype).min)
+    if mask is not None:
+        keyed = torch.where(mask, keyed, torch.full_like(d, -math.inf))
+    top = torch.topk(keyed, k_max, dim=-1, sorted=True).values
+    threshold = top.gather(-1, (keep - 1).clamp(min=0))
+    threshold = torch.where(keep > 0, threshold, torch.full_like(threshold, math.inf))
+    above = keyed > threshold
+    tied = keyed == threshold
+    need = keep - above.sum(dim=-1, keepdim=True)
+    if bool((tied.sum(dim=-1, keepdim=True) == need).all()):
+        return (above | tied).to(d.dtype)
     if generator is None:
         generator = torch.Generator().manual_seed(DEFAULT_SEED)
-    noise = torch.rand(d.shape, generator=generator, device=generator.device).to(d.device)
-    order = noise.argsort(dim=-1)
-    finite = d.nan_to_num(posinf=torch.finfo(d.dtype).max, neginf=torch.finfo(d.dtype).min)
-    keyed = torch.where(mask, finite, torch.full_like(d, -math.inf)).gather(-1, order)
-    # Stable sort by value: valid targets first, equal values keep their random order.
-    ranked = order.gather(-1, torch.sort(keyed, dim=-1, descending=True, stable=True).indices)
-    rank = torch.arange(d.shape[-1], device=d.device).expand_as(d)
-    selected = torch.zeros_like(d)
-    selected.scatter_(-1, ranked, (rank < keep).to(d.dtype))
-    return selected
+    # Drawn target-major, so a longer (padded) row sees the same noise for its first
+    # targets: padding never changes which tied targets are kept.
+    noise = torch.rand(cols, rows, generator=generator, device=generator.device)
+    noise = torch.where(tied, noise.t().to(d.device), torch.full_like(d, 2.0))
+    need_max = int(need.max())
+    picked = torch.topk(noise, need_max, dim=-1, largest=False, sorted=True).indices
+    chosen = torch.zeros_like(d)
+    rank = torch.arange(need_max, device=d.device).expand(rows, need_max)
+    chosen.scatter_(-1, picked, (rank < need).to(d.dtype))
+    return (above.to(d.dtype) + chosen).clamp_(max=1)
 
 
 def compute_weights(
@@ -567,10 +595,10 @@ def compute_weights(
     scheme = Scheme.coerce(scheme)
     if not isinstance(long_nll, torch.Tensor):
         raise TokenWeightError(f"long_nll must be a torch.Tensor, got {type(long_nll).__name__}")
-    mask = _prepare_mask(mask, long_nll)
+    mask = _check_mask(mask, long_nll)
     _check_nll("long_nll", long_nll, None, mask)
     if scheme.is_uniform:
-        return mask.float()
+        return torch.ones_like(long_nll, dtype=torch.float32) if mask is None else mask.float()
     if short_nll is None:
         raise TokenWeightError(f"scheme {scheme} needs short_nll, got None")
     if isinstance(short_nll, torch.Tensor) and short_nll.device != long_nll.device:
@@ -581,30 +609,33 @@ def compute_weights(
 
     with torch.no_grad():
         d = compute_scores(long_nll, short_nll, scheme)
-        d = torch.where(mask, d, torch.zeros_like(d))
-        n = mask.sum(dim=-1, keepdim=True).float()
+        if mask is not None:
+            d = torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
+            n = mask.sum(dim=-1, keepdim=True)
+        else:
+            n = torch.full((d.shape[0], 1), d.shape[1], dtype=torch.long, device=d.device)
         if scheme.sparsification is not None:
-            d = _top_fraction(d, mask, scheme.sparsification, generator)
+            d = _top_fraction(d, mask, n, scheme.sparsification, generator)
         if scheme.normalization == "l1":
             denom = d.abs().sum(dim=-1, keepdim=True)
-            d = torch.where(
-                denom > 0, n * d / denom.clamp(min=torch.finfo(d.dtype).tiny), torch.ones_like(d)
-            )
+            scale = torch.where(denom > 0, n / denom.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
+            d = torch.where(denom > 0, d.mul_(scale), torch.ones_like(d))
         elif scheme.normalization == "softmax":
-            logits = torch.where(mask, d, torch.full_like(d, -math.inf))
-            all_zero = (d == 0).logical_or(~mask).all(dim=-1, keepdim=True)
-            soft = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # n == 0 rows: all -inf
-            d = torch.where(all_zero, torch.ones_like(d), n * soft)
+            logits = d if mask is None else torch.where(mask, d, -math.inf)
+            all_zero = (logits == 0).logical_or_(logits == -math.inf).all(dim=-1, keepdim=True)
+            soft = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # n == 0 rows: all -inf
+            d = torch.where(all_zero, torch.ones_like(d), soft.mul_(n))
         if scheme.interpolation is not None:
             lam = scheme.interpolation
-            d = lam + (1.0 - lam) * d
-        weights = torch.where(mask, d, torch.zeros_like(d))
-    if not bool(torch.isfinite(weights).all()):
+            d = d.mul_(1.0 - lam).add_(lam)
+        if mask is not None:
+            d = torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
+    if any(t.name == "exp" for t in scheme.transforms) and not bool(torch.isfinite(d).all()):
         raise TokenWeightError(
-            f"scheme {scheme} produced non-finite weights (overflow in 'exp'?); "
+            f"scheme {scheme} produced non-finite weights (overflow in 'exp'); "
             "add a truncation gamma or a normalization"
         )
-    return weights.float()
+    return d.float()
 
 
 def weighted_nll_loss(
@@ -628,8 +659,8 @@ def weighted_nll_loss(
     if weights.device != long_nll.device:
         raise TokenWeightError(f"weights are on {weights.device} but long_nll on {long_nll.device}")
     weights = weights.detach().to(long_nll.dtype)
+    mask = _check_mask(mask, long_nll)
     if mask is not None:
-        mask = _prepare_mask(mask, long_nll)
         terms = torch.where(mask, weights * long_nll, torch.zeros_like(long_nll))
         count = mask.sum()
     else:

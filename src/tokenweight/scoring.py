@@ -1,0 +1,505 @@
+"""Short-context NLL: the first step of token weighting (SPEC §3).
+
+Every target of a long sequence is predicted again from at most ``window`` tokens.
+Windows of length ``window`` start at ``0, stride, 2*stride, ...``; the last one ends at
+the sequence end. Window 0 gives the NLL of targets ``1 .. window-1``; every later window
+gives its last ``stride`` targets (the final one: whatever is left), so each target
+``t >= window`` is predicted from between ``window - stride`` and ``window - 1`` tokens.
+With ``bos_token_id``, a later window's first token is replaced by BOS.
+
+All windows of all sequences of a batch go through the model together,
+``windows_per_batch`` at a time, in eval mode and without gradient, and the NLL comes from
+:func:`tokenweight.losses.model_token_nll` (no full-vocabulary logits).
+
+Scorers share one interface, ``scorer(batch, long_nll, model=None) -> short_nll``:
+``self`` (the model being trained), ``model`` (a frozen or smaller model) and
+``precomputed`` (stored with the data by ``tokenweight score``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokenweight.errors import TokenWeightError
+
+__all__ = [
+    "ModelScorer",
+    "PrecomputedScorer",
+    "Scorer",
+    "SelfScorer",
+    "WindowPlan",
+    "build_scorer",
+    "plan_stride",
+    "plan_windows",
+    "short_context_nll",
+]
+
+
+def plan_stride(seq_len: int, window: int) -> int:
+    """The stride for scoring a ``seq_len``-token sequence with ``window``-token windows.
+
+    The paper's choice is the smallest stride that costs ``seq_len / window`` windows
+    after the first: ``window * (1 - window / seq_len)`` (6144 for 32768 / 8192). With
+    ``m`` later windows that ideal stride needs, this returns the smallest integer stride
+    that still covers the sequence with ``m`` windows, ``ceil((seq_len - window) / m)``:
+    same cost, most context. It divides ``seq_len - window`` exactly whenever one of
+    ``m`` or ``m + 1`` windows can do so (then the window-to-target assignment is exactly
+    the paper's); otherwise the last window is aligned to the sequence end.
+    Sequences no longer than the window need a single window (the stride is moot; the
+    window length is returned).
+    """
+    _check_window(window)
+    if seq_len <= window:
+        return window
+    span = seq_len - window
+    ideal = max(1, math.floor(window * (1 - window / seq_len)))
+    later = math.ceil(span / ideal)
+    for m in (later, later + 1):
+        if span % m == 0 and span // m <= window - 1:
+            return span // m
+    return min(window - 1, math.ceil(span / later))
+
+
+def _check_window(window: int) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise TokenWeightError(f"window must be an integer >= 2 (tokens), got {window!r}")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Which window predicts which targets.
+
+    ``starts[k]`` is the first token of window ``k`` (window 0 starts at 0), and window
+    ``k > 0`` contributes its last ``counts[k]`` targets. Window 0 contributes targets
+    ``1 .. min(window, seq_len) - 1``.
+    """
+
+    seq_len: int
+    window: int
+    stride: int
+    starts: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.starts)
+
+
+def plan_windows(seq_len: int, window: int, stride: int | None = None) -> WindowPlan:
+    """The windows of SPEC §3 for one sequence length (see the module docstring)."""
+    _check_window(window)
+    if seq_len < 1:
+        raise TokenWeightError(f"sequences must hold at least one token, got {seq_len}")
+    if stride is None:
+        stride = plan_stride(seq_len, window)
+    bad_type = isinstance(stride, bool) or not isinstance(stride, int)
+    if seq_len > window and (bad_type or not 1 <= stride <= window - 1):
+        raise TokenWeightError(
+            f"stride must be an integer in [1, window - 1] = [1, {window - 1}], got {stride!r}"
+        )
+    if seq_len <= window:
+        return WindowPlan(seq_len, window, stride, (0,), (seq_len - 1,))
+    starts, counts = [0], [window - 1]
+    end = window  # targets < end are covered
+    while end < seq_len:
+        start = starts[-1] + stride
+        if start + window > seq_len:
+            start = seq_len - window
+        starts.append(start)
+        counts.append(start + window - end)
+        end = start + window
+    return WindowPlan(seq_len, window, stride, tuple(starts), tuple(counts))
+
+
+def _right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    lengths = attention_mask.sum(dim=-1)
+    prefix = torch.arange(attention_mask.shape[-1], device=attention_mask.device) < lengths[:, None]
+    if not torch.equal(prefix, attention_mask.bool()):
+        raise TokenWeightError(
+            "short-context scoring needs right padding (valid tokens first, then padding); "
+            "the attention_mask has gaps or left padding"
+        )
+    return lengths
+
+
+def short_context_nll(
+    model: Any,
+    input_ids: torch.Tensor,
+    *,
+    window: int,
+    stride: int | None = None,
+    bos_token_id: int | None = None,
+    windows_per_batch: int | None = None,
+    first_window: bool = True,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """NLL of every target under a short context of at most ``window`` tokens.
+
+    Args:
+        model: a Hugging Face causal LM (possibly wrapped); it is run in eval mode under
+            ``torch.no_grad()`` and its training mode is restored afterwards.
+        input_ids: ``(batch, N)`` token ids.
+        window: tokens per window (the scorer's native context, e.g. 8192).
+        stride: window step; ``None`` uses :func:`plan_stride`.
+        bos_token_id: when given, each later window's first token is replaced by it
+            (for data whose sequences begin with BOS).
+        windows_per_batch: windows per model call; ``None`` picks ``max(1, N // window)``
+            (the token count of one long forward).
+        first_window: ``False`` skips window 0; its targets (``t < window``) are then NaN
+            for the caller to fill (the self scorer uses the long NLL there).
+        attention_mask: ``(batch, N)``, 1 for real tokens; right padding only. Targets at
+            padding get NLL 0.
+
+    Returns:
+        ``(batch, N - 1)`` float32 NLL in nats; column ``j`` is target ``t = j + 1``
+        (token ``t`` predicted from the tokens before it), on ``input_ids``' device.
+    """
+    from tokenweight.losses import model_token_nll
+
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise TokenWeightError(
+            f"input_ids must be a (batch, tokens) tensor, got "
+            f"{getattr(input_ids, 'shape', type(input_ids).__name__)}"
+        )
+    batch, seq_len = input_ids.shape
+    plan = plan_windows(seq_len, window, stride)
+    out = torch.zeros(batch, max(seq_len - 1, 0), dtype=torch.float32, device=input_ids.device)
+    if seq_len < 2 or batch == 0:
+        return out
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise TokenWeightError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+                f"{tuple(input_ids.shape)}"
+            )
+        lengths = _right_padded_lengths(attention_mask)
+    else:
+        lengths = torch.full((batch,), seq_len, device=input_ids.device)
+
+    # Every (sequence, window) pair as one row: start token and the first target it owns.
+    first = 0 if first_window else 1
+    starts = torch.tensor(plan.starts[first:], device=input_ids.device)
+    owned = torch.tensor(
+        [0] * (first_window) + [window - c for c in plan.counts[1:]], device=input_ids.device
+    )  # window positions >= owned (and >= 1) are this window's targets
+    if starts.numel() == 0:  # one window, skipped: every target is the caller's
+        return out.fill_(math.nan)
+    win_len = min(window, seq_len)
+    seq_idx = torch.arange(batch, device=input_ids.device).repeat_interleave(starts.numel())
+    row_starts = starts.repeat(batch)
+    row_owned = owned.repeat(batch)
+    # Drop windows whose targets are all padding.
+    keep = lengths[seq_idx] > row_starts + row_owned.clamp(min=1)
+    seq_idx, row_starts, row_owned = seq_idx[keep], row_starts[keep], row_owned[keep]
+
+    offsets = torch.arange(win_len, device=input_ids.device)
+    positions = row_starts[:, None] + offsets[None, :]  # (rows, win_len) token positions
+    if windows_per_batch is None:
+        windows_per_batch = max(1, seq_len // window)
+    if windows_per_batch < 1:
+        raise TokenWeightError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
+
+    was_training = bool(getattr(model, "training", False))
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            for lo in range(0, positions.shape[0], windows_per_batch):
+                hi = min(lo + windows_per_batch, positions.shape[0])
+                rows_seq, rows_pos = seq_idx[lo:hi], positions[lo:hi]
+                ids = input_ids[rows_seq[:, None], rows_pos]
+                if bos_token_id is not None:
+                    later = row_starts[lo:hi] > 0
+                    ids[:, 0] = torch.where(later, torch.as_tensor(bos_token_id), ids[:, 0])
+                valid = rows_pos < lengths[rows_seq][:, None]
+                labels = torch.where(valid, ids, torch.full_like(ids, -100))
+                # Only this window's own targets: earlier positions are scored elsewhere.
+                labels[offsets[None, :] < row_owned[lo:hi, None]] = -100
+                mask = valid.long() if attention_mask is not None else None
+                nll = model_token_nll(model, ids, labels=labels, attention_mask=mask)
+                # nll[:, p - 1] is the target at window position p, global target index
+                # start + p, i.e. output column start + p - 1.
+                own = labels[:, 1:] != -100
+                cols = rows_pos[:, 1:] - 1
+                out[rows_seq[:, None].expand_as(cols)[own], cols[own]] = (
+                    nll[own].float().to(out.device)
+                )
+    finally:
+        if was_training:
+            model.train()
+    if not first_window:
+        out[:, : win_len - 1] = math.nan
+    return out
+
+
+# --------------------------------------------------------------------------- scorers
+class Scorer:
+    """``scorer(batch, long_nll, model=None) -> short_nll``, all ``(batch, N - 1)``.
+
+    ``batch`` is a mapping with ``input_ids`` ``(batch, N)`` and optionally
+    ``attention_mask`` ``(batch, N)``; ``long_nll`` is the long-context NLL of the same
+    targets (``(batch, N - 1)`` float). ``model`` is the model being trained.
+    """
+
+    name = "scorer"
+
+    def __call__(
+        self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _ids_and_mask(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if "input_ids" not in batch:
+        raise TokenWeightError("the batch has no 'input_ids'")
+    return batch["input_ids"], batch.get("attention_mask")
+
+
+@dataclass
+class _WindowSettings:
+    window: int
+    stride: int | None = None
+    bos_token_id: int | None = None
+    windows_per_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_window(self.window)
+
+
+class SelfScorer(Scorer):
+    """The model being trained scores its own targets ("unfrozen", weight-shared).
+
+    Windows run without gradient in eval mode; targets inside window 0 have the same
+    context in both passes, so they reuse the long NLL (score 0) and window 0 is not run.
+    """
+
+    name = "self"
+
+    def __init__(
+        self,
+        window: int,
+        stride: int | None = None,
+        bos_token_id: int | None = None,
+        windows_per_batch: int | None = None,
+        model: Any = None,
+    ) -> None:
+        self.settings = _WindowSettings(window, stride, bos_token_id, windows_per_batch)
+        self.model = model
+
+    def __call__(
+        self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        model = model if model is not None else self.model
+        if model is None:
+            raise TokenWeightError("the self scorer needs the model being trained (model=...)")
+        input_ids, attention_mask = _ids_and_mask(batch)
+        s = self.settings
+        if input_ids.shape[1] <= s.window:
+            return long_nll.detach().float().clone()
+        short = short_context_nll(
+            model,
+            input_ids,
+            window=s.window,
+            stride=s.stride,
+            bos_token_id=s.bos_token_id,
+            windows_per_batch=s.windows_per_batch,
+            first_window=False,
+            attention_mask=attention_mask,
+        )
+        head = s.window - 1
+        short[:, :head] = long_nll[:, :head].detach().float()
+        return short
+
+
+def _vocab_identity(obj: Any) -> tuple[str, dict[str, Any]]:
+    """(kind, fields) describing the vocabulary of a tokenizer, model or config."""
+    if hasattr(obj, "convert_tokens_to_ids") and hasattr(obj, "__len__"):
+        return "tokenizer", {
+            "vocabulary size": len(obj),
+            "bos_token_id": getattr(obj, "bos_token_id", None),
+            "eos_token_id": getattr(obj, "eos_token_id", None),
+        }
+    config = getattr(obj, "config", obj)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    eos = getattr(text, "eos_token_id", None)
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    return "config", {
+        "vocabulary size": getattr(text, "vocab_size", None),
+        "bos_token_id": getattr(text, "bos_token_id", None),
+        "eos_token_id": eos,
+    }
+
+
+def vocabulary_differences(a: Any, b: Any) -> list[str]:
+    """What differs between the vocabularies of ``a`` and ``b`` (tokenizers, models or
+    configs). Sizes are compared like with like; a tokenizer against a model checks that
+    the tokenizer fits the model's embedding (models often pad it)."""
+    kind_a, ida = _vocab_identity(a)
+    kind_b, idb = _vocab_identity(b)
+    diffs = []
+    for key in ("bos_token_id", "eos_token_id"):
+        if ida[key] is not None and idb[key] is not None and ida[key] != idb[key]:
+            diffs.append(f"{key} {ida[key]} vs {idb[key]}")
+    size_a, size_b = ida["vocabulary size"], idb["vocabulary size"]
+    if size_a is not None and size_b is not None:
+        if kind_a == kind_b and size_a != size_b:
+            diffs.append(f"vocabulary size {size_a} vs {size_b}")
+        elif kind_a == "tokenizer" and kind_b == "config" and size_a > size_b:
+            diffs.append(f"tokenizer size {size_a} exceeds the model's vocabulary {size_b}")
+        elif kind_a == "config" and kind_b == "tokenizer" and size_b > size_a:
+            diffs.append(f"model vocabulary {size_a} is smaller than the tokenizer's {size_b}")
+    return diffs
+
+
+class ModelScorer(Scorer):
+    """A frozen scorer model: the starting checkpoint at its original RoPE settings, or a
+    smaller model sharing the tokenizer (SPEC §3).
+
+    It runs on its own ``device`` and ``dtype`` (default: where its parameters are), and
+    before any compute it checks that its vocabulary matches ``reference`` (the trained
+    model, its config or tokenizer) and, on the first call, the trained model passed in.
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        model: Any,
+        window: int,
+        stride: int | None = None,
+        bos_token_id: int | None = None,
+        windows_per_batch: int | None = None,
+        *,
+        tokenizer: Any = None,
+        reference: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.settings = _WindowSettings(window, stride, bos_token_id, windows_per_batch)
+        if device is not None:
+            model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self._checked = False
+        if reference is not None:
+            self.check_compatible(reference)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_compatible(self, trained: Any) -> None:
+        """Raise :class:`TokenWeightError` if ``trained`` (a tokenizer, model or config)
+        does not share this scorer's vocabulary."""
+        diffs = vocabulary_differences(self.model, trained)
+        if self.tokenizer is not None:
+            diffs += vocabulary_differences(self.tokenizer, trained)
+        if diffs:
+            raise TokenWeightError(
+                "the scorer model does not share the trained model's tokenizer: "
+                + "; ".join(dict.fromkeys(diffs))
+                + " (scorer vs trained). Use a scorer from the same model family."
+            )
+        self._checked = True
+
+    check_tokenizer = check_compatible
+
+    def __call__(
+        self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        if model is not None and not self._checked:
+            self.check_compatible(_unwrap(model))
+        input_ids, attention_mask = _ids_and_mask(batch)
+        vocab = _vocab_identity(self.model)[1]["vocabulary size"]
+        if vocab is not None and input_ids.numel() and int(input_ids.max()) >= vocab:
+            raise TokenWeightError(
+                f"token id {int(input_ids.max())} is outside the scorer's vocabulary ({vocab})"
+            )
+        s = self.settings
+        device = self.device
+        short = short_context_nll(
+            self.model,
+            input_ids.to(device),
+            window=s.window,
+            stride=s.stride,
+            bos_token_id=s.bos_token_id,
+            windows_per_batch=s.windows_per_batch,
+            first_window=True,
+            attention_mask=None if attention_mask is None else attention_mask.to(device),
+        )
+        return short.to(long_nll.device)
+
+
+def _unwrap(model: Any) -> Any:
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+class PrecomputedScorer(Scorer):
+    """Short NLL stored with the data (``tokenweight score``), as ``batch["short_nll"]``."""
+
+    name = "precomputed"
+
+    def __call__(
+        self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        if "short_nll" not in batch:
+            raise TokenWeightError(
+                "the batch has no 'short_nll': the precomputed scorer needs data scored by "
+                "`tokenweight score` (or choose scorer 'self' or 'model')"
+            )
+        short = batch["short_nll"]
+        if not isinstance(short, torch.Tensor):
+            short = torch.as_tensor(short)
+        if short.shape != long_nll.shape:
+            raise TokenWeightError(
+                f"stored short_nll has shape {tuple(short.shape)} but the batch has "
+                f"{tuple(long_nll.shape)} targets; were the scores made for another "
+                "sequence length?"
+            )
+        return short.to(device=long_nll.device, dtype=torch.float32)
+
+
+SCORERS = ("self", "model", "precomputed", "none")
+
+
+def build_scorer(
+    kind: str,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    bos_token_id: int | None = None,
+    windows_per_batch: int | None = None,
+    scorer_model: Any = None,
+    **model_kwargs: Any,
+) -> Scorer | None:
+    """A scorer by name (for configs): ``self``, ``model``, ``precomputed`` or ``none``
+    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`."""
+    kind = str(kind).strip().lower()
+    if kind == "none":
+        return None
+    if kind == "precomputed":
+        return PrecomputedScorer()
+    if kind in ("self", "model"):
+        if window is None:
+            raise TokenWeightError(f"scorer {kind!r} needs a window (tokens)")
+        if kind == "self":
+            return SelfScorer(window, stride, bos_token_id, windows_per_batch)
+        if scorer_model is None:
+            raise TokenWeightError("scorer 'model' needs scorer_model (a model or its source)")
+        return ModelScorer(
+            scorer_model, window, stride, bos_token_id, windows_per_batch, **model_kwargs
+        )
+    raise TokenWeightError(f"unknown scorer {kind!r}; allowed: {', '.join(SCORERS)}")

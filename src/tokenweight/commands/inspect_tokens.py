@@ -1,0 +1,70 @@
+"""``tokenweight inspect``: colour every token of a passage by long/short NLL, score, weight."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "show which tokens of a passage gain from long context and the weights they get"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder, hub name, GGUF folder, or 'smollm2'")
+    parser.add_argument("text", help="a text file holding the passage")
+    parser.add_argument("--window", type=int, required=True, help="short-context window (tokens)")
+    parser.add_argument("--stride", type=int, default=None, help="window stride (default: planned)")
+    parser.add_argument("--scheme", default="dense:0.75", help="weighting scheme (dense:0.75)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="tokens of the passage used")
+    parser.add_argument("--offset", type=int, default=0, help="characters of the file to skip")
+    parser.add_argument("--short-model", default=None, help="another model for the short NLL")
+    parser.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the model's)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    parser.add_argument("--out", default="inspect", help="output folder (default ./inspect)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.inspection import inspect_passage, top_gains_markdown, write_inspection
+    from tokenweight.models import load_model, load_tokenizer
+    from tokenweight.weighting import Scheme
+
+    scheme = Scheme.parse(args.scheme)
+    path = Path(args.text)
+    if not path.is_file():
+        raise TokenWeightError(f"no such text file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")[args.offset :]
+    except UnicodeDecodeError as exc:
+        raise TokenWeightError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    kwargs = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, **kwargs)
+    short_model = load_model(args.short_model, **kwargs) if args.short_model else None
+    result = inspect_passage(
+        model,
+        tokenizer,
+        text,
+        window=args.window,
+        scheme=scheme,
+        stride=args.stride,
+        max_tokens=args.max_tokens,
+        short_model=short_model,
+    )
+    paths = write_inspection(result, args.out, title=f"{args.model}: {path.name}")
+    summary = result.summary()
+    print(
+        f"{summary['targets']} targets: mean NLL {summary['mean_long_nll']:.3f} long vs "
+        f"{summary['mean_short_nll']:.3f} short (window {args.window}); "
+        f"{summary['share_gain_over_1_nat']:.1%} gain > 1 nat, "
+        f"{summary['share_gain_over_2_nats']:.1%} > 2 nats"
+    )
+    print(top_gains_markdown(result, k=10))
+    for name, p in paths.items():
+        print(f"{name:>10}: {p}")
+    return 0

@@ -1,0 +1,91 @@
+"""``tokenweight prepare``: corpus -> shuffled fixed-length token sequences + manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "tokenize a corpus into shuffled fixed-length sequences (datasets folder + manifest)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="text files, folders (searched recursively), glob patterns, JSONL or Parquet "
+        "files; with --hf-split: Hugging Face dataset names",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="TOK",
+        help="tokenizer or model: local folder, GGUF file/folder, 'smollm2', or hub name",
+    )
+    parser.add_argument(
+        "--seq-len", type=int, required=True, metavar="N", help="tokens per sequence (BOS included)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--text-field",
+        default="text",
+        help="text field of JSONL/Parquet/hub records (default: text)",
+    )
+    parser.add_argument(
+        "--hf-split",
+        default=None,
+        metavar="SPLIT",
+        help="read INPUTs as Hugging Face datasets, this split (e.g. train; needs network)",
+    )
+    parser.add_argument(
+        "--glob",
+        default=None,
+        metavar="PATTERN",
+        help="files to take from folders (default: *.txt *.md *.jsonl *.json *.parquet)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help="document tokens between sequence starts; smaller than N-1 overlaps (default: no overlap)",
+    )
+    parser.add_argument(
+        "--keep-tail",
+        action="store_true",
+        help="keep each document's incomplete tail as a padded sequence with attention_mask",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
+    parser.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (default: 1)")
+    parser.add_argument(
+        "--encoding-errors",
+        default="strict",
+        choices=["strict", "replace", "ignore"],
+        help="what to do with bytes that are not UTF-8 (default: strict, an error)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom tokenizer code from the hub"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.data.prepare import format_summary, prepare_dataset
+
+    result = prepare_dataset(
+        args.inputs,
+        tokenizer=args.tokenizer,
+        seq_len=args.seq_len,
+        out=args.out,
+        text_field=args.text_field,
+        hf_split=args.hf_split,
+        glob=args.glob,
+        stride=args.stride,
+        keep_tail=args.keep_tail,
+        seed=args.seed,
+        num_proc=args.num_proc,
+        encoding_errors=args.encoding_errors,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(format_summary(result))
+    return 0

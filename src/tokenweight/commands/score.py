@@ -1,0 +1,90 @@
+"""``tokenweight score``: short-context NLL of a prepared dataset with a frozen scorer."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score a prepared dataset with a frozen model (short-context NLL, resumable shards)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prepared", metavar="DIR", help="folder written by `tokenweight prepare`")
+    parser.add_argument(
+        "--scorer",
+        required=True,
+        metavar="MODEL",
+        help="scorer model: local folder, GGUF file/folder, 'smollm2', or hub name",
+    )
+    parser.add_argument(
+        "--window", type=int, required=True, metavar="W", help="short-context window (tokens)"
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help="window step (default: the cheapest stride costing N/W extra windows)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="scorer dtype (default auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--half", action="store_true", help="store short_nll as float16 (default float32)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    parser.add_argument(
+        "--windows-per-batch",
+        type=int,
+        default=None,
+        help="windows per model call (default: N/W, the tokens of one long forward)",
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=256, help="rows per output shard (default 256)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--out", required=True, metavar="DIR2", help="output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="discard an existing --out and start over"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.data.score import score_dataset
+
+    result = score_dataset(
+        args.prepared,
+        args.out,
+        scorer=args.scorer,
+        window=args.window,
+        stride=args.stride,
+        dtype=args.dtype,
+        half=args.half,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        windows_per_batch=args.windows_per_batch,
+        device=args.device,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+    )
+    who = f"process {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
+    if result.scored:
+        print(
+            f"{who}scored {result.rows:,} sequences ({result.tokens:,} tokens) in "
+            f"{len(result.scored)} shards in {result.seconds:.1f} s "
+            f"({result.tokens_per_second:,.0f} tokens/s)"
+        )
+    if result.skipped:
+        print(f"{who}{len(result.skipped)} shards were already done (resumed; skipped)")
+    if result.complete:
+        print(f"all {result.num_shards} shards done; scores and manifest in {result.out}")
+    else:
+        print(
+            f"{who}my shards are done; the last process to finish writes {result.out}/manifest.json"
+        )
+    return 0

@@ -1,0 +1,382 @@
+"""Corpus -> shuffled fixed-length token sequences on disk (``tokenweight prepare``).
+
+Steps: read documents into an Arrow file, tokenize them in parallel (``datasets.map``),
+check the counts, cut documents into sequences (:class:`~tokenweight.data.packing.Packing`),
+shuffle with a seed, number the rows, and save a ``datasets`` folder plus
+``manifest.json``. Intermediate files live in a scratch folder next to the output and are
+removed at the end; the output folder appears atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tokenweight.data.corpus import InputFile, find_input_files, iter_documents
+from tokenweight.data.packing import Packing
+from tokenweight.errors import TokenWeightError
+from tokenweight.files import atomic_dir, atomic_write_json, remove_path, temp_sibling
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["MANIFEST", "PrepareResult", "format_summary", "prepare_dataset", "read_manifest"]
+
+MANIFEST = "manifest.json"
+FORMAT = "tokenweight.prepared"
+_DOC_BATCH_CHARS = 64 << 20
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_dataset` did: the manifest written, and timings in seconds."""
+
+    out: Path
+    manifest: dict[str, Any]
+    seconds: float
+    tokenize_seconds: float
+    num_proc: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Document tokens per second of tokenizing and cutting (reading and saving excluded)."""
+        return self.manifest["counts"]["document_tokens"] / max(self.tokenize_seconds, 1e-9)
+
+
+class _Tokenize:
+    """``datasets.map`` function (picklable for ``num_proc``): texts -> token ids.
+
+    Special tokens are not added; BOS is placed exactly by the packing step.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        ids = self.tokenizer(
+            batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False
+        )["input_ids"]
+        return {
+            "tokens": [np.asarray(x, dtype=np.int32) for x in ids],
+            "n_tokens": [len(x) for x in ids],
+        }
+
+
+def _features(columns: dict[str, str]) -> datasets.Features:
+    """``{"input_ids": "[int32]", "row": "int64"}`` -> ``datasets.Features``."""
+    import datasets
+
+    list_type = getattr(datasets, "List", None) or datasets.Sequence
+    return datasets.Features(
+        {
+            name: list_type(datasets.Value(d[1:-1])) if d.startswith("[") else datasets.Value(d)
+            for name, d in columns.items()
+        }
+    )
+
+
+def _write_documents(
+    files: list[InputFile], path: Path, text_field: str, encoding_errors: str
+) -> datasets.Dataset:
+    """Stream every document into an Arrow file (``text``, ``doc_id``); memory-flat."""
+    import datasets
+    import pyarrow as pa
+
+    schema = pa.schema([("text", pa.large_string()), ("doc_id", pa.int64())])
+    texts: list[str] = []
+    size = doc_id = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+
+        def flush() -> None:
+            nonlocal texts, size
+            ids = list(range(doc_id - len(texts), doc_id))
+            writer.write_batch(pa.record_batch([texts, ids], schema=schema))
+            texts, size = [], 0
+
+        for text in iter_documents(files, text_field=text_field, encoding_errors=encoding_errors):
+            texts.append(text)
+            size += len(text)
+            doc_id += 1
+            if size >= _DOC_BATCH_CHARS:
+                flush()
+        if texts or doc_id == 0:
+            flush()
+    return datasets.Dataset.from_file(str(path))
+
+
+def _load_hub_documents(
+    names: Sequence[str], split: str, text_field: str
+) -> tuple[datasets.Dataset, list[dict[str, Any]]]:
+    import datasets
+
+    parts, inputs = [], []
+    for name in names:
+        try:
+            ds = datasets.load_dataset(name, split=split)
+        except Exception as exc:  # the hub client raises many types; all mean "cannot load"
+            raise TokenWeightError(
+                f"could not load Hugging Face dataset {name!r} split {split!r}: {exc}"
+            ) from None
+        if text_field not in ds.column_names:
+            raise TokenWeightError(
+                f"dataset {name!r} has no column {text_field!r} (columns: "
+                f"{', '.join(ds.column_names)}); choose the text field with --text-field"
+            )
+        ds = ds.select_columns([text_field])
+        if text_field != "text":
+            ds = ds.rename_column(text_field, "text")
+        inputs.append({"hf_dataset": name, "split": split, "documents": len(ds)})
+        inputs[-1]["fingerprint"] = getattr(ds, "_fingerprint", None)
+        parts.append(ds)
+    docs = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return docs.add_column("doc_id", np.arange(len(docs), dtype=np.int64)), inputs
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared dataset folder (error if it is not one)."""
+    import json
+
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise TokenWeightError(f"prepared dataset {folder} does not exist")
+    if not path.is_file():
+        raise TokenWeightError(
+            f"{folder} is not a prepared dataset (no {MANIFEST}); create one with "
+            "`tokenweight prepare`"
+        )
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise TokenWeightError(f"{path} is not a tokenweight prepare manifest")
+    return manifest
+
+
+def prepare_dataset(
+    inputs: Sequence[str],
+    *,
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase,
+    seq_len: int,
+    out: str | os.PathLike[str],
+    text_field: str = "text",
+    hf_split: str | None = None,
+    glob: str | None = None,
+    stride: int | None = None,
+    keep_tail: bool = False,
+    seed: int = 42,
+    num_proc: int = 1,
+    encoding_errors: str = "strict",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> PrepareResult:
+    """Tokenize ``inputs`` and save shuffled ``seq_len``-token sequences to ``out``.
+
+    Output rows: ``input_ids`` (int32, length ``seq_len``), ``doc_id`` (int64), ``row``
+    (int64, the row's index in the saved order) and, with ``keep_tail``, ``attention_mask``
+    (int8). See the package README for every option. Raises :class:`TokenWeightError` for
+    every bad input, before writing anything.
+    """
+    from tokenweight import __version__
+    from tokenweight.models import load_tokenizer, tokenizer_identity
+
+    start = time.perf_counter()
+    out = Path(out)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise TokenWeightError(
+            f"--seq-len must be an integer of at least 2 (a sequence needs one target), "
+            f"got {seq_len!r}"
+        )
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
+    if num_proc < 1:
+        raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
+    files = None if hf_split else find_input_files(inputs, glob)
+
+    tok = tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    identity = tokenizer_identity(tok)
+    bos = tok.bos_token_id
+    pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+    packing = Packing(
+        seq_len, bos_token_id=bos, stride=stride, keep_tail=keep_tail, pad_token_id=pad
+    )
+
+    scratch = temp_sibling(out, "work")
+    scratch.mkdir(parents=True)
+    tag = uuid.uuid4().hex
+    try:
+        if files is not None:
+            docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
+            input_entries = [f.as_manifest() for f in files]
+        else:
+            docs, input_entries = _load_hub_documents(inputs, hf_split, text_field)
+        if len(docs) == 0:
+            raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")
+
+        t0 = time.perf_counter()
+        tokenized = docs.map(
+            _Tokenize(tok),
+            batched=True,
+            batch_size=16,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=["text"],
+            features=_features({"doc_id": "int64", "tokens": "[int32]", "n_tokens": "int64"}),
+            cache_file_name=str(scratch / "tokens.arrow"),
+            new_fingerprint=f"tokens-{tag}",
+            desc="tokenizing",
+        )
+        n_tokens = tokenized.data.column("n_tokens").to_numpy()
+        counts = _counts(n_tokens, packing, inputs)
+
+        columns = {"input_ids": "[int32]", "doc_id": "int64"}
+        if keep_tail:
+            columns["attention_mask"] = "[int8]"
+        sequences = tokenized.map(
+            packing.pack_batch,
+            batched=True,
+            batch_size=16,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=tokenized.column_names,
+            features=_features(columns),
+            cache_file_name=str(scratch / "sequences.arrow"),
+            new_fingerprint=f"sequences-{tag}",
+            desc="cutting into sequences",
+        )
+        tokenize_seconds = time.perf_counter() - t0
+        shuffled = sequences.shuffle(
+            seed=seed, indices_cache_file_name=str(scratch / "indices.arrow")
+        ).map(
+            lambda batch, idx: {"row": idx},
+            batched=True,
+            with_indices=True,
+            features=_features({**columns, "row": "int64"}),
+            cache_file_name=str(scratch / "shuffled.arrow"),
+            new_fingerprint=f"shuffled-{tag}",
+            desc="shuffling",
+        )
+        manifest = {
+            "format": FORMAT,
+            "format_version": 1,
+            "tokenweight_version": __version__,
+            "tokenizer": {**identity, "source": str(tokenizer) if tok is not tokenizer else None},
+            "seq_len": seq_len,
+            "bos_token_id": bos,
+            "pad_token_id": pad,
+            "stride": packing.step,
+            "keep_tail": keep_tail,
+            "seed": seed,
+            "text_field": text_field,
+            "encoding_errors": encoding_errors,
+            "inputs": input_entries,
+            "counts": counts,
+            "columns": sorted(shuffled.column_names),
+        }
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                shuffled.save_to_disk(str(tmp))
+                atomic_write_json(tmp / MANIFEST, manifest)
+        except FileExistsError:
+            raise TokenWeightError(
+                f"output folder {out} appeared while preparing; pass --overwrite to replace it"
+            ) from None
+    finally:
+        remove_path(scratch)
+    return PrepareResult(
+        out=out,
+        manifest=manifest,
+        seconds=time.perf_counter() - start,
+        tokenize_seconds=tokenize_seconds,
+        num_proc=num_proc,
+    )
+
+
+def _counts(n_tokens: np.ndarray, packing: Packing, inputs: Sequence[str]) -> dict[str, int]:
+    """Corpus counts; raises when the corpus is empty or yields no sequence."""
+    total = int(n_tokens.sum())
+    if total == 0:
+        raise TokenWeightError(
+            f"empty corpus: {len(n_tokens)} documents in {', '.join(inputs)} but no text"
+        )
+    n_seq = covered = real = 0
+    for n in n_tokens.tolist():
+        starts = packing.starts(n)
+        n_seq += len(starts)
+        covered += packing.covered(n)
+        real += sum(min(packing.content_len, n - s) for s in starts)
+    if n_seq == 0:
+        need = packing.content_len
+        after = " after BOS" if packing.bos_token_id is not None else ""
+        raise TokenWeightError(
+            f"every document is shorter than a sequence: all {len(n_tokens)} documents have "
+            f"fewer than {need} tokens (the {need} a {packing.seq_len}-token sequence holds"
+            f"{after}); the longest has {int(n_tokens.max())}; use a smaller --seq-len or "
+            "keep short documents padded with --keep-tail"
+        )
+    prefix = 1 if packing.bos_token_id is not None else 0
+    return {
+        "documents": len(n_tokens),
+        "empty_documents": int((n_tokens == 0).sum()),
+        "short_documents": int((n_tokens < packing.content_len).sum()),
+        "longest_document": int(n_tokens.max()),
+        "document_tokens": total,
+        "sequences": n_seq,
+        "sequence_tokens": real + prefix * n_seq,
+        "padding_tokens": n_seq * packing.seq_len - real - prefix * n_seq,
+        "dropped_tokens": total - covered,
+    }
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def format_summary(result: PrepareResult) -> str:
+    """A one-screen, human-readable summary of a preparation run."""
+    m, c = result.manifest, result.manifest["counts"]
+    n = m["seq_len"]
+    bos = m["bos_token_id"] is not None
+    layout = f"BOS + {n - 1} tokens" if bos else f"{n} tokens, no BOS"
+    files = [i for i in m["inputs"] if "path" in i]
+    src = (
+        f"{len(files)} files, {_human_bytes(sum(i['bytes'] for i in files))}"
+        if files
+        else ", ".join(f"{i['hf_dataset']} [{i['split']}]" for i in m["inputs"])
+    )
+    dropped = c["dropped_tokens"] / max(c["document_tokens"], 1)
+    tok = m["tokenizer"]
+    size = sum(p.stat().st_size for p in result.out.rglob("*") if p.is_file())
+    lines = [
+        f"prepared {c['documents']:,} documents -> {c['sequences']:,} sequences of {n} tokens "
+        f"({layout})",
+        f"  inputs      {src}",
+        f"  tokenizer   {tok.get('source') or tok['name_or_path']} ({tok['class']}, "
+        f"vocabulary {tok['vocab_size']:,}, BOS {m['bos_token_id']})",
+        f"  tokens      {c['document_tokens']:,} in documents, {c['sequence_tokens']:,} in "
+        f"sequences{' (BOS included)' if bos else ''}, {c['dropped_tokens']:,} dropped "
+        f"({dropped:.1%})",
+        f"  documents   {c['short_documents']:,} shorter than one sequence "
+        f"({c['empty_documents']:,} empty); longest {c['longest_document']:,} tokens",
+        f"  cutting     stride {m['stride']}"
+        + (" (no overlap)" if m["stride"] == n - int(bos) else " (overlapping)")
+        + (
+            f", tail kept padded ({c['padding_tokens']:,} pad)"
+            if m["keep_tail"]
+            else ", tail dropped"
+        )
+        + f", shuffled with seed {m['seed']}",
+        f"  time        {result.seconds:.1f} s; tokenizing {result.tokens_per_second:,.0f} "
+        f"tokens/s with {result.num_proc} process{'es' if result.num_proc > 1 else ''}",
+        f"  output      {result.out} ({_human_bytes(size)})",
+    ]
+    return "\n".join(lines)

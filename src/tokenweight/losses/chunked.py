@@ -1,0 +1,451 @@
+"""Per-token NLL of a linear head without materializing the logits.
+
+For hidden states ``h`` (``N x H``), an output embedding ``W`` (``V x H``) and optional bias
+``b``, the logits are ``y = cap * tanh(scale * (h W^T + b) / cap)`` (the ``tanh`` only when
+a softcap is given, ``scale`` 1 unless given) and the per-token NLL is
+``lse(y_t) - y_t[label_t]``. :func:`token_nll` computes it in row chunks of ``chunk_size``
+tokens: each chunk's logits live only while that chunk is processed. The forward keeps
+the inputs and the per-token log-sum-exp (``N`` floats); the backward recomputes each
+chunk's logits, forms ``g_t * (softmax(y_t) - onehot(label_t))`` with the incoming
+per-token gradient ``g`` and multiplies it into ``dh``, ``dW`` and ``db``. Any weighting
+applied to the result afterwards (``(w * nll).sum()``) therefore gets exact gradients.
+
+Precision: logits are produced by the matmul in the input dtype (as the model's own
+``lm_head`` would), then converted to float32 for the transforms, the log-sum-exp and
+the softmax; ``dW`` and ``db`` accumulate across chunks in float32 (float64 for float64
+inputs) and are returned in the input dtypes. Rows that are ignored, or whose incoming
+gradient is exactly zero (sparse weights), are skipped in the backward.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from tokenweight.errors import TokenWeightError
+
+__all__ = [
+    "CUDA_CHUNK_BYTES",
+    "DEFAULT_CHUNK_BYTES",
+    "IGNORE_INDEX",
+    "default_chunk_size",
+    "token_nll",
+]
+
+IGNORE_INDEX = -100
+#: Working memory one chunk may use for its logits (and their float32 copy), in bytes.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+#: The same on CUDA: larger chunks amortize the float32 ``dW`` accumulation (one read and
+#: write of ``V x H`` floats per chunk), which is memory-bound on a GPU.
+CUDA_CHUNK_BYTES = 2**30
+_MIN_CHUNK = 16
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_chunk_size(
+    vocab_size: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    softcap: bool = False,
+    device: torch.device | str | None = None,
+    budget_bytes: int | None = None,
+) -> int:
+    """Tokens per chunk so that one chunk's logit buffers fit in ``budget_bytes``.
+
+    A chunk holds ``chunk x V`` logits in ``dtype`` plus a float32 copy when ``dtype`` is
+    narrower (and one more float32 buffer for the softcap derivative in the backward).
+    The budget defaults to :data:`DEFAULT_CHUNK_BYTES` (256 MiB), or
+    :data:`CUDA_CHUNK_BYTES` (1 GiB) on a CUDA ``device``. With 256 MiB: 512 tokens for
+    ``V = 128256`` in float32, 336 in bfloat16; 1360 for ``V = 49152`` in float32; with
+    1 GiB, 1392 for ``V = 128256`` in bfloat16. A multiple of 16, never below 16.
+    """
+    if vocab_size < 1:
+        raise TokenWeightError(f"vocab_size must be >= 1, got {vocab_size}")
+    if budget_bytes is None:
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        budget_bytes = CUDA_CHUNK_BYTES if on_cuda else DEFAULT_CHUNK_BYTES
+    compute = _compute_dtype(dtype)
+    per_elem = compute.itemsize
+    if dtype != compute:
+        per_elem += dtype.itemsize
+    if softcap:
+        per_elem += compute.itemsize
+    rows = budget_bytes // (vocab_size * per_elem)
+    return max(_MIN_CHUNK, rows // _MIN_CHUNK * _MIN_CHUNK)
+
+
+def _check_transform(softcap: float | None, scale: float | None) -> tuple[float | None, float]:
+    if softcap is not None:
+        if isinstance(softcap, bool) or not math.isfinite(float(softcap)) or softcap <= 0:
+            raise TokenWeightError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
+        softcap = float(softcap)
+    if scale is None:
+        return softcap, 1.0
+    if isinstance(scale, bool) or not math.isfinite(float(scale)) or scale == 0:
+        raise TokenWeightError(f"scale must be a finite non-zero number or None, got {scale!r}")
+    return softcap, float(scale)
+
+
+def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+    """Raise :class:`TokenWeightError` if a label is neither ``ignore_index`` nor in ``[0, V)``."""
+    if labels.numel() == 0:
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        position = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        value = int(labels[position])
+        raise TokenWeightError(
+            f"label {value} at position {position} is outside the vocabulary [0, {vocab_size}) "
+            f"and is not ignore_index ({ignore_index}); fix the labels or mark the position "
+            f"with {ignore_index}"
+        )
+
+
+def check_inputs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None,
+    chunk_size: int | None,
+) -> None:
+    """Shape, dtype and device checks shared by every backend."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TokenWeightError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if hidden.dim() < 1 or not hidden.is_floating_point():
+        raise TokenWeightError(
+            f"hidden must be a floating tensor of shape (..., H), got {hidden.dtype} "
+            f"{tuple(hidden.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise TokenWeightError(
+            f"weight must have shape (V, H) with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.shape[0] < 1:
+        raise TokenWeightError("weight has no rows (V = 0); pass the full output embedding")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TokenWeightError(f"labels must be an integer tensor, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(hidden.shape[:-1]):
+        raise TokenWeightError(
+            f"labels shape {tuple(labels.shape)} must equal hidden.shape[:-1] = "
+            f"{tuple(hidden.shape[:-1])}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TokenWeightError(
+            f"hidden is {hidden.dtype} but weight is {weight.dtype}; cast one of them "
+            "(or run under torch.autocast)"
+        )
+    devices = {hidden.device, weight.device, labels.device}
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[0],):
+            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise TokenWeightError(f"bias must have shape (V,) = ({weight.shape[0]},), got {shape}")
+        if bias.dtype != weight.dtype:
+            raise TokenWeightError(f"bias is {bias.dtype} but weight is {weight.dtype}")
+        devices.add(bias.device)
+    if len(devices) > 1:
+        raise TokenWeightError(
+            f"hidden, weight, labels and bias must be on one device, got {sorted(map(str, devices))}"
+        )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise TokenWeightError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+class _Rows:
+    """The rows a pass works on: all of them (slices, no copies) or a subset (gathers)."""
+
+    def __init__(self, mask: torch.Tensor | None, n: int) -> None:
+        self.index = None if mask is None else mask.nonzero().squeeze(1)
+        self.count = n if self.index is None else int(self.index.numel())
+
+    def take(self, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if self.index is None:
+            return t[start:stop]
+        return t.index_select(0, self.index[start:stop])
+
+    def put(self, out: torch.Tensor, start: int, stop: int, values: torch.Tensor) -> None:
+        if self.index is None:
+            out[start:stop].copy_(values)
+        else:
+            out.index_copy_(0, self.index[start:stop], values)
+
+
+class _Buffers:
+    """Chunk-sized logit buffers allocated once per call and reused by every chunk."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.compute = _compute_dtype(dtype)
+        self.raw = torch.empty(rows, vocab, dtype=dtype, device=device)
+        self.wide = (
+            self.raw if dtype == self.compute else torch.empty_like(self.raw, dtype=self.compute)
+        )
+        self._deriv: torch.Tensor | None = None
+
+    def deriv(self) -> torch.Tensor:
+        if self._deriv is None:
+            self._deriv = torch.empty_like(self.wide)
+        return self._deriv
+
+
+def _chunk_logits(
+    buffers: _Buffers,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    scale: float,
+    deriv: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Transformed float32 logits of one chunk, and ``dy/dz`` when ``deriv`` and softcapped."""
+    rows = h.shape[0]
+    raw = buffers.raw[:rows]
+    if bias is None:
+        torch.mm(h, weight.t(), out=raw)
+    else:
+        torch.addmm(bias, h, weight.t(), out=raw)
+    y = buffers.wide[:rows]
+    if y is not raw:
+        y.copy_(raw)
+    if scale != 1.0:
+        y.mul_(scale)
+    d = None
+    if softcap is not None:
+        y.div_(softcap).tanh_()
+        if deriv:  # d tanh-cap / dz = scale * (1 - tanh^2)
+            d = torch.mul(y, y, out=buffers.deriv()[:rows]).neg_().add_(1.0)
+            if scale != 1.0:
+                d.mul_(scale)
+        y.mul_(softcap)
+    return y, d
+
+
+def _forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+    chunk_size: int,
+    softcap: float | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL and log-sum-exp (both ``(N,)`` in the compute dtype; 0 at ignored rows)."""
+    n = hidden.shape[0]
+    compute = _compute_dtype(hidden.dtype)
+    valid = labels != ignore_index
+    rows = _Rows(None if bool(valid.all()) else valid, n)
+    nll = torch.zeros(n, dtype=compute, device=hidden.device)
+    lse = torch.zeros(n, dtype=compute, device=hidden.device)
+    if rows.count == 0:
+        return nll, lse
+    step = min(chunk_size, rows.count)
+    buffers = _Buffers(step, weight.shape[0], hidden.dtype, hidden.device)
+    for start in range(0, rows.count, step):
+        stop = min(start + step, rows.count)
+        y, _ = _chunk_logits(buffers, rows.take(hidden, start, stop), weight, bias, softcap, scale)
+        target = y.gather(1, rows.take(labels, start, stop).unsqueeze(1)).squeeze(1)
+        peak = y.amax(dim=1, keepdim=True)
+        # exp in place: the chunk's logits are not needed after this
+        chunk_lse = y.sub_(peak).exp_().sum(dim=1).log_().add_(peak.squeeze(1))
+        rows.put(lse, start, stop, chunk_lse)
+        rows.put(nll, start, stop, chunk_lse - target)
+    return nll, lse
+
+
+def _backward(
+    grad_nll: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    chunk_size: int,
+    softcap: float | None,
+    scale: float,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    n, vocab = hidden.shape[0], weight.shape[0]
+    compute = _compute_dtype(hidden.dtype)
+    grad = grad_nll.to(compute)
+    active = (labels != ignore_index) & (grad != 0)
+    rows = _Rows(None if bool(active.all()) else active, n)
+    need_h, need_w, need_b = needs
+    grad_h = None
+    if need_h:
+        alloc = torch.empty if rows.index is None else torch.zeros
+        grad_h = alloc(hidden.shape, dtype=hidden.dtype, device=hidden.device)
+    grad_w = grad_b = product = None
+    narrow = hidden.dtype != compute
+    if need_w:  # float32 accumulator; per-chunk products land in `product` when narrow
+        grad_w = torch.zeros(vocab, hidden.shape[1], dtype=compute, device=hidden.device)
+        if narrow:
+            product = torch.empty(vocab, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+    if need_b:
+        grad_b = torch.zeros(vocab, dtype=compute, device=hidden.device)
+    if rows.count > 0 and (need_h or need_w or need_b):
+        step = min(chunk_size, rows.count)
+        buffers = _Buffers(step, vocab, hidden.dtype, hidden.device)
+        for start in range(0, rows.count, step):
+            stop = min(start + step, rows.count)
+            h = rows.take(hidden, start, stop)
+            lab = rows.take(labels, start, stop).unsqueeze(1)
+            y, d = _chunk_logits(buffers, h, weight, bias, softcap, scale, deriv=True)
+            g = y.sub_(rows.take(lse, start, stop).unsqueeze(1)).exp_()  # softmax
+            g.scatter_add_(1, lab, torch.full_like(lab, -1, dtype=compute))
+            coef = rows.take(grad, start, stop).unsqueeze(1)
+            if d is not None:
+                g.mul_(coef).mul_(d)
+            else:
+                g.mul_(coef * scale if scale != 1.0 else coef)
+            if grad_b is not None:
+                grad_b += g.sum(dim=0)
+            low = g
+            if narrow:  # matmuls in the input dtype, as autograd through the lm_head would
+                low = buffers.raw[: stop - start]
+                low.copy_(g)
+            if need_h:
+                rows.put(grad_h, start, stop, low @ weight)
+            if grad_w is not None:
+                if product is None:
+                    grad_w.addmm_(low.t(), h)
+                else:
+                    grad_w += torch.mm(low.t(), h, out=product)
+    return (
+        grad_h,
+        None if grad_w is None else grad_w.to(weight.dtype),
+        None if grad_b is None or bias is None else grad_b.to(bias.dtype),
+    )
+
+
+class _ChunkedTokenNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        ignore_index: int,
+        chunk_size: int,
+        softcap: float | None,
+        scale: float,
+    ) -> torch.Tensor:
+        nll, lse = _forward(hidden, weight, bias, labels, ignore_index, chunk_size, softcap, scale)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.options = (ignore_index, chunk_size, softcap, scale)
+        return nll
+
+    @staticmethod
+    def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        ignore_index, chunk_size, softcap, scale = ctx.options
+        needs = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
+        grad_h, grad_w, grad_b = _backward(
+            grad_nll, hidden, weight, bias, labels, lse, ignore_index, chunk_size, softcap, scale,
+            needs,
+        )  # fmt: skip
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def token_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+    softcap: float | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-token negative log-likelihood of ``labels`` under ``hidden @ weight.T + bias``.
+
+    Args:
+        hidden: ``(..., H)`` final hidden states (post final norm), any floating dtype.
+        weight: ``(V, H)`` output embedding (``lm_head.weight``), same dtype and device.
+        labels: ``(...)`` integer target ids in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``(V,)`` output bias.
+        ignore_index: label value whose NLL and gradient are zero.
+        chunk_size: tokens per chunk; ``None`` uses :func:`default_chunk_size` (a 256 MiB
+            logit budget, 1 GiB on CUDA). Peak extra memory is ``O(chunk_size * V)``.
+        softcap: logit softcapping ``y = softcap * tanh(z / softcap)`` (Gemma 2/3's
+            ``final_logit_softcapping``), applied after ``scale``.
+        scale: logit multiplier ``z = scale * (hidden @ weight.T + bias)`` (Cohere's
+            ``logit_scale``; ``1 / logits_scaling`` for Granite).
+        backend: ``"chunked"`` (this module), ``"cce"`` (cut-cross-entropy, CUDA only, must
+            be installed) or ``"auto"``: cut-cross-entropy on CUDA when it is installed and
+            passed a one-time check against the chunked path on this device and dtype,
+            the chunked path otherwise (always on CPU).
+
+    Returns:
+        ``(...)`` natural-log NLL in nats, float32 (float64 for float64 inputs), 0 at
+        ignored positions. Differentiable with respect to ``hidden``, ``weight`` and
+        ``bias``; under ``torch.autocast`` the inputs are first cast to the autocast dtype,
+        as ``F.linear`` would.
+
+    Raises:
+        TokenWeightError: mismatched shapes, dtypes or devices, or a label outside
+            ``[0, V)`` that is not ``ignore_index`` (the message names the value).
+    """
+    from tokenweight.losses import cce_backend
+
+    device_type = hidden.device.type if isinstance(hidden, torch.Tensor) else "cpu"
+    autocast = (
+        isinstance(hidden, torch.Tensor)
+        and device_type in ("cpu", "cuda", "xpu", "mps")
+        and torch.is_autocast_enabled(device_type)
+    )
+    if autocast:  # cast as autocast casts F.linear's inputs (float64 is left alone)
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t: Any) -> Any:
+            castable = isinstance(t, torch.Tensor) and t.is_floating_point()
+            return t.to(dtype) if castable and t.dtype != torch.float64 else t
+
+        hidden, weight, bias = cast(hidden), cast(weight), cast(bias)
+    check_inputs(hidden, weight, labels, bias, chunk_size)
+    softcap, scale_value = _check_transform(softcap, scale)
+    if backend not in ("auto", "chunked", "cce"):
+        raise TokenWeightError(f"backend must be 'auto', 'chunked' or 'cce', got {backend!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TokenWeightError(f"ignore_index must be an int, got {ignore_index!r}")
+    vocab, width = weight.shape
+    check_labels(labels, vocab, ignore_index)
+    shape = labels.shape
+    flat_h = hidden.reshape(-1, width)
+    flat_labels = labels.reshape(-1).long()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(
+            vocab, hidden.dtype, softcap=softcap is not None, device=hidden.device
+        )
+
+    with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
+        if cce_backend.wanted(backend, flat_h, weight, bias, softcap, scale_value):
+            nll = cce_backend.linear_nll(flat_h, weight, flat_labels, bias, ignore_index, softcap)
+        elif torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (hidden, weight, bias)
+        ):
+            nll = _ChunkedTokenNLL.apply(
+                flat_h, weight, bias, flat_labels, ignore_index, chunk_size, softcap, scale_value
+            )
+        else:  # no graph needed (scoring under no_grad): skip the autograd bookkeeping
+            nll, _ = _forward(
+                flat_h, weight, bias, flat_labels, ignore_index, chunk_size, softcap, scale_value
+            )
+    out_dtype = _compute_dtype(hidden.dtype)
+    return nll.to(out_dtype).reshape(shape)

@@ -121,6 +121,28 @@ def test_seed_controls_the_order_and_num_proc_does_not(tmp_path, toks):
     )
 
 
+def test_max_sequences_keeps_the_first_rows_of_the_shuffle(tmp_path, toks):
+    full = prepare_dataset(
+        [str(CORPUS_DIR)], tokenizer=str(toks["bos"]), seq_len=N, out=tmp_path / "all"
+    )
+    limited = prepare_dataset(
+        [str(CORPUS_DIR)],
+        tokenizer=str(toks["bos"]),
+        seq_len=N,
+        out=tmp_path / "few",
+        max_sequences=3,
+    )
+    all_rows, few_rows = _rows(tmp_path / "all"), _rows(tmp_path / "few")
+    assert len(few_rows) == 3 and few_rows == all_rows[:3]
+    assert limited.manifest["counts"]["sequences"] == 3
+    assert (
+        limited.manifest["counts"]["sequences_before_limit"] == full.manifest["counts"]["sequences"]
+    )
+    assert limited.manifest["counts"]["sequence_tokens"] == sum(
+        len(r["input_ids"]) for r in few_rows
+    )
+
+
 def test_keep_tail_pads_with_a_mask_and_covers_every_token(tmp_path, toks, doc_tokens):
     out = tmp_path / "tail"
     prepare_dataset(

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep each document's incomplete tail as a padded sequence with attention_mask",
     )
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
+    parser.add_argument(
+        "--max-sequences",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep only the first K sequences of the shuffle (a random sample; default: all)",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (default: 1)")
     parser.add_argument(
         "--encoding-errors",
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         encoding_errors=args.encoding_errors,
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,
+        max_sequences=args.max_sequences,
     )
     print(format_summary(result))
     return 0

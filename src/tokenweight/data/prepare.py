@@ -174,6 +174,7 @@ def prepare_dataset(
     encoding_errors: str = "strict",
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    max_sequences: int | None = None,
 ) -> PrepareResult:
     """Tokenize ``inputs`` and save shuffled ``seq_len``-token sequences to ``out``.
 
@@ -261,6 +262,20 @@ def prepare_dataset(
             new_fingerprint=f"shuffled-{tag}",
             desc="shuffling",
         )
+        if max_sequences is not None:
+            if max_sequences < 1:
+                raise TokenWeightError(f"--max-sequences must be >= 1, got {max_sequences}")
+            counts["sequences_before_limit"] = len(shuffled)
+            if max_sequences < len(shuffled):
+                # the first rows of the shuffle: a random sample, the same for any limit
+                shuffled = shuffled.select(range(max_sequences))
+                kept = shuffled.data.column("input_ids").combine_chunks()
+                counts["sequences"] = max_sequences
+                counts["sequence_tokens"] = int(
+                    sum(len(x) for x in kept.to_pylist())
+                    if not keep_tail
+                    else sum(sum(m) for m in shuffled["attention_mask"])
+                )
         manifest = {
             "format": FORMAT,
             "format_version": 1,
@@ -272,6 +287,7 @@ def prepare_dataset(
             "stride": packing.step,
             "keep_tail": keep_tail,
             "seed": seed,
+            "max_sequences": max_sequences,
             "text_field": text_field,
             "encoding_errors": encoding_errors,
             "inputs": input_entries,

@@ -1,0 +1,169 @@
+"""``tokenweight eval``: perplexity by position, LongPPL and retrieval probes, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes"
+
+_EPILOG = """\
+models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder, a .gguf file, a hub name or
+the alias smollm2, e.g.  start=smollm2 uniform=runs/uniform/final "dense:0.75=runs/dense".
+
+tasks: ppl, longppl (need --data), passkey, needle (7-digit number), needle_word,
+needle_uuid, multikey (needle among distractors), vartrack (variable tracking).
+
+LongPPL: key tokens have short-context NLL - long NLL > --longppl-alpha and long NLL <
+--longppl-beta. The short context is a window of --longppl-window tokens (default
+min(4096, seq_len // 2)) moving by --longppl-stride (default window / 4), from the same
+model, or with --longppl-scorer one evaluator model judges the key tokens for all models.
+
+outputs in --out: results.json, results.md, probe_<task>.png, nll_by_position.png
+"""
+
+
+def _ints(text: str) -> list[int]:
+    from tokenweight.errors import TokenWeightError
+
+    values = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        scale = 1
+        if part[-1] in "kK":
+            part, scale = part[:-1], 1024
+        try:
+            values.append(int(float(part) * scale))
+        except ValueError:
+            raise TokenWeightError(f"expected comma-separated token counts, got {text!r}") from None
+    return values
+
+
+def _fractions(text: str) -> list[float]:
+    from tokenweight.errors import TokenWeightError
+
+    values = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
+        except ValueError:
+            raise TokenWeightError(f"expected comma-separated fractions, got {text!r}") from None
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks (default: passkey,needle; plus ppl,longppl with --data)",
+    )
+    parser.add_argument(
+        "--lengths",
+        type=_ints,
+        default=[1024, 2048, 4096],
+        help="probe prompt lengths in tokens, e.g. 1k,2k,4k (default 1024,2048,4096)",
+    )
+    parser.add_argument(
+        "--depths",
+        type=_fractions,
+        default=[0.1, 0.3, 0.5, 0.7, 0.9],
+        help="needle depths as fractions or percentages (default 0.1,0.3,0.5,0.7,0.9)",
+    )
+    parser.add_argument("--trials", type=int, default=1, help="prompts per (length, depth)")
+    parser.add_argument("--seed", type=int, default=0, help="probe seed (same seed, same prompts)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="prompts decoded together / sequences per forward (default 1)",
+    )
+    parser.add_argument("--distractors", type=int, default=3, help="multikey distractor needles")
+    parser.add_argument("--hops", type=int, default=4, help="vartrack chain links")
+    data = parser.add_argument_group("perplexity and LongPPL data")
+    data.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a prepared dataset folder (tokenweight prepare) or text/JSONL/Parquet files or "
+        "folders (repeat --data for several)",
+    )
+    data.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence for text data (default: the longest probe length)",
+    )
+    data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
+    data.add_argument("--text-field", default="text", help="text field of JSONL/Parquet")
+    data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
+    data.add_argument("--longppl-window", type=int, default=None, help="short context window")
+    data.add_argument("--longppl-stride", type=int, default=None, help="short window stride")
+    data.add_argument("--longppl-alpha", type=float, default=2.0, help="min NLL gain (nats)")
+    data.add_argument("--longppl-beta", type=float, default=2.0, help="max long NLL (nats)")
+    data.add_argument(
+        "--longppl-scorer",
+        default=None,
+        metavar="MODEL",
+        help="evaluator model judging key tokens for all models (default: each model itself)",
+    )
+    load = parser.add_argument_group("model loading")
+    load.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: checkpoint)")
+    load.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+    load.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager")
+    load.add_argument("--rope-theta", type=float, default=None, help="override RoPE theta")
+    load.add_argument(
+        "--max-position-embeddings", type=int, default=None, help="override maximum positions"
+    )
+    load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.evaluation.report import results_markdown
+    from tokenweight.evaluation.runner import evaluate_models
+
+    tasks = None
+    if args.tasks:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    load_kwargs = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "attn_implementation": args.attn_implementation,
+        "trust_remote_code": args.trust_remote_code,
+        "rope_theta": args.rope_theta,
+        "max_position_embeddings": args.max_position_embeddings,
+    }
+    results = evaluate_models(
+        args.models,
+        out_dir=args.out,
+        tasks=tasks,
+        lengths=args.lengths,
+        depths=args.depths,
+        trials=args.trials,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        distractors=args.distractors,
+        hops=args.hops,
+        data=args.data,
+        seq_len=args.seq_len,
+        max_sequences=args.max_sequences,
+        text_field=args.text_field,
+        bucket_size=args.bucket_size,
+        longppl_window=args.longppl_window,
+        longppl_stride=args.longppl_stride,
+        longppl_alpha=args.longppl_alpha,
+        longppl_beta=args.longppl_beta,
+        scorer=args.longppl_scorer,
+        load_kwargs=load_kwargs,
+        progress=not args.no_progress,
+    )
+    print(results_markdown(results))
+    print(f"wrote {', '.join(results['files'])} to {args.out}")
+    return 0

@@ -1,0 +1,185 @@
+"""Writing an evaluation: markdown tables (models side by side as columns), PNG figures,
+``results.json``; every file written atomically."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
+
+__all__ = ["results_markdown", "write_outputs"]
+
+
+def _pct(correct: int, total: int) -> str:
+    return f"{correct / total:.0%} ({correct}/{total})" if total else "-"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _span(start: int, end: int) -> str:
+    def k(n: int) -> str:
+        return f"{n // 1024}K" if n % 1024 == 0 and n else str(n)
+
+    return f"[{k(start)}, {k(end)})"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """Markdown tables of ``results`` (models side by side as columns)."""
+    entries = results["models"]
+    labels = [e["label"] for e in entries]
+    settings = results["settings"]
+    out = ["# tokenweight evaluation", ""]
+    out += _table(
+        ["model", "source", "native context", "RoPE theta"],
+        [
+            [
+                e["label"],
+                f"`{e['source']}`" if e.get("source") else "(in memory)",
+                str(e.get("max_position_embeddings") or "-"),
+                f"{e['rope_theta']:g}" if e.get("rope_theta") else "-",
+            ]
+            for e in entries
+        ],
+    )
+    probe_tasks = [t for t in settings["tasks"] if t in PROBE_TASKS]
+    if probe_tasks:
+        out += ["", "## Probes", ""]
+        out.append(
+            f"Exact-match accuracy of greedy answers; {settings['trials']} prompt(s) per "
+            f"(length, depth), depths {', '.join(f'{d:.0%}' for d in settings['depths'])}, "
+            f"seed {settings['seed']}."
+        )
+        out.append("")
+        out += _table(
+            ["probe", *labels],
+            [
+                [task]
+                + [_pct(e["probes"][task]["correct"], e["probes"][task]["total"]) for e in entries]
+                for task in probe_tasks
+            ],
+        )
+        for task in probe_tasks:
+            out += ["", f"### {task}: accuracy by prompt length", ""]
+            rows = []
+            for n in settings["lengths"]:
+                row = [str(n)]
+                for e in entries:
+                    cell = e["probes"][task]["by_length"][str(n)]
+                    row.append(f"{cell['correct']}/{cell['total']}")
+                rows.append(row)
+            out += _table(["tokens", *labels], rows)
+    if "ppl" in settings["tasks"]:
+        first = entries[0]["perplexity"]
+        out += ["", "## Perplexity by position", ""]
+        out.append(
+            f"Mean NLL (nats) of targets by position, {first['sequences']} sequences of "
+            f"{first['seq_len']} tokens; last row: all targets (perplexity in brackets)."
+        )
+        rows = []
+        for i, bucket in enumerate(first["buckets"]):
+            rows.append(
+                [_span(bucket["start"], bucket["end"])]
+                + [_num(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
+            )
+        rows.append(
+            ["all"]
+            + [
+                f"{_num(e['perplexity']['mean_nll'])} ({_num(e['perplexity']['perplexity'], 2)})"
+                for e in entries
+            ]
+        )
+        out.append("")
+        out += _table(["positions", *labels], rows)
+    if "longppl" in settings["tasks"]:
+        info = entries[0]["longppl"]
+        out += ["", "## LongPPL", ""]
+        out.append(
+            f"Key tokens: short-context NLL minus long-context NLL > {info['alpha']:g} nats "
+            f"and long NLL < {info['beta']:g}; short context: {info['window']}-token windows, "
+            f"stride {info['stride']}; key tokens judged by "
+            f"{'each model itself' if info['key_tokens_from'] == 'self' else info['key_tokens_from']}."
+        )
+        out.append("")
+        out += _table(
+            ["model", "LongPPL", "key tokens", "tokens", "perplexity"],
+            [
+                [
+                    e["label"],
+                    _num(e["longppl"]["longppl"], 2),
+                    str(e["longppl"]["key_tokens"]),
+                    str(e["longppl"]["tokens"]),
+                    _num(e["longppl"]["perplexity"], 2),
+                ]
+                for e in entries
+            ],
+        )
+    files = [f for f in results.get("files", []) if f.endswith(".png")]
+    if files:
+        out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in files]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
+    """Write the PNG figures, ``results.json`` and ``results.md`` (each atomically) into
+    ``out_dir``; returns the file names written."""
+    from tokenweight.evaluation.plots import HeatmapPanel, plot_nll_by_position, plot_probe_heatmap
+    from tokenweight.files import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = results["settings"]
+    entries = results["models"]
+    files: list[str] = []
+    for task in (t for t in settings["tasks"] if t in PROBE_TASKS):
+        panels = []
+        for e in entries:
+            cells = {(c["length"], c["depth"]): c for c in e["probes"][task]["cells"]}
+            panels.append(
+                HeatmapPanel(
+                    label=e["label"],
+                    lengths=settings["lengths"],
+                    depths=settings["depths"],
+                    correct=[
+                        [cells[(n, d)]["correct"] for n in settings["lengths"]]
+                        for d in settings["depths"]
+                    ],
+                    total=[
+                        [cells[(n, d)]["total"] for n in settings["lengths"]]
+                        for d in settings["depths"]
+                    ],
+                )
+            )
+        name = f"probe_{task}.png"
+        plot_probe_heatmap(task, panels, out / name)
+        files.append(name)
+    if "ppl" in settings["tasks"]:
+        curves = [
+            (
+                e["label"],
+                e["perplexity"]["curve"]["positions"],
+                [math.nan if y is None else y for y in e["perplexity"]["curve"]["mean_nll"]],
+            )
+            for e in entries
+        ]
+        plot_nll_by_position(
+            curves,
+            out / "nll_by_position.png",
+            native_context=[e.get("max_position_embeddings") for e in entries],
+        )
+        files.append("nll_by_position.png")
+    files += ["results.json", "results.md"]
+    results["files"] = files
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", results_markdown(results))
+    return files

@@ -1,0 +1,59 @@
+"""``tokenweight train``: context extension with a token-weighted loss."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "train (extend the context of) a causal LM with a token-weighted loss from a YAML config"
+
+EPILOG = """\
+examples:
+  tokenweight train configs/cpu/smollm2.yaml
+  tokenweight train configs/paper/dense_self.yaml data.path=data/pg19-32k train.max_steps=10
+  torchrun --nproc_per_node 8 -m tokenweight.cli train configs/paper/dense_self.yaml
+  tokenweight train CONFIG --resume        # continue from the newest checkpoint
+
+overrides are key.sub=value with YAML values: train.learning_rate=3e-5, model.lora=null,
+scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.max_steps=10",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in train.output_dir (fresh start if none)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved, validated config and exit without training",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.training.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    from tokenweight.training.run import train
+
+    result = train(config, resume=args.resume)
+    if result.train_loss is not None and os.environ.get("RANK", "0") == "0":
+        print(
+            f"done: {result.global_step} steps, mean loss {result.train_loss:.4f}; "
+            f"model saved in {result.output_dir}"
+        )
+    return 0

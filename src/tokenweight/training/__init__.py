@@ -1,0 +1,39 @@
+"""Training: config, the token-weighted ``Trainer``, collator, callbacks, entry point.
+
+Heavy modules (transformers) load on first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "Config",
+    "LossParts",
+    "TokenWeightCollator",
+    "TokenWeightTrainer",
+    "TrainResult",
+    "load_config",
+    "to_training_arguments",
+    "token_weighted_loss",
+    "train",
+]
+
+_WHERE = {
+    "Config": "config",
+    "load_config": "config",
+    "to_training_arguments": "config",
+    "TokenWeightCollator": "collator",
+    "LossParts": "loss",
+    "token_weighted_loss": "loss",
+    "TokenWeightTrainer": "trainer",
+    "TrainResult": "run",
+    "train": "run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

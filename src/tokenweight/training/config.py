@@ -1,0 +1,594 @@
+"""Training configuration: YAML files validated into typed dataclasses.
+
+A config has five sections::
+
+    inherit: base.yaml          # optional: file(s) this one extends, relative to this file
+    model:   {source, dtype, attn_implementation, gradient_checkpointing, rope_theta, ...}
+    data:    {path, seq_len}
+    scheme:  dense:0.75         # text or mapping, see tokenweight.weighting.Scheme
+    scorer:  {kind, model, window, stride, windows_per_batch, dtype}
+    train:   {output_dir, learning_rate, betas, ..., deepspeed, fsdp, bf16}
+
+``inherit`` files are merged first (later ones win), then this file on top; mappings
+merge key by key, everything else (including ``scheme``) is replaced whole. Command-line
+overrides ``key.sub=value`` are applied last, their values read as YAML scalars
+(``train.learning_rate=3e-5``, ``model.lora=null``, ``train.report_to=[tensorboard]``).
+
+Every unknown key and every bad value is a :class:`TokenWeightError` naming the dotted
+key, e.g. ``train.learning_rate: expected a number, got 'abc'``. Relative paths inside a
+config (data, models, DeepSpeed/FSDP files, output folder) are taken from the current
+directory, except ``inherit`` which is relative to the file that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.weighting import Scheme
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "ScorerConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "load_raw_config",
+    "to_training_arguments",
+]
+
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+SCORER_KINDS = ("self", "model", "precomputed", "none")
+SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+INHERIT_KEY = "inherit"
+
+
+# ------------------------------------------------------------------ field checks
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_two(value: int) -> str | None:
+    return None if value >= 2 else "must be >= 2"
+
+
+def _betas(value: tuple[float, float]) -> str | None:
+    return None if all(0 <= b < 1 for b in value) else "each beta must be in [0, 1)"
+
+
+def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
+    return {"check": fn}
+
+
+def _choices(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+# ------------------------------------------------------------------ sections
+@dataclass
+class LoraConfig:
+    """Low-rank adapters through ``peft`` (``pip install 'tokenweight[peft]'``)."""
+
+    r: int = field(default=16, metadata=_check(_positive))
+    alpha: float = field(default=32.0, metadata=_check(_positive))
+    dropout: float = field(default=0.0, metadata=_check(_non_negative))
+    target_modules: str | list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The model to train and how to load it.
+
+    ``source``: a local folder, a hub name, a GGUF model folder, or ``smollm2`` for the
+    embedded default (SmolLM2-135M, converted once and cached under ``cache_dir``).
+    ``rope_theta`` / ``max_position_embeddings`` extend the context at load time; the
+    frozen ``model`` scorer keeps the original values.
+    """
+
+    source: str | None = None
+    dtype: str = field(default="auto", metadata=_choices(*DTYPES))
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    rope_theta: float | None = field(default=None, metadata=_check(_positive))
+    max_position_embeddings: int | None = field(default=None, metadata=_check(_positive))
+    cache_dir: str | None = None
+    lora: LoraConfig | None = None
+
+
+@dataclass
+class DataConfig:
+    """Prepared (``tokenweight prepare``) or scored (``tokenweight score``) data.
+
+    ``seq_len``, when given, must equal the manifest's sequence length (a guard against
+    pointing a 32K config at 8K data).
+    """
+
+    path: str | None = None
+    seq_len: int | None = field(default=None, metadata=_check(_at_least_two))
+
+
+@dataclass
+class ScorerConfig:
+    """Where the short-context NLL comes from (SPEC §3).
+
+    ``self``: the model being trained, windows without gradient every step. ``model``: a
+    frozen model (``model``; default: ``model.source`` at its original RoPE settings),
+    e.g. a smaller one sharing the tokenizer. ``precomputed``: ``short_nll`` stored by
+    ``tokenweight score`` (the paper's frozen scorer). ``none``: only for ``uniform``.
+    """
+
+    kind: str = field(default="self", metadata=_choices(*SCORER_KINDS))
+    model: str | None = None
+    window: int | None = field(default=None, metadata=_check(_at_least_two))
+    stride: int | None = field(default=None, metadata=_check(_positive))
+    windows_per_batch: int | None = field(default=None, metadata=_check(_positive))
+    dtype: str = field(default="auto", metadata=_choices(*DTYPES))
+    device: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, batch, checkpoints, logging and the distributed backend.
+
+    The effective batch of one optimizer step is ``micro_batch_size *
+    gradient_accumulation_steps * number of processes`` sequences. ``deepspeed`` is a
+    DeepSpeed JSON file (``configs/deepspeed/``); ``fsdp: true`` turns on FSDP with the
+    settings of ``fsdp_config`` (a JSON file such as ``configs/fsdp/llama.json``, or a
+    mapping); older transformers also take option text such as ``"full_shard auto_wrap"``.
+    ``training_arguments`` passes any further ``transformers.TrainingArguments`` field.
+    """
+
+    output_dir: str = "runs/tokenweight"
+    learning_rate: float = field(default=2e-5, metadata=_check(_positive))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_check(_betas))
+    eps: float = field(default=1e-8, metadata=_check(_positive))
+    weight_decay: float = field(default=0.01, metadata=_check(_non_negative))
+    scheduler: str = field(default="constant_with_warmup", metadata=_choices(*SCHEDULERS))
+    warmup_steps: int = field(default=20, metadata=_check(_non_negative))
+    max_steps: int = field(default=240, metadata=_check(_positive))
+    micro_batch_size: int = field(default=1, metadata=_check(_positive))
+    gradient_accumulation_steps: int = field(default=16, metadata=_check(_positive))
+    max_grad_norm: float = field(default=1.0, metadata=_check(_non_negative))
+    seed: int = 42
+    shuffle: bool = True
+    save_steps: int = field(default=20, metadata=_check(_positive))
+    save_total_limit: int | None = field(default=None, metadata=_check(_positive))
+    logging_steps: int = field(default=1, metadata=_check(_positive))
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    run_name: str | None = None
+    bf16: bool = False
+    use_cpu: bool = False
+    deepspeed: str | None = None
+    fsdp: bool | str | None = None
+    fsdp_config: str | dict[str, Any] | None = None
+    dataloader_num_workers: int = field(default=0, metadata=_check(_non_negative))
+    training_arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """A validated training configuration (see the module docstring for the layout)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scheme: Scheme = field(default_factory=Scheme.uniform)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+        config = _build_dataclass(cls, data, "")
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that :meth:`from_dict` reads back (``scheme`` as its text form)."""
+        out = dataclasses.asdict(self)
+        out["scheme"] = str(self.scheme)
+        out["train"]["betas"] = list(self.train.betas)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def scorer_kind(self) -> str:
+        """The scorer actually used: ``none`` for the uniform scheme, else ``scorer.kind``."""
+        return "none" if self.scheme.is_uniform else self.scorer.kind
+
+    def validate(self) -> None:
+        """Checks that involve more than one field; raises :class:`TokenWeightError`."""
+        if not self.model.source:
+            raise TokenWeightError(
+                "model.source: required; give a local model folder, a hub name, a GGUF "
+                "folder or 'smollm2' (the embedded default)"
+            )
+        if not self.data.path:
+            raise TokenWeightError(
+                "data.path: required; give the folder written by `tokenweight prepare` "
+                "(or by `tokenweight score` for the precomputed scorer)"
+            )
+        kind = self.scorer.kind
+        if kind == "none" and not self.scheme.is_uniform:
+            raise TokenWeightError(
+                f"scorer.kind: 'none' only works with the uniform scheme, but scheme is "
+                f"{self.scheme}; choose self, model or precomputed"
+            )
+        if self.scorer_kind in ("self", "model") and self.scorer.window is None:
+            raise TokenWeightError(
+                f"scorer.window: required for the {kind!r} scorer (the short context in "
+                "tokens, usually the model's native context, e.g. 8192 for Llama-3)"
+            )
+        if (
+            self.scorer.window is not None
+            and self.scorer.stride is not None
+            and self.scorer.stride >= self.scorer.window
+        ):
+            raise TokenWeightError(
+                f"scorer.stride: must be smaller than scorer.window ({self.scorer.window}), "
+                f"got {self.scorer.stride}"
+            )
+        if self.scorer.model is not None and kind != "model":
+            raise TokenWeightError(
+                f"scorer.model: only used with scorer.kind 'model', but kind is {kind!r}"
+            )
+        if (
+            self.model.max_position_embeddings is not None
+            and self.data.seq_len is not None
+            and self.data.seq_len > self.model.max_position_embeddings
+        ):
+            raise TokenWeightError(
+                f"model.max_position_embeddings: {self.model.max_position_embeddings} is "
+                f"shorter than data.seq_len {self.data.seq_len}"
+            )
+        if self.train.deepspeed and self.train.fsdp:
+            raise TokenWeightError("train.deepspeed and train.fsdp: choose one, not both")
+        if self.train.bf16 and _is_fp16(self.model.dtype):
+            raise TokenWeightError("model.dtype: fp16 weights with train.bf16 do not mix")
+
+
+def _is_fp16(dtype: str) -> bool:
+    return dtype in ("float16", "fp16")
+
+
+# ------------------------------------------------------------------ conversion
+def _describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        inner = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
+        return inner, optional
+    return tp, False
+
+
+def _to_number(value: Any, key: str, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise TokenWeightError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        # PyYAML reads '2e-5' and '15.3e6' as text (YAML 1.1); accept numeric text.
+        try:
+            value = float(value.replace("_", "")) if kind is float else int(value, 0)
+        except ValueError:
+            what = "a number" if kind is float else "a whole number"
+            raise TokenWeightError(f"{key}: expected {what}, got {value!r}") from None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise TokenWeightError(f"{key}: expected a whole number, got {_describe(value)}")
+        return value
+    if not isinstance(value, (int, float)):
+        raise TokenWeightError(f"{key}: expected a number, got {_describe(value)}")
+    if not math.isfinite(float(value)):
+        raise TokenWeightError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise TokenWeightError(f"{key}: must be set (got null)")
+    if inner is Scheme:
+        try:
+            return Scheme.coerce(value)
+        except TokenWeightError as exc:
+            raise TokenWeightError(f"{key}: {exc}") from None
+    if dataclasses.is_dataclass(inner):
+        return _build_dataclass(inner, value, key)
+    if inner is Any:
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise TokenWeightError(f"{key}: expected true or false, got {_describe(value)}")
+    if inner in (int, float):
+        return _to_number(value, key, inner)
+    if inner is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TokenWeightError(f"{key}: expected text, got {_describe(value)}")
+    origin = typing.get_origin(inner)
+    args = typing.get_args(inner)
+    if origin in (typing.Union, types.UnionType):  # e.g. list[str] | str, str | dict
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, key)
+            except TokenWeightError as exc:
+                errors.append(str(exc).removeprefix(f"{key}: "))
+        raise TokenWeightError(f"{key}: {' or '.join(errors)}")
+    if origin is list:
+        if isinstance(value, str) and args and args[0] is str:
+            return [value]  # report_to: wandb  ==  report_to: [wandb]
+        if not isinstance(value, (list, tuple)):
+            raise TokenWeightError(f"{key}: expected a list, got {_describe(value)}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise TokenWeightError(
+                f"{key}: expected a list of {len(args)} values, got {_describe(value)}"
+            )
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise TokenWeightError(f"{key}: expected a mapping, got {_describe(value)}")
+        return {str(k): v for k, v in value.items()}
+    if origin is Literal:
+        if value not in args:
+            raise TokenWeightError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
+
+
+def _build_dataclass(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise TokenWeightError(f"{where}: expected a mapping of keys, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [str(k) for k in data if str(k) not in known]
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise TokenWeightError(
+            f"{name}: unknown key; allowed{' in ' + prefix if prefix else ''}: {', '.join(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        converted = _convert(value, hints[name], key)
+        meta = known[name].metadata
+        if converted is not None and "choices" in meta:
+            text = str(converted).lower()
+            if text not in meta["choices"]:
+                raise TokenWeightError(
+                    f"{key}: expected one of {', '.join(meta['choices'])}, got {value!r}"
+                )
+            converted = text
+        if converted is not None and "check" in meta:
+            problem = meta["check"](converted)
+            if problem:
+                raise TokenWeightError(f"{key}: {problem}, got {value!r}")
+        kwargs[str(name)] = converted
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------ files and overrides
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if key != "scheme" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TokenWeightError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise TokenWeightError(f"{path}: the top level must be a mapping of sections")
+    return dict(data)
+
+
+def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config with its ``inherit`` chain resolved (not yet validated)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise TokenWeightError(f"inherit: circular chain {chain}")
+    data = _read_yaml(path)
+    parents = data.pop(INHERIT_KEY, None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = _merge(merged, load_raw_config(path.parent / parent, (*_seen, path)))
+    return _merge(merged, data)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
+    out = copy.deepcopy(dict(data))
+    for text in overrides:
+        key, eq, raw = text.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise TokenWeightError(
+                f"override {text!r}: expected key.sub=value, e.g. train.learning_rate=3e-5"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # e.g. an unbalanced bracket; let validation judge the text
+        parts = key.split(".")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise TokenWeightError(
+                    f"override {text!r}: {where} is {child!r}, not a mapping; "
+                    f"set {where}=... as a whole"
+                )
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read, merge, override and validate a config.
+
+    Args:
+        path: a YAML file (with optional ``inherit``), or ``None`` for ``base`` alone.
+        overrides: ``key.sub=value`` strings applied last.
+        base: a mapping merged below the file (used by callers that build configs in code).
+    """
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _merge(data, load_raw_config(path))
+    data.pop(INHERIT_KEY, None)
+    return Config.from_dict(apply_overrides(data, overrides))
+
+
+# ------------------------------------------------------------------ TrainingArguments
+def _training_argument_names() -> set[str]:
+    import transformers
+
+    return {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
+def to_training_arguments(config: Config, **extra: Any) -> Any:
+    """The ``transformers.TrainingArguments`` for ``config`` (``extra`` wins over it).
+
+    Fixed choices: checkpoints every ``save_steps`` in safetensors, a log line every
+    ``logging_steps`` steps, ``remove_unused_columns=False`` (the collator needs the
+    score columns), no DDP buffer broadcast (the self scorer runs extra forwards whose
+    number must not have to match across processes), no unused-parameter search.
+    """
+    import transformers
+
+    t = config.train
+    names = _training_argument_names()
+    for key in t.training_arguments:
+        if key not in names:
+            raise TokenWeightError(
+                f"train.training_arguments.{key}: not a field of transformers.TrainingArguments"
+            )
+    if t.deepspeed is not None and not Path(t.deepspeed).is_file():
+        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}")
+    if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
+        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}")
+    checkpointing = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    kwargs: dict[str, Any] = {
+        "output_dir": t.output_dir,
+        "learning_rate": t.learning_rate,
+        "adam_beta1": t.betas[0],
+        "adam_beta2": t.betas[1],
+        "adam_epsilon": t.eps,
+        "weight_decay": t.weight_decay,
+        "optim": "adamw_torch",
+        "lr_scheduler_type": t.scheduler,
+        "warmup_steps": t.warmup_steps,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "train_sampling_strategy": "random" if t.shuffle else "sequential",
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "logging_strategy": "steps",
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "report_to": t.report_to,
+        "bf16": t.bf16,
+        "use_cpu": t.use_cpu,
+        "deepspeed": t.deepspeed,
+        "dataloader_num_workers": t.dataloader_num_workers,
+        "remove_unused_columns": False,
+        "ddp_broadcast_buffers": False,
+        "ddp_find_unused_parameters": False,
+        "average_tokens_across_devices": True,
+        checkpointing: config.model.gradient_checkpointing,
+        f"{checkpointing}_kwargs": {"use_reentrant": False}
+        if config.model.gradient_checkpointing
+        else None,
+    }
+    if t.run_name is not None:
+        kwargs["run_name"] = t.run_name
+    if t.fsdp:
+        kwargs["fsdp"] = t.fsdp
+        if t.fsdp_config is not None:
+            kwargs["fsdp_config"] = t.fsdp_config
+    kwargs = {k: v for k, v in kwargs.items() if k in names}
+    kwargs.update(t.training_arguments)
+    kwargs.update(extra)
+    try:
+        return transformers.TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise TokenWeightError(f"train: the Trainer refused these settings: {exc}") from None

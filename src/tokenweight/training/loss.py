@@ -1,0 +1,123 @@
+"""One micro-batch of the token-weighted loss, outside any Trainer.
+
+:func:`token_weighted_loss` is the code path that
+:meth:`~tokenweight.training.trainer.TokenWeightTrainer.compute_loss` runs (and that
+``benchmarks/bench_train_step.py`` times); use it in a hand-written training loop::
+
+    parts = token_weighted_loss(model, batch, "dense:0.75", SelfScorer(window=8192))
+    parts.loss.backward()
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.training.callbacks import first_nonfinite
+from tokenweight.training.collator import valid_target_mask
+from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
+
+__all__ = ["LossParts", "token_weighted_loss"]
+
+
+@dataclass
+class LossParts:
+    """The loss of one micro-batch and what it is made of; all per-target tensors are
+    ``(B, N - 1)`` (column ``t - 1`` is target ``t``), NLL in nats.
+
+    ``loss`` is ``None`` when a value was not finite; ``problem`` then says which
+    (``where``: ``(row, target, value)`` of the first bad NLL, if that was it).
+    """
+
+    loss: torch.Tensor | None
+    long_nll: torch.Tensor
+    short_nll: torch.Tensor | None
+    weights: torch.Tensor
+    mask: torch.Tensor
+    scoring_seconds: float = 0.0
+    problem: str | None = None
+    where: tuple[int, int, float] | None = None
+
+
+def _timed_score(
+    scorer: Any, model: Any, batch: dict[str, Any], long_nll: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    cuda = long_nll.is_cuda
+    if cuda:
+        torch.cuda.synchronize(long_nll.device)
+    start = time.perf_counter()
+    short = scorer(batch, long_nll.detach(), model=model)
+    if cuda:
+        torch.cuda.synchronize(long_nll.device)
+    seconds = time.perf_counter() - start
+    if not isinstance(short, torch.Tensor) or short.shape != long_nll.shape:
+        raise TokenWeightError(
+            f"the scorer returned {getattr(short, 'shape', type(short).__name__)}, "
+            f"expected a tensor of shape {tuple(long_nll.shape)}"
+        )
+    return short.to(device=long_nll.device, dtype=torch.float32), seconds
+
+
+def token_weighted_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    scheme: Scheme | str,
+    scorer: Any = None,
+    *,
+    num_items: torch.Tensor | int | None = None,
+    generator: torch.Generator | None = None,
+) -> LossParts:
+    """``sum_i w_i * l_i / num_items`` over the valid targets of ``batch``.
+
+    Args:
+        model: the causal LM being trained (possibly wrapped); called once for the long
+            NLL through :func:`tokenweight.losses.model_token_nll` (no full logits).
+        batch: ``input_ids`` ``(B, N)``, optional ``attention_mask`` and ``labels``
+            (``-100`` = no target), and whatever the scorer reads (``short_nll``).
+        scheme: the weighting scheme (:class:`~tokenweight.weighting.Scheme` or text).
+        scorer: ``scorer(batch, long_nll, model=model) -> short_nll``; not called for
+            the uniform scheme.
+        num_items: the divisor; default the number of valid targets of this batch. Pass
+            the count of the whole optimizer step under gradient accumulation.
+        generator: tie-breaking randomness for sparsification.
+    """
+    from tokenweight.losses import model_token_nll
+
+    scheme = Scheme.coerce(scheme)
+    input_ids = batch["input_ids"]
+    attention_mask = batch.get("attention_mask")
+    labels = batch.get("labels")
+    mask = valid_target_mask(input_ids, labels, attention_mask)
+
+    long_nll = model_token_nll(model, input_ids, labels=labels, attention_mask=attention_mask)
+    short_nll, seconds = None, 0.0
+    if not scheme.is_uniform:
+        if scorer is None:
+            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+        short_nll, seconds = _timed_score(scorer, model, batch, long_nll)
+
+    parts = LossParts(None, long_nll, short_nll, torch.zeros_like(long_nll), mask, seconds)
+    if (where := first_nonfinite(long_nll, mask)) is not None:
+        parts.problem, parts.where = "the long-context NLL", where
+        return parts
+    if short_nll is not None and (where := first_nonfinite(short_nll, mask)) is not None:
+        parts.problem, parts.where = "the short-context NLL", where
+        return parts
+    try:
+        parts.weights = compute_weights(
+            long_nll.detach(), short_nll, scheme, mask=mask, generator=generator
+        )
+    except TokenWeightError as exc:
+        parts.problem = f"the weights ({exc})"
+        return parts
+    count = num_items if num_items is not None else mask.sum()
+    loss = weighted_nll_loss(long_nll, parts.weights, mask=mask, num_items=count)
+    if not bool(torch.isfinite(loss)):
+        parts.problem = f"the loss ({float(loss.detach())})"
+        return parts
+    parts.loss = loss
+    return parts

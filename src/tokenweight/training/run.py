@@ -1,0 +1,373 @@
+"""The train entry point: config -> data, model, scorer, trainer -> checkpoints.
+
+:func:`train` is what ``tokenweight train`` runs, in every process of a distributed launch.
+Order matters for DeepSpeed ZeRO-3: a frozen scorer model is loaded before the
+``TrainingArguments`` (whose DeepSpeed config makes ``from_pretrained`` partition weights),
+the trained model after them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.training.config import Config, to_training_arguments
+
+__all__ = ["TrainResult", "find_last_checkpoint", "train"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "tokenweight_train.yaml"
+LOG_NAME = "train_log.jsonl"
+SUMMARY_NAME = "train_summary.json"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind.
+
+    ``output_dir`` holds the final model (safetensors, config with the extended RoPE
+    settings, tokenizer), ``checkpoint-*`` folders, :data:`CONFIG_NAME` (the resolved
+    config) and :data:`LOG_NAME` (one JSON object per log line).
+    """
+
+    output_dir: Path
+    global_step: int
+    train_loss: float | None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def find_last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir``, or ``None``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+# ------------------------------------------------------------------ pieces
+def _model_path(source: str, cache_dir: str | None) -> str:
+    """A folder (or hub name) that loads fast: GGUF sources are converted once and cached."""
+    from tokenweight.models import ensure_local_model
+
+    return str(ensure_local_model(source, cache_dir))
+
+
+def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
+    """The training rows and the prepared data's manifest.
+
+    ``data.path`` is a ``tokenweight prepare`` folder, or a ``tokenweight score`` folder
+    (required by the precomputed scorer; its shards are verified against their hashes).
+    """
+    import datasets
+
+    from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
+
+    path = Path(config.data.path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise TokenWeightError(
+            f"data.path: {path} is not a prepared or scored dataset (no manifest.json); "
+            "create one with `tokenweight prepare` (and `tokenweight score`)"
+        )
+    kind = json.loads(manifest_file.read_text(encoding="utf-8")).get("format")
+    if kind == "tokenweight.scored":
+        scored = read_scored_manifest(path)
+        manifest = scored["prepared"]
+        dataset = load_scored_dataset(path, verify=True)
+        window = config.scorer.window
+        if config.scorer_kind == "precomputed" and window and window != scored.get("window"):
+            logger.warning(
+                "scorer.window is %s but %s was scored with window %s; the stored scores are used",
+                window,
+                path,
+                scored.get("window"),
+            )
+    else:
+        if config.scorer_kind == "precomputed":
+            raise TokenWeightError(
+                f"data.path: {path} holds no scores, but scorer.kind is 'precomputed'; "
+                "score it first with `tokenweight score` and point data.path at the result"
+            )
+        manifest = read_manifest(path)
+        dataset = datasets.load_from_disk(str(path))
+    seq_len = manifest.get("seq_len")
+    if config.data.seq_len is not None and seq_len is not None and seq_len != config.data.seq_len:
+        raise TokenWeightError(
+            f"data.seq_len: the config says {config.data.seq_len} but {path} holds "
+            f"{seq_len}-token sequences; prepare the data again or fix the config"
+        )
+    if len(dataset) == 0:
+        raise TokenWeightError(f"data.path: {path} holds no sequences")
+    return dataset, manifest
+
+
+def _check_tokenizer(tokenizer: Any, manifest: dict[str, Any], what: str) -> None:
+    from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
+
+    expected = manifest.get("tokenizer")
+    if not isinstance(expected, dict):
+        return
+    diffs = compare_tokenizer_identity(expected, tokenizer_identity(tokenizer))
+    if diffs:
+        raise TokenWeightError(
+            f"{what}: its tokenizer differs from the one the data was prepared with: "
+            + "; ".join(diffs)
+            + " (data vs model); prepare the data with this model's tokenizer"
+        )
+
+
+def _apply_lora(model: Any, config: Config) -> Any:
+    lora = config.model.lora
+    if lora is None:
+        return model
+    try:
+        import peft
+    except ImportError:
+        raise TokenWeightError(
+            "model.lora: needs the peft package; install it with `pip install 'tokenweight[peft]'`"
+        ) from None
+    peft_config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return peft.get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise TokenWeightError(f"model.lora: peft refused the settings: {exc}") from None
+
+
+def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
+    """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
+    if config.scorer_kind != "model":
+        return None
+    from tokenweight.models import load_model, load_tokenizer
+
+    source = config.scorer.model or config.model.source
+    path = _model_path(source, config.model.cache_dir)
+    dtype = None if config.scorer.dtype == "auto" else config.scorer.dtype
+    model = load_model(
+        path,
+        dtype=dtype,
+        attn_implementation=config.model.attn_implementation,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    return model, load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
+
+
+def _bos_token_id(manifest: dict[str, Any], dataset: Any) -> int | None:
+    """BOS replaces each later window's first token only if the sequences start with it."""
+    bos = manifest.get("bos_token_id")
+    if bos is None:
+        return None
+    return int(bos) if int(dataset[0]["input_ids"][0]) == int(bos) else None
+
+
+def _build_scorer(
+    config: Config, frozen: tuple[Any, Any] | None, tokenizer: Any, model: Any, bos: int | None
+) -> Any:
+    from tokenweight.scoring import build_scorer
+
+    kind = config.scorer_kind
+    s = config.scorer
+    kwargs: dict[str, Any] = {}
+    if kind == "model":
+        assert frozen is not None
+        scorer_model, scorer_tok = frozen
+        from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
+
+        diffs = compare_tokenizer_identity(
+            tokenizer_identity(tokenizer), tokenizer_identity(scorer_tok)
+        )
+        if diffs:
+            raise TokenWeightError(
+                "scorer.model: its tokenizer differs from the trained model's: "
+                + "; ".join(diffs)
+                + " (trained vs scorer); the scorer must share the tokenizer"
+            )
+        kwargs = {"scorer_model": scorer_model, "tokenizer": scorer_tok, "reference": model}
+        if s.device is not None:
+            kwargs["device"] = s.device
+    return build_scorer(
+        kind,
+        window=s.window,
+        stride=s.stride,
+        bos_token_id=bos,
+        windows_per_batch=s.windows_per_batch,
+        **kwargs,
+    )
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _warn_if_config_changed(saved: Path, config: Config) -> None:
+    """On resume, say which settings differ from the ones the run started with."""
+    import yaml
+
+    if not saved.is_file():
+        return
+    try:
+        before = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")))
+    except yaml.YAMLError:
+        return
+    now = _flatten(config.to_dict())
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        logger.warning("resuming with settings that differ from %s: %s", saved, ", ".join(changed))
+
+
+def _save_merged(model: Any, tokenizer: Any, folder: Path, config: Config) -> None:
+    """A LoRA run also leaves a plain model folder with the adapters merged in."""
+    if config.train.deepspeed or config.train.fsdp:
+        logger.warning(
+            "LoRA with DeepSpeed/FSDP: only the adapter was saved; merge it with peft's "
+            "merge_and_unload() after loading it on one device"
+        )
+        return
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+# ------------------------------------------------------------------ entry point
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+    training_arguments: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Run (or continue) a token-weighted training run described by ``config``.
+
+    Args:
+        config: a validated :class:`~tokenweight.training.config.Config`.
+        resume: continue from the newest checkpoint in ``train.output_dir`` (exactly:
+            model, optimizer, scheduler, RNG and data position); starts fresh when there
+            is none. Without it, an output folder that already holds checkpoints is
+            refused.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+        training_arguments: overrides for ``transformers.TrainingArguments``.
+
+    Returns:
+        a :class:`TrainResult`; the final model is saved in ``train.output_dir``.
+    """
+    import torch
+    import transformers
+    from transformers.trainer_callback import ProgressCallback
+
+    from tokenweight.models import load_model, load_tokenizer
+    from tokenweight.training.callbacks import JsonlLogCallback, TokenWeightProgressCallback
+    from tokenweight.training.collator import TokenWeightCollator
+    from tokenweight.training.trainer import TokenWeightTrainer
+
+    out = Path(config.train.output_dir)
+    last = find_last_checkpoint(out)
+    if not resume and (last is not None or (out / SUMMARY_NAME).is_file()):
+        what = Path(last).name if last is not None else "a finished run"
+        raise TokenWeightError(
+            f"train.output_dir: {out} already holds {what}; pass --resume to continue it, "
+            "or choose another train.output_dir"
+        )
+    if resume and last is None:
+        logger.warning("--resume: no checkpoint in %s, starting from the beginning", out)
+    if resume and last is not None:
+        _warn_if_config_changed(out / CONFIG_NAME, config)
+
+    dataset, manifest = _load_dataset(config)
+    model_path = _model_path(config.model.source, config.model.cache_dir)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
+    _check_tokenizer(tokenizer, manifest, "model.source")
+    frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
+
+    extra = dict(training_arguments or {})
+    accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if not config.train.use_cpu and not accelerator_present:
+        extra.setdefault("use_cpu", True)
+    args = to_training_arguments(config, **extra)
+    transformers.set_seed(args.seed)
+
+    model_dtype = None if config.model.dtype == "auto" else config.model.dtype
+    model = load_model(
+        model_path,
+        dtype=model_dtype,
+        attn_implementation=config.model.attn_implementation,
+        trust_remote_code=config.model.trust_remote_code,
+        rope_theta=config.model.rope_theta,
+        max_position_embeddings=config.model.max_position_embeddings,
+    )
+    seq_len = manifest.get("seq_len")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if seq_len and max_pos and seq_len > max_pos:
+        logger.warning(
+            "sequences of %d tokens exceed the model's max_position_embeddings %d; set "
+            "model.max_position_embeddings (and model.rope_theta) to extend the context",
+            seq_len,
+            max_pos,
+        )
+    if config.model.gradient_checkpointing:
+        model.config.use_cache = False
+    model = _apply_lora(model, config)
+    if frozen is not None:
+        frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
+    scorer = _build_scorer(config, frozen, tokenizer, model, _bos_token_id(manifest, dataset))
+
+    pad = next(
+        (t for t in (manifest.get("pad_token_id"), tokenizer.pad_token_id) if t is not None), 0
+    )
+    trainer = TokenWeightTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=TokenWeightCollator(pad_token_id=pad),
+        processing_class=tokenizer,
+        scheme=config.scheme,
+        scorer=scorer,
+        callbacks=[JsonlLogCallback(out / LOG_NAME), *(callbacks or [])],
+    )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(TokenWeightProgressCallback())
+
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        from tokenweight.files import atomic_write_text
+
+        atomic_write_text(out / CONFIG_NAME, config.to_yaml())
+    result = trainer.train(resume_from_checkpoint=last if resume else None)
+    trainer.save_model(str(out))
+    trainer.save_state()
+    if config.model.lora is not None and trainer.is_world_process_zero():
+        _save_merged(trainer.model, tokenizer, out / "merged", config)
+    if trainer.is_world_process_zero():
+        summary = {
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "scheme": str(config.scheme),
+            "scorer": config.scorer_kind,
+            "resumed_from": last if resume else None,
+            "metrics": result.metrics,
+        }
+        from tokenweight.files import atomic_write_json
+
+        atomic_write_json(out / SUMMARY_NAME, json.loads(json.dumps(summary, default=str)))
+    return TrainResult(
+        output_dir=out,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        log_history=list(trainer.state.log_history),
+        resumed_from=last if resume else None,
+    )

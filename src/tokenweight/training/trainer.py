@@ -1,0 +1,283 @@
+"""``TokenWeightTrainer``: the Hugging Face ``Trainer`` with a token-weighted loss.
+
+Per micro-batch (``compute_loss``):
+
+1. long NLL ``l``: :func:`tokenweight.losses.model_token_nll` through the (possibly
+   DDP/DeepSpeed/FSDP-wrapped) model, never materializing full logits, ``(B, N-1)``;
+2. short NLL ``s``: the scorer (skipped for the uniform scheme), ``(B, N-1)``;
+3. weights ``w = compute_weights(l, s, scheme, mask)`` (detached);
+4. loss ``sum_i w_i l_i / n`` with :func:`tokenweight.weighting.weighted_nll_loss`.
+
+``n`` is the number of valid targets of the whole optimizer step: every micro-batch of
+the gradient accumulation, summed over all processes (``num_items_in_batch``, counted by
+:meth:`TokenWeightTrainer.get_batch_samples`). Since data-parallel backends (DDP,
+DeepSpeed, FSDP) average gradients over processes, the loss is multiplied by the number
+of processes, so the applied gradient is exactly the gradient of
+``sum over all valid targets of the step of w*l, divided by n`` — the same as one process
+with the whole batch, whatever the padding. (With ``average_tokens_across_devices=False``
+each process normalizes by its own count instead, as in the plain Trainer.)
+
+Used as a library::
+
+    from tokenweight.scoring import SelfScorer
+    from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
+
+    trainer = TokenWeightTrainer(
+        model=model,
+        args=TrainingArguments(output_dir="out", max_steps=240, gradient_accumulation_steps=16),
+        train_dataset=dataset,  # rows with input_ids (and attention_mask)
+        data_collator=TokenWeightCollator(pad_token_id=tokenizer.pad_token_id or 0),
+        scheme="dense:0.75",
+        scorer=SelfScorer(window=8192, stride=6144, bos_token_id=tokenizer.bos_token_id),
+    )
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
+from tokenweight.training.collator import TokenWeightCollator, valid_target_mask
+from tokenweight.training.loss import token_weighted_loss
+from tokenweight.weighting import Scheme
+
+__all__ = ["TokenWeightTrainer", "count_valid_targets"]
+
+# dataset columns the collator uses beyond the model's forward arguments
+EXTRA_COLUMNS = ("short_nll", "row", "input_hash")
+# tie-breaking seeds for sparsification: distinct per (seed, step, micro-batch, process)
+_SEED_MIX = (1_000_003, 10_007, 101)
+
+
+def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
+    """Number of valid targets in a collated batch (int64 scalar on the batch's device)."""
+    return valid_target_mask(
+        batch["input_ids"], batch.get("labels"), batch.get("attention_mask")
+    ).sum()
+
+
+class TokenWeightTrainer(Trainer):
+    """A ``transformers.Trainer`` whose loss is the token-weighted NLL (module docstring).
+
+    Args:
+        scheme: a :class:`~tokenweight.weighting.Scheme`, its text (``"dense:0.75"``) or
+            dict form. Default: uniform (plain cross-entropy, no scorer).
+        scorer: a callable ``scorer(batch, long_nll, model=None) -> short_nll`` from
+            :mod:`tokenweight.scoring`; required unless the scheme is uniform.
+        *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
+            :class:`~tokenweight.training.collator.TokenWeightCollator`.
+
+    Every log line gets the figures of :class:`~tokenweight.training.callbacks.StepStats`
+    (through :meth:`log`, so ``report_to`` integrations see them). A NaN or infinite
+    NLL or loss raises :class:`TokenWeightError` naming the step and batch before the
+    optimizer step, so no broken state is ever saved.
+    """
+
+    # compute_loss normalizes by the number of targets of the whole accumulated step
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        scheme: Scheme | str | dict[str, Any] = "uniform",
+        scorer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.scheme = Scheme.coerce(scheme)
+        if not self.scheme.is_uniform and scorer is None:
+            raise TokenWeightError(
+                f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
+                "(tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer)"
+            )
+        if kwargs.get("data_collator") is None:
+            tok = kwargs.get("processing_class")
+            pad = getattr(tok, "pad_token_id", None)
+            kwargs["data_collator"] = TokenWeightCollator(pad_token_id=pad or 0)
+        super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            raise TokenWeightError(
+                f"{self.args.n_gpu} GPUs are visible to one process; launch one process per "
+                "GPU with torchrun or accelerate launch (DataParallel is not supported), or "
+                "set CUDA_VISIBLE_DEVICES to one GPU"
+            )
+        self.scorer = scorer
+        self.step_stats = StepStats()
+        self._micro_step = 0
+        self._micro_for_step = -1
+        self.add_callback(_GradientGuard(self))
+
+    # ------------------------------------------------------------------ data plumbing
+    def _set_signature_columns_if_needed(self) -> None:
+        # keep the score columns when remove_unused_columns=True: the collator needs them
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            for name in EXTRA_COLUMNS:
+                if name not in self._signature_columns:
+                    self._signature_columns.append(name)
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # DeepSpeed casts float inputs to the model dtype; stored scores stay float32
+        inputs = dict(inputs)
+        short = inputs.pop("short_nll", None)
+        inputs = super()._prepare_inputs(inputs)
+        if short is not None:
+            inputs["short_nll"] = short.to(self.args.device, dtype=torch.float32)
+        return inputs
+
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | None]:
+        """Fetch the micro-batches of one optimizer step and count their valid targets.
+
+        The count is summed over processes (unless ``average_tokens_across_devices`` is
+        off), and passed to :meth:`compute_loss` as ``num_items_in_batch``.
+        """
+        batches: list = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batches:
+            return batches, None
+        count = sum(count_valid_targets(b).to(device) for b in batches)
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count.view(1)).sum()
+        return batches, count
+
+    # ------------------------------------------------------------------ the loss
+    def _loss_scale(self, num_items_in_batch: Any) -> int:
+        if (
+            num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+            and self.accelerator.num_processes > 1
+        ):
+            return self.accelerator.num_processes
+        return 1
+
+    def _tie_generator(self) -> torch.Generator:
+        seed = (
+            self.args.seed * _SEED_MIX[0]
+            + self.state.global_step * _SEED_MIX[1]
+            + self._micro_step * _SEED_MIX[2]
+            + self.accelerator.process_index
+        )
+        return torch.Generator().manual_seed(seed % (2**63))
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The token-weighted loss of one micro-batch (module docstring).
+
+        ``inputs``: a collated batch (``input_ids`` ``(B, N)``, optional
+        ``attention_mask``, ``labels``, ``short_nll`` ``(B, N-1)``, ``row``).
+        ``num_items_in_batch``: valid targets of the whole optimizer step over all
+        processes; ``None`` normalizes by this micro-batch's own count.
+        With ``return_outputs`` the second value holds ``long_nll``, ``short_nll`` (when
+        scored) and ``weights``, each ``(B, N-1)``.
+        """
+        if self._micro_for_step != self.state.global_step:
+            self._micro_for_step, self._micro_step = self.state.global_step, 0
+        self.step_stats.start()
+        parts = token_weighted_loss(
+            model,
+            inputs,
+            self.scheme,
+            self.scorer,
+            num_items=num_items_in_batch,
+            generator=self._tie_generator(),
+        )
+        self.step_stats.scoring_seconds += parts.scoring_seconds
+        self._stop_if_nonfinite(parts.problem, parts.where, inputs)
+        assert parts.loss is not None
+        loss = parts.loss * self._loss_scale(num_items_in_batch)
+
+        self.step_stats.add(parts.long_nll, parts.weights, parts.mask, parts.short_nll)
+        self._micro_step += 1
+        if return_outputs:
+            outputs = {"long_nll": parts.long_nll.detach(), "weights": parts.weights}
+            if parts.short_nll is not None:
+                outputs["short_nll"] = parts.short_nll
+            return loss, outputs
+        return loss
+
+    def check_gradients(self, model: torch.nn.Module) -> None:
+        """Before the optimizer step: stop if any local gradient is NaN or infinite (a
+        finite loss can still overflow in the backward pass)."""
+        # FSDP2 gradients are DTensors: check this process's shard (the flag is then
+        # reduced over processes). DeepSpeed keeps gradients to itself (p.grad is None).
+        grads = [
+            g.to_local() if hasattr(g, "to_local") else g
+            for g in (p.grad for p in model.parameters())
+            if g is not None
+        ]
+        bad = False
+        if grads:
+            bad = not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        name = "the gradient" if bad else None
+        accumulated = self.current_gradient_accumulation_steps
+        self._stop_if_nonfinite(name, None, {}, batch=f"all {accumulated} micro-batch(es)")
+
+    def _stop_if_nonfinite(
+        self,
+        problem: str | None,
+        where: tuple[int, int, float] | None,
+        inputs: dict[str, Any],
+        batch: str | None = None,
+    ) -> None:
+        # All processes agree before anyone raises, so no process hangs in a collective.
+        bad = problem is not None
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(bad)], device=self.args.device)
+            any_bad = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        else:
+            any_bad = bad
+        if not any_bad:
+            return
+        out = self.args.output_dir
+        last = get_last_checkpoint(out) if out and os.path.isdir(out) else None
+        multi = self.accelerator.num_processes > 1
+        raise nonfinite_error(
+            problem or "a value on another process",
+            where,
+            step=self.state.global_step + 1,
+            batch=batch
+            or describe_batch(inputs, self._micro_step, self.args.gradient_accumulation_steps),
+            process=self.accelerator.process_index if multi else None,
+            last_checkpoint=last,
+        )
+
+    # ------------------------------------------------------------------ logging
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = super().training_step(*args, **kwargs)
+        if self._micro_step >= self.current_gradient_accumulation_steps:
+            self.step_stats.steps += 1
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the token-weighting figures to every training log line (all processes
+        call this together, so the figures are reduced over processes)."""
+        if "loss" in logs and "learning_rate" in logs:
+            logs.update(self.step_stats.summarize(self.accelerator))
+        super().log(logs, start_time)
+
+
+class _GradientGuard(TrainerCallback):
+    """Runs :meth:`TokenWeightTrainer.check_gradients` before every optimizer step."""
+
+    def __init__(self, trainer: TokenWeightTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.trainer.check_gradients(model if model is not None else self.trainer.model)

@@ -1,0 +1,163 @@
+"""Shared helpers for the training tests (tiny random Llama, word-level tokenizer, corpus),
+plus checks that the helpers themselves behave (so a broken helper fails loudly here).
+
+Everything is built offline from configs: no downloads.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+WORDS = 56  # vocabulary: 4 special tokens + WORDS words
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``w0 .. w{WORDS-1}`` with pad/bos/eos/unk = 0/1/2/3."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    vocab.update({f"w{i}": len(SPECIAL) + i for i in range(WORDS)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_config(
+    vocab: int = WORDS + len(SPECIAL), layers: int = 2, hidden: int = 32
+) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_llama(seed: int = 0, **kwargs) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_config(**kwargs)).float()
+
+
+def save_tiny_model(folder: Path, seed: int = 0, **kwargs) -> Path:
+    """A local model folder (safetensors + config + tokenizer) of a tiny random Llama."""
+    folder = Path(folder)
+    tiny_llama(seed, **kwargs).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def markov_words(n: int, rng: random.Random) -> list[str]:
+    """Text with learnable structure: each word mostly determines the next one."""
+    words = [rng.randrange(WORDS)]
+    for _ in range(n - 1):
+        prev = words[-1]
+        words.append((prev * 7 + 3) % WORDS if rng.random() < 0.8 else rng.randrange(WORDS))
+    return [f"w{w}" for w in words]
+
+
+def write_corpus(folder: Path, docs: int = 6, words: int = 200, seed: int = 0) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for d in range(docs):
+        (folder / f"doc{d}.txt").write_text(" ".join(markov_words(words, rng)) + "\n")
+    return folder
+
+
+def prepare(tmp: Path, model_dir: Path, seq_len: int, *, keep_tail: bool = False, **corpus):
+    """A prepared dataset folder built by the real ``tokenweight prepare`` code."""
+    from tokenweight.data.prepare import prepare_dataset
+
+    corpus_dir = write_corpus(Path(tmp) / "corpus", **corpus)
+    out = Path(tmp) / f"prepared-{seq_len}"
+    prepare_dataset(
+        [str(corpus_dir)], tokenizer=str(model_dir), seq_len=seq_len, out=out, keep_tail=keep_tail
+    )
+    return out
+
+
+def full_logits_nll(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """``(B, N-1)`` NLL from the plain model's full logits and ``F.cross_entropy``."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+    ).view(input_ids.shape[0], -1)
+    if attention_mask is not None:
+        nll = torch.where(attention_mask[:, 1:].bool(), nll, torch.zeros_like(nll))
+    return nll
+
+
+def window_loop_short_nll(model, input_ids, window, stride, bos=None, first_window=False):
+    """Short NLL by SPEC §3, one window at a time, full logits (``(N - window) % stride == 0``).
+
+    Window 0 covers targets ``1 .. window-1``; with ``first_window=False`` those are left
+    NaN for the caller (the self scorer uses the long NLL there).
+    """
+    batch, n = input_ids.shape
+    assert (n - window) % stride == 0
+    out = torch.full((batch, n - 1), float("nan"))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        starts = [0, *range(stride, n - window + 1, stride)] if n > window else [0]
+        for a in starts:
+            if a == 0 and not first_window:
+                continue
+            win = input_ids[:, a : a + window].clone()
+            if bos is not None and a > 0:
+                win[:, 0] = bos
+            nll = full_logits_nll(model, win)  # (B, window - 1), target a + j + 1 at column j
+            first_target = 1 if a == 0 else a + window - stride
+            for t in range(first_target, a + window):
+                out[:, t - 1] = nll[:, t - a - 1]
+    model.train(was_training)
+    return out
+
+
+def clone_params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def copy_model(model):
+    return copy.deepcopy(model)
+
+
+# ---------------------------------------------------------------- checks of the helpers
+def test_tokenizer_round_trip():
+    tok = make_tokenizer()
+    ids = tok("w0 w5 w55")["input_ids"]
+    assert ids == [4, 9, 59]
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+
+
+def test_window_loop_matches_full_context_inside_window_zero():
+    model = tiny_llama().eval()
+    ids = torch.randint(4, 60, (2, 24))
+    short = window_loop_short_nll(model, ids, window=8, stride=8, first_window=True)
+    with torch.no_grad():
+        long = full_logits_nll(model, ids)
+    # targets 1..7 see the same context in both; later ones see less and differ
+    torch.testing.assert_close(short[:, :7], long[:, :7], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(short[:, 8:], long[:, 8:], atol=1e-3)
+    assert torch.isfinite(short).all()

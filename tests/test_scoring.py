@@ -139,6 +139,22 @@ def test_right_padding_matches_unpadded_rows(model, ids):
         torch.testing.assert_close(got[b, : n - 1], full[b, : n - 1], atol=1e-4, rtol=1e-4)
 
 
+def test_same_model_calls_whatever_the_padding(model, ids):
+    """Sharded runs (ZeRO-3, FSDP) hang if processes make different numbers of calls."""
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        short_context_nll(model, ids, window=12, stride=7, windows_per_batch=2)
+        full = len(calls)
+        calls.clear()
+        mask = torch.ones_like(ids)
+        mask[:, 15:] = 0  # most windows hold nothing but padding
+        short_context_nll(model, ids, window=12, stride=7, windows_per_batch=2, attention_mask=mask)
+        assert len(calls) == full > 0
+    finally:
+        handle.remove()
+
+
 def test_left_padding_is_refused(model, ids):
     mask = torch.ones_like(ids)
     mask[0, :3] = 0

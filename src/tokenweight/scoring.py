@@ -153,7 +153,8 @@ def short_context_nll(
         first_window: ``False`` skips window 0; its targets (``t < window``) are then NaN
             for the caller to fill (the self scorer uses the long NLL there).
         attention_mask: ``(batch, N)``, 1 for real tokens; right padding only. Targets at
-            padding get NLL 0.
+            padding get NLL 0. Every window runs, whatever its padding, so all processes
+            of a sharded run make the same model calls.
 
     Returns:
         ``(batch, N - 1)`` float32 NLL in nats; column ``j`` is target ``t = j + 1``
@@ -190,12 +191,11 @@ def short_context_nll(
     if starts.numel() == 0:  # one window, skipped: every target is the caller's
         return out.fill_(math.nan)
     win_len = min(window, seq_len)
+    # Every (sequence, window) pair is one row. All rows run, padding or not, so that every
+    # process of a sharded (ZeRO-3 / FSDP) run makes the same number of model calls.
     seq_idx = torch.arange(batch, device=input_ids.device).repeat_interleave(starts.numel())
     row_starts = starts.repeat(batch)
     row_owned = owned.repeat(batch)
-    # Drop windows whose targets are all padding.
-    keep = lengths[seq_idx] > row_starts + row_owned.clamp(min=1)
-    seq_idx, row_starts, row_owned = seq_idx[keep], row_starts[keep], row_owned[keep]
 
     offsets = torch.arange(win_len, device=input_ids.device)
     positions = row_starts[:, None] + offsets[None, :]  # (rows, win_len) token positions
@@ -220,8 +220,9 @@ def short_context_nll(
                 labels = torch.where(valid, ids, torch.full_like(ids, -100))
                 # Only this window's own targets: earlier positions are scored elsewhere.
                 labels[offsets[None, :] < row_owned[lo:hi, None]] = -100
-                mask = valid.long() if attention_mask is not None else None
-                nll = model_token_nll(model, ids, labels=labels, attention_mask=mask)
+                # No attention mask: with right padding and causal attention, real tokens
+                # never attend to padding, and windows of padding alone stay finite.
+                nll = model_token_nll(model, ids, labels=labels)
                 # nll[:, p - 1] is the target at window position p, global target index
                 # start + p, i.e. output column start + p - 1.
                 own = labels[:, 1:] != -100

@@ -19,13 +19,13 @@ from tokenweight.errors import TokenWeightError
 
 # name -> module; a module that does not exist yet is simply not offered.
 COMMANDS: dict[str, str] = {
-    "weights": "tokenweight.commands.weights",
+    "demo": "tokenweight.commands.demo",
     "prepare": "tokenweight.commands.prepare",
     "score": "tokenweight.commands.score",
     "train": "tokenweight.commands.train",
     "eval": "tokenweight.commands.evaluate",
     "inspect": "tokenweight.commands.inspect_tokens",
-    "demo": "tokenweight.commands.demo",
+    "weights": "tokenweight.commands.weights",
 }
 
 

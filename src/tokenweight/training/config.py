@@ -45,6 +45,7 @@ __all__ = [
     "ScorerConfig",
     "TrainConfig",
     "apply_overrides",
+    "build_dataclass",
     "load_config",
     "load_raw_config",
     "to_training_arguments",
@@ -208,7 +209,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
-        config = _build_dataclass(cls, data, "")
+        config = build_dataclass(cls, data, "")
         config.validate()
         return config
 
@@ -332,7 +333,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         except TokenWeightError as exc:
             raise TokenWeightError(f"{key}: {exc}") from None
     if dataclasses.is_dataclass(inner):
-        return _build_dataclass(inner, value, key)
+        return build_dataclass(inner, value, key)
     if inner is Any:
         return value
     if inner is bool:
@@ -380,7 +381,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
 
 
-def _build_dataclass(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """Validate a mapping into the dataclass ``cls`` (field types and ``choices`` /
+    ``check`` metadata); errors name the dotted key under ``prefix``."""
     where = prefix or "config"
     if isinstance(data, cls):
         return data

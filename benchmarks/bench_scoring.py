@@ -18,39 +18,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from common import DTYPES, REAL_SHAPES, LlamaShape, build_llama, timed
 from tokenweight.losses import model_token_nll
 from tokenweight.scoring import plan_stride, plan_windows, short_context_nll
 
-SHAPES = {
-    # hidden, layers, heads, kv heads, intermediate, vocab
-    "tiny": (256, 4, 8, 4, 768, 49152),
-    "smollm2-135m": (576, 30, 9, 3, 1536, 49152),
-    "llama-1b": (2048, 16, 32, 8, 8192, 128256),
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHAPES = {"tiny": LlamaShape(256, 4, 8, 4, 768, 49152), **REAL_SHAPES}
 
 
-def build_model(shape: str, dtype: torch.dtype, device: str, attn: str) -> LlamaForCausalLM:
-    hidden, layers, heads, kv, inter, vocab = SHAPES[shape]
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=131072,
-        tie_word_embeddings=True,
-        attn_implementation=attn,
+def build_model(shape: str, dtype: torch.dtype, device: str, attn: str):
+    """A random-weight Llama of ``shape`` in eval mode (tied embeddings, 128K positions)."""
+    model = build_llama(
+        SHAPES[shape], dtype=dtype, device=device, attn=attn, max_position_embeddings=131072
     )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    return model.eval()
 
 
 def window_loop(model, ids: torch.Tensor, window: int, stride: int) -> torch.Tensor:
@@ -66,16 +50,6 @@ def window_loop(model, ids: torch.Tensor, window: int, stride: int) -> torch.Ten
                 keep = nll if k == 0 else nll[-c:]
                 out[b, a + window - 1 - keep.shape[0] : a + window - 1] = keep
     return out
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main() -> None:

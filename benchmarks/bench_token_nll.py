@@ -32,7 +32,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 GIB = 2**30
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -49,23 +48,6 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
 
 
 # ---------------------------------------------------------------- child: one path, fresh process
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_cpu_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _make_path(name: str, chunk_size: int | None):
     import torch
     import torch.nn.functional as F
@@ -98,6 +80,8 @@ def _make_path(name: str, chunk_size: int | None):
 def child(args: argparse.Namespace) -> None:
     import torch
 
+    from common import proc_status_bytes, reset_cpu_peak, sync, timed
+
     n, hsize, vocab = _parse_shapes(args.shape)[0]
     device = torch.device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype])
@@ -112,14 +96,7 @@ def child(args: argparse.Namespace) -> None:
 
     def step() -> float:
         hidden.grad = weight.grad = None
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        nll = fn(hidden, weight, labels)
-        (upstream * nll).sum().backward()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return timed(lambda: (upstream * fn(hidden, weight, labels)).sum().backward(), device)
 
     # one-time library start-up costs (checkpoint machinery, kernel dispatch) off the clock
     small = min(n, 64)
@@ -127,15 +104,14 @@ def child(args: argparse.Namespace) -> None:
     for _ in range(args.warmup):
         step()
     hidden.grad = weight.grad = None
+    sync(device)
     if cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        exact = _reset_cpu_peak()
-        base = _status_kib("VmRSS") * 1024 if exact else _status_kib("VmHWM") * 1024
+        base = proc_status_bytes("VmRSS" if reset_cpu_peak() else "VmHWM")
     times = [step()]
-    peak = torch.cuda.max_memory_allocated(device) if cuda else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated(device) if cuda else proc_status_bytes("VmHWM")
     times += [step() for _ in range(args.repeats - 1)]
     grad_bytes = (hidden.numel() + weight.numel()) * dtype.itemsize
     print("RESULT " + json.dumps({"times": times, "peak": peak - base, "grads": grad_bytes}))

@@ -31,7 +31,6 @@ SPEC §6 reference (H200): the authors' code 1.65 s uniform / 3.69 s Dense self-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import statistics
@@ -44,60 +43,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from common import (
+    DTYPES,
+    REAL_SHAPES,
+    LlamaShape,
+    build_llama,
+    proc_status_bytes,
+    reset_cpu_peak,
+    sync,
+)
 from tokenweight.scoring import PrecomputedScorer, SelfScorer, plan_stride
 from tokenweight.training.loss import token_weighted_loss
 
-SHAPES = {
-    # name: hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings
-    "tiny": (128, 4, 4, 2, 512, 8192, False),
-    "smollm2-135m": (576, 30, 9, 3, 1536, 49152, True),
-    "llama-1b": (2048, 16, 32, 8, 8192, 128256, True),
-}
+SHAPES = {"tiny": LlamaShape(128, 4, 4, 2, 512, 8192, tied=False), **REAL_SHAPES}
 PATHS = {
     "uniform": ("uniform", None),
     "dense-self": ("dense:0.75", "self"),
     "dense-precomputed": ("dense:0.75", "precomputed"),
     "sparse-self": ("sparse:0.25", "self"),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model(args: argparse.Namespace, device: torch.device):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    hidden, layers, heads, kv, inter, vocab, tied = SHAPES[args.model_shape]
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
+    model = build_llama(
+        SHAPES[args.model_shape],
+        dtype=DTYPES[args.dtype],
+        device=device,
+        attn=args.attn,
         max_position_embeddings=max(args.seq_len, 8192),
         rope_theta=500000.0,
-        tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
         use_cache=False,
     )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(
-            config, attn_implementation=args.attn, dtype=DTYPES[args.dtype]
-        )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
-
-
-def _proc_status(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def peak_reset(device: torch.device) -> float:
@@ -108,25 +89,19 @@ def peak_reset(device: torch.device) -> float:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return float(torch.cuda.memory_allocated(device))
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS (Linux)
-    return _proc_status("VmRSS") or 0.0
+    reset_cpu_peak()
+    return proc_status_bytes("VmRSS") or 0.0
 
 
 def peak_bytes(device: torch.device) -> float:
     if device.type == "cuda":
         return float(torch.cuda.max_memory_allocated(device))
-    peak = _proc_status("VmHWM")
+    peak = proc_status_bytes("VmHWM")
     if peak is None:
         import resource
 
         peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     return peak
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(name, model, optimizer, batch, args, device, stride):

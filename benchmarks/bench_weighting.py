@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
-from tokenweight.weighting import Scheme, compute_scores, compute_weights
+from common import median_time
+from tokenweight.weighting import PRESET_EXAMPLES, Scheme, compute_scores, compute_weights
 
 
 def per_row_loop(long: torch.Tensor, short: torch.Tensor, scheme: Scheme) -> torch.Tensor:
@@ -45,15 +44,6 @@ def per_row_loop(long: torch.Tensor, short: torch.Tensor, scheme: Scheme) -> tor
     return out
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -66,26 +56,18 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     long = torch.rand(args.batch, args.targets, generator=g) * 8
     short = torch.rand(args.batch, args.targets, generator=g) * 8
-    presets = [
-        "uniform",
-        "dense:0.75",
-        "sparse:0.25",
-        "longce:5",
-        "ppmi:c=2,kappa=0.25",
-        "npmi:c=2,kappa=0.25",
-    ]
     print(
         f"compute_weights on ({args.batch}, {args.targets}), CPU, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
     print("| scheme | compute_weights (ms) | per-row loop (ms) | speed-up |")
     print("|---|---:|---:|---:|")
-    for text in presets:
+    for text in PRESET_EXAMPLES:
         scheme = Scheme.parse(text)
         compute_weights(long, short, scheme)  # warm-up
         per_row_loop(long, short, scheme)
-        ours = _median_time(lambda s=scheme: compute_weights(long, short, s), args.repeats)
-        loop = _median_time(lambda s=scheme: per_row_loop(long, short, s), args.repeats)
+        ours = median_time(lambda s=scheme: compute_weights(long, short, s), args.repeats)
+        loop = median_time(lambda s=scheme: per_row_loop(long, short, s), args.repeats)
         print(f"| {text} | {ours * 1e3:.2f} | {loop * 1e3:.2f} | {loop / ours:.2f}x |")
 
 

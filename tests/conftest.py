@@ -4,6 +4,10 @@
 each call builds a fresh float32 model in eval mode, seeded (``seed=0`` by default) without
 touching the global RNG. The default shape is vocabulary 96, hidden 32, 2 layers, 4 heads
 (2 key/value heads), MLP 64, up to 4096 positions.
+
+``build_tiny_causal_lm`` is the one builder of tiny models: the helpers of other test modules
+(``helpers_data.build_tiny_llama``, ``test_train_support.tiny_llama``,
+``test_eval_support.make_model``, ...) wrap it.
 """
 
 from __future__ import annotations

@@ -63,25 +63,19 @@ def build_tokenizer(
 def build_tiny_llama(folder: Path, tokenizer_folder: Path, *, seed: int = 0, **overrides) -> Path:
     """A tiny random Llama sharing the tokenizer in ``tokenizer_folder``, saved to ``folder``
     (weights + tokenizer, i.e. a complete local model folder)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_causal_lm
 
     tok = AutoTokenizer.from_pretrained(tokenizer_folder)
     settings = dict(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**settings))
+    model = build_tiny_causal_lm(seed=seed, **{**settings, **overrides})
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

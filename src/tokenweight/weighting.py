@@ -33,6 +33,7 @@ from tokenweight.errors import TokenWeightError
 __all__ = [
     "COMPARISONS",
     "NORMALIZATIONS",
+    "PRESET_EXAMPLES",
     "TRANSFORMS",
     "Scheme",
     "Transform",
@@ -121,6 +122,16 @@ class Transform:
 
 
 _PRESETS = ("uniform", "dense", "sparse", "longce", "ppmi", "npmi", "rho1")
+# Example scheme texts, one per preset (rho1, meant for a reference-model scorer, left out):
+# what `tokenweight weights` shows by default and `benchmarks/bench_weighting.py` times.
+PRESET_EXAMPLES = (
+    "uniform",
+    "dense:0.75",
+    "sparse:0.25",
+    "longce:5",
+    "ppmi:c=2,kappa=0.25",
+    "npmi:c=2,kappa=0.25",
+)
 _ALIASES = {
     "gamma": "truncation",
     "kappa": "sparsification",

@@ -280,6 +280,20 @@ def _probe_result(probes: Sequence[Probe], outputs: Sequence[str], cfg: EvalConf
     return by_task
 
 
+def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
+    """The evaluation text ``cfg.data`` as ``EvalSequences`` of ``cfg.seq_len`` tokens
+    (default: the longest probe length)."""
+    from tokenweight.evaluation.sequences import load_eval_sequences
+
+    return load_eval_sequences(
+        cfg.data,
+        tokenizer,
+        seq_len=cfg.seq_len or max(cfg.lengths),
+        max_sequences=cfg.max_sequences,
+        text_field=cfg.text_field,
+    )
+
+
 def _key_mask_from_scorer(
     scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
 ) -> tuple[torch.Tensor, tuple, Any, dict[str, Any]]:
@@ -288,16 +302,9 @@ def _key_mask_from_scorer(
         long_context_nll,
         short_context_nll_of,
     )
-    from tokenweight.evaluation.sequences import load_eval_sequences
 
     with _Loaded(scorer, load_kwargs) as (model, tokenizer, _):
-        seqs = load_eval_sequences(
-            cfg.data,
-            tokenizer,
-            seq_len=cfg.seq_len or max(cfg.lengths),
-            max_sequences=cfg.max_sequences,
-            text_field=cfg.text_field,
-        )
+        seqs = _load_sequences(cfg, tokenizer)
         window, stride = default_short_window(
             seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
         )
@@ -329,7 +336,6 @@ def _evaluate_one(
         long_context_nll,
         short_context_nll_of,
     )
-    from tokenweight.evaluation.sequences import load_eval_sequences
 
     with _Loaded(spec, load_kwargs) as (model, tokenizer, load_s):
         config = getattr(model, "config", None)
@@ -350,13 +356,7 @@ def _evaluate_one(
                         "tokenizer; key tokens can only be compared on the same tokens"
                     )
             else:
-                seqs = load_eval_sequences(
-                    cfg.data,
-                    tokenizer,
-                    seq_len=cfg.seq_len or max(cfg.lengths),
-                    max_sequences=cfg.max_sequences,
-                    text_field=cfg.text_field,
-                )
+                seqs = _load_sequences(cfg, tokenizer)
             mask = seqs.target_mask
             n = seqs.input_ids.shape[0]
             start = time.perf_counter()

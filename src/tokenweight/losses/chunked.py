@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -228,17 +228,24 @@ def _chunk_logits(
     return y, d
 
 
+class _Options(NamedTuple):
+    """The non-tensor settings of one chunked-loss call (see :func:`token_nll`)."""
+
+    ignore_index: int
+    chunk_size: int
+    softcap: float | None
+    scale: float
+
+
 def _forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     labels: torch.Tensor,
-    ignore_index: int,
-    chunk_size: int,
-    softcap: float | None,
-    scale: float,
+    options: _Options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL and log-sum-exp (both ``(N,)`` in the compute dtype; 0 at ignored rows)."""
+    ignore_index, chunk_size, softcap, scale = options
     n = hidden.shape[0]
     compute = _compute_dtype(hidden.dtype)
     valid = labels != ignore_index
@@ -268,12 +275,10 @@ def _backward(
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     lse: torch.Tensor,
-    ignore_index: int,
-    chunk_size: int,
-    softcap: float | None,
-    scale: float,
+    options: _Options,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ignore_index, chunk_size, softcap, scale = options
     n, vocab = hidden.shape[0], weight.shape[0]
     compute = _compute_dtype(hidden.dtype)
     grad = grad_nll.to(compute)
@@ -340,24 +345,22 @@ class _ChunkedTokenNLL(torch.autograd.Function):
         softcap: float | None,
         scale: float,
     ) -> torch.Tensor:
-        nll, lse = _forward(hidden, weight, bias, labels, ignore_index, chunk_size, softcap, scale)
+        ctx.options = _Options(ignore_index, chunk_size, softcap, scale)
+        nll, lse = _forward(hidden, weight, bias, labels, ctx.options)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.options = (ignore_index, chunk_size, softcap, scale)
         return nll
 
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        ignore_index, chunk_size, softcap, scale = ctx.options
         needs = (
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
         grad_h, grad_w, grad_b = _backward(
-            grad_nll, hidden, weight, bias, labels, lse, ignore_index, chunk_size, softcap, scale,
-            needs,
-        )  # fmt: skip
+            grad_nll, hidden, weight, bias, labels, lse, ctx.options, needs
+        )
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
@@ -434,18 +437,15 @@ def token_nll(
             vocab, hidden.dtype, softcap=softcap is not None, device=hidden.device
         )
 
+    options = _Options(ignore_index, chunk_size, softcap, scale_value)
     with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
         if cce_backend.wanted(backend, flat_h, weight, bias, softcap, scale_value):
             nll = cce_backend.linear_nll(flat_h, weight, flat_labels, bias, ignore_index, softcap)
         elif torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (hidden, weight, bias)
         ):
-            nll = _ChunkedTokenNLL.apply(
-                flat_h, weight, bias, flat_labels, ignore_index, chunk_size, softcap, scale_value
-            )
+            nll = _ChunkedTokenNLL.apply(flat_h, weight, bias, flat_labels, *options)
         else:  # no graph needed (scoring under no_grad): skip the autograd bookkeeping
-            nll, _ = _forward(
-                flat_h, weight, bias, flat_labels, ignore_index, chunk_size, softcap, scale_value
-            )
+            nll, _ = _forward(flat_h, weight, bias, flat_labels, options)
     out_dtype = _compute_dtype(hidden.dtype)
     return nll.to(out_dtype).reshape(shape)

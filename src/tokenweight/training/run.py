@@ -58,6 +58,20 @@ def _model_path(source: str, cache_dir: str | None) -> str:
     return str(ensure_local_model(source, cache_dir))
 
 
+def _load_model(config: Config, path: str, dtype: str, **extra: Any) -> Any:
+    """``load_model`` with the run's attention and remote-code settings; ``dtype`` "auto"
+    keeps the checkpoint's. ``extra`` goes to ``load_model`` (e.g. RoPE settings)."""
+    from tokenweight.models import load_model
+
+    return load_model(
+        path,
+        dtype=None if dtype == "auto" else dtype,
+        attn_implementation=config.model.attn_implementation,
+        trust_remote_code=config.model.trust_remote_code,
+        **extra,
+    )
+
+
 def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     """The training rows and the prepared data's manifest.
 
@@ -149,17 +163,11 @@ def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
     if config.scorer_kind != "model":
         return None
-    from tokenweight.models import load_model, load_tokenizer
+    from tokenweight.models import load_tokenizer
 
     source = config.scorer.model or config.model.source
     path = _model_path(source, config.model.cache_dir)
-    dtype = None if config.scorer.dtype == "auto" else config.scorer.dtype
-    model = load_model(
-        path,
-        dtype=dtype,
-        attn_implementation=config.model.attn_implementation,
-        trust_remote_code=config.model.trust_remote_code,
-    )
+    model = _load_model(config, path, config.scorer.dtype)
     return model, load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
 
 
@@ -270,7 +278,7 @@ def train(
     import transformers
     from transformers.trainer_callback import ProgressCallback
 
-    from tokenweight.models import load_model, load_tokenizer
+    from tokenweight.models import load_tokenizer
     from tokenweight.training.callbacks import JsonlLogCallback, TokenWeightProgressCallback
     from tokenweight.training.collator import TokenWeightCollator
     from tokenweight.training.trainer import TokenWeightTrainer
@@ -301,12 +309,10 @@ def train(
     args = to_training_arguments(config, **extra)
     transformers.set_seed(args.seed)
 
-    model_dtype = None if config.model.dtype == "auto" else config.model.dtype
-    model = load_model(
+    model = _load_model(
+        config,
         model_path,
-        dtype=model_dtype,
-        attn_implementation=config.model.attn_implementation,
-        trust_remote_code=config.model.trust_remote_code,
+        config.model.dtype,
         rope_theta=config.model.rope_theta,
         max_position_embeddings=config.model.max_position_embeddings,
     )

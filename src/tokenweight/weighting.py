@@ -630,18 +630,22 @@ def compute_weights(
         if scheme.normalization == "l1":
             denom = d.abs().sum(dim=-1, keepdim=True)
             scale = torch.where(denom > 0, n / denom.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
-            d = torch.where(denom > 0, d.mul_(scale), torch.ones_like(d))
+            # All-zero rows (scale 0) become 1; a row-wise add beats a broadcast where().
+            d = d.mul_(scale).add_((denom == 0).to(d.dtype))
         elif scheme.normalization == "softmax":
             logits = d if mask is None else torch.where(mask, d, -math.inf)
             all_zero = (logits == 0).logical_or_(logits == -math.inf).all(dim=-1, keepdim=True)
             soft = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # n == 0 rows: all -inf
-            d = torch.where(all_zero, torch.ones_like(d), soft.mul_(n))
+            d = soft.mul_(n)
+            if bool(all_zero.any()):
+                d = torch.where(all_zero.expand_as(d), torch.ones_like(d), d)
         if scheme.interpolation is not None:
             lam = scheme.interpolation
             d = d.mul_(1.0 - lam).add_(lam)
         if mask is not None:
             d = torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
-    if any(t.name == "exp" for t in scheme.transforms) and not bool(torch.isfinite(d).all()):
+    overflow = any(t.name == "exp" for t in scheme.transforms) and d.numel() > 0
+    if overflow and not (bool(torch.isfinite(d.amax())) and bool(torch.isfinite(d.amin()))):
         raise TokenWeightError(
             f"scheme {scheme} produced non-finite weights (overflow in 'exp'); "
             "add a truncation gamma or a normalization"

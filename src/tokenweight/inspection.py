@@ -10,7 +10,6 @@ histogram of the weights, and JSON/markdown lists of the tokens that gain most.
 from __future__ import annotations
 
 import html
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tokenweight.files import atomic_write_json, atomic_write_text
 from tokenweight.weighting import Scheme, compute_weights
 
 __all__ = ["Inspection", "inspect_passage", "tokenize_passage", "write_inspection"]
@@ -301,12 +300,12 @@ def top_gains_markdown(result: Inspection, k: int = 15) -> str:
 
 
 def plot_weight_histogram(result: Inspection, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tokenweight.evaluation.plots import save_png
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     axes[0].hist(result.weight, bins=60, color="#1b7837")
     axes[0].set_xlabel(f"weight ({result.scheme})")
     axes[0].set_ylabel("targets")
@@ -317,10 +316,7 @@ def plot_weight_histogram(result: Inspection, path: Path) -> None:
     axes[1].set_yscale("log")
     axes[1].set_title("gain from long context")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def write_inspection(result: Inspection, out_dir: str | Path, title: str | None = None) -> dict:

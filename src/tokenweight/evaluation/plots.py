@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenweight.files import atomic_write_bytes
 
-__all__ = ["HeatmapPanel", "plot_nll_by_position", "plot_probe_heatmap"]
+__all__ = ["HeatmapPanel", "plot_nll_by_position", "plot_probe_heatmap", "save_png"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ class HeatmapPanel:
     total: Sequence[Sequence[int]]
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_png(fig, path: str | Path) -> Path:
+    """Render a matplotlib ``Figure`` with the Agg canvas (no pyplot, no global backend
+    change) and write it as PNG, atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -73,7 +75,7 @@ def plot_probe_heatmap(task: str, panels: Sequence[HeatmapPanel], path: str | Pa
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="accuracy", shrink=0.9)
     fig.suptitle(f"{task}: exact-match accuracy")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_nll_by_position(
@@ -112,4 +114,4 @@ def plot_nll_by_position(
     ax.set_title("NLL by position")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 
-__all__ = ["results_markdown", "write_outputs"]
+__all__ = ["markdown_table", "results_markdown", "write_outputs"]
 
 
 def _pct(correct: int, total: int) -> str:
@@ -21,7 +21,8 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -40,7 +41,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     labels = [e["label"] for e in entries]
     settings = results["settings"]
     out = ["# tokenweight evaluation", ""]
-    out += _table(
+    out += markdown_table(
         ["model", "source", "native context", "RoPE theta"],
         [
             [
@@ -61,7 +62,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"seed {settings['seed']}."
         )
         out.append("")
-        out += _table(
+        out += markdown_table(
             ["probe", *labels],
             [
                 [task]
@@ -78,7 +79,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                     cell = e["probes"][task]["by_length"][str(n)]
                     row.append(f"{cell['correct']}/{cell['total']}")
                 rows.append(row)
-            out += _table(["tokens", *labels], rows)
+            out += markdown_table(["tokens", *labels], rows)
     if "ppl" in settings["tasks"]:
         first = entries[0]["perplexity"]
         out += ["", "## Perplexity by position", ""]
@@ -100,7 +101,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             ]
         )
         out.append("")
-        out += _table(["positions", *labels], rows)
+        out += markdown_table(["positions", *labels], rows)
     if "longppl" in settings["tasks"]:
         info = entries[0]["longppl"]
         out += ["", "## LongPPL", ""]
@@ -111,7 +112,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{'each model itself' if info['key_tokens_from'] == 'self' else info['key_tokens_from']}."
         )
         out.append("")
-        out += _table(
+        out += markdown_table(
             ["model", "LongPPL", "key tokens", "tokens", "perplexity"],
             [
                 [

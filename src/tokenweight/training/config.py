@@ -45,9 +45,13 @@ __all__ = [
     "ScorerConfig",
     "TrainConfig",
     "apply_overrides",
+    "at_least_two",
     "build_dataclass",
+    "checked",
     "load_config",
     "load_raw_config",
+    "one_of",
+    "positive",
     "to_training_arguments",
 ]
 
@@ -68,15 +72,17 @@ INHERIT_KEY = "inherit"
 
 
 # ------------------------------------------------------------------ field checks
-def _positive(value: float) -> str | None:
+# Field metadata read by build_dataclass: ``checked(fn)`` (fn returns a problem or None)
+# and ``one_of(*options)``; other config dataclasses (tokenweight.pipeline) use them too.
+def positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def _non_negative(value: float) -> str | None:
+def non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
-def _at_least_two(value: int) -> str | None:
+def at_least_two(value: int) -> str | None:
     return None if value >= 2 else "must be >= 2"
 
 
@@ -84,11 +90,11 @@ def _betas(value: tuple[float, float]) -> str | None:
     return None if all(0 <= b < 1 for b in value) else "each beta must be in [0, 1)"
 
 
-def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
+def checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
     return {"check": fn}
 
 
-def _choices(*options: str) -> dict[str, Any]:
+def one_of(*options: str) -> dict[str, Any]:
     return {"choices": options}
 
 
@@ -97,9 +103,9 @@ def _choices(*options: str) -> dict[str, Any]:
 class LoraConfig:
     """Low-rank adapters through ``peft`` (``pip install 'tokenweight[peft]'``)."""
 
-    r: int = field(default=16, metadata=_check(_positive))
-    alpha: float = field(default=32.0, metadata=_check(_positive))
-    dropout: float = field(default=0.0, metadata=_check(_non_negative))
+    r: int = field(default=16, metadata=checked(positive))
+    alpha: float = field(default=32.0, metadata=checked(positive))
+    dropout: float = field(default=0.0, metadata=checked(non_negative))
     target_modules: str | list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
@@ -116,12 +122,12 @@ class ModelConfig:
     """
 
     source: str | None = None
-    dtype: str = field(default="auto", metadata=_choices(*DTYPES))
+    dtype: str = field(default="auto", metadata=one_of(*DTYPES))
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    rope_theta: float | None = field(default=None, metadata=_check(_positive))
-    max_position_embeddings: int | None = field(default=None, metadata=_check(_positive))
+    rope_theta: float | None = field(default=None, metadata=checked(positive))
+    max_position_embeddings: int | None = field(default=None, metadata=checked(positive))
     cache_dir: str | None = None
     lora: LoraConfig | None = None
 
@@ -135,7 +141,7 @@ class DataConfig:
     """
 
     path: str | None = None
-    seq_len: int | None = field(default=None, metadata=_check(_at_least_two))
+    seq_len: int | None = field(default=None, metadata=checked(at_least_two))
 
 
 @dataclass
@@ -148,12 +154,12 @@ class ScorerConfig:
     ``tokenweight score`` (the paper's frozen scorer). ``none``: only for ``uniform``.
     """
 
-    kind: str = field(default="self", metadata=_choices(*SCORER_KINDS))
+    kind: str = field(default="self", metadata=one_of(*SCORER_KINDS))
     model: str | None = None
-    window: int | None = field(default=None, metadata=_check(_at_least_two))
-    stride: int | None = field(default=None, metadata=_check(_positive))
-    windows_per_batch: int | None = field(default=None, metadata=_check(_positive))
-    dtype: str = field(default="auto", metadata=_choices(*DTYPES))
+    window: int | None = field(default=None, metadata=checked(at_least_two))
+    stride: int | None = field(default=None, metadata=checked(positive))
+    windows_per_batch: int | None = field(default=None, metadata=checked(positive))
+    dtype: str = field(default="auto", metadata=one_of(*DTYPES))
     device: str | None = None
 
 
@@ -170,21 +176,21 @@ class TrainConfig:
     """
 
     output_dir: str = "runs/tokenweight"
-    learning_rate: float = field(default=2e-5, metadata=_check(_positive))
-    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_check(_betas))
-    eps: float = field(default=1e-8, metadata=_check(_positive))
-    weight_decay: float = field(default=0.01, metadata=_check(_non_negative))
-    scheduler: str = field(default="constant_with_warmup", metadata=_choices(*SCHEDULERS))
-    warmup_steps: int = field(default=20, metadata=_check(_non_negative))
-    max_steps: int = field(default=240, metadata=_check(_positive))
-    micro_batch_size: int = field(default=1, metadata=_check(_positive))
-    gradient_accumulation_steps: int = field(default=16, metadata=_check(_positive))
-    max_grad_norm: float = field(default=1.0, metadata=_check(_non_negative))
+    learning_rate: float = field(default=2e-5, metadata=checked(positive))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=checked(_betas))
+    eps: float = field(default=1e-8, metadata=checked(positive))
+    weight_decay: float = field(default=0.01, metadata=checked(non_negative))
+    scheduler: str = field(default="constant_with_warmup", metadata=one_of(*SCHEDULERS))
+    warmup_steps: int = field(default=20, metadata=checked(non_negative))
+    max_steps: int = field(default=240, metadata=checked(positive))
+    micro_batch_size: int = field(default=1, metadata=checked(positive))
+    gradient_accumulation_steps: int = field(default=16, metadata=checked(positive))
+    max_grad_norm: float = field(default=1.0, metadata=checked(non_negative))
     seed: int = 42
     shuffle: bool = True
-    save_steps: int = field(default=20, metadata=_check(_positive))
-    save_total_limit: int | None = field(default=None, metadata=_check(_positive))
-    logging_steps: int = field(default=1, metadata=_check(_positive))
+    save_steps: int = field(default=20, metadata=checked(positive))
+    save_total_limit: int | None = field(default=None, metadata=checked(positive))
+    logging_steps: int = field(default=1, metadata=checked(positive))
     report_to: list[str] = field(default_factory=lambda: ["none"])
     run_name: str | None = None
     bf16: bool = False
@@ -192,7 +198,7 @@ class TrainConfig:
     deepspeed: str | None = None
     fsdp: bool | str | None = None
     fsdp_config: str | dict[str, Any] | None = None
-    dataloader_num_workers: int = field(default=0, metadata=_check(_non_negative))
+    dataloader_num_workers: int = field(default=0, metadata=checked(non_negative))
     training_arguments: dict[str, Any] = field(default_factory=dict)
 
 

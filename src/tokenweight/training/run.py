@@ -81,16 +81,17 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     import datasets
 
     from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
+    from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
 
     path = Path(config.data.path)
-    manifest_file = path / "manifest.json"
+    manifest_file = path / SCORED_MANIFEST  # the same file name as a prepared manifest
     if not manifest_file.is_file():
         raise TokenWeightError(
-            f"data.path: {path} is not a prepared or scored dataset (no manifest.json); "
+            f"data.path: {path} is not a prepared or scored dataset (no {SCORED_MANIFEST}); "
             "create one with `tokenweight prepare` (and `tokenweight score`)"
         )
     kind = json.loads(manifest_file.read_text(encoding="utf-8")).get("format")
-    if kind == "tokenweight.scored":
+    if kind == SCORED_FORMAT:
         scored = read_scored_manifest(path)
         manifest = scored["prepared"]
         dataset = load_scored_dataset(path, verify=True)

@@ -39,6 +39,7 @@ __all__ = [
     "Transform",
     "compute_scores",
     "compute_weights",
+    "first_nonfinite",
     "weighted_nll_loss",
 ]
 
@@ -475,20 +476,34 @@ def _check_nll(
         raise TokenWeightError(
             f"{name} has shape {tuple(x.shape)} but long_nll has {tuple(shape)}; they must match"
         )
-    if x.numel() == 0:
+    where = first_nonfinite(x, mask)
+    if where is None:
         return
-    # Two cheap reductions (max/min propagate NaN) before the element-wise search.
+    row, col, value = where
+    bad = ~torch.isfinite(x.detach())
+    count = int((bad if mask is None else bad & mask).sum())
+    raise TokenWeightError(
+        f"{name} is not finite ({value}) at row {row}, target {col} "
+        f"({count} such value(s)); check the model's dtype and the input data"
+    )
+
+
+def first_nonfinite(
+    x: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[int, int, float] | None:
+    """``(row, target, value)`` of the first NaN or infinite value of ``x`` ``(B, T)`` among
+    valid targets (``mask`` True; all without a mask), or ``None`` when all are finite."""
+    x = x.detach()
+    if x.numel() == 0:
+        return None
     valid = (
         x if mask is None else torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
     )
+    # Two cheap reductions (max/min propagate NaN) before the element-wise search.
     if bool(torch.isfinite(valid.amax())) and bool(torch.isfinite(valid.amin())):
-        return
-    bad = ~torch.isfinite(valid)
-    row, col = (int(i) for i in bad.nonzero()[0])
-    raise TokenWeightError(
-        f"{name} is not finite ({float(x[row, col])}) at row {row}, target {col} "
-        f"({int(bad.sum())} such value(s)); check the model's dtype and the input data"
-    )
+        return None
+    row, col = (int(i) for i in (~torch.isfinite(valid)).nonzero()[0])
+    return row, col, float(x[row, col])
 
 
 def _check_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

@@ -35,7 +35,6 @@ __all__ = [
     "StepStats",
     "TokenWeightProgressCallback",
     "describe_batch",
-    "first_nonfinite",
     "nonfinite_error",
 ]
 
@@ -133,15 +132,6 @@ class StepStats:
             if steps > 0:
                 out["step_time"] = elapsed / steps
         return out
-
-
-def first_nonfinite(x: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, float] | None:
-    """``(row, target, value)`` of the first non-finite value among valid targets, or None."""
-    bad = ~torch.isfinite(x.detach()) & mask
-    if not bool(bad.any()):
-        return None
-    row, col = (int(i) for i in bad.nonzero()[0])
-    return row, col, float(x.detach()[row, col])
 
 
 def describe_batch(inputs: dict[str, Any], micro: int, accumulation: int) -> str:

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.training.callbacks import first_nonfinite
 from tokenweight.training.collator import valid_target_mask
-from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
+from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
 
 __all__ = ["LossParts", "token_weighted_loss"]
 

@@ -257,6 +257,37 @@ def test_scorer_judges_key_tokens_for_every_model(tmp_path, corpus, tok):
     assert b["longppl"] == pytest.approx(math.exp(float(long_other[key].mean())), rel=1e-4)
 
 
+def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, corpus, tok):
+    import tokenweight.evaluation.perplexity as perplexity
+
+    judge = make_model(len(tok), seed=0)
+    other = make_model(len(tok), seed=1)
+    calls = []
+    real = perplexity.long_context_nll
+
+    def counting(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(perplexity, "long_context_nll", counting)
+    results = evaluate_models(
+        [("judge-itself", judge, tok), ("other", other, tok)],
+        out_dir=None,
+        tasks=["ppl", "longppl"],
+        data=[str(corpus)],
+        seq_len=SEQ_LEN,
+        max_sequences=2,
+        longppl_window=WINDOW,
+        longppl_stride=STRIDE,
+        scorer=ModelSpec("judge", model=judge, tokenizer=tok),
+        progress=False,
+    )
+    assert [id(m) for m in calls] == [id(judge), id(other)]
+    ids = _sequences(tok, corpus, 2)
+    expected = math.exp(float(_long_nll(judge, ids).mean()))
+    assert results["models"][0]["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
 def _answer(prompt):
     """The expected answer, read from the prompt text."""
     question = prompt.rsplit("\n", 1)[1]

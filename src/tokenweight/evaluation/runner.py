@@ -296,7 +296,9 @@ def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
 
 def _key_mask_from_scorer(
     scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
-) -> tuple[torch.Tensor, tuple, Any, dict[str, Any]]:
+) -> tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor]:
+    """LongPPL key tokens judged by ``scorer``: (key mask, tokenizer key, sequences, info,
+    the evaluator's own long NLL, reused when the evaluator is also evaluated)."""
     from tokenweight.evaluation.perplexity import (
         default_short_window,
         long_context_nll,
@@ -319,7 +321,16 @@ def _key_mask_from_scorer(
             long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
         )
         info = {"window": window, "stride": stride, "key_tokens_from": scorer.label}
-        return key, _tokenizer_key(tokenizer), seqs, info
+        return key, _tokenizer_key(tokenizer), seqs, info, long
+
+
+def _same_model(spec: ModelSpec, scorer: ModelSpec | None) -> bool:
+    """Whether ``spec`` loads exactly the LongPPL evaluator (same source, or same object)."""
+    if scorer is None:
+        return False
+    if spec.model is not None or scorer.model is not None:
+        return spec.model is not None and spec.model is scorer.model
+    return spec.source is not None and spec.source == scorer.source
 
 
 def _evaluate_one(
@@ -327,8 +338,9 @@ def _evaluate_one(
     cfg: EvalConfig,
     load_kwargs: dict[str, Any],
     progress: bool,
-    scorer_key: tuple[torch.Tensor, tuple, Any, dict[str, Any]] | None,
+    scorer_key: tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor] | None,
     probe_cache: dict[tuple, list[Probe]],
+    is_scorer: bool = False,
 ) -> dict[str, Any]:
     from tokenweight.evaluation.generate import greedy_generate
     from tokenweight.evaluation.perplexity import (
@@ -349,7 +361,7 @@ def _evaluate_one(
         tok_key = _tokenizer_key(tokenizer)
         if cfg.text_tasks:
             if scorer_key is not None and "longppl" in cfg.tasks:
-                key_mask, scorer_tok, seqs, info = scorer_key
+                key_mask, scorer_tok, seqs, info, scorer_long = scorer_key
                 if scorer_tok != tok_key:
                     raise TokenWeightError(
                         f"model {spec.label!r} does not share the LongPPL evaluator's "
@@ -360,8 +372,13 @@ def _evaluate_one(
             mask = seqs.target_mask
             n = seqs.input_ids.shape[0]
             start = time.perf_counter()
-            with _bar(n, f"{spec.label}: long-context NLL", progress) as bar:
-                long = long_context_nll(model, seqs, batch_size=cfg.batch_size, on_done=bar.update)
+            if is_scorer and scorer_key is not None and "longppl" in cfg.tasks:
+                long = scorer_long  # the LongPPL evaluator is this very model: computed once
+            else:
+                with _bar(n, f"{spec.label}: long-context NLL", progress) as bar:
+                    long = long_context_nll(
+                        model, seqs, batch_size=cfg.batch_size, on_done=bar.update
+                    )
             ppl_s = time.perf_counter() - start
             entry["timing"]["perplexity_s"] = ppl_s
             entry["timing"]["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
@@ -507,6 +524,7 @@ def evaluate_models(
     )
     load_kwargs = {"device": "auto", **(load_kwargs or {})}
     scorer_key = None
+    scorer_spec = None
     if scorer is not None and "longppl" in cfg.tasks:
         scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
         scorer_key = _key_mask_from_scorer(scorer_spec, cfg, load_kwargs, progress)
@@ -524,7 +542,15 @@ def evaluate_models(
     probe_cache: dict[tuple, list[Probe]] = {}
     for spec in specs:
         results["models"].append(
-            _evaluate_one(spec, cfg, load_kwargs, progress, scorer_key, probe_cache)
+            _evaluate_one(
+                spec,
+                cfg,
+                load_kwargs,
+                progress,
+                scorer_key,
+                probe_cache,
+                is_scorer=_same_model(spec, scorer_spec),
+            )
         )
     results = _clean(results)
     if out_dir is not None:

@@ -157,7 +157,7 @@ class _Steps:
         stamp = folder / STEP_FILE
         fp = _fingerprint(settings)
         if stamp.is_file():
-            saved = json.loads(stamp.read_text(encoding="utf-8"))
+            saved = _stamp(folder)
             if saved.get("fingerprint") == fp:
                 self.log(f"{head}: cached in {folder} (settings unchanged), reusing it")
                 self.records.append(

@@ -32,6 +32,7 @@ from tokenweight.models import (
     load_model,
     load_tokenizer,
     resolve_model_source,
+    rope_theta,
     tokenizer_identity,
 )
 
@@ -195,6 +196,22 @@ def test_extend_context_old_style_config_attribute():
     )
     extend_context(config, rope_theta=5e5, max_position_embeddings=8192)
     assert config.rope_theta == 5e5 and config.max_position_embeddings == 8192
+
+
+def test_rope_theta_reads_every_config_style():
+    from transformers import Gemma3TextConfig
+
+    llama = _tiny_config(LlamaConfig)
+    extend_context(llama, rope_theta=3.5e6)
+    assert rope_theta(llama) == 3.5e6
+    gemma = _tiny_config(Gemma3TextConfig, num_hidden_layers=2, head_dim=8)
+    extend_context(gemma, rope_theta=2e6)
+    assert gemma.rope_parameters["sliding_attention"]["rope_theta"] != 2e6
+    assert rope_theta(gemma) == 2e6  # the global layers' theta, not the sliding ones'
+    old = types.SimpleNamespace(model_type="oldllama", rope_theta=1e4)
+    assert rope_theta(old) == 1e4
+    assert rope_theta(GPT2Config(n_layer=1)) is None
+    assert rope_theta(None) is None
 
 
 def test_extend_context_without_rope_names_the_model_type():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
@@ -18,4 +19,11 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Scheme", "TokenWeightError", "__version__", "compute_weights", "weighted_nll_loss"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Scheme",
+    "TokenWeightError",
+    "__version__",
+    "compute_weights",
+    "weighted_nll_loss",
+]

@@ -44,6 +44,7 @@ __all__ = [
     "parse_dtype",
     "resolve_device",
     "resolve_model_source",
+    "rope_theta",
     "tokenizer_identity",
 ]
 
@@ -375,6 +376,21 @@ def _rope_dicts(config: PreTrainedConfig) -> list[dict[str, Any]] | None:
     # per-attention-type RoPE (e.g. Gemma 3): only global attention gets the long context;
     # sliding-window layers keep their local frequencies.
     return [v for k, v in nested.items() if k != "sliding_attention"] or None
+
+
+def rope_theta(config: PreTrainedConfig | None) -> float | None:
+    """The RoPE theta of a causal LM config, or ``None`` when it has none.
+
+    Reads ``config.rope_parameters`` (transformers 5) and, for per-layer-type dicts
+    (e.g. Gemma 3), the global-attention entry (the one :func:`extend_context` changes;
+    sliding-window layers keep their own); falls back to the older ``config.rope_theta``.
+    """
+    dicts = _rope_dicts(config) if config is not None else None
+    for params in dicts or ():
+        if params.get("rope_theta") is not None:
+            return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if isinstance(theta, (int, float)) else None
 
 
 def extend_context(

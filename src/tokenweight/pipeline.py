@@ -13,7 +13,6 @@ changed, and continues an interrupted scoring or training run where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -281,7 +280,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
             batch_size=config.score_batch_size,
             device=device,
         )
-        return f"{result.rows} sequences scored" if hasattr(result, "rows") else "scored"
+        return f"{result.rows} sequences scored"
 
     steps.run(
         "score (frozen start model, short windows)",
@@ -456,8 +455,3 @@ def _train_config(
             },
         }
     )
-
-
-def config_table(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(setting, value) pairs for the report."""
-    return [(f.name, json.dumps(getattr(config, f.name))) for f in dataclasses.fields(config)]

@@ -7,6 +7,7 @@ finished ``work_dir`` at any time. Numbers are stated as measured, whichever way
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -14,11 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
 from tokenweight.evaluation.report import markdown_table
 from tokenweight.files import atomic_write_text
+from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
 
-__all__ = ["write_report"]
+__all__ = ["config_table", "write_report"]
+
+
+def config_table(config: Any) -> list[tuple[str, str]]:
+    """(setting, value) pairs of a pipeline config (any dataclass), values as JSON text."""
+    return [(f.name, json.dumps(getattr(config, f.name))) for f in dataclasses.fields(config)]
 
 
 def _read_json(path: Path) -> Any:
@@ -26,7 +34,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "train_log.jsonl"
+    path = run_dir / LOG_NAME
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -52,7 +60,7 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
     for scheme, run_dir in runs.items():
         log = _read_log(run_dir)
         logs[scheme] = log
-        summary = _read_json(run_dir / "train_summary.json") or {}
+        summary = _read_json(run_dir / SUMMARY_NAME) or {}
 
         def col(key: str, log: list[dict[str, Any]] = log) -> list[float]:
             return [r[key] for r in log if isinstance(r.get(key), (int, float))]
@@ -244,9 +252,8 @@ def write_report(
     import torch
 
     from tokenweight import __version__
-    from tokenweight.pipeline import config_table
 
-    prepared = _read_json(work / "prepared" / "manifest.json") or {}
+    prepared = _read_json(work / "prepared" / MANIFEST) or {}
     counts = prepared.get("counts", {})
     lines = [
         "# tokenweight report",

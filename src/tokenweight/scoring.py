@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
@@ -217,15 +218,15 @@ def short_context_nll(
                     later = row_starts[lo:hi] > 0
                     ids[:, 0] = torch.where(later, torch.as_tensor(bos_token_id), ids[:, 0])
                 valid = rows_pos < lengths[rows_seq][:, None]
-                labels = torch.where(valid, ids, torch.full_like(ids, -100))
+                labels = torch.where(valid, ids, torch.full_like(ids, IGNORE_INDEX))
                 # Only this window's own targets: earlier positions are scored elsewhere.
-                labels[offsets[None, :] < row_owned[lo:hi, None]] = -100
+                labels[offsets[None, :] < row_owned[lo:hi, None]] = IGNORE_INDEX
                 # No attention mask: with right padding and causal attention, real tokens
                 # never attend to padding, and windows of padding alone stay finite.
                 nll = model_token_nll(model, ids, labels=labels)
                 # nll[:, p - 1] is the target at window position p, global target index
                 # start + p, i.e. output column start + p - 1.
-                own = labels[:, 1:] != -100
+                own = labels[:, 1:] != IGNORE_INDEX
                 cols = rows_pos[:, 1:] - 1
                 out[rows_seq[:, None].expand_as(cols)[own], cols[own]] = (
                     nll[own].float().to(out.device)
@@ -246,8 +247,6 @@ class Scorer:
     ``attention_mask`` ``(batch, N)``; ``long_nll`` is the long-context NLL of the same
     targets (``(batch, N - 1)`` float). ``model`` is the model being trained.
     """
-
-    name = "scorer"
 
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
@@ -278,8 +277,6 @@ class SelfScorer(Scorer):
     Windows run without gradient in eval mode; targets inside window 0 have the same
     context in both passes, so they reuse the long NLL (score 0) and window 0 is not run.
     """
-
-    name = "self"
 
     def __init__(
         self,
@@ -367,8 +364,6 @@ class ModelScorer(Scorer):
     model, its config or tokenizer) and, on the first call, the trained model passed in.
     """
 
-    name = "model"
-
     def __init__(
         self,
         model: Any,
@@ -444,8 +439,6 @@ class ModelScorer(Scorer):
 
 class PrecomputedScorer(Scorer):
     """Short NLL stored with the data (``tokenweight score``), as ``batch["short_nll"]``."""
-
-    name = "precomputed"
 
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None

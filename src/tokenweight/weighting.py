@@ -122,7 +122,6 @@ class Transform:
         return f"shift({_fmt(self.c)})" if self.name == "shift" else self.name
 
 
-_PRESETS = ("uniform", "dense", "sparse", "longce", "ppmi", "npmi", "rho1")
 # Example scheme texts, one per preset (rho1, meant for a reference-model scorer, left out):
 # what `tokenweight weights` shows by default and `benchmarks/bench_weighting.py` times.
 PRESET_EXAMPLES = (
@@ -133,13 +132,15 @@ PRESET_EXAMPLES = (
     "ppmi:c=2,kappa=0.25",
     "npmi:c=2,kappa=0.25",
 )
-_ALIASES = {
-    "gamma": "truncation",
-    "kappa": "sparsification",
-    "lambda": "interpolation",
-    "lam": "interpolation",
-    "norm": "normalization",
+# Scheme field -> the paper's short names for it; the first is the name the presets'
+# text form uses (``dense:lambda=0.75``). Both directions of the mapping derive from here.
+_FIELD_ALIASES = {
+    "truncation": ("gamma",),
+    "sparsification": ("kappa",),
+    "interpolation": ("lambda", "lam"),
+    "normalization": ("norm",),
 }
+_FIELD_OF_ALIAS = {alias: name for name, aliases in _FIELD_ALIASES.items() for alias in aliases}
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,7 @@ class Scheme:
         valid = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            name = _ALIASES.get(str(key).lower(), str(key).lower())
+            name = _FIELD_OF_ALIAS.get(str(key).lower(), str(key).lower())
             if name not in valid:
                 raise TokenWeightError(
                     f"unknown scheme field {key!r}; allowed: {', '.join(sorted(valid))} "
@@ -446,12 +447,9 @@ def _parse_args(
             key, value = positional, part
         key = key.strip().lower()
         if allowed is not None:
-            key = {
-                "lam": "lambda",
-                "interpolation": "lambda",
-                "sparsification": "kappa",
-                "truncation": "gamma",
-            }.get(key, key)
+            # any spelling of a field (``lam``, ``interpolation``) -> its short name
+            field_name = _FIELD_OF_ALIAS.get(key, key)
+            key = _FIELD_ALIASES[field_name][0] if field_name in _FIELD_ALIASES else key
             if key not in allowed:
                 raise TokenWeightError(
                     f"unknown parameter {key!r}; allowed: {', '.join(sorted(allowed))}"

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from tokenweight.pipeline import config_table, load_pipeline_config, run_pipeline
+    from tokenweight.pipeline import load_pipeline_config, run_pipeline
+    from tokenweight.pipeline_report import config_table
 
     items = list(args.settings)
     path = items.pop(0) if items and "=" not in items[0] else None

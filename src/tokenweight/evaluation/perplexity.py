@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.sequences import EvalSequences
 
@@ -77,7 +78,7 @@ def long_context_nll(
             labels = None
             if seqs.attention_mask is not None:
                 mask = seqs.attention_mask[lo : lo + batch_size].to(device)
-                labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+                labels = torch.where(mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
             nll = model_token_nll(model, ids, labels=labels, attention_mask=mask)
             rows.append(nll.float().cpu())
             if on_done is not None:

@@ -28,9 +28,15 @@ from typing import Any
 import torch
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.evaluation import metrics
+from tokenweight.evaluation.metrics import (
+    key_token_mask,
+    longppl,
+    position_bucket_nll,
+    position_curve,
+)
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 from tokenweight.evaluation.probes import Probe, make_probes
+from tokenweight.models import rope_theta
 
 __all__ = [
     "ALL_TASKS",
@@ -146,14 +152,6 @@ class EvalConfig:
         return asdict(self)
 
 
-def _rope_theta(config: Any) -> float | None:
-    theta = getattr(config, "rope_theta", None)
-    if theta is None:
-        params = getattr(config, "rope_parameters", None) or {}
-        theta = params.get("rope_theta") if isinstance(params, dict) else None
-    return float(theta) if theta is not None else None
-
-
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf -> None, tuples -> lists."""
     if isinstance(obj, float):
@@ -221,8 +219,8 @@ class _Loaded:
 
 
 def _perplexity_result(nll: torch.Tensor, mask: torch.Tensor, bucket_size: int) -> dict:
-    buckets = metrics.position_bucket_nll(nll, mask, bucket_size=bucket_size)
-    positions, curve = metrics.position_curve(nll, mask, points=64)
+    buckets = position_bucket_nll(nll, mask, bucket_size=bucket_size)
+    positions, curve = position_curve(nll, mask, points=64)
     tokens = sum(b.tokens for b in buckets)
     mean = sum(b.sum_nll for b in buckets) / tokens if tokens else math.nan
     return {
@@ -317,7 +315,7 @@ def _key_mask_from_scorer(
             short = short_context_nll_of(
                 model, seqs, long, window=window, stride=stride, on_done=bar.update
             )
-        key = metrics.key_token_mask(
+        key = key_token_mask(
             long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
         )
         info = {"window": window, "stride": stride, "key_tokens_from": scorer.label}
@@ -355,7 +353,7 @@ def _evaluate_one(
             "label": spec.label,
             "source": spec.source,
             "max_position_embeddings": getattr(config, "max_position_embeddings", None),
-            "rope_theta": _rope_theta(config),
+            "rope_theta": rope_theta(config),
             "timing": {"load_s": load_s},
         }
         tok_key = _tokenizer_key(tokenizer)
@@ -394,11 +392,11 @@ def _evaluate_one(
                         short = short_context_nll_of(
                             model, seqs, long, window=window, stride=stride, on_done=bar.update
                         )
-                    key_mask = metrics.key_token_mask(
+                    key_mask = key_token_mask(
                         long, short, mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
                     )
                     info = {"window": window, "stride": stride, "key_tokens_from": "self"}
-                result = metrics.longppl(long, key_mask, mask)
+                result = longppl(long, key_mask, mask)
                 entry["longppl"] = {
                     **result.as_dict(),
                     **info,

@@ -1,8 +1,9 @@
 """Memory-flat per-token NLL: the loss head of token-weighted training.
 
-* :func:`token_nll` -- per-token NLL of ``hidden @ weight.T (+ bias)`` computed in row
-  chunks by a custom autograd function that never holds more than one chunk of logits
-  (:mod:`tokenweight.losses.chunked`); optional cut-cross-entropy backend on CUDA
+* :func:`token_nll` -- per-token NLL of ``hidden @ weight.T (+ bias)``: checks and the
+  backend choice (:mod:`tokenweight.losses.nll`); the pure chunked implementation, a
+  custom autograd function that never holds more than one chunk of logits
+  (:mod:`tokenweight.losses.chunked`); the optional cut-cross-entropy backend on CUDA
   (:mod:`tokenweight.losses.cce_backend`).
 * :func:`model_token_nll` -- the same for a Hugging Face causal LM, through its (wrapped)
   forward, with the family's output transform (:mod:`tokenweight.losses.model`,
@@ -11,15 +12,11 @@
 
 from __future__ import annotations
 
-from tokenweight.losses.chunked import (
-    CUDA_CHUNK_BYTES,
-    DEFAULT_CHUNK_BYTES,
-    IGNORE_INDEX,
-    default_chunk_size,
-    token_nll,
-)
+from tokenweight.constants import IGNORE_INDEX
+from tokenweight.losses.chunked import CUDA_CHUNK_BYTES, DEFAULT_CHUNK_BYTES, default_chunk_size
 from tokenweight.losses.heads import FAMILIES, HeadTransform, head_transform
 from tokenweight.losses.model import model_token_nll, select_head, unwrap_model
+from tokenweight.losses.nll import token_nll
 
 __all__ = [
     "CUDA_CHUNK_BYTES",

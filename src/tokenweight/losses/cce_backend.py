@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
+from tokenweight.losses.chunked import chunked_nll
 
 __all__ = ["available", "linear_nll", "wanted"]
 
 _VERIFIED: dict[tuple[Any, ...], bool] = {}
-_CHECK_IGNORE = -100
 
 
 def available() -> bool:
@@ -111,8 +112,6 @@ def _agrees(
     device: torch.device, dtype: torch.dtype, with_bias: bool, softcap: float | None
 ) -> bool:
     """Run both backends on one small random case and compare values and gradients."""
-    from tokenweight.losses.chunked import _ChunkedTokenNLL
-
     gen = torch.Generator(device=device).manual_seed(20250503)
     n, h, v = 200, 64, 1000
 
@@ -123,15 +122,15 @@ def _agrees(
     hidden, weight = rand(n, h), rand(v, h, std=1 / math.sqrt(h))
     bias = rand(v, std=0.1) if with_bias else None
     labels = torch.randint(0, v, (n,), generator=gen, device=device)
-    labels[::7] = _CHECK_IGNORE
+    labels[::7] = IGNORE_INDEX
     upstream = torch.rand(n, generator=gen, device=device)
     upstream[::5] = 0
     leaves = [t for t in (hidden, weight, bias) if t is not None]
     with torch.enable_grad():
-        ref = _ChunkedTokenNLL.apply(hidden, weight, bias, labels, _CHECK_IGNORE, 64, softcap, 1.0)
+        ref = chunked_nll(hidden, weight, labels, bias, IGNORE_INDEX, 64, softcap, 1.0)
         ref_grads = torch.autograd.grad((ref.float() * upstream).sum(), leaves)
         try:
-            got = linear_nll(hidden, weight, labels, bias, _CHECK_IGNORE, softcap)
+            got = linear_nll(hidden, weight, labels, bias, IGNORE_INDEX, softcap)
             got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
         except Exception as exc:  # any failure means: do not use it
             warnings.warn(

@@ -1,9 +1,9 @@
-"""Per-token NLL of a linear head without materializing the logits.
+"""Per-token NLL of a linear head without materializing the logits (the pure chunked path).
 
 For hidden states ``h`` (``N x H``), an output embedding ``W`` (``V x H``) and optional bias
 ``b``, the logits are ``y = cap * tanh(scale * (h W^T + b) / cap)`` (the ``tanh`` only when
 a softcap is given, ``scale`` 1 unless given) and the per-token NLL is
-``lse(y_t) - y_t[label_t]``. :func:`token_nll` computes it in row chunks of ``chunk_size``
+``lse(y_t) - y_t[label_t]``. :func:`chunked_nll` computes it in row chunks of ``chunk_size``
 tokens: each chunk's logits live only while that chunk is processed. The forward keeps
 the inputs and the per-token log-sum-exp (``N`` floats); the backward recomputes each
 chunk's logits, forms ``g_t * (softmax(y_t) - onehot(label_t))`` with the incoming
@@ -20,22 +20,24 @@ gradient is exactly zero (sparse weights), are skipped in the backward.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
     "CUDA_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "IGNORE_INDEX",
+    "check_inputs",
+    "check_labels",
+    "check_transform",
+    "chunked_nll",
+    "compute_dtype",
     "default_chunk_size",
-    "token_nll",
 ]
-
-IGNORE_INDEX = -100
 #: Working memory one chunk may use for its logits (and their float32 copy), in bytes.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 #: The same on CUDA: larger chunks amortize the float32 ``dW`` accumulation (one read and
@@ -44,7 +46,8 @@ CUDA_CHUNK_BYTES = 2**30
 _MIN_CHUNK = 16
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the NLL is computed and returned in: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -70,7 +73,7 @@ def default_chunk_size(
     if budget_bytes is None:
         on_cuda = device is not None and torch.device(device).type == "cuda"
         budget_bytes = CUDA_CHUNK_BYTES if on_cuda else DEFAULT_CHUNK_BYTES
-    compute = _compute_dtype(dtype)
+    compute = compute_dtype(dtype)
     per_elem = compute.itemsize
     if dtype != compute:
         per_elem += dtype.itemsize
@@ -80,7 +83,8 @@ def default_chunk_size(
     return max(_MIN_CHUNK, rows // _MIN_CHUNK * _MIN_CHUNK)
 
 
-def _check_transform(softcap: float | None, scale: float | None) -> tuple[float | None, float]:
+def check_transform(softcap: float | None, scale: float | None) -> tuple[float | None, float]:
+    """Validate a softcap (``None`` or > 0) and a logit scale (``None`` means 1)."""
     if softcap is not None:
         if isinstance(softcap, bool) or not math.isfinite(float(softcap)) or softcap <= 0:
             raise TokenWeightError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
@@ -183,7 +187,7 @@ class _Buffers:
     """Chunk-sized logit buffers allocated once per call and reused by every chunk."""
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.compute = _compute_dtype(dtype)
+        self.compute = compute_dtype(dtype)
         self.raw = torch.empty(rows, vocab, dtype=dtype, device=device)
         self.wide = (
             self.raw if dtype == self.compute else torch.empty_like(self.raw, dtype=self.compute)
@@ -229,7 +233,7 @@ def _chunk_logits(
 
 
 class _Options(NamedTuple):
-    """The non-tensor settings of one chunked-loss call (see :func:`token_nll`)."""
+    """The non-tensor settings of one chunked-loss call (see :func:`chunked_nll`)."""
 
     ignore_index: int
     chunk_size: int
@@ -247,7 +251,7 @@ def _forward(
     """Per-token NLL and log-sum-exp (both ``(N,)`` in the compute dtype; 0 at ignored rows)."""
     ignore_index, chunk_size, softcap, scale = options
     n = hidden.shape[0]
-    compute = _compute_dtype(hidden.dtype)
+    compute = compute_dtype(hidden.dtype)
     valid = labels != ignore_index
     rows = _Rows(None if bool(valid.all()) else valid, n)
     nll = torch.zeros(n, dtype=compute, device=hidden.device)
@@ -280,7 +284,7 @@ def _backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     ignore_index, chunk_size, softcap, scale = options
     n, vocab = hidden.shape[0], weight.shape[0]
-    compute = _compute_dtype(hidden.dtype)
+    compute = compute_dtype(hidden.dtype)
     grad = grad_nll.to(compute)
     active = (labels != ignore_index) & (grad != 0)
     rows = _Rows(None if bool(active.all()) else active, n)
@@ -364,88 +368,30 @@ class _ChunkedTokenNLL(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
-def token_nll(
+def chunked_nll(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    *,
-    bias: torch.Tensor | None = None,
-    ignore_index: int = IGNORE_INDEX,
-    chunk_size: int | None = None,
-    softcap: float | None = None,
-    scale: float | None = None,
-    backend: str = "auto",
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    chunk_size: int,
+    softcap: float | None,
+    scale: float,
 ) -> torch.Tensor:
-    """Per-token negative log-likelihood of ``labels`` under ``hidden @ weight.T + bias``.
+    """``(N,)`` per-token NLL of ``hidden (N, H)`` against ``labels (N,)``, chunk by chunk.
 
-    Args:
-        hidden: ``(..., H)`` final hidden states (post final norm), any floating dtype.
-        weight: ``(V, H)`` output embedding (``lm_head.weight``), same dtype and device.
-        labels: ``(...)`` integer target ids in ``[0, V)`` or ``ignore_index``.
-        bias: optional ``(V,)`` output bias.
-        ignore_index: label value whose NLL and gradient are zero.
-        chunk_size: tokens per chunk; ``None`` uses :func:`default_chunk_size` (a 256 MiB
-            logit budget, 1 GiB on CUDA). Peak extra memory is ``O(chunk_size * V)``.
-        softcap: logit softcapping ``y = softcap * tanh(z / softcap)`` (Gemma 2/3's
-            ``final_logit_softcapping``), applied after ``scale``.
-        scale: logit multiplier ``z = scale * (hidden @ weight.T + bias)`` (Cohere's
-            ``logit_scale``; ``1 / logits_scaling`` for Granite).
-        backend: ``"chunked"`` (this module), ``"cce"`` (cut-cross-entropy, CUDA only, must
-            be installed) or ``"auto"``: cut-cross-entropy on CUDA when it is installed and
-            passed a one-time check against the chunked path on this device and dtype,
-            the chunked path otherwise (always on CPU).
-
-    Returns:
-        ``(...)`` natural-log NLL in nats, float32 (float64 for float64 inputs), 0 at
-        ignored positions. Differentiable with respect to ``hidden``, ``weight`` and
-        ``bias``; under ``torch.autocast`` the inputs are first cast to the autocast dtype,
-        as ``F.linear`` would.
-
-    Raises:
-        TokenWeightError: mismatched shapes, dtypes or devices, or a label outside
-            ``[0, V)`` that is not ``ignore_index`` (the message names the value).
+    Inputs are assumed checked (:func:`check_inputs`, :func:`check_labels`,
+    :func:`check_transform`); :func:`tokenweight.losses.token_nll` is the checked entry
+    point. Returns the compute dtype (:func:`compute_dtype`); the custom autograd function
+    is used only when a gradient is wanted (scoring under ``no_grad`` skips its bookkeeping).
     """
-    from tokenweight.losses import cce_backend
-
-    device_type = hidden.device.type if isinstance(hidden, torch.Tensor) else "cpu"
-    autocast = (
-        isinstance(hidden, torch.Tensor)
-        and device_type in ("cpu", "cuda", "xpu", "mps")
-        and torch.is_autocast_enabled(device_type)
-    )
-    if autocast:  # cast as autocast casts F.linear's inputs (float64 is left alone)
-        dtype = torch.get_autocast_dtype(device_type)
-
-        def cast(t: Any) -> Any:
-            castable = isinstance(t, torch.Tensor) and t.is_floating_point()
-            return t.to(dtype) if castable and t.dtype != torch.float64 else t
-
-        hidden, weight, bias = cast(hidden), cast(weight), cast(bias)
-    check_inputs(hidden, weight, labels, bias, chunk_size)
-    softcap, scale_value = _check_transform(softcap, scale)
-    if backend not in ("auto", "chunked", "cce"):
-        raise TokenWeightError(f"backend must be 'auto', 'chunked' or 'cce', got {backend!r}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TokenWeightError(f"ignore_index must be an int, got {ignore_index!r}")
-    vocab, width = weight.shape
-    check_labels(labels, vocab, ignore_index)
-    shape = labels.shape
-    flat_h = hidden.reshape(-1, width)
-    flat_labels = labels.reshape(-1).long()
-    if chunk_size is None:
-        chunk_size = default_chunk_size(
-            vocab, hidden.dtype, softcap=softcap is not None, device=hidden.device
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    ):
+        return _ChunkedTokenNLL.apply(
+            hidden, weight, bias, labels, ignore_index, chunk_size, softcap, scale
         )
-
-    options = _Options(ignore_index, chunk_size, softcap, scale_value)
-    with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
-        if cce_backend.wanted(backend, flat_h, weight, bias, softcap, scale_value):
-            nll = cce_backend.linear_nll(flat_h, weight, flat_labels, bias, ignore_index, softcap)
-        elif torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (hidden, weight, bias)
-        ):
-            nll = _ChunkedTokenNLL.apply(flat_h, weight, bias, flat_labels, *options)
-        else:  # no graph needed (scoring under no_grad): skip the autograd bookkeeping
-            nll, _ = _forward(flat_h, weight, bias, flat_labels, options)
-    out_dtype = _compute_dtype(hidden.dtype)
-    return nll.to(out_dtype).reshape(shape)
+    nll, _ = _forward(
+        hidden, weight, bias, labels, _Options(ignore_index, chunk_size, softcap, scale)
+    )
+    return nll

@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.losses.chunked import IGNORE_INDEX, check_labels, default_chunk_size, token_nll
+from tokenweight.losses.chunked import check_labels, default_chunk_size
 from tokenweight.losses.heads import HeadTransform, head_transform
+from tokenweight.losses.nll import token_nll
 
 __all__ = ["model_token_nll", "select_head", "unwrap_model"]
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 
 __all__ = ["IGNORE_INDEX", "TokenWeightCollator", "valid_target_mask"]
-
-IGNORE_INDEX = -100
 
 
 def valid_target_mask(

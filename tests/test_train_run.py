@@ -4,6 +4,7 @@ scheme and scorer, NaN stop, context extension, output-folder rules, the CLI."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,17 +224,50 @@ def test_data_mismatches_are_named(assets, tmp_path):
         train(make_config(assets, tmp_path / "b", "scorer.kind=precomputed"))
 
 
-def test_lora_without_peft_says_how_to_install(assets, tmp_path):
+def test_lora_without_peft_says_how_to_install(assets, tmp_path, monkeypatch):
+    import tokenweight.training.trainer  # noqa: F401  (transformers' Trainer loads peft itself)
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # now `import peft` raises ImportError
     config = make_config(assets, tmp_path / "out", "model.lora={r: 4}", "train.max_steps=1")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        with pytest.raises(TokenWeightError, match=r"pip install 'tokenweight\[peft\]'"):
-            train(config)
-    else:
+    with pytest.raises(TokenWeightError, match=r"pip install 'tokenweight\[peft\]'"):
         train(config)
-        assert (tmp_path / "out" / "adapter_config.json").is_file()
-        assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()
+
+
+def test_lora_run_trains_merges_saves_and_reloads(assets, tmp_path):
+    """`tokenweight train` with model.lora: the adapter is saved, the merged model folder
+    reloads as a plain model whose weights moved from the start and whose outputs equal
+    the base model with the saved adapter applied (peft's own loading path)."""
+    from peft import PeftModel
+
+    out = tmp_path / "out"
+    path = tmp_path / "lora.yaml"
+    config = make_config(
+        assets, out, "model.lora={r: 4, alpha: 8}", "train.max_steps=2", "scheme=uniform"
+    )
+    path.write_text(config.to_yaml())
+    assert cli_main(["train", str(path)]) == 0
+    assert (out / "adapter_config.json").is_file()
+
+    start = AutoModelForCausalLM.from_pretrained(str(assets["model"])).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "merged")).eval()
+    assert not any("lora" in name for name in merged.state_dict())
+    before, after = start.state_dict(), merged.state_dict()
+    assert before.keys() == after.keys()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(
+        n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))
+        for n in changed
+    )
+
+    base = AutoModelForCausalLM.from_pretrained(str(assets["model"]))
+    adapted = PeftModel.from_pretrained(base, str(out)).eval()
+    ids = torch.randint(4, 60, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = adapted(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        plain = start(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-4  # the adapter changed what the model predicts
 
 
 def test_cli_prints_config_and_reports_bad_keys(assets, tmp_path, capsys):

@@ -80,7 +80,9 @@ class TokenWeightTrainer(Trainer):
     optimizer step, so no broken state is ever saved.
     """
 
-    # compute_loss normalizes by the number of targets of the whole accumulated step
+    # compute_loss normalizes by the number of targets of the whole accumulated step, so the
+    # Trainer must not divide by the accumulation steps again (transformers >= 5.19; older
+    # releases are told the same through ``model_accepts_loss_kwargs`` in ``__init__``)
     loss_is_scaled_for_ga = True
 
     def __init__(
@@ -107,6 +109,11 @@ class TokenWeightTrainer(Trainer):
                 "GPU with torchrun or accelerate launch (DataParallel is not supported), or "
                 "set CUDA_VISIBLE_DEVICES to one GPU"
             )
+        if not hasattr(Trainer, "loss_is_scaled_for_ga"):
+            # transformers < 5.19 has no ``loss_is_scaled_for_ga``; its training_step skips
+            # its own division by the accumulation steps when ``model_accepts_loss_kwargs``
+            # is set and ``num_items_in_batch`` is given (get_batch_samples always counts).
+            self.model_accepts_loss_kwargs = True
         self.scorer = scorer
         self.step_stats = StepStats()
         self._micro_step = 0

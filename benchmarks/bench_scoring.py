@@ -7,7 +7,7 @@ Three paths on the same batch, interleaved in one run (ratios are robust to nois
 * ``short_context_nll``: batched windows, no full logits (ours);
 * ``window loop``: one window at a time, full logits, then ``F.cross_entropy``;
 * ``release emulation``: the same loop plus the soft-target entropy over the vocabulary
-  that the authors' release computes (and discards) for every window (SPEC §6).
+  that the authors' released code computes (and discards) for every window.
 
 CPU default: a small random Llama, N=8192, window 1024. On a GPU:
 

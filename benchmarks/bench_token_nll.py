@@ -4,8 +4,8 @@ Paths, each timed and measured in its own fresh process so memory peaks are clea
 
 * ``full``   -- ``F.cross_entropy(F.linear(h, W).float(), y, reduction="none")`` (baseline)
 * ``ours``   -- ``tokenweight.losses.token_nll`` (chunked custom autograd, ``backend="chunked"``)
-* ``sketch`` -- SPEC §6's sketch: ``lm_head`` + cross-entropy on 4096-token chunks, each
-  under ``torch.utils.checkpoint``
+* ``sketch`` -- the plain efficient alternative: ``lm_head`` + cross-entropy on 4096-token
+  chunks, each under ``torch.utils.checkpoint``
 * ``cce``    -- ``token_nll(backend="cce")``, only with ``--device cuda`` when
   cut-cross-entropy is installed
 
@@ -15,12 +15,12 @@ what the inputs occupy (CPU: ``VmHWM`` after resetting it via ``/proc/self/clear
 CUDA: ``torch.cuda.max_memory_allocated``); it includes the gradients of ``h`` and ``W``
 that every path must produce, and the ``excl. grads`` column subtracts their size.
 
-    python benchmarks/bench_token_nll.py                       # CPU, fp32, the issue's shapes
+    python benchmarks/bench_token_nll.py                       # CPU, fp32, the default shapes
     python benchmarks/bench_token_nll.py --device cuda --dtype bf16 --shapes 32768,2048,128256
 
-Targets (issue 3): ``ours`` peak extra <= 15% of ``full``, time <= 1.2x ``full``. On one
-H200 at (32768, 2048, 128256) bf16, SPEC §6 measured the sketch at 0.17 s / 7.2 GiB and
-full logits at 0.35 s / 55.5 GiB.
+Goals: ``ours`` peak extra <= 15% of ``full``, time <= 1.2x ``full``. Reference figures on
+one H200 at (32768, 2048, 128256) bf16: the checkpointed sketch 0.17 s / 7.2 GiB, full
+logits 0.35 s / 55.5 GiB.
 """
 
 from __future__ import annotations
@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{path:8s} {t:8.3f} {ratios[0]:>7s} {peak:15.3f} {ratios[1]:>7s} "
                 f"{work:16.3f} {ratios[2]:>7s}"
             )
-    print("\ntarget (issue 3): ours peak extra <= 0.15x full, time <= 1.2x full")
+    print("\ngoal: ours peak extra <= 0.15x full, time <= 1.2x full")
     if args.device == "cuda":
         print(
-            "SPEC §6, H200 bf16 32768x2048x128256: full 0.35 s / 55.5 GiB, sketch 0.17 s / 7.2 GiB"
+            "reference, H200 bf16 32768x2048x128256: full 0.35 s / 55.5 GiB, sketch 0.17 s / 7.2 GiB"
         )
     return 0
 

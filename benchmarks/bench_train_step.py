@@ -19,13 +19,13 @@ CPU (default): tiny Llama, 4096 tokens, window 1024::
 
     python benchmarks/bench_train_step.py
 
-GPU, the SPEC §6 setting (random-weight Llama-3.2-1B shape, one 32K sequence)::
+GPU, the reference setting (random-weight Llama-3.2-1B shape, one 32K sequence)::
 
     python benchmarks/bench_train_step.py --device cuda --dtype bf16 --model-shape llama-1b \\
         --seq-len 32768 --window 8192 --stride 6144 --gradient-checkpointing --attn sdpa
 
-SPEC §6 reference (H200): the authors' code 1.65 s uniform / 3.69 s Dense self-scored,
-28.8 GiB; targets: dense-self <= 1.2x our uniform, < 1.85 s, <= 14.4 GiB.
+Reference for the authors' released code in that setting (one H200): 1.65 s uniform /
+3.69 s Dense self-scored, 28.8 GiB; goals for this code: dense-self <= 1.2x our uniform, < 1.85 s, <= 14.4 GiB.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def main() -> None:
     if device.type == "cuda" and "dense-self" in results:
         t, _, m, _ = results["dense-self"]
         print(
-            f"\nSPEC §6 (authors' release, H200): uniform 1.65 s, Dense self 3.69 s, 28.8 GiB; "
+            f"\nreference (authors' release, H200): uniform 1.65 s, Dense self 3.69 s, 28.8 GiB; "
             f"ours Dense self {t:.2f} s = {3.69 / t:.2f}x faster (target >= 2x), "
             f"{t / base_time:.2f}x our uniform (target <= 1.2x), {m / 2**30:.1f} GiB = "
             f"{m / 2**30 / 28.8:.2f}x theirs (target <= 0.5x)"

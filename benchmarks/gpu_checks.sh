@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Every GPU figure of the issues in one prepared run (one H200, about 6-8 minutes), for a
-# session that is lent a GPU machine. From the repository root on that machine:
+# The GPU measurements of this package in one run (one H200: about 6-8 minutes):
+#   1. correctness of token_nll on CUDA: values and gradients against F.cross_entropy on full
+#      logits, in fp32 and bf16;
+#   2. the loss head at 32768 x 2048 x 128256 in bf16: token_nll against full logits and
+#      against cross-entropy on checkpointed 4096-token chunks (time, peak memory);
+#   3. short-context scoring of one 32768-token sequence (Llama-3.2-1B shape, random
+#      weights, windows 8192, stride 6144) against one long forward and a one-window-at-a-
+#      time loop;
+#   4. a training step in that setting (gradient checkpointing, sdpa): uniform, Dense 0.75
+#      self-scored, Dense 0.75 precomputed, Sparse 0.25 self-scored.
+# From the repository root of a CUDA machine:
 #
-#   bash benchmarks/gpu_checks.sh [OUT_DIR]
+#   bash benchmarks/gpu_checks.sh [OUT_DIR]     # default OUT_DIR: gpu-results
 #
-# It needs torch with CUDA and transformers (the lent machine has both); `datasets` is not
-# needed. Optional: carry the cut-cross-entropy wheel and pip install it first to time the
-# `cce` backend too. Each step writes its table to OUT_DIR and continues on failure.
+# Needs torch with CUDA and transformers (`datasets` is not needed). With cut-cross-entropy
+# installed (`pip install 'tokenweight[cce]'`) the `cce` backend is timed too. Each step
+# writes its table to OUT_DIR and the script continues past a failed step.
 set -uo pipefail
 out=${1:-gpu-results}
 mkdir -p "$out"
@@ -33,10 +42,10 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
     print(dtype, "max rel err nll/dh/dw", ["%.2e" % e for e in errs], "OK" if max(errs) < tol else "FAIL")
 PY
 
-# 2. loss head: token_nll vs full logits vs the checkpointed 4096-chunk sketch (SPEC §6)
+# 2. loss head: token_nll vs full logits vs the checkpointed 4096-token-chunk sketch
 python3 benchmarks/bench_token_nll.py --device cuda --dtype bf16 --shapes 32768,2048,128256 \
     --repeats 3 2>&1 | tee "$out/token_nll.txt"
-# 3. scoring: SPEC §6 setting, against one 32K forward and the one-window-at-a-time loop
+# 3. scoring: against one 32K forward and the one-window-at-a-time loop
 python3 benchmarks/bench_scoring.py --device cuda --dtype bf16 --model-shape llama-1b \
     --seq-len 32768 --window 8192 --stride 6144 2>&1 | tee "$out/scoring.txt"
 # 4. training step: uniform / dense-self / dense-precomputed / sparse-self

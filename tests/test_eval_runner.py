@@ -69,7 +69,7 @@ def _long_nll(model, ids):
 
 
 def _short_nll(model, ids, bos):
-    """SPEC §3 by hand: windows start at 0, 16, 32 (last ends at 64); window 0 owns targets
+    """The window rule by hand: windows start at 0, 16, 32 (last ends at 64); window 0 owns targets
     1..31, the window at 16 owns 32..47, the one at 32 owns 48..63; later windows start
     with BOS."""
     out = torch.zeros(ids.shape[0], SEQ_LEN - 1)

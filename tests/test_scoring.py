@@ -36,7 +36,7 @@ def tiny_llama(seed: int = 0, vocab: int = VOCAB, layers: int = 2, hidden: int =
 
 
 def context_start(t: int, n: int, window: int, stride: int) -> int:
-    """SPEC §3, written per target: the start of the window that predicts target t."""
+    """The window rule of docs/method.md, written per target: the start of the window that predicts target t."""
     if t < window:
         return 0
     return min(stride * math.ceil((t - window + 1) / stride), n - window)

@@ -94,7 +94,7 @@ def full_logits_nll(model, input_ids, attention_mask=None) -> torch.Tensor:
 
 
 def window_loop_short_nll(model, input_ids, window, stride, bos=None, first_window=False):
-    """Short NLL by SPEC §3, one window at a time, full logits (``(N - window) % stride == 0``).
+    """Short NLL by the window rule of docs/method.md, one window at a time, full logits (``(N - window) % stride == 0``).
 
     Window 0 covers targets ``1 .. window-1``; with ``first_window=False`` those are left
     NaN for the caller (the self scorer uses the long NLL there).

@@ -49,7 +49,7 @@ class PipelineConfig:
     # data
     seq_len: int = field(default=2048, metadata=checked(at_least_two))
     train_sequences: int = field(default=16, metadata=checked(positive))
-    # scoring (frozen start model, SPEC §3)
+    # scoring (frozen start model, docs/method.md#scorers)
     window: int = field(default=512, metadata=checked(at_least_two))
     stride: int | None = None
     score_batch_size: int = field(default=1, metadata=checked(positive))

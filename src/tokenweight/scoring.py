@@ -1,4 +1,4 @@
-"""Short-context NLL: the first step of token weighting (SPEC §3).
+"""Short-context NLL: the first step of token weighting (``docs/method.md#short-context-nll``).
 
 Every target of a long sequence is predicted again from at most ``window`` tokens.
 Windows of length ``window`` start at ``0, stride, 2*stride, ...``; the last one ends at
@@ -92,7 +92,7 @@ class WindowPlan:
 
 
 def plan_windows(seq_len: int, window: int, stride: int | None = None) -> WindowPlan:
-    """The windows of SPEC §3 for one sequence length (see the module docstring)."""
+    """The windows of one sequence length (see the module docstring)."""
     _check_window(window)
     if seq_len < 1:
         raise TokenWeightError(f"sequences must hold at least one token, got {seq_len}")
@@ -357,7 +357,7 @@ def vocabulary_differences(a: Any, b: Any) -> list[str]:
 
 class ModelScorer(Scorer):
     """A frozen scorer model: the starting checkpoint at its original RoPE settings, or a
-    smaller model sharing the tokenizer (SPEC §3).
+    smaller model sharing the tokenizer (``docs/method.md#scorers``).
 
     It runs on its own ``device`` and ``dtype`` (default: where its parameters are), and
     before any compute it checks that its vocabulary matches ``reference`` (the trained

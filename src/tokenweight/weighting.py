@@ -1,6 +1,6 @@
 """Scores to loss weights: every scheme of the paper, as pure tensor functions.
 
-Notation (SPEC §2). Per target ``i``: ``l_i = -log p_long(x_i)`` and
+Notation (``docs/method.md#scores``). Per target ``i``: ``l_i = -log p_long(x_i)`` and
 ``s_i = -log p_short(x_i)``, natural-log NLL. A :class:`Scheme` turns ``(l, s)`` into
 weights in fixed stages:
 
@@ -145,7 +145,7 @@ _FIELD_OF_ALIAS = {alias: name for name, aliases in _FIELD_ALIASES.items() for a
 
 @dataclass(frozen=True)
 class Scheme:
-    """An immutable, validated token-weighting scheme (SPEC §2).
+    """An immutable, validated token-weighting scheme (``docs/method.md#variants``).
 
     ``comparison=None`` means uniform weights (plain cross-entropy); every other field
     must then be unset. Use the presets (:meth:`dense`, :meth:`sparse`, ...) or

@@ -9,7 +9,7 @@ Position of a target = index of the predicted token in its sequence (``j + 1``),
 bucket ``[0, B)`` holds targets ``1 .. B - 1`` (position 0 is never a target) and every
 later bucket ``[k B, (k + 1) B)`` holds ``B`` targets per sequence.
 
-LongPPL (Fang et al., ICLR 2025; SPEC §5): a target is a *key token* when long context
+LongPPL (Fang et al., ICLR 2025; ``docs/method.md#evaluation``): a target is a *key token* when long context
 gains more than ``alpha`` nats over a short context (``s_i - l_i > alpha``) and the long
 NLL is below ``beta`` (``l_i < beta``); both judged by an *evaluator* (by default the model
 itself). LongPPL of a model = ``exp(mean of that model's long NLL over the key tokens)``,

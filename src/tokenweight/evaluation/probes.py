@@ -42,7 +42,7 @@ __all__ = [
 TASKS = ("passkey", "needle", "needle_word", "needle_uuid", "multikey", "vartrack")
 """Probe names: ``needle`` holds a 7-digit number, ``needle_word`` a word, ``needle_uuid``
 a UUID; ``multikey`` is a number needle among distractor needles with other keys;
-``vartrack`` is a chain of variable assignments (SPEC §5)."""
+``vartrack`` is a chain of variable assignments (``docs/method.md#evaluation``)."""
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 

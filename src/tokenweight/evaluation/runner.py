@@ -4,7 +4,7 @@ Tasks:
 
 - ``ppl``: mean NLL by target-position bucket on evaluation sequences (``data``), and the
   NLL-against-position curve.
-- ``longppl``: LongPPL (Fang et al.; SPEC §5). Key tokens are judged by an *evaluator*:
+- ``longppl``: LongPPL (Fang et al.; ``docs/method.md#evaluation``). Key tokens are judged by an *evaluator*:
   by default each model itself (its long NLL against its own short-window NLL), or with
   ``scorer`` one fixed model for all (its long and short NLL), so that every model is
   measured on the same key tokens, as in Fang et al. LongPPL = exp(mean of the evaluated

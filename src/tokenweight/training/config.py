@@ -146,7 +146,7 @@ class DataConfig:
 
 @dataclass
 class ScorerConfig:
-    """Where the short-context NLL comes from (SPEC §3).
+    """Where the short-context NLL comes from (``docs/method.md#scorers``).
 
     ``self``: the model being trained, windows without gradient every step. ``model``: a
     frozen model (``model``; default: ``model.source`` at its original RoPE settings),

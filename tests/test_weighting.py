@@ -264,6 +264,24 @@ def test_ties_broken_differently_by_different_seeds():
         ("npmi:c=2,kappa=0.25", Scheme.npmi(2, 0.25)),
         ("rho1:0.6", Scheme.rho1(0.6)),
         (" Dense : lambda=0.5 ", Scheme.dense(0.5)),
+        # any spelling of a field in a preset's parameters, and short names in custom
+        ("dense:lam=0.5", Scheme.dense(0.5)),
+        ("dense:interpolation=0.5", Scheme.dense(0.5)),
+        ("sparse:sparsification=0.25", Scheme.sparse(0.25)),
+        ("longce:truncation=3", Scheme.longce(3)),
+        ("ppmi:c=2,sparsification=0.25", Scheme.ppmi(2, 0.25)),
+        (
+            "custom:comparison=difference,transforms=absolute,norm=l1,lam=0.75",
+            Scheme.dense(0.75),
+        ),
+        (
+            "custom:comparison=difference,transforms=minus+exp,gamma=5",
+            Scheme.longce(5),
+        ),
+        (
+            "custom:comparison=difference,transforms=absolute,kappa=0.25,normalization=l1",
+            Scheme.sparse(0.25),
+        ),
         (
             "custom:comparison=difference,transforms=minus+shift(2)+max,sparsification=0.25,"
             "normalization=L1",

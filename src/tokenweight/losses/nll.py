@@ -57,10 +57,11 @@ def token_nll(
             ``final_logit_softcapping``), applied after ``scale``.
         scale: logit multiplier ``z = scale * (hidden @ weight.T + bias)`` (Cohere's
             ``logit_scale``; ``1 / logits_scaling`` for Granite).
-        backend: ``"chunked"`` (this module), ``"cce"`` (cut-cross-entropy, CUDA only, must
-            be installed) or ``"auto"``: cut-cross-entropy on CUDA when it is installed and
-            passed a one-time check against the chunked path on this device and dtype,
-            the chunked path otherwise (always on CPU).
+        backend: ``"chunked"`` (:mod:`~tokenweight.losses.chunked`), ``"cce"``
+            (cut-cross-entropy, CUDA only, must be installed) or ``"auto"``:
+            cut-cross-entropy on CUDA when it is installed and passed a one-time check
+            against the chunked path on this device and dtype, the chunked path otherwise
+            (always on CPU).
 
     Returns:
         ``(...)`` natural-log NLL in nats, float32 (float64 for float64 inputs), 0 at

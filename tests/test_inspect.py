@@ -119,3 +119,54 @@ def test_cli_inspect(tmp_path, capsys):
         main(["inspect", str(tmp_path / "model"), str(tmp_path / "nope.txt"), "--window", "8"]) == 2
     )
     assert "no such text file" in capsys.readouterr().err
+
+
+def _view_colours(page: str) -> dict[str, tuple[str, list[str]]]:
+    """Per view: (its legend HTML, the background colour of every target token)."""
+    views = {}
+    for chunk in page.split('id="view-')[1:]:
+        name = chunk.split('"', 1)[0]
+        body = chunk.split('<div class="passage">', 1)
+        colours = re.findall(r'<span style="background:(rgba\([^)]*\))" title=', body[1])
+        views[name] = (body[0][body[0].index('<div class="legend">') :], colours)
+    return views
+
+
+def test_heat_map_scale_is_fixed_and_shown_in_nats():
+    from tokenweight.inspection import Inspection
+
+    def page(tokens, long, short, weight):
+        result = Inspection(tokens, list(range(len(tokens))), long, short, weight, "x", 4, 4)
+        return _view_colours(render_html(result))
+
+    # gains: a = [1.5, 0, -4], b = [1.5, -8.9, 5.8, 2.0]
+    a = page(["<s>", "a", "b", "c"], [1.0, 2.5, 7.0], [2.5, 2.5, 3.0], [0.5, 1.0, 1.5])
+    b = page(
+        ["<s>", "x", "y", "z", "w"],
+        [2.5, 9.0, 0.2, 0.5],
+        [4.0, 0.1, 6.0, 2.5],
+        [1.0, 4.0, 0.1, 2.0],
+    )
+    assert set(a) == set(b) == {"gain", "weight", "long", "short"}
+    # an NLL of 2.5 nats has one colour on both pages and in the long and short views
+    nll_25 = {
+        a["long"][1][1],
+        b["long"][1][0],
+        a["short"][1][0],
+        a["short"][1][1],
+        b["short"][1][3],
+    }
+    assert len(nll_25) == 1
+    assert a["long"][1][0] != a["long"][1][1]  # 1.0 and 2.5 nats differ
+    assert a["gain"][1][0] == b["gain"][1][0]  # gain 1.5 on both pages
+    assert a["gain"][1][2] == b["gain"][1][1]  # -4 and -8.9: clipped at the scale's end
+    assert a["gain"][1][0] != b["gain"][1][3]  # 1.5 and 2.0 differ
+    assert a["weight"][1][1] == b["weight"][1][0]  # weight 1.0 on both pages
+    for name in ("gain", "long", "short"):
+        for legend, _ in (a[name], b[name]):
+            assert 'class="legend"' in legend and "(nats)" in legend
+            ticks = [float(v) for v in re.findall(r'data-value="([^"]+)"', legend)]
+            assert len(ticks) >= 3 and ticks == sorted(ticks)
+    gain_ticks = [float(v) for v in re.findall(r'data-value="([^"]+)"', a["gain"][0])]
+    assert -gain_ticks[0] == gain_ticks[-1] > 0  # symmetric around no gain
+    assert a["long"][0] == b["short"][0]  # the NLL views share one legend

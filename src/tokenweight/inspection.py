@@ -165,25 +165,89 @@ def inspect_passage(
 
 
 # ------------------------------------------------------------------ output
-def _rgba(value: float, top: float, rgb: tuple[int, int, int]) -> str:
-    alpha = 0.0 if top <= 0 or not math.isfinite(value) else min(max(value / top, 0.0), 1.0)
-    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha * 0.85:.3f})"
+@dataclass(frozen=True)
+class ColourScale:
+    """A fixed colour scale of one quantity, the same on every page and every view.
+
+    ``low`` .. ``high`` (in ``unit``) map to colours: ``0`` is white, ``high`` is
+    ``positive`` at full strength, ``low`` (when below 0) is ``negative`` at full
+    strength; strength grows linearly in between, values outside are clipped.
+    """
+
+    label: str
+    unit: str
+    low: float
+    high: float
+    positive: tuple[int, int, int]
+    negative: tuple[int, int, int]
+    ticks: tuple[float, ...]
+
+    def colour(self, value: float) -> str:
+        """CSS colour of ``value`` (transparent for NaN)."""
+        if not math.isfinite(value):
+            return "rgba(0,0,0,0.000)"
+        if value >= 0:
+            strength, rgb = (min(value / self.high, 1.0) if self.high > 0 else 0.0), self.positive
+        else:
+            strength = min(value / self.low, 1.0) if self.low < 0 else 0.0
+            rgb = self.negative
+        return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{strength * 0.85:.3f})"
 
 
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))]
-
+# The NLL views (long and short) share one scale, so one colour is one NLL in both.
+_NLL_SCALE = ColourScale(
+    "NLL", "nats", 0.0, 10.0, (230, 85, 13), (0, 0, 0), (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)
+)
+SCALES = {
+    # gain = short - long NLL: symmetric, blue where the long context helps
+    "gain": ColourScale(
+        "gain", "nats", -4.0, 4.0, (33, 102, 172), (178, 24, 43), (-4.0, -2.0, 0.0, 2.0, 4.0)
+    ),
+    # weights average 1 over a sequence for every normalized scheme
+    "weight": ColourScale(
+        "weight", "", 0.0, 5.0, (27, 120, 55), (178, 24, 43), (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    ),
+    "long": _NLL_SCALE,
+    "short": _NLL_SCALE,
+}
 
 _VIEWS = {
-    # name: (label, colour for positive values, colour for negative values)
-    "gain": ("gain from long context (short - long NLL)", (33, 102, 172), (178, 24, 43)),
-    "weight": ("weight", (27, 120, 55), (178, 24, 43)),
-    "long": ("long-context NLL", (230, 85, 13), (0, 0, 0)),
-    "short": ("short-context NLL", (117, 107, 177), (0, 0, 0)),
+    "gain": "gain from long context (short - long NLL)",
+    "weight": "weight",
+    "long": "long-context NLL",
+    "short": "short-context NLL",
 }
+
+
+def _legend(scale: ColourScale) -> str:
+    """A colour bar of ``scale`` with its ticks (values in the scale's unit)."""
+    steps = 40
+    span = scale.high - scale.low
+    cells = "".join(
+        f'<span style="background:{scale.colour(scale.low + span * (k + 0.5) / steps)}"></span>'
+        for k in range(steps)
+    )
+    unit = f" {scale.unit}" if scale.unit else ""
+    ticks = []
+    for t in scale.ticks:
+        text = f"{t:g}"
+        if t == scale.high:
+            text = "\u2265" + text  # clipped above
+        elif t == scale.low and t < 0:
+            text = "\u2264" + text  # clipped below
+        left = 100.0 * (t - scale.low) / span
+        ticks.append(
+            f'<span class="tick" style="left:{left:.1f}%" data-value="{t:g}">'
+            f"{html.escape(text)}</span>"
+        )
+    return (
+        f'<div class="legend"><div class="legend-label">'
+        f"{html.escape(scale.label + (' (' + scale.unit + ')' if scale.unit else ''))}"
+        f'</div><div class="legend-bar">{cells}</div>'
+        f'<div class="legend-ticks">{"".join(ticks)}</div>'
+        f'<div class="legend-note">{html.escape(f"fixed scale: {scale.low:g} to {scale.high:g}{unit}; values beyond are clipped")}</div></div>'
+    )
+
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -195,6 +259,12 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
 .passage span {{ border-radius: 2px; }}
 .view {{ display: none; }}
 .view.shown {{ display: block; }}
+.legend {{ margin: 0.5em 0 1em 0; width: 28em; font-size: 0.85em; }}
+.legend-bar {{ display: flex; height: 1em; border: 1px solid #ccc; }}
+.legend-bar span {{ flex: 1; }}
+.legend-ticks {{ position: relative; height: 1.3em; }}
+.legend-ticks .tick {{ position: absolute; transform: translateX(-50%); }}
+.legend-note {{ color: #666; }}
 label {{ margin-right: 1em; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 2px 8px; border-bottom: 1px solid #eee; }}
 </style></head>
@@ -204,8 +274,10 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 2px 8px; border-bottom
 <p>Colour by:
 {radios}
 </p>
-<p>Hover a token for its numbers. Blue: the long context makes the token more likely;
-red: less likely. Targets in the first window have the same context in both passes.</p>
+<p>Hover a token for its numbers. Gain view: blue, the long context makes the token more
+likely; red, less likely. Targets in the first window have the same context in both
+passes. Every view has a fixed colour scale (the same on every page): one colour is one
+value, and the long and short NLL views share their scale.</p>
 {views}
 <h2>Tokens that gain most from long context</h2>
 {table}
@@ -222,7 +294,11 @@ document.querySelectorAll('input[name=view]').forEach(function (r) {{
 
 
 def render_html(result: Inspection, title: str = "tokenweight inspect") -> str:
-    """The token heat map page. Every piece of text is HTML-escaped."""
+    """The token heat map page. Every piece of text is HTML-escaped.
+
+    Each view colours tokens on its fixed :data:`SCALES` entry (NLL and gain in nats),
+    shown as a legend bar with ticks; the colour of a value never depends on the passage.
+    """
     values = {
         "gain": result.gain,
         "weight": result.weight,
@@ -230,31 +306,29 @@ def render_html(result: Inspection, title: str = "tokenweight inspect") -> str:
         "short": result.short_nll,
     }
     views = []
-    for name, (label, pos, neg) in _VIEWS.items():
-        vals = values[name]
-        top = _quantile([abs(v) for v in vals], 0.98) or 1.0
+    for name, label in _VIEWS.items():
+        scale = SCALES[name]
         spans = [f'<span title="BOS / first token">{html.escape(result.tokens[0])}</span>']
-        for j, v in enumerate(vals):
+        for j, v in enumerate(values[name]):
             t = j + 1
-            colour = _rgba(v, top, pos) if v >= 0 else _rgba(-v, top, neg)
             tip = (
                 f"token {t}: {result.tokens[t]!r}\nlong NLL {result.long_nll[j]:.3f}\n"
                 f"short NLL {result.short_nll[j]:.3f}\ngain {result.gain[j]:+.3f}\n"
                 f"weight {result.weight[j]:.3f}"
             )
             spans.append(
-                f'<span style="background:{colour}" title="{html.escape(tip, quote=True)}">'
-                f"{html.escape(result.tokens[t])}</span>"
+                f'<span style="background:{scale.colour(v)}" '
+                f'title="{html.escape(tip, quote=True)}">{html.escape(result.tokens[t])}</span>'
             )
         shown = " shown" if name == "gain" else ""
         views.append(
             f'<div class="view{shown}" id="view-{name}"><h3>{html.escape(label)}</h3>'
-            f'<div class="passage">{"".join(spans)}</div></div>'
+            f'{_legend(scale)}<div class="passage">{"".join(spans)}</div></div>'
         )
     radios = "\n".join(
         f'<label><input type="radio" name="view" value="{name}"'
         f"{' checked' if name == 'gain' else ''}> {html.escape(label)}</label>"
-        for name, (label, _, _) in _VIEWS.items()
+        for name, label in _VIEWS.items()
     )
     rows = [
         "<table><tr><th>pos</th><th>before</th><th>token</th><th>long</th><th>short</th>"

@@ -160,6 +160,44 @@ def test_every_output_file_is_written_and_well_formed(run):
     assert image.shape[1] > image.shape[0]
 
 
+def test_nll_plot_has_a_panel_of_differences_from_the_first_model(run, tmp_path):
+    from tokenweight.evaluation.plots import nll_by_position_figure, plot_nll_by_position
+
+    out, results, _ = run
+    curves = [
+        (m["label"], m["perplexity"]["curve"]["positions"], m["perplexity"]["curve"]["mean_nll"])
+        for m in results["models"]
+    ]
+    fig = nll_by_position_figure(curves)
+    top, bottom = fig.axes
+    assert [line.get_label() for line in top.get_lines()] == ["start", "trained"]
+    lines = {line.get_label(): line for line in bottom.get_lines()}
+    assert set(lines) == {"start", "trained"}
+    assert list(lines["start"].get_ydata()) == [0.0, 0.0]  # the reference: a zero line
+    start, trained = (m["perplexity"]["curve"] for m in results["models"])
+    assert start["positions"] == trained["positions"]
+    kept = [
+        (x, t - s)
+        for x, t, s in zip(trained["positions"], trained["mean_nll"], start["mean_nll"])
+        if t is not None and s is not None  # a bucket without targets has no NLL
+    ]
+    assert len(kept) >= len(trained["positions"]) - 1
+    assert list(lines["trained"].get_xdata()) == [x for x, _ in kept]
+    expected = [d for _, d in kept]
+    assert any(abs(d) > 1e-3 for d in expected)  # two different models
+    assert list(lines["trained"].get_ydata()) == pytest.approx(expected, abs=1e-12)
+    # positions missing from the first model's curve are left out of the difference
+    xs, ys = trained["positions"], trained["mean_nll"]
+    fig = nll_by_position_figure([curves[0], ("shifted", [x + 0.5 for x in xs[:3]] + xs[3:], ys)])
+    shifted = next(line for line in fig.axes[1].get_lines() if line.get_label() == "shifted")
+    assert list(shifted.get_xdata()) == [x for x, _ in kept if x not in xs[:3]]
+    # one model: no difference panel; the file eval wrote has both panels (taller)
+    assert len(nll_by_position_figure(curves[:1]).axes) == 1
+    single = _check_png(plot_nll_by_position(curves[:1], tmp_path / "one.png"))
+    both = _check_png(out / "nll_by_position.png")
+    assert both.shape[0] > 1.3 * single.shape[0]
+
+
 def test_markdown_tables(run):
     out, _, _ = run
     text = (out / "results.md").read_text(encoding="utf-8")

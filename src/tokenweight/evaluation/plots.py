@@ -2,7 +2,8 @@
 
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot, so the caller's
 backend is left alone) and written atomically. Several models appear side by side
-(one heat map panel each; one line each).
+(one heat map panel each; one line each, plus a panel of differences from the first
+model).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 
 from tokenweight.files import atomic_write_bytes
 
-__all__ = ["HeatmapPanel", "plot_nll_by_position", "plot_probe_heatmap", "save_png"]
+__all__ = [
+    "HeatmapPanel",
+    "nll_by_position_figure",
+    "plot_nll_by_position",
+    "plot_probe_heatmap",
+    "save_png",
+]
 
 
 @dataclass(frozen=True)
@@ -78,40 +85,81 @@ def plot_probe_heatmap(task: str, panels: Sequence[HeatmapPanel], path: str | Pa
     return save_png(fig, path)
 
 
+def _finite(y: float | None) -> bool:
+    return y is not None and math.isfinite(y)
+
+
+def nll_by_position_figure(
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    native_context: Sequence[int | None] = (),
+):
+    """The matplotlib ``Figure`` of :func:`plot_nll_by_position`.
+
+    Top panel: mean NLL (nats) against target position (tokens), one line per model.
+    With two models or more, a bottom panel shows each model's NLL minus the first
+    model's at the same positions (nats; below zero: better than the first model), since
+    similar models overlap in the top panel; positions where either NLL is missing
+    (``None`` or NaN) are left out. Model ``i`` has colour ``C{i}`` in both panels.
+    """
+    from matplotlib.figure import Figure
+
+    two = len(curves) > 1
+    fig = Figure(figsize=(7.0, 6.4 if two else 4.0), layout="constrained")
+    axes = fig.subplots(2 if two else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
+    right = 0.0
+    for i, (label, xs, ys) in enumerate(curves):
+        ax.plot(list(xs), list(ys), marker=".", linewidth=1.4, label=label, color=f"C{i}")
+        right = max([right, *xs])
+    if two:
+        diff = axes[1]
+        base_label, base_x, base_y = curves[0]
+        base = {x: y for x, y in zip(base_x, base_y) if _finite(y)}
+        diff.axhline(0.0, color="C0", linewidth=1.4, label=base_label)
+        for i, (label, xs, ys) in enumerate(curves[1:], start=1):
+            shared = [(x, y - base[x]) for x, y in zip(xs, ys) if x in base and _finite(y)]
+            diff.plot(
+                [x for x, _ in shared],
+                [d for _, d in shared],
+                marker=".",
+                linewidth=1.4,
+                label=label,
+                color=f"C{i}",
+            )
+        diff.set_ylabel(f"NLL - NLL of {base_label} (nats)")
+        diff.set_title(f"difference from {base_label} (below 0: lower NLL)")
+    for a in axes:
+        for n in sorted({n for n in native_context if n}):
+            if n < right:
+                a.axvline(n, color="grey", linestyle="--", linewidth=1)
+                a.annotate(
+                    f"native {_tokens(n)}",
+                    (n, 1),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, -12),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color="grey",
+                )
+        a.grid(alpha=0.3)
+        a.legend()
+    axes[-1].set_xlabel("target position (tokens)")
+    ax.set_ylabel("mean NLL (nats)")
+    ax.set_title("NLL by position")
+    return fig
+
+
 def plot_nll_by_position(
     curves: Sequence[tuple[str, Sequence[float], Sequence[float]]],
     path: str | Path,
     *,
     native_context: Sequence[int | None] = (),
 ) -> Path:
-    """Mean NLL (nats) against target position (tokens), one line per model.
+    """Write :func:`nll_by_position_figure` of ``curves`` as PNG to ``path``.
 
-    ``curves``: ``(label, positions, mean_nll)`` per model. ``native_context``: context
-    lengths to mark with a dashed vertical line (e.g. the models' trained lengths).
+    ``curves``: ``(label, positions, mean_nll)`` per model (tokens, nats).
+    ``native_context``: context lengths to mark with a dashed vertical line (e.g. the
+    models' trained lengths).
     """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
-    ax = fig.subplots()
-    right = 0.0
-    for label, xs, ys in curves:
-        ax.plot(list(xs), list(ys), marker=".", linewidth=1.4, label=label)
-        right = max([right, *xs])
-    for n in sorted({n for n in native_context if n}):
-        if n < right:
-            ax.axvline(n, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"native {_tokens(n)}",
-                (n, 1),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
-                textcoords="offset points",
-                fontsize=8,
-                color="grey",
-            )
-    ax.set_xlabel("target position (tokens)")
-    ax.set_ylabel("mean NLL (nats)")
-    ax.set_title("NLL by position")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_png(fig, path)
+    return save_png(nll_by_position_figure(curves, native_context=native_context), path)

@@ -296,15 +296,19 @@ def test_scorer_judges_key_tokens_for_every_model(tmp_path, corpus, tok):
 
 
 def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, corpus, tok):
+    import time
+
     import tokenweight.evaluation.perplexity as perplexity
 
     judge = make_model(len(tok), seed=0)
     other = make_model(len(tok), seed=1)
     calls = []
     real = perplexity.long_context_nll
+    pause = 0.3  # every long pass takes at least this long
 
     def counting(model, *args, **kwargs):
         calls.append(model)
+        time.sleep(pause)
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(perplexity, "long_context_nll", counting)
@@ -324,6 +328,13 @@ def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, c
     ids = _sequences(tok, corpus, 2)
     expected = math.exp(float(_long_nll(judge, ids).mean()))
     assert results["models"][0]["perplexity"]["perplexity"] == pytest.approx(expected, rel=1e-4)
+    # the reused pass is credited with the time it took in the evaluator
+    tokens = results["models"][0]["perplexity"]["tokens"]
+    assert tokens == ids.shape[0] * (ids.shape[1] - 1)
+    for entry in results["models"]:
+        timing = entry["timing"]
+        assert pause <= timing["perplexity_s"] < pause + 30
+        assert timing["perplexity_tokens_per_s"] == pytest.approx(tokens / timing["perplexity_s"])
 
 
 def _answer(prompt):

@@ -294,9 +294,10 @@ def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
 
 def _key_mask_from_scorer(
     scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
-) -> tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor]:
+) -> tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor, float]:
     """LongPPL key tokens judged by ``scorer``: (key mask, tokenizer key, sequences, info,
-    the evaluator's own long NLL, reused when the evaluator is also evaluated)."""
+    the evaluator's own long NLL and the seconds it took, both reused when the evaluator
+    is also evaluated)."""
     from tokenweight.evaluation.perplexity import (
         default_short_window,
         long_context_nll,
@@ -309,8 +310,10 @@ def _key_mask_from_scorer(
             seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
         )
         n = seqs.input_ids.shape[0]
+        start = time.perf_counter()
         with _bar(n, f"{scorer.label}: evaluator long NLL", progress) as bar:
             long = long_context_nll(model, seqs, batch_size=cfg.batch_size, on_done=bar.update)
+        long_s = time.perf_counter() - start
         with _bar(n, f"{scorer.label}: evaluator short NLL", progress) as bar:
             short = short_context_nll_of(
                 model, seqs, long, window=window, stride=stride, on_done=bar.update
@@ -319,7 +322,7 @@ def _key_mask_from_scorer(
             long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
         )
         info = {"window": window, "stride": stride, "key_tokens_from": scorer.label}
-        return key, _tokenizer_key(tokenizer), seqs, info, long
+        return key, _tokenizer_key(tokenizer), seqs, info, long, long_s
 
 
 def _same_model(spec: ModelSpec, scorer: ModelSpec | None) -> bool:
@@ -336,7 +339,7 @@ def _evaluate_one(
     cfg: EvalConfig,
     load_kwargs: dict[str, Any],
     progress: bool,
-    scorer_key: tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor] | None,
+    scorer_key: tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor, float] | None,
     probe_cache: dict[tuple, list[Probe]],
     is_scorer: bool = False,
 ) -> dict[str, Any]:
@@ -359,7 +362,7 @@ def _evaluate_one(
         tok_key = _tokenizer_key(tokenizer)
         if cfg.text_tasks:
             if scorer_key is not None and "longppl" in cfg.tasks:
-                key_mask, scorer_tok, seqs, info, scorer_long = scorer_key
+                key_mask, scorer_tok, seqs, info, scorer_long, scorer_long_s = scorer_key
                 if scorer_tok != tok_key:
                     raise TokenWeightError(
                         f"model {spec.label!r} does not share the LongPPL evaluator's "
@@ -371,13 +374,14 @@ def _evaluate_one(
             n = seqs.input_ids.shape[0]
             start = time.perf_counter()
             if is_scorer and scorer_key is not None and "longppl" in cfg.tasks:
-                long = scorer_long  # the LongPPL evaluator is this very model: computed once
+                # the LongPPL evaluator is this very model: computed once, timed there
+                long, ppl_s = scorer_long, scorer_long_s
             else:
                 with _bar(n, f"{spec.label}: long-context NLL", progress) as bar:
                     long = long_context_nll(
                         model, seqs, batch_size=cfg.batch_size, on_done=bar.update
                     )
-            ppl_s = time.perf_counter() - start
+                ppl_s = time.perf_counter() - start
             entry["timing"]["perplexity_s"] = ppl_s
             entry["timing"]["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
             if "ppl" in cfg.tasks:

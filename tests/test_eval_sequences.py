@@ -135,3 +135,73 @@ def test_default_short_window():
         default_short_window(2048, 512, 600)
     with pytest.raises(TokenWeightError, match="window"):
         default_short_window(2048, 1)
+
+
+def _packed(tok, texts, seq_len):
+    """BOS + ``seq_len - 1`` tokens per sequence, per document in order, tail dropped."""
+    rows = []
+    for text in texts:
+        doc = tok(text, add_special_tokens=False)["input_ids"]
+        n = seq_len - 1
+        rows += [[tok.bos_token_id, *doc[s : s + n]] for s in range(0, len(doc) - n + 1, n)]
+    return rows
+
+
+def test_corpus_is_read_with_the_options_of_prepare(tmp_path):
+    import json
+
+    tok = make_tokenizer(bos=True)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The grass is green. " * 30)
+    (folder / "b.md").write_text("The sun is yellow. " * 30)
+    # glob: which files a folder contributes
+    seqs = load_eval_sequences([str(folder)], tok, seq_len=32, max_sequences=None, glob="*.md")
+    assert seqs.input_ids.tolist() == _packed(tok, [(folder / "b.md").read_text()], 32)
+    # encoding errors: strict names the option that substitutes the bytes
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"The grass \xff is green. " * 30)
+    with pytest.raises(TokenWeightError, match="--encoding-errors replace"):
+        load_eval_sequences([str(bad)], tok, seq_len=32)
+    seqs = load_eval_sequences(
+        [str(bad)], tok, seq_len=32, max_sequences=None, encoding_errors="replace"
+    )
+    text = bad.read_bytes().decode("utf-8", errors="replace")
+    assert "\ufffd" in text and seqs.input_ids.tolist() == _packed(tok, [text], 32)
+    # hf_split: Hugging Face datasets (here a local data folder, read offline)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    texts = ["The sky is blue. " * 20, "The sun is yellow. " * 25]
+    (hub / "train.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    seqs = load_eval_sequences(
+        [str(hub)], tok, seq_len=32, max_sequences=None, text_field="body", hf_split="train"
+    )
+    assert seqs.input_ids.tolist() == _packed(tok, texts, 32)
+
+
+def test_eval_suggests_only_options_it_has(tmp_path, capsys):
+    import re
+
+    from tokenweight.cli import main
+
+    tok = make_tokenizer(bos=True)
+    folder = tmp_path / "m"
+    make_model(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    eval_help = capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.log").write_text("The grass is green. " * 30)
+    args = ["eval", str(folder), "--out", str(tmp_path / "o"), "--tasks", "ppl", "--seq-len", "32"]
+    args += ["--device", "cpu", "--no-progress"]
+    for data in (str(empty), str(tmp_path / "missing")):
+        assert main([*args, "--data", data]) == 2
+        err = capsys.readouterr().err.split("error: ", 1)[1]  # after any loading bars
+        suggested = re.findall(r"--[a-z][a-z-]+", err)
+        assert suggested  # the message says what to do ...
+        for option in suggested:  # ... with options eval has
+            assert re.search(rf"{option}\b", eval_help), option
+    # the suggested --glob takes the .log file: the evaluation runs
+    assert main([*args, "--data", str(empty), "--glob", "*.log"]) == 0

@@ -101,7 +101,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sequence for text data (default: the longest probe length)",
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
-    data.add_argument("--text-field", default="text", help="text field of JSONL/Parquet")
+    data.add_argument(
+        "--text-field", default="text", help="text field of JSONL/Parquet/hub records"
+    )
+    data.add_argument(
+        "--glob",
+        default=None,
+        metavar="PATTERN",
+        help="files to take from --data folders (default: every .txt .text .md .jsonl .json "
+        ".ndjson .parquet file)",
+    )
+    data.add_argument(
+        "--encoding-errors",
+        default="strict",
+        choices=["strict", "replace", "ignore"],
+        help="what to do with bytes that are not UTF-8 (default: strict, an error)",
+    )
+    data.add_argument(
+        "--hf-split",
+        default=None,
+        metavar="SPLIT",
+        help="read --data as Hugging Face datasets, this split (e.g. validation; needs network)",
+    )
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
     data.add_argument("--longppl-window", type=int, default=None, help="short context window")
     data.add_argument("--longppl-stride", type=int, default=None, help="short window stride")
@@ -155,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         max_sequences=args.max_sequences,
         text_field=args.text_field,
+        glob=args.glob,
+        encoding_errors=args.encoding_errors,
+        hf_split=args.hf_split,
         bucket_size=args.bucket_size,
         longppl_window=args.longppl_window,
         longppl_stride=args.longppl_stride,

@@ -15,15 +15,19 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tokenweight.errors import TokenWeightError
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "ENCODING_ERRORS",
     "InputFile",
     "find_input_files",
     "iter_documents",
+    "load_hub_documents",
 ]
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -227,3 +231,35 @@ def iter_documents(
             f.documents += 1
             doc_id += 1
             yield text
+
+
+def load_hub_documents(
+    names: Sequence[str], split: str, text_field: str
+) -> tuple[datasets.Dataset, list[dict[str, Any]]]:
+    """Hugging Face datasets ``names`` (hub names or local data folders), split ``split``,
+    as one dataset of columns ``text`` (from ``text_field``) and ``doc_id`` (0, 1, ...),
+    plus one manifest entry per dataset. Loading may need the network."""
+    import datasets
+    import numpy as np
+
+    parts, inputs = [], []
+    for name in names:
+        try:
+            ds = datasets.load_dataset(name, split=split)
+        except Exception as exc:  # the hub client raises many types; all mean "cannot load"
+            raise TokenWeightError(
+                f"could not load Hugging Face dataset {name!r} split {split!r}: {exc}"
+            ) from None
+        if text_field not in ds.column_names:
+            raise TokenWeightError(
+                f"dataset {name!r} has no column {text_field!r} (columns: "
+                f"{', '.join(ds.column_names)}); choose the text field with --text-field"
+            )
+        ds = ds.select_columns([text_field])
+        if text_field != "text":
+            ds = ds.rename_column(text_field, "text")
+        inputs.append({"hf_dataset": name, "split": split, "documents": len(ds)})
+        inputs[-1]["fingerprint"] = getattr(ds, "_fingerprint", None)
+        parts.append(ds)
+    docs = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return docs.add_column("doc_id", np.arange(len(docs), dtype=np.int64)), inputs

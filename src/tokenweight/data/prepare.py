@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tokenweight.data.corpus import InputFile, find_input_files, iter_documents
+from tokenweight.data.corpus import InputFile, find_input_files, iter_documents, load_hub_documents
 from tokenweight.data.packing import Packing
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import atomic_dir, atomic_write_json, remove_path, temp_sibling
@@ -112,34 +112,6 @@ def _write_documents(
     return datasets.Dataset.from_file(str(path))
 
 
-def _load_hub_documents(
-    names: Sequence[str], split: str, text_field: str
-) -> tuple[datasets.Dataset, list[dict[str, Any]]]:
-    import datasets
-
-    parts, inputs = [], []
-    for name in names:
-        try:
-            ds = datasets.load_dataset(name, split=split)
-        except Exception as exc:  # the hub client raises many types; all mean "cannot load"
-            raise TokenWeightError(
-                f"could not load Hugging Face dataset {name!r} split {split!r}: {exc}"
-            ) from None
-        if text_field not in ds.column_names:
-            raise TokenWeightError(
-                f"dataset {name!r} has no column {text_field!r} (columns: "
-                f"{', '.join(ds.column_names)}); choose the text field with --text-field"
-            )
-        ds = ds.select_columns([text_field])
-        if text_field != "text":
-            ds = ds.rename_column(text_field, "text")
-        inputs.append({"hf_dataset": name, "split": split, "documents": len(ds)})
-        inputs[-1]["fingerprint"] = getattr(ds, "_fingerprint", None)
-        parts.append(ds)
-    docs = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return docs.add_column("doc_id", np.arange(len(docs), dtype=np.int64)), inputs
-
-
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The manifest of a prepared dataset folder (error if it is not one)."""
     import json
@@ -217,7 +189,7 @@ def prepare_dataset(
             docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
             input_entries = [f.as_manifest() for f in files]
         else:
-            docs, input_entries = _load_hub_documents(inputs, hf_split, text_field)
+            docs, input_entries = load_hub_documents(inputs, hf_split, text_field)
         if len(docs) == 0:
             raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")
 

@@ -109,6 +109,9 @@ class EvalConfig:
     longppl_stride: int | None = None
     longppl_alpha: float = 2.0
     longppl_beta: float = 2.0
+    glob: str | None = None
+    encoding_errors: str = "strict"
+    hf_split: str | None = None
 
     def __post_init__(self) -> None:
         tasks = tuple(dict.fromkeys(str(t).strip().lower() for t in self.tasks))
@@ -289,6 +292,9 @@ def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
         seq_len=cfg.seq_len or max(cfg.lengths),
         max_sequences=cfg.max_sequences,
         text_field=cfg.text_field,
+        glob=cfg.glob,
+        encoding_errors=cfg.encoding_errors,
+        hf_split=cfg.hf_split,
     )
 
 
@@ -463,6 +469,9 @@ def evaluate_models(
     longppl_stride: int | None = None,
     longppl_alpha: float = 2.0,
     longppl_beta: float = 2.0,
+    glob: str | None = None,
+    encoding_errors: str = "strict",
+    hf_split: str | None = None,
     scorer: ModelSpec | str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
@@ -479,6 +488,9 @@ def evaluate_models(
         seed: selects the probe values and positions (same seed, same prompts).
         batch_size: prompts decoded together / sequences per forward pass.
         data: prepared dataset folder or corpus files for ``ppl`` / ``longppl``.
+        glob / encoding_errors / hf_split / text_field: how corpus ``data`` is read, the
+            options of ``tokenweight prepare`` (files taken from folders, undecodable
+            bytes, Hugging Face dataset split, JSONL/Parquet/dataset text field).
         seq_len: sequence length for corpus data (default: the longest probe length).
         max_sequences: evaluation sequences used at most.
         bucket_size: position bucket width (tokens) of the perplexity table.
@@ -523,6 +535,9 @@ def evaluate_models(
         longppl_stride=longppl_stride,
         longppl_alpha=longppl_alpha,
         longppl_beta=longppl_beta,
+        glob=glob,
+        encoding_errors=encoding_errors,
+        hf_split=hf_split,
     )
     load_kwargs = {"device": "auto", **(load_kwargs or {})}
     scorer_key = None

@@ -2,8 +2,8 @@
 
 - A folder written by ``tokenweight prepare`` (``datasets`` ``save_to_disk``) is read as
   is: column ``input_ids`` and, when present, ``attention_mask`` (right padding).
-- Anything else is a corpus (text / JSONL / Parquet files or folders, as ``prepare``
-  reads them): every document is tokenized with the evaluated model's tokenizer and cut
+- Anything else is a corpus (text / JSONL / Parquet files, folders, globs or Hugging
+  Face datasets, read by the same code and options as ``prepare``): every document is tokenized with the evaluated model's tokenizer and cut
   into ``seq_len``-token sequences (BOS + ``seq_len - 1`` tokens when the tokenizer has a
   BOS token), never crossing documents, tail dropped — the packing of ``prepare``.
 
@@ -43,6 +43,16 @@ class EvalSequences:
                 self.input_ids.shape[0], self.input_ids.shape[1] - 1, dtype=torch.bool
             )
         return self.attention_mask[:, 1:].bool() & self.attention_mask[:, :-1].bool()
+
+
+@dataclass(frozen=True)
+class CorpusOptions:
+    """How corpus input is read (the options of ``tokenweight prepare``)."""
+
+    text_field: str = "text"
+    glob: str | None = None
+    encoding_errors: str = "strict"
+    hf_split: str | None = None
 
 
 def is_prepared_dataset(path: str | Path) -> bool:
@@ -98,14 +108,27 @@ def _from_dataset(
 
 
 def _from_corpus(
-    paths: Sequence[str], tokenizer: Any, seq_len: int, max_sequences: int | None, text_field: str
+    paths: Sequence[str],
+    tokenizer: Any,
+    seq_len: int,
+    max_sequences: int | None,
+    corpus: CorpusOptions,
 ) -> torch.Tensor:
-    from tokenweight.data.corpus import find_input_files, iter_documents
+    from tokenweight.data.corpus import find_input_files, iter_documents, load_hub_documents
     from tokenweight.data.packing import Packing
 
+    if corpus.hf_split:
+        docs, _ = load_hub_documents(paths, corpus.hf_split, corpus.text_field)
+        texts = (row["text"] for row in docs)
+    else:
+        texts = iter_documents(
+            find_input_files(list(paths), corpus.glob),
+            text_field=corpus.text_field,
+            encoding_errors=corpus.encoding_errors,
+        )
     packing = Packing(seq_len=seq_len, bos_token_id=tokenizer.bos_token_id)
     rows: list[torch.Tensor] = []
-    for text in iter_documents(find_input_files(list(paths)), text_field=text_field):
+    for text in texts:
         tokens = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         sequences, _ = packing.pack(tokens)
         rows.extend(torch.as_tensor(s, dtype=torch.long) for s in sequences)
@@ -126,15 +149,21 @@ def load_eval_sequences(
     seq_len: int,
     max_sequences: int | None = 16,
     text_field: str = "text",
+    glob: str | None = None,
+    encoding_errors: str = "strict",
+    hf_split: str | None = None,
 ) -> EvalSequences:
     """Sequences to evaluate: a prepared dataset folder, or a corpus cut at ``seq_len``.
 
     Args:
-        paths: one prepared dataset folder, or corpus files / folders / globs.
+        paths: one prepared dataset folder, or corpus files / folders / globs (with
+            ``hf_split``: Hugging Face dataset names).
         tokenizer: the evaluated model's tokenizer (corpus input only; its BOS is
             prepended to every sequence when it has one).
         seq_len: tokens per sequence for corpus input (ignored for a prepared dataset).
         max_sequences: keep at most this many sequences (``None``: all).
+        text_field / glob / encoding_errors / hf_split: how the corpus is read, exactly
+            as ``tokenweight prepare`` reads it (:mod:`tokenweight.data.corpus`).
     """
     paths = [paths] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
     if not paths:
@@ -148,7 +177,8 @@ def load_eval_sequences(
             raise TokenWeightError("pass a prepared dataset folder alone, not with other inputs")
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
             raise TokenWeightError(f"--seq-len must be an integer >= 2, got {seq_len!r}")
-        ids, mask = _from_corpus(paths, tokenizer, seq_len, max_sequences, text_field), None
+        corpus = CorpusOptions(text_field, glob, encoding_errors, hf_split)
+        ids, mask = _from_corpus(paths, tokenizer, seq_len, max_sequences, corpus), None
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise TokenWeightError(
             f"evaluation data {', '.join(paths)} gave no usable sequences (shape {tuple(ids.shape)})"

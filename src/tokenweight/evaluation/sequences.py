@@ -3,9 +3,10 @@
 - A folder written by ``tokenweight prepare`` (``datasets`` ``save_to_disk``) is read as
   is: column ``input_ids`` and, when present, ``attention_mask`` (right padding).
 - Anything else is a corpus (text / JSONL / Parquet files, folders, globs or Hugging
-  Face datasets, read by the same code and options as ``prepare``): every document is tokenized with the evaluated model's tokenizer and cut
-  into ``seq_len``-token sequences (BOS + ``seq_len - 1`` tokens when the tokenizer has a
-  BOS token), never crossing documents, tail dropped — the packing of ``prepare``.
+  Face datasets, read by the same code and options as ``prepare``): every document is
+  tokenized with the evaluated model's tokenizer and cut into ``seq_len``-token
+  sequences (BOS + ``seq_len - 1`` tokens when the tokenizer has a BOS token), never
+  crossing documents, tail dropped — the packing of ``prepare``.
 
 At most ``max_sequences`` sequences are kept, the first ones in order (deterministic).
 """

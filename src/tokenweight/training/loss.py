@@ -115,35 +115,12 @@ def token_weighted_loss(
     token is not a target, so the result equals the same documents run unpacked. The
     returned per-target tensors keep the batch's packed ``(B, N - 1)`` layout.
     """
-    parts = _weighted_parts(model, batch, scheme, scorer, num_items, generator)
-    if raise_on_nonfinite and parts.problem is not None:
-        detail = parts.problem
-        if parts.where is not None:
-            row, col, value = parts.where
-            detail += f" is {value} at batch row {row}, target column {col}"
-        raise TokenWeightError(
-            f"non-finite loss: {detail}; skip this batch or lower the learning rate "
-            "(the model's parameters or the data may hold NaN/inf)"
-        )
-    return parts
-
-
-def _weighted_parts(
-    model: torch.nn.Module,
-    batch: dict[str, Any],
-    scheme: Scheme | str,
-    scorer: Any,
-    num_items: torch.Tensor | int | None,
-    generator: torch.Generator | None,
-) -> LossParts:
     from tokenweight.losses import model_token_nll
 
-    scheme = Scheme.coerce(scheme)
     input_ids = batch["input_ids"]
     labels = batch.get("labels")
     docs = find_documents(batch)
     mask = target_mask(batch, docs)
-
     forward_mask, forward_kwargs = forward_inputs(batch, docs)
     nll_labels = labels
     if docs is not None or "completion_mask" in batch:  # mark every non-target in the labels
@@ -154,6 +131,40 @@ def _weighted_parts(
     long_nll = model_token_nll(
         model, input_ids, labels=nll_labels, attention_mask=forward_mask, **forward_kwargs
     )
+    parts = weigh_nll(model, batch, long_nll, mask, docs, scheme, scorer, num_items, generator)
+    if raise_on_nonfinite:
+        raise_if_nonfinite(parts)
+    return parts
+
+
+def raise_if_nonfinite(parts: LossParts) -> None:
+    """Raise :class:`TokenWeightError` naming the first non-finite value of ``parts``."""
+    if parts.problem is None:
+        return
+    detail = parts.problem
+    if parts.where is not None:
+        row, col, value = parts.where
+        detail += f" is {value} at batch row {row}, target column {col}"
+    raise TokenWeightError(
+        f"non-finite loss: {detail}; skip this batch or lower the learning rate "
+        "(the model's parameters or the data may hold NaN/inf)"
+    )
+
+
+def weigh_nll(
+    model: Any,
+    batch: dict[str, Any],
+    long_nll: torch.Tensor,
+    mask: torch.Tensor,
+    docs: Documents | None,
+    scheme: Scheme | str,
+    scorer: Any,
+    num_items: torch.Tensor | int | None,
+    generator: torch.Generator | None,
+) -> LossParts:
+    """Score, weigh and reduce a long NLL ``(B, N - 1)`` already computed for ``batch``
+    (``mask``: its valid targets; ``docs``: its documents when packed)."""
+    scheme = Scheme.coerce(scheme)
     short_nll, seconds = None, 0.0
     if not scheme.is_uniform:
         if scorer is None:

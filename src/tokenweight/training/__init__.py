@@ -14,6 +14,7 @@ __all__ = [
     "TokenWeightCollator",
     "TokenWeightTrainer",
     "TrainResult",
+    "count_valid_targets",
     "load_config",
     "make_compute_loss_func",
     "to_training_arguments",
@@ -30,6 +31,7 @@ _WHERE = {
     "token_weighted_loss": "loss",
     "make_compute_loss_func": "loss_func",
     "TokenWeightTrainer": "trainer",
+    "count_valid_targets": "trainer",
     "TrainResult": "run",
     "train": "run",
 }

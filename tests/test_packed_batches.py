@@ -170,10 +170,14 @@ def test_document_boundaries_from_cu_seq_lens_or_positions_agree():
     )
 
 
-def test_unlabelled_packed_batch_masks_document_starts():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_unlabelled_packed_batch_masks_document_starts(attention):
     """Without labels (or with a first label that is not -100) the target that would be
-    predicted across a document boundary is still dropped."""
+    predicted across a document boundary is still dropped; attention stays inside each
+    document with either attention implementation."""
     model = tiny_llama(seed=4).eval()
+    model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
     docs = make_docs(2)
     batch = packed_batch(docs, with_cu=False)
     del batch["labels"]

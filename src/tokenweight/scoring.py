@@ -13,7 +13,9 @@ All windows of all sequences of a batch go through the model together,
 
 Scorers share one interface, ``scorer(batch, long_nll, model=None) -> short_nll``:
 ``self`` (the model being trained), ``model`` (a frozen or smaller model) and
-``precomputed`` (stored with the data by ``tokenweight score``).
+``precomputed`` (stored with the data by ``tokenweight score``). A packed batch (several
+documents per row, :mod:`tokenweight.packed_batches`) is scored one document at a time
+(:func:`per_document`), so no window crosses a document start.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "SelfScorer",
     "WindowPlan",
     "build_scorer",
+    "per_document",
     "plan_stride",
     "plan_windows",
     "short_context_nll",

@@ -211,9 +211,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise TokenWeightError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index is not None and dev.index >= count) or count == 0:
+            raise TokenWeightError(
+                f"device {device!r} is not available ({count} CUDA device(s) found); "
+                "use --device cpu or auto"
+            )
+    return dev
 
 
 def _strip_gguf_quantization(model: PreTrainedModel) -> None:

@@ -10,7 +10,10 @@ from typing import Any
 
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 
-__all__ = ["markdown_table", "results_markdown", "write_outputs"]
+__all__ = ["EVAL_FILES", "markdown_table", "results_markdown", "write_outputs"]
+
+# what an evaluation folder holds; results.json (first) marks an earlier evaluation
+EVAL_FILES = ("results.json", "results.md", "*.png")
 
 
 def _pct(correct: int, total: int) -> str:

@@ -367,7 +367,10 @@ def render_html(result: Inspection, title: str = "tokenweight inspect") -> str:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
+    from tokenweight.evaluation.report import md_escape
+
+    # a backtick would open a code span across cells
+    return md_escape(text).replace("`", "'")
 
 
 def top_gains_markdown(result: Inspection, k: int = 15) -> str:

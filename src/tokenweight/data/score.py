@@ -205,6 +205,12 @@ def score_dataset(
         + (["attention_mask"] if manifest["keep_tail"] else []),
     }
     result = ScoreResult(out=out, rank=rank, world_size=world, num_shards=plan.num_shards)
+    data = load_prepared(prepared)  # memory-mapped; read before anything is written
+    if len(data) != plan.num_rows:
+        raise TokenWeightError(
+            f"{prepared} holds {len(data)} rows but its manifest says {plan.num_rows}; "
+            "prepare it again"
+        )
     _prepare_out_dir(out, run, overwrite, world, [prepared, source.path])
 
     # a finished folder is verified too: a shard whose bytes no longer match its record
@@ -219,12 +225,6 @@ def score_dataset(
             todo.append(i)
 
     if todo:
-        data = load_prepared(prepared)
-        if len(data) != plan.num_rows:
-            raise TokenWeightError(
-                f"{prepared} holds {len(data)} rows but its manifest says {plan.num_rows}; "
-                "prepare it again"
-            )
         columns = ["input_ids"] + (["attention_mask"] if manifest["keep_tail"] else [])
         data = data.with_format("numpy", columns=columns)
         model = load_model(

@@ -92,10 +92,11 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
 def fails(capsys, argv: list[str], *needles: str) -> str:
     rc, err = run_cli(capsys, argv)
     assert rc == 2, err
-    assert err.startswith("error: ") and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
     for needle in needles:
-        assert needle in err, err
-    return err
+        assert needle in lines[0], err
+    return lines[0]
 
 
 def train_yaml(env, folder: Path, **sections) -> Path:
@@ -367,7 +368,7 @@ def test_window_covering_the_sequence_is_refused_everywhere(env, tmp_path, capsy
     text = tmp_path / "passage.txt"
     text.write_text((CORPUS_DIR / "orchard.txt").read_text())
     config = train_yaml(env, tmp_path)
-    fails(capsys, [*_score_argv(env)[:5], "--window", N, "--out", tmp_path / "s"], "covers")
+    fails(capsys, [*_score_argv(env)[:4], "--window", N, "--out", tmp_path / "s"], "covers")
     fails(capsys, ["train", config, f"scorer.window={N}"], "scorer.window", "covers")
     fails(
         capsys,
@@ -469,9 +470,9 @@ def test_inspect_markdown_escapes_tokens(env, tmp_path, capsys):
     result = Inspection(
         tokens=["<s>", "<script>", "a|b", "x"],
         token_ids=[1, 2, 3, 4],
-        long_nll=[0.0, 1.0, 2.0, 3.0],
-        short_nll=[0.0, 5.0, 6.0, 3.5],
-        weight=[1.0, 1.0, 1.0, 1.0],
+        long_nll=[1.0, 2.0, 3.0],  # one per target: tokens 1..3
+        short_nll=[5.0, 6.0, 3.5],
+        weight=[1.0, 1.0, 1.0],
         scheme="dense:0.75",
         window=2,
         stride=1,
@@ -516,6 +517,8 @@ def test_config_duplicate_keys_binary_files_and_ranges(env, tmp_path, capsys):
     fails(capsys, ["train", good, "train.seed=5000000000", "--print-config"], "train.seed")
     fails(capsys, ["train", good, "model.lora.dropout=1.5", "--print-config"], "dropout")
     fails(capsys, ["demo", f"work_dir={tmp_path / 'w'}", "seed=-1", "--print-config"], "seed")
+    fails(capsys, ["demo", "probe_depths=[2]", "--print-config"], "probe_depths")
+    fails(capsys, ["demo", "rope_theta=-1", "--print-config"], "rope_theta")
 
 
 def test_device_cuda_without_a_gpu_leaves_nothing_that_blocks_the_next_run(
@@ -645,7 +648,7 @@ CATALOGUE = {
         "overlaps the input",
     ),
     "score --window >= seq_len": lambda env, work: (
-        [*_score_argv(env)[:4], str(N), "--out", work / "s"],
+        [*_score_argv(env)[:4], "--window", N, "--out", work / "s"],
         "covers",
     ),
     "score corrupt prepared manifest.json": _case_corrupt_prepared_manifest,

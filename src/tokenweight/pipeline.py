@@ -70,8 +70,8 @@ class PipelineConfig:
     learning_rate: float = field(default=5e-5, metadata=checked(positive))
     warmup_steps: int = field(default=0, metadata=checked(non_negative))
     save_steps: int = field(default=4, metadata=checked(positive))
-    rope_theta: float | None = None  # context extension: new RoPE theta for training
-    max_position_embeddings: int | None = None
+    rope_theta: float | None = field(default=None, metadata=checked(positive))
+    max_position_embeddings: int | None = field(default=None, metadata=checked(positive))
     dtype: str = "fp32"
     bf16: bool = False
     attn_implementation: str | None = "sdpa"
@@ -80,8 +80,8 @@ class PipelineConfig:
     seed: int = field(default=42, metadata=checked(seed_range))
     # evaluation of the start and every trained model
     eval_sequences: int = field(default=2, metadata=checked(positive))
-    eval_seq_len: int | None = None  # default: seq_len
-    bucket_size: int | None = None  # default: eval_seq_len / 8
+    eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
+    bucket_size: int | None = field(default=None, metadata=checked(positive))  # eval len / 8
     probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
@@ -107,6 +107,14 @@ class PipelineConfig:
             )
         if self.stride is not None and not 1 <= self.stride < self.window:
             raise TokenWeightError(f"stride: must be in [1, window), got {self.stride}")
+        if not self.probe_lengths or any(n < 1 for n in self.probe_lengths):
+            raise TokenWeightError(
+                f"probe_lengths: give token counts >= 1, got {self.probe_lengths}"
+            )
+        if not self.probe_depths or any(not 0 <= d <= 1 for d in self.probe_depths):
+            raise TokenWeightError(
+                f"probe_depths: give fractions in [0, 1], got {self.probe_depths}"
+            )
 
     @property
     def weighted(self) -> list[str]:

@@ -422,7 +422,7 @@ def test_eval_and_inspect_check_tokenizer_identity(env, tmp_path, capsys):
             "--out",
             tmp_path / "e",
         ],
-        "another tokenizer",
+        "tokenizer differs",
     )
     fails(
         capsys,
@@ -544,29 +544,20 @@ def _truncate(path: Path, keep: int = 20) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
+def _score_copy(env, work: Path) -> list:
+    """``tokenweight score`` on a copy of the prepared data (to be broken by the case)."""
+    return [*_score_argv(env)[:1], work / "prep", *_score_argv(env)[2:], "--out", work / "s"]
+
+
 def _case_corrupt_prepared_manifest(env, work):
-    prep = _copy(env, "prep", work)
-    _truncate(prep / "manifest.json")
-    return [
-        *_score_argv(env)[:1],
-        prep,
-        *_score_argv(env)[2:],
-        "--out",
-        work / "s",
-    ], "manifest.json"
+    _truncate(_copy(env, "prep", work) / "manifest.json")
+    return _score_copy(env, work), "manifest.json"
 
 
 def _case_corrupt_prepared_arrow(env, work):
-    prep = _copy(env, "prep", work)
-    for f in prep.glob("data-*.arrow"):
+    for f in _copy(env, "prep", work).glob("data-*.arrow"):
         _truncate(f, 300)
-    return [
-        *_score_argv(env)[:1],
-        prep,
-        *_score_argv(env)[2:],
-        "--out",
-        work / "s",
-    ], "prepare it again"
+    return _score_copy(env, work), "prepare it again"
 
 
 def _case_corrupt_run_json(env, work):
@@ -690,7 +681,7 @@ CATALOGUE = {
     ),
     "eval --data prepared with another tokenizer": lambda env, work: (
         ["eval", env["model"], "--data", env["prep_bpe"], "--tasks", "ppl", "--out", work / "e"],
-        "another tokenizer",
+        "tokenizer differs",
     ),
     "eval corrupt prepared manifest.json": _case_eval_corrupt_manifest,
     "eval --out a file": lambda env, work: (

@@ -146,23 +146,12 @@ def _from_corpus(
 
 
 def _check_data_tokenizer(path: Path, tokenizer: Any) -> None:
-    """A ``tokenweight prepare`` folder records its tokenizer: it must be the evaluated
-    model's (the same check ``score`` and ``train`` make)."""
+    """A ``tokenweight prepare`` folder records its tokenizer: it must be the model's."""
     from tokenweight.data.prepare import MANIFEST, read_manifest
-    from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
+    from tokenweight.models import check_data_tokenizer
 
-    if not (path / MANIFEST).is_file() or tokenizer is None:
-        return
-    expected = read_manifest(path).get("tokenizer")
-    if not isinstance(expected, dict):
-        return
-    diffs = compare_tokenizer_identity(expected, tokenizer_identity(tokenizer))
-    if diffs:
-        raise TokenWeightError(
-            f"--data {path} was prepared with another tokenizer than the model's "
-            f"({'; '.join(diffs)}, data vs model); its token ids mean other text to this "
-            "model: prepare the data with this model's tokenizer, or pass text files"
-        )
+    if (path / MANIFEST).is_file() and tokenizer is not None:
+        check_data_tokenizer(read_manifest(path), tokenizer, f"--data {path}")
 
 
 def load_eval_sequences(

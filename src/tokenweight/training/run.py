@@ -169,21 +169,6 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     return dataset, manifest
 
 
-def _check_tokenizer(tokenizer: Any, manifest: dict[str, Any], what: str) -> None:
-    from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
-
-    expected = manifest.get("tokenizer")
-    if not isinstance(expected, dict):
-        return
-    diffs = compare_tokenizer_identity(expected, tokenizer_identity(tokenizer))
-    if diffs:
-        raise TokenWeightError(
-            f"{what}: its tokenizer differs from the one the data was prepared with: "
-            + "; ".join(diffs)
-            + " (data vs model); prepare the data with this model's tokenizer"
-        )
-
-
 def _apply_lora(model: Any, config: Config) -> Any:
     lora = config.model.lora
     if lora is None:
@@ -326,7 +311,7 @@ def train(
     import transformers
     from transformers.trainer_callback import ProgressCallback
 
-    from tokenweight.models import load_tokenizer
+    from tokenweight.models import check_data_tokenizer, load_tokenizer
     from tokenweight.training.callbacks import (
         CheckpointMarkerCallback,
         JsonlLogCallback,
@@ -369,7 +354,7 @@ def train(
         require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
     model_path = _model_path(config.model.source, config.model.cache_dir)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
-    _check_tokenizer(tokenizer, manifest, "model.source")
+    check_data_tokenizer(manifest, tokenizer, "model.source")
     frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
 
     extra = dict(training_arguments or {})

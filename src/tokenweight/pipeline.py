@@ -328,9 +328,12 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         train_config = _train_config(config, scheme, model_dir, scored, out, device)
 
         def do_train(tc=train_config) -> str:
-            from tokenweight.training.run import find_last_checkpoint, train
+            from tokenweight.training.run import train
 
-            result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
+            # any checkpoint folder, even one cut off while saving: train() resumes from
+            # the newest complete one
+            started = any(Path(tc.train.output_dir).glob("checkpoint-*"))
+            result = train(tc, resume=started)
             loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
             return f"{result.global_step} steps, mean training loss {loss}"
 

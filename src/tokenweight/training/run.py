@@ -125,7 +125,6 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     ``data.path`` is a ``tokenweight prepare`` folder, or a ``tokenweight score`` folder
     (required by the precomputed scorer; its shards are verified against their hashes).
     """
-
     from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
     from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
@@ -137,7 +136,8 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
             f"data.path: {path} is not a prepared or scored dataset (no {SCORED_MANIFEST}); "
             "create one with `tokenweight prepare` (and `tokenweight score`)"
         )
-    kind = read_json(manifest_file, "prepare (or score) the data again").get("format")
+    head = read_json(manifest_file, "prepare (or score) the data again")
+    kind = head.get("format") if isinstance(head, dict) else None
     if kind == SCORED_FORMAT:
         scored = read_scored_manifest(path)
         manifest = scored["prepared"]

@@ -57,6 +57,8 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
+# A long but flat table of options, kept in one piece so that it reads like --help. Each
+# evaluation option is named as its EvalConfig field and has its default (a test checks).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "tokenweight.commands.inspect_tokens",
     "weights": "tokenweight.commands.weights",
     "select": "tokenweight.commands.select",
+    "synth": "tokenweight.commands.synth",
 }
 
 

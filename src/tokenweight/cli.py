@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "weights": "tokenweight.commands.weights",
     "select": "tokenweight.commands.select",
     "synth": "tokenweight.commands.synth",
+    "study": "tokenweight.commands.study",
 }
 
 

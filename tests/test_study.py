@@ -37,6 +37,8 @@ def _overrides(model, work):
         synth,
         "seeds=[0, 1]",
         "window=16",
+        "tiny={layers: 1, hidden: 16, heads: 2, words: 40}",
+        "pretrain={steps: 3, batch: 2, distances: [5], copies: 1, span: 3, learning_rate: 0.003}",
         "max_steps=2",
         "eval_sequences=4",
         "bootstrap_samples=200",
@@ -44,9 +46,10 @@ def _overrides(model, work):
     ]
 
 
-def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys):
+@pytest.mark.parametrize("start", ["tiny", "given"])
+def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys, start):
     work = tmp_path / "study"
-    argv = ["study", *_overrides(model, work)]
+    argv = ["study", *_overrides("tiny" if start == "tiny" else model, work)]
     assert main([*argv, "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "4 runs x 2 seeds (0, 1) = 8 trainings" in plan and not work.exists()
@@ -77,7 +80,8 @@ def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, c
 
     assert main(argv) == 0  # every step cached now
     again = capsys.readouterr().out
-    assert again.count("reusing it") >= 8 + 3 and "train uniform seed 0 ..." not in again
+    assert again.count("reusing it") >= 8 + 3 + (start == "tiny")
+    assert "train uniform seed 0 ..." not in again
     assert "train uniform seed 0 ..." in out
 
 

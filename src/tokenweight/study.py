@@ -69,7 +69,23 @@ class StudyConfig:
 
     work_dir: str = "runs/study"
     cache_dir: str | None = None
-    model: str = "smollm2"
+    # the start model: a model folder / hub name / 'smollm2', or 'tiny': a small Llama built
+    # here and trained on short-range synthetic data first (``tiny``, ``pretrain``)
+    model: str = "tiny"
+    tiny: dict[str, Any] = field(
+        default_factory=lambda: {"layers": 2, "hidden": 128, "heads": 4, "words": 256}
+    )
+    pretrain: dict[str, Any] = field(
+        default_factory=lambda: {
+            "steps": 600,
+            "batch": 16,
+            "distances": [8, 32, 96],
+            "copies": 1,
+            "span": 8,
+            "learning_rate": 3e-3,
+            "seed": 0,
+        }
+    )
     # data: a prepared (or scored) folder, or None for synthetic data (``synth``)
     data: str | None = None
     eval_data: str | None = None
@@ -211,6 +227,13 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
         f"  each training: {config.max_steps} steps x {config.micro_batch_size * config.gradient_accumulation_steps} "
         f"sequences = {tokens:,} tokens",
     ]
+    if config.model == "tiny":
+        p = config.pretrain
+        lines.append(
+            f"  start model: a tiny Llama {config.tiny}, pretrained {p['steps']} steps x "
+            f"{p['batch']} synthetic sequences of {config.window} tokens (copies at "
+            f"{p['distances']})"
+        )
     total_fwd = 0.0
     for i, r in enumerate(specs):
         extra = 1 / 3 if r.scorer in ("self", "reference") else 0.0  # a forward without grad
@@ -231,6 +254,9 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
         flops = 6 * params * tokens * total_fwd + 2 * params * n * config.eval_sequences * (
             models + 2
         )
+        if config.model == "tiny":
+            p = config.pretrain
+            flops += 6 * params * p["steps"] * p["batch"] * config.window
         secs = flops / config.flops_per_second
         lines.append(
             f"  cost: ~{flops:.2e} FLOPs ({params / 1e6:.1f}M parameters); at "
@@ -249,8 +275,12 @@ def _train_config(
     data: Path,
     out: Path,
     device: str,
+    *,
+    pretrain: bool = False,
 ) -> Any:
     from tokenweight.training.config import Config
+
+    p = config.pretrain
 
     kind = {"none": "none", "self": "self", "frozen": "precomputed", "reference": "reference"}[
         spec.scorer
@@ -262,8 +292,8 @@ def _train_config(
                 "dtype": config.dtype,
                 "attn_implementation": config.attn_implementation,
                 "gradient_checkpointing": config.gradient_checkpointing,
-                "rope_theta": config.rope_theta,
-                "max_position_embeddings": config.max_position_embeddings,
+                "rope_theta": None if pretrain else config.rope_theta,
+                "max_position_embeddings": None if pretrain else config.max_position_embeddings,
             },
             "data": {"path": str(data)},
             "scheme": spec.scheme,
@@ -275,14 +305,16 @@ def _train_config(
             },
             "train": {
                 "output_dir": str(out),
-                "learning_rate": config.learning_rate,
-                "scheduler": "constant_with_warmup",
-                "warmup_steps": config.warmup_steps,
-                "max_steps": config.max_steps,
-                "micro_batch_size": config.micro_batch_size,
-                "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                "learning_rate": p["learning_rate"] if pretrain else config.learning_rate,
+                "scheduler": "cosine" if pretrain else "constant_with_warmup",
+                "warmup_steps": max(1, p["steps"] // 20) if pretrain else config.warmup_steps,
+                "max_steps": p["steps"] if pretrain else config.max_steps,
+                "micro_batch_size": p["batch"] if pretrain else config.micro_batch_size,
+                "gradient_accumulation_steps": 1
+                if pretrain
+                else config.gradient_accumulation_steps,
                 "seed": seed,
-                "save_steps": config.max_steps,
+                "save_steps": p["steps"] if pretrain else config.max_steps,
                 "save_total_limit": 1,
                 "logging_steps": 1,
                 "bf16": config.bf16,
@@ -313,20 +345,25 @@ def run_study(
 
     config.validate()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    model_dir = Path(str(ensure_local_model(config.model, cache)))
-    if dry_run:
-        log(plan_text(config, _param_count(model_dir)))
-        return None
-    log(plan_text(config, _param_count(model_dir)))
     work = Path(config.work_dir)
+    tiny = config.model == "tiny"
+    model_dir = (
+        work / "start" / "model" if tiny else Path(str(ensure_local_model(config.model, cache)))
+    )
+    if dry_run:
+        log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+        return None
+    log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
     work.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(config.device))
     specs = config.run_specs
     needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
     needs_select = any(r.data == "selected" for r in specs)
-    total = 2 + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
+    total = 2 + tiny + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
     steps = _Steps(total=total, log=log)
     t_start = time.perf_counter()
+    if tiny:
+        _pretrain_tiny(config, work / "start", model_dir, device, steps)
 
     # 1. data ------------------------------------------------------------------------
     if config.data is None:
@@ -472,6 +509,82 @@ def run_study(
     report = write_study_report(results, work)
     log(f"[{steps.index}/{steps.total}] report: {report}")
     return report
+
+
+def _tiny_params(config: StudyConfig) -> int:
+    t = config.tiny
+    h, layers, v = int(t["hidden"]), int(t["layers"]), int(t["words"]) + 4
+    return layers * 12 * h * h + v * h
+
+
+def _pretrain_tiny(
+    config: StudyConfig, folder: Path, model_dir: Path, device: str, steps: _Steps
+) -> None:
+    """Build a small Llama over a synthetic word vocabulary and train it on short-range
+    synthetic data (sequences of ``window`` tokens, copies at ``pretrain.distances``)."""
+    t, p = config.tiny, config.pretrain
+    init, data = folder / "init", folder / "data"
+
+    def do_build() -> str:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from tokenweight.synth import SynthConfig, build_word_tokenizer, write_synth
+
+        build_word_tokenizer(init, int(t["words"]))
+        import torch
+
+        torch.manual_seed(int(p.get("seed", 0)))
+        h = int(t["hidden"])
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=int(t["words"]) + 4,
+                hidden_size=h,
+                intermediate_size=4 * h,
+                num_hidden_layers=int(t["layers"]),
+                num_attention_heads=int(t["heads"]),
+                num_key_value_heads=int(t["heads"]),
+                max_position_embeddings=config.window,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=3,
+                tie_word_embeddings=True,
+            )
+        )
+        model.save_pretrained(init)
+        sc = SynthConfig(
+            seq_len=config.window,
+            sequences=int(p["steps"]) * int(p["batch"]),
+            distances=list(p["distances"]),
+            span=int(p["span"]),
+            copies=int(p["copies"]),
+            words=int(t["words"]),
+            branching=int(config.synth.get("branching", 4)),
+            seed=int(p.get("seed", 0)) + 2000,
+        )
+        write_synth(sc, init, data, overwrite=True)
+        tc = _train_config(
+            config, RunSpec(), int(p.get("seed", 0)), init, data, model_dir, device, pretrain=True
+        )
+        from tokenweight.training.run import train
+
+        result = train(tc)
+        return (
+            f"{sum(x.numel() for x in model.parameters()) / 1e6:.2f}M parameters, "
+            f"{result.global_step} steps on {config.window}-token synthetic sequences, "
+            f"final mean loss {result.train_loss:.3f}"
+        )
+
+    steps.run(
+        "build and pretrain the tiny start model (short-range synthetic data)",
+        folder,
+        {
+            "tiny": t,
+            "pretrain": p,
+            "window": config.window,
+            "branching": config.synth.get("branching", 4),
+        },
+        do_build,
+    )
 
 
 def _evaluate(

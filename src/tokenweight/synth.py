@@ -54,7 +54,8 @@ class SynthConfig:
     copies: int = 4  # per distance per sequence
     words: int = 256
     branching: int = 4
-    seed: int = 0
+    seed: int = 0  # the sequences and copies
+    grammar_seed: int = 0  # the bigram grammar (share it to continue training on new data)
 
     def validate(self) -> None:
         for name in ("seq_len", "sequences", "span", "copies", "words", "branching"):
@@ -103,27 +104,31 @@ def word_tokens(tokenizer: Any, count: int, seed: int) -> np.ndarray:
 def _plan_copies(
     rng: np.random.Generator, config: SynthConfig, row: int
 ) -> list[tuple[int, int, int, int]]:
-    """Non-overlapping (row, start, length, distance) copies; sources avoid every copy."""
+    """Non-overlapping (row, start, length, distance) copies; sources avoid every copy.
+    A row whose random placement gets stuck starts over (up to 200 times)."""
     n, span = config.seq_len, config.span
-    busy = np.zeros(n, dtype=bool)
-    busy[0] = True  # BOS
-    copies = []
-    for d in sorted(config.distances, reverse=True):  # long distances first: fewest places
-        for _ in range(config.copies):
-            for _attempt in range(1000):
-                start = int(rng.integers(1 + d, n - span + 1))
-                src = slice(start - d, start - d + span)
-                dst = slice(start, start + span)
-                if not busy[src].any() and not busy[dst].any():
-                    busy[src] = busy[dst] = True
-                    copies.append((row, start, span, d))
+    for _row_attempt in range(200):
+        busy = np.zeros(n, dtype=bool)
+        busy[0] = True  # BOS
+        copies = []
+        for d in sorted(config.distances, reverse=True):  # long distances first
+            for _ in range(config.copies):
+                for _attempt in range(200):
+                    start = int(rng.integers(1 + d, n - span + 1))
+                    src = slice(start - d, start - d + span)
+                    dst = slice(start, start + span)
+                    if not busy[src].any() and not busy[dst].any():
+                        busy[src] = busy[dst] = True
+                        copies.append((row, start, span, d))
+                        break
+                else:
                     break
-            else:
-                raise TokenWeightError(
-                    f"could not place {config.copies} copies at distance {d} in row {row}; "
-                    "lower copies or span, or use a longer seq_len"
-                )
-    return sorted(copies, key=lambda c: c[1])
+        if len(copies) == config.copies * len(config.distances):
+            return sorted(copies, key=lambda c: c[1])
+    raise TokenWeightError(
+        f"could not place {config.copies} copies per distance {config.distances} in row "
+        f"{row}; lower copies or span, or use a longer seq_len"
+    )
 
 
 def generate(
@@ -134,10 +139,11 @@ def generate(
     Token 0 of every row is ``bos_token_id`` (or a filler word when ``None``).
     """
     config.validate()
-    rng = np.random.default_rng(config.seed)
+    grammar = np.random.default_rng(config.grammar_seed)
     words = np.asarray(words)
     w = len(words)
-    succ = np.stack([rng.choice(w, size=config.branching, replace=False) for _ in range(w)])
+    succ = np.stack([grammar.choice(w, size=config.branching, replace=False) for _ in range(w)])
+    rng = np.random.default_rng(config.seed)
     ids = np.empty((config.sequences, config.seq_len), dtype=np.int64)
     copies: list[tuple[int, int, int, int]] = []
     for r in range(config.sequences):
@@ -227,7 +233,7 @@ def write_synth(
                 "another --out"
             )
     tok = load_tokenizer(tokenizer)
-    words = word_tokens(tok, config.words, config.seed)
+    words = word_tokens(tok, config.words, config.grammar_seed)
     bos = tok.bos_token_id
     ids, successors, copies = generate(config, words, bos)
     n = config.sequences
@@ -288,3 +294,43 @@ def write_synth(
             f"output folder {out} appeared meanwhile; choose another --out"
         ) from None
     return manifest
+
+
+def word_list(count: int) -> list[str]:
+    """``count`` distinct pronounceable lowercase words (consonant-vowel-consonant...)."""
+    import itertools
+
+    cons, vows = "bdfgklmnprstvz", "aeiou"
+    out: list[str] = []
+    for n in range(1, 4):
+        for parts in itertools.product(*([cons, vows] * n)):
+            out.append("".join(parts))
+            if len(out) == count:
+                return out
+    raise TokenWeightError(f"words: at most {len(out)} synthetic words, {count} asked")
+
+
+def build_word_tokenizer(folder: str | os.PathLike[str], count: int) -> Path:
+    """A word-level tokenizer over :func:`word_list` ``(count)`` saved to ``folder``.
+
+    Ids: ``<unk>`` 0, ``<s>`` 1 (BOS), ``</s>`` 2, ``<pad>`` 3, then the words; text is
+    split on whitespace. For models trained from scratch on synthetic data.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *word_list(count)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return folder

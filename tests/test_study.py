@@ -92,3 +92,15 @@ def test_bad_study_configs():
         load_study_config(None, ["runs=[{scheme: uniform}, {scheme: uniform}]"])
     with pytest.raises(TokenWeightError, match="eval_data"):
         load_study_config(None, ["data=x"])
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "smollm2_gpu.yaml"])
+def test_shipped_study_configs_validate(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / name
+    config = load_study_config(path)
+    assert config.run_specs[config.baseline].scheme == "uniform" and len(config.seeds) >= 2
+    schemes = {r.scheme.split(":")[0] for r in config.run_specs}
+    assert {"dense", "sparse", "longce", "ppmi", "npmi"} <= schemes
+    assert {r.scorer for r in config.run_specs} >= {"self", "frozen"}

@@ -12,7 +12,6 @@ import torch
 from test_train_support import full_logits_nll, prepare, save_tiny_model, tiny_llama
 from tokenweight.errors import TokenWeightError
 from tokenweight.reference_scorer import ReferenceScorer
-from tokenweight.scoring import build_scorer
 from tokenweight.training.config import load_config
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.training.run import train
@@ -23,15 +22,16 @@ def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
     ids = torch.randint(4, 60, (3, 20))
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
-    scorer = build_scorer("reference", scorer_model=ref)
-    assert isinstance(scorer, ReferenceScorer)
+    scorer = ReferenceScorer(ref)
     got = scorer({"input_ids": ids, "attention_mask": mask}, torch.zeros(3, 19))
     with torch.no_grad():
         expected = full_logits_nll(ref, ids, mask)
     valid = mask[:, 1:].bool()
     torch.testing.assert_close(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    other = tiny_llama(seed=6)
+    other.config.bos_token_id = 7
     with pytest.raises(TokenWeightError):
-        build_scorer("reference")
+        ReferenceScorer(other, reference=ref)
 
 
 def test_excess_loss_weighting_matches_an_independent_computation():

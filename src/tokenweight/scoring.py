@@ -485,7 +485,7 @@ class PrecomputedScorer(Scorer):
         return short.to(device=long_nll.device, dtype=torch.float32)
 
 
-SCORERS = ("self", "model", "reference", "precomputed", "none")
+SCORERS = ("self", "model", "precomputed", "none")
 
 
 def build_scorer(
@@ -498,21 +498,13 @@ def build_scorer(
     scorer_model: Any = None,
     **model_kwargs: Any,
 ) -> Scorer | None:
-    """A scorer by name (for configs): ``self``, ``model``, ``reference`` (a reference model
-    over the full sequence, :class:`tokenweight.reference_scorer.ReferenceScorer`),
-    ``precomputed`` or ``none`` (uniform loss; returns ``None``). ``model_kwargs`` go to
-    :class:`ModelScorer`."""
+    """A scorer by name (for configs): ``self``, ``model``, ``precomputed`` or ``none``
+    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`."""
     kind = str(kind).strip().lower()
     if kind == "none":
         return None
     if kind == "precomputed":
         return PrecomputedScorer()
-    if kind == "reference":
-        from tokenweight.reference_scorer import ReferenceScorer
-
-        if scorer_model is None:
-            raise TokenWeightError("scorer 'reference' needs scorer_model (the reference model)")
-        return ReferenceScorer(scorer_model, **model_kwargs)
     if kind in ("self", "model"):
         if window is None:
             raise TokenWeightError(f"scorer {kind!r} needs a window (tokens)")

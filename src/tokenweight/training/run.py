@@ -205,6 +205,10 @@ def _build_scorer(
         kwargs = {"scorer_model": scorer_model, "tokenizer": scorer_tok, "reference": model}
         if s.device is not None:
             kwargs["device"] = s.device
+    if kind == "reference":
+        from tokenweight.reference_scorer import ReferenceScorer
+
+        return ReferenceScorer(kwargs.pop("scorer_model"), **kwargs)
     return build_scorer(
         kind,
         window=s.window,

@@ -505,6 +505,7 @@ def run_study(
     log(f"[{steps.index}/{steps.total}] report ...")
     results = study_results(config, eval_dir, eval_data)
     results["seconds"] = time.perf_counter() - t_start
+    results["step_seconds"] = sum(r.seconds for r in steps.records)  # cached steps included
     results["steps"] = [dataclasses.asdict(r) for r in steps.records]
     report = write_study_report(results, work)
     log(f"[{steps.index}/{steps.total}] report: {report}")
@@ -799,24 +800,33 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         ],
         rows,
     )
-    outside = [d for d in results["differences"] if not d["inside_noise"] and d["targets"]]
     lines += ["", "## In words", ""]
-    if not outside:
+    diffs = [d for d in results["differences"] if d["targets"]]
+    for run in results["runs"]:
+        mine = [d for d in diffs if d["run"] == run]
+        if not mine:
+            continue
+        worse = [d["metric"] for d in mine if d["verdict"].startswith("worse")]
+        better = [d["metric"] for d in mine if d["verdict"].startswith("better")]
+        head = mine[0]
         lines.append(
-            "Every difference is inside the noise: no run is distinguishable from the baseline "
-            "at this size (steps, seeds, held-out sequences)."
+            f"- **{run}**: {head['metric']} {_fmt(head['diff'], sign=True)} nats "
+            f"[{_fmt(head['low'], sign=True)}, {_fmt(head['high'], sign=True)}], "
+            f"{head['verdict']}; over all {len(mine)} metrics: better on {len(better)}"
+            + (f" ({', '.join(better)})" if better else "")
+            + f", worse on {len(worse)}, inside the noise on {len(mine) - len(better) - len(worse)}."
         )
-    else:
-        for d in outside:
-            lines.append(
-                f"- {d['run']}: {d['verdict']} on {d['metric']} ({_fmt(d['diff'], sign=True)} nats, "
-                f"interval [{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}])."
-            )
-        n_in = sum(1 for d in results["differences"] if d["inside_noise"])
-        lines.append(f"- The other {n_in} differences are inside the noise.")
+    if all(d["inside_noise"] for d in diffs):
+        lines.append(
+            "- Every difference is inside the noise: no run is distinguishable from the "
+            "baseline at this size (steps, seeds, held-out sequences)."
+        )
     lines += ["", "![differences by position bucket](study.png)", ""]
     if "seconds" in results:
-        lines.append(f"Wall time {results['seconds'] / 60:.1f} min.")
+        lines.append(
+            f"Time of all steps (when they ran): {results.get('step_seconds', 0) / 60:.1f} min; "
+            f"this invocation: {results['seconds'] / 60:.1f} min."
+        )
     path = atomic_write_text(work / "study.md", "\n".join(lines) + "\n")
     _plot(results, work / "study.png")
     return path

@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "eval": "tokenweight.commands.evaluate",
     "inspect": "tokenweight.commands.inspect_tokens",
     "weights": "tokenweight.commands.weights",
+    "select": "tokenweight.commands.select",
+    "synth": "tokenweight.commands.synth",
+    "study": "tokenweight.commands.study",
 }
 
 

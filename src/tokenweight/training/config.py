@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-SCORER_KINDS = ("self", "model", "precomputed", "none")
+SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -160,7 +160,9 @@ class ScorerConfig:
 
     ``self``: the model being trained, windows without gradient every step. ``model``: a
     frozen model (``model``; default: ``model.source`` at its original RoPE settings),
-    e.g. a smaller one sharing the tokenizer. ``precomputed``: ``short_nll`` stored by
+    e.g. a smaller one sharing the tokenizer. ``reference``: a separate frozen reference
+    model (``model``, required) over the *full* sequence, Rho-1 style (excess loss
+    ``l - s_ref``; ``window`` unused). ``precomputed``: ``short_nll`` stored by
     ``tokenweight score`` (the paper's frozen scorer). ``none``: only for ``uniform``.
     """
 
@@ -276,9 +278,15 @@ class Config:
                 f"scorer.stride: must be smaller than scorer.window ({self.scorer.window}), "
                 f"got {self.scorer.stride}"
             )
-        if self.scorer.model is not None and kind != "model":
+        if self.scorer.model is not None and kind not in ("model", "reference"):
             raise TokenWeightError(
-                f"scorer.model: only used with scorer.kind 'model', but kind is {kind!r}"
+                f"scorer.model: only used with scorer.kind 'model' or 'reference', but kind "
+                f"is {kind!r}"
+            )
+        if self.scorer_kind == "reference" and not self.scorer.model:
+            raise TokenWeightError(
+                "scorer.model: required for the 'reference' scorer (the reference model, e.g. "
+                "one trained on curated data, sharing the tokenizer)"
             )
         if (
             self.model.max_position_embeddings is not None

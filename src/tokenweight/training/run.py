@@ -194,7 +194,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
 
 def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
-    if config.scorer_kind != "model":
+    if config.scorer_kind not in ("model", "reference"):
         return None
     from tokenweight.models import load_tokenizer
 
@@ -220,7 +220,7 @@ def _build_scorer(
     kind = config.scorer_kind
     s = config.scorer
     kwargs: dict[str, Any] = {}
-    if kind == "model":
+    if kind in ("model", "reference"):
         assert frozen is not None
         scorer_model, scorer_tok = frozen
         from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
@@ -237,6 +237,10 @@ def _build_scorer(
         kwargs = {"scorer_model": scorer_model, "tokenizer": scorer_tok, "reference": model}
         if s.device is not None:
             kwargs["device"] = s.device
+    if kind == "reference":
+        from tokenweight.reference_scorer import ReferenceScorer
+
+        return ReferenceScorer(kwargs.pop("scorer_model"), **kwargs)
     return build_scorer(
         kind,
         window=s.window,

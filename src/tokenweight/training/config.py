@@ -16,8 +16,11 @@ overrides ``key.sub=value`` are applied last, their values read as YAML scalars
 
 Every unknown key and every bad value is a :class:`TokenWeightError` naming the dotted
 key, e.g. ``train.learning_rate: expected a number, got 'abc'``. Relative paths inside a
-config (data, models, DeepSpeed/FSDP files, output folder) are taken from the current
-directory, except ``inherit`` which is relative to the file that names it.
+config (data, models, output folder) are taken from the current directory. Config
+references — the file itself, ``inherit`` entries (relative to the file that names them),
+``train.deepspeed`` and ``train.fsdp_config`` — are files first and packaged configs
+second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
+:mod:`tokenweight.config_files`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tokenweight.config_files import LIST_HINT, find_config, resolve_config_paths
 from tokenweight.errors import TokenWeightError
 from tokenweight.weighting import Scheme
 
@@ -449,8 +453,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config with its ``inherit`` chain resolved (not yet validated)."""
-    path = Path(path).resolve()
+    """Read a YAML config (a file or a packaged name) with its ``inherit`` chain resolved
+    (not yet validated)."""
+    path = find_config(path) if not _seen else Path(path)
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise TokenWeightError(f"inherit: circular chain {chain}")
@@ -464,7 +469,8 @@ def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
         raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
     merged: dict[str, Any] = {}
     for parent in parents:
-        merged = _merge(merged, load_raw_config(path.parent / parent, (*_seen, path)))
+        found = find_config(parent, relative_to=path.parent, what=f"{path}: inherit")
+        merged = _merge(merged, load_raw_config(found, (*_seen, path)))
     return _merge(merged, data)
 
 
@@ -516,7 +522,7 @@ def load_config(
     if path is not None:
         data = _merge(data, load_raw_config(path))
     data.pop(INHERIT_KEY, None)
-    return Config.from_dict(apply_overrides(data, overrides))
+    return Config.from_dict(resolve_config_paths(apply_overrides(data, overrides)))
 
 
 # ------------------------------------------------------------------ TrainingArguments
@@ -544,9 +550,9 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
                 f"train.training_arguments.{key}: not a field of transformers.TrainingArguments"
             )
     if t.deepspeed is not None and not Path(t.deepspeed).is_file():
-        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}")
+        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}; {LIST_HINT}")
     if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
-        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}")
+        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}; {LIST_HINT}")
     checkpointing = (
         "activation_checkpointing"
         if "activation_checkpointing" in names

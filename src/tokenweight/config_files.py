@@ -1,0 +1,195 @@
+"""Config files shipped inside the package: list them, find them by name, copy them out.
+
+The training configs, DeepSpeed and FSDP files and accelerate launch files live in the
+``tokenweight/configs`` folder of the installed package (a repository checkout reaches the
+same folder through its ``configs`` link). One rule finds every config reference — the
+file given to ``tokenweight train``, an ``inherit:`` entry, ``train.deepspeed`` and
+``train.fsdp_config``:
+
+1. a file path: ``inherit`` entries relative to the file that names them, everything
+   else relative to the current directory;
+2. if there is no such file, a packaged name: the path inside ``tokenweight/configs``,
+   with or without ``.yaml`` and with or without a leading ``configs/``, so
+   ``paper/dense_self``, ``paper/dense_self.yaml`` and ``configs/paper/dense_self.yaml``
+   all name the same file.
+
+A file of yours therefore always wins over a packaged one of the same name.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenweight.errors import TokenWeightError
+
+__all__ = [
+    "LIST_HINT",
+    "PACKAGED_DIR",
+    "PackagedConfig",
+    "copy_config",
+    "find_config",
+    "find_packaged",
+    "packaged_configs",
+    "resolve_config_paths",
+]
+
+PACKAGED_DIR = Path(__file__).resolve().parent / "configs"
+_SUFFIXES = (".yaml", ".yml", ".json")
+LIST_HINT = "`tokenweight configs list` shows the packaged configs"
+# Settings of a training config that name another config file (a dotted key each).
+PATH_KEYS = (("train", "deepspeed"), ("train", "fsdp_config"))
+_KINDS = {
+    "accelerate": "accelerate launch file",
+    "deepspeed": "DeepSpeed file (train.deepspeed)",
+    "fsdp": "FSDP",
+}
+
+
+@dataclass(frozen=True)
+class PackagedConfig:
+    """One packaged file: ``name`` (what ``train`` and ``configs copy`` take), its
+    ``path`` on disk, and a one-line ``description`` (the file's first comment line)."""
+
+    name: str
+    path: Path
+    description: str
+
+
+def _name_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGED_DIR).as_posix()
+    return rel.removesuffix(".yaml")
+
+
+def _description(path: Path) -> str:
+    if path.suffix == ".json":
+        return _KINDS.get(path.parent.name, "JSON settings")
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text.startswith("#") or not text.lstrip("#").strip():
+            break
+        words.append(text.lstrip("#").strip())
+    first = " ".join(words)
+    if len(first) > 78:
+        first = first[:77].rsplit(" ", 1)[0] + " ..."
+    return first or _KINDS.get(path.parent.name, "")
+
+
+def packaged_configs() -> list[PackagedConfig]:
+    """Every packaged config file, sorted by name."""
+    paths = sorted(p for p in PACKAGED_DIR.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+    return [PackagedConfig(_name_of(p), p, _description(p)) for p in paths]
+
+
+def find_packaged(name: str | Path) -> Path | None:
+    """The packaged file called ``name`` (see the module docstring), or ``None``."""
+    text = Path(name).as_posix().removeprefix("./").removeprefix("configs/")
+    if not text or text.startswith("/") or ".." in Path(text).parts:
+        return None
+    candidates = [text] if Path(text).suffix in _SUFFIXES else [f"{text}.yaml", text]
+    for candidate in candidates:
+        path = PACKAGED_DIR / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+def find_config(ref: str | Path, *, relative_to: Path | None = None, what: str = "config") -> Path:
+    """Resolve a config reference: a file (relative to ``relative_to``, default the current
+    directory) or else a packaged name. Raises :class:`TokenWeightError` naming ``what``
+    and how to list the packaged configs when neither exists."""
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and relative_to is not None:
+        path = relative_to / path
+    if path.is_file():
+        return path.resolve()
+    packaged = find_packaged(ref)
+    if packaged is not None:
+        return packaged
+    if path.is_dir():
+        raise TokenWeightError(f"{what}: {ref} is a folder; give a config file or a name")
+    raise TokenWeightError(
+        f"{what}: config file not found: {ref} (no such file, nor a packaged config of "
+        "that name); "
+        f"{LIST_HINT}, e.g. `tokenweight train cpu/smollm2`"
+    )
+
+
+def resolve_config_paths(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the file settings of :data:`PATH_KEYS` that name no file but a packaged
+    config replaced by the packaged file's absolute path (a file of yours stays as written;
+    a missing one is left for the Trainer set-up to report)."""
+    out = copy.deepcopy(dict(data))
+    for section, key in PATH_KEYS:
+        node = out.get(section)
+        value = node.get(key) if isinstance(node, Mapping) else None
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_file():
+            continue
+        packaged = find_packaged(value)
+        if packaged is not None:
+            node[key] = str(packaged)
+    return out
+
+
+def _parents(text: str) -> list[str]:
+    """The ``inherit`` entries of a config's YAML text (empty when it inherits nothing)."""
+    import yaml
+
+    data = yaml.safe_load(text)
+    parents = data.get("inherit") if isinstance(data, Mapping) else None
+    return [parents] if isinstance(parents, str) else [str(p) for p in parents or []]
+
+
+def _flattened_text(source: Path, parents: list[str], version: str) -> str:
+    """The YAML of ``source`` with its ``inherit`` chain merged in, under a header naming
+    where it came from and keeping ``source``'s own leading comments."""
+    import yaml
+
+    from tokenweight.training.config import load_raw_config
+
+    comments = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        comments.append(line)
+    header = [
+        f"# `tokenweight configs copy {_name_of(source)}` (tokenweight {version}): the packaged",
+        f"# config with what it inherits ({', '.join(parents)}) merged in; it stands alone.",
+        "#",
+        *comments,
+    ]
+    merged = load_raw_config(source)
+    return "\n".join(header) + "\n" + yaml.safe_dump(merged, sort_keys=False)
+
+
+def copy_config(name: str, dest: str | Path | None = None) -> Path:
+    """Copy the packaged config ``name`` to ``dest`` and return the written path.
+
+    ``dest``: a file name, an existing folder (the file keeps its name), or ``None`` for
+    the current folder. A YAML file that inherits others is written flattened (the merged
+    settings in one file that works anywhere); every other file is copied byte for byte.
+    An existing file is never overwritten.
+    """
+    from tokenweight import __version__
+    from tokenweight.files import atomic_write_bytes, atomic_write_text
+
+    source = find_packaged(name)
+    if source is None:
+        raise TokenWeightError(f"configs copy: no packaged config {name!r}; {LIST_HINT}")
+    target = Path(dest).expanduser() if dest is not None else Path.cwd()
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise TokenWeightError(
+            f"configs copy: {target} already exists; give another DEST or remove it first"
+        )
+    if not target.parent.is_dir():
+        raise TokenWeightError(f"configs copy: folder {target.parent} does not exist")
+    parents = _parents(source.read_text(encoding="utf-8")) if source.suffix != ".json" else []
+    if parents:
+        return atomic_write_text(target, _flattened_text(source, parents, __version__))
+    return atomic_write_bytes(target, source.read_bytes())

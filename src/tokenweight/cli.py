@@ -61,8 +61,9 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; with ``command``, only that subcommand's module is imported and its
-    options added (the others are listed by name only)."""
+    """The parser for running ``command``: only that subcommand's module is imported and
+    its options added (the others are listed by name). Without ``command``, every
+    subcommand is listed with its one-line help, for ``tokenweight --help``."""
     parser = argparse.ArgumentParser(
         prog="tokenweight",
         description="Token-weighted loss for long-context language model training.",
@@ -78,8 +79,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter
         )
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        if command is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     copy = actions.add_parser(
         "copy",
         help="copy a packaged config (inherited files merged in) to DEST",
-        description="copy a packaged config to DEST; a config that inherits others is written "
+        description="copy a packaged config to DEST; a config that inherits others is written\n"
         "with them merged in, so the copy works on its own (an existing file is never replaced)",
         formatter_class=parser.formatter_class,
     )

@@ -24,8 +24,7 @@ step "fresh virtualenv: $TORCH_SPEC, then the wheel"
 "$BASE_PY" -m venv "$WORK/venv"
 BIN=$WORK/venv/bin
 # --no-compile: no .pyc for the thousands of modules never imported here (much faster)
-"$BIN/python" -m pip install -q --no-compile "$TORCH_SPEC"
-"$BIN/python" -m pip install -q --no-compile "$WHEEL"
+"$BIN/python" -m pip install -q --no-compile "$TORCH_SPEC" "$WHEEL"
 
 cd "$WORK"   # outside the repository from here on: only the installed package is used
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -37,15 +36,13 @@ step "the command line answers"
 "$BIN/tokenweight" configs list > configs.txt
 grep -q "^paper/dense_self " configs.txt || { echo "configs list lacks paper/dense_self"; exit 1; }
 
-step "packaged names resolve, DeepSpeed file included"
+step "a packaged name resolves, with its inherited files and DeepSpeed file"
 "$BIN/tokenweight" train paper/dense_self --print-config > paper.yaml
-DS=$("$BIN/python" -c "import yaml; print(yaml.safe_load(open('paper.yaml'))['train']['deepspeed'])")
-test -f "$DS" || { echo "packaged DeepSpeed file not found: $DS"; exit 1; }
+DS=$(sed -n 's/^  deepspeed: //p' paper.yaml)
+test -f "$DS" || { echo "packaged DeepSpeed file not found: '$DS'"; exit 1; }
 
 step "copy a packaged config"
 "$BIN/tokenweight" configs copy cpu/smollm2 my_run.yaml
-"$BIN/tokenweight" configs copy paper/dense_self paper_copy.yaml
-grep -q "^inherit:" paper_copy.yaml && { echo "the copy still inherits"; exit 1; }
 
 step "a tiny Llama, tokenizer and text, made offline"
 "$BIN/python" - <<'EOF'

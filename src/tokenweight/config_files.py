@@ -24,19 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
+    "INHERIT_KEY",
     "LIST_HINT",
     "PACKAGED_DIR",
     "PackagedConfig",
     "copy_config",
     "find_config",
     "find_packaged",
+    "load_raw_config",
+    "merge_configs",
     "packaged_configs",
     "resolve_config_paths",
 ]
 
+INHERIT_KEY = "inherit"
 PACKAGED_DIR = Path(__file__).resolve().parent / "configs"
 _SUFFIXES = (".yaml", ".yml", ".json")
 LIST_HINT = "`tokenweight configs list` shows the packaged configs"
@@ -135,22 +141,64 @@ def resolve_config_paths(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge_configs(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` merged onto ``base`` (copies): mappings key by key, everything else, and the
+    ``scheme`` whole, replaced."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if key != "scheme" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_configs(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TokenWeightError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise TokenWeightError(f"{path}: the top level must be a mapping of sections")
+    return dict(data)
+
+
+def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config (a file or a packaged name) with its ``inherit`` chain resolved
+    (not yet validated)."""
+    path = find_config(path) if not _seen else Path(path)
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise TokenWeightError(f"inherit: circular chain {chain}")
+    data = _read_yaml(path)
+    parents = data.pop(INHERIT_KEY, None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        found = find_config(parent, relative_to=path.parent, what=f"{path}: inherit")
+        merged = merge_configs(merged, load_raw_config(found, (*_seen, path)))
+    return merge_configs(merged, data)
+
+
 def _parents(text: str) -> list[str]:
     """The ``inherit`` entries of a config's YAML text (empty when it inherits nothing)."""
-    import yaml
-
     data = yaml.safe_load(text)
-    parents = data.get("inherit") if isinstance(data, Mapping) else None
+    parents = data.get(INHERIT_KEY) if isinstance(data, Mapping) else None
     return [parents] if isinstance(parents, str) else [str(p) for p in parents or []]
 
 
 def _flattened_text(source: Path, parents: list[str], version: str) -> str:
     """The YAML of ``source`` with its ``inherit`` chain merged in, under a header naming
     where it came from and keeping ``source``'s own leading comments."""
-    import yaml
-
-    from tokenweight.training.config import load_raw_config
-
     comments = []
     for line in source.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):

@@ -120,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-split",
         default=None,
         metavar="SPLIT",
-        help="read --data as Hugging Face datasets, this split (e.g. validation; needs network)",
+        help="read --data as Hugging Face datasets, this split, e.g. validation (needs "
+        "network; default: --data are local files)",
     )
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
     data.add_argument(

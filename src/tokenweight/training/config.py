@@ -37,7 +37,13 @@ from typing import Any, Literal
 
 import yaml
 
-from tokenweight.config_files import LIST_HINT, find_config, resolve_config_paths
+from tokenweight.config_files import (
+    INHERIT_KEY,
+    LIST_HINT,
+    load_raw_config,
+    merge_configs,
+    resolve_config_paths,
+)
 from tokenweight.errors import TokenWeightError
 from tokenweight.weighting import Scheme
 
@@ -72,7 +78,6 @@ SCHEDULERS = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
 )
-INHERIT_KEY = "inherit"
 
 
 # ------------------------------------------------------------------ field checks
@@ -428,52 +433,6 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
 
 
 # ------------------------------------------------------------------ files and overrides
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if key != "scheme" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TokenWeightError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise TokenWeightError(f"{path}: the top level must be a mapping of sections")
-    return dict(data)
-
-
-def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config (a file or a packaged name) with its ``inherit`` chain resolved
-    (not yet validated)."""
-    path = find_config(path) if not _seen else Path(path)
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise TokenWeightError(f"inherit: circular chain {chain}")
-    data = _read_yaml(path)
-    parents = data.pop(INHERIT_KEY, None)
-    if parents is None:
-        return data
-    if isinstance(parents, str):
-        parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
-    merged: dict[str, Any] = {}
-    for parent in parents:
-        found = find_config(parent, relative_to=path.parent, what=f"{path}: inherit")
-        merged = _merge(merged, load_raw_config(found, (*_seen, path)))
-    return _merge(merged, data)
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
     out = copy.deepcopy(dict(data))
@@ -520,7 +479,7 @@ def load_config(
     """
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, load_raw_config(path))
+        data = merge_configs(data, load_raw_config(path))
     data.pop(INHERIT_KEY, None)
     return Config.from_dict(resolve_config_paths(apply_overrides(data, overrides)))
 

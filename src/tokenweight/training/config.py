@@ -16,8 +16,11 @@ overrides ``key.sub=value`` are applied last, their values read as YAML scalars
 
 Every unknown key and every bad value is a :class:`TokenWeightError` naming the dotted
 key, e.g. ``train.learning_rate: expected a number, got 'abc'``. Relative paths inside a
-config (data, models, DeepSpeed/FSDP files, output folder) are taken from the current
-directory, except ``inherit`` which is relative to the file that names it.
+config (data, models, output folder) are taken from the current directory. Config
+references — the file itself, ``inherit`` entries (relative to the file that names them),
+``train.deepspeed`` and ``train.fsdp_config`` — are files first and packaged configs
+second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
+:mod:`tokenweight.config_files`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from typing import Any, Literal
 
 import yaml
 
+from tokenweight.config_files import (
+    INHERIT_KEY,
+    LIST_HINT,
+    load_raw_config,
+    merge_configs,
+    resolve_config_paths,
+)
 from tokenweight.errors import TokenWeightError
 from tokenweight.weighting import Scheme
 
@@ -69,7 +79,6 @@ SCHEDULERS = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
 )
-INHERIT_KEY = "inherit"
 
 
 # ------------------------------------------------------------------ field checks
@@ -442,73 +451,6 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
 
 
 # ------------------------------------------------------------------ files and overrides
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if key != "scheme" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
-    silently keeps the last one)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise TokenWeightError(
-                    f"key {key!r} is given twice (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1}); keep one"
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TokenWeightError(f"config file not found: {path}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except UnicodeDecodeError as exc:
-        raise TokenWeightError(
-            f"{path}: not a UTF-8 text file (byte {exc.start}); give a YAML config"
-        ) from None
-    except TokenWeightError as exc:
-        raise TokenWeightError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise TokenWeightError(f"{path}: the top level must be a mapping of sections")
-    return dict(data)
-
-
-def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config with its ``inherit`` chain resolved (not yet validated)."""
-    path = Path(path).resolve()
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise TokenWeightError(f"inherit: circular chain {chain}")
-    data = _read_yaml(path)
-    parents = data.pop(INHERIT_KEY, None)
-    if parents is None:
-        return data
-    if isinstance(parents, str):
-        parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
-    merged: dict[str, Any] = {}
-    for parent in parents:
-        merged = _merge(merged, load_raw_config(path.parent / parent, (*_seen, path)))
-    return _merge(merged, data)
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
     out = copy.deepcopy(dict(data))
@@ -555,9 +497,9 @@ def load_config(
     """
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, load_raw_config(path))
+        data = merge_configs(data, load_raw_config(path))
     data.pop(INHERIT_KEY, None)
-    return Config.from_dict(apply_overrides(data, overrides))
+    return Config.from_dict(resolve_config_paths(apply_overrides(data, overrides)))
 
 
 # ------------------------------------------------------------------ TrainingArguments
@@ -585,9 +527,9 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
                 f"train.training_arguments.{key}: not a field of transformers.TrainingArguments"
             )
     if t.deepspeed is not None and not Path(t.deepspeed).is_file():
-        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}")
+        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}; {LIST_HINT}")
     if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
-        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}")
+        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}; {LIST_HINT}")
     checkpointing = (
         "activation_checkpointing"
         if "activation_checkpointing" in names

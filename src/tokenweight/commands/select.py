@@ -16,8 +16,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR2", help="selected prepared dataset")
     how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--top", type=float, metavar="F", help="keep the top fraction F (0, 1]")
-    how.add_argument("--threshold", type=float, metavar="X", help="keep units scoring >= X")
+    how.add_argument(
+        "--top",
+        type=float,
+        metavar="F",
+        help="keep the top fraction F (0, 1]; no default: give --top or --threshold",
+    )
+    how.add_argument(
+        "--threshold",
+        type=float,
+        metavar="X",
+        help="keep units scoring >= X; no default: give --top or --threshold",
+    )
     parser.add_argument(
         "--by",
         default="key_share",

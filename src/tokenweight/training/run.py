@@ -282,6 +282,7 @@ def train(
     from tokenweight.models import load_tokenizer
     from tokenweight.training.callbacks import JsonlLogCallback, TokenWeightProgressCallback
     from tokenweight.training.collator import TokenWeightCollator
+    from tokenweight.training.distributed import fsdp_on_cpu, start_process_group
     from tokenweight.training.trainer import TokenWeightTrainer
 
     out = Path(config.train.output_dir)
@@ -308,6 +309,8 @@ def train(
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)
     args = to_training_arguments(config, **extra)
+    start_process_group(args)  # before from_pretrained: ZeRO-3 partitions at load time
+    fsdp_on_cpu(args)
     transformers.set_seed(args.seed)
 
     model = _load_model(

@@ -109,7 +109,9 @@ def _engine(name: str, folder: Path) -> dict:
         return {}
     if name == "fsdp2":
         return {"fsdp": True, "fsdp_config": _fsdp_file(folder)}
-    return {"deepspeed": _deepspeed_file({"zero2": "zero2.json", "zero3": "zero3.json"}[name], folder)}
+    return {
+        "deepspeed": _deepspeed_file({"zero2": "zero2.json", "zero3": "zero3.json"}[name], folder)
+    }
 
 
 def _losses(out: Path) -> list[float]:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "eval": "tokenweight.commands.evaluate",
     "inspect": "tokenweight.commands.inspect_tokens",
     "weights": "tokenweight.commands.weights",
+    "memory": "tokenweight.commands.memory",
 }
 
 

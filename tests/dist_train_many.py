@@ -6,7 +6,7 @@ Usage (what ``test_train_engines.py`` does)::
 
 Each config is trained by the real command line (``tokenweight.cli.main(["train", ...])``)
 in every process; starting the processes once keeps the test fast. The process group is
-closed after a barrier at the end.
+closed at exit (``tokenweight.training.distributed.end_process_group``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import sys
 
 
 def main(configs: list[str]) -> int:
-    import torch.distributed as dist
-
     from tokenweight.cli import main as cli_main
 
     for config in configs:
@@ -24,18 +22,21 @@ def main(configs: list[str]) -> int:
         if code != 0:
             return code
         _reset_accelerate_state()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
     return 0
 
 
 def _reset_accelerate_state() -> None:
-    """A new Trainer in the same process builds its Accelerator (and plugins) afresh."""
+    """A new Trainer in the same process builds its Accelerator (plugins, SP groups) afresh."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    try:  # DeepSpeed keeps its sequence-parallel groups in module globals
+        from deepspeed.runtime.sequence_parallel import parallel_state_sp
+    except ImportError:
+        return
+    parallel_state_sp._SEQUENCE_PARALLEL_GROUP = None
+    parallel_state_sp._SEQUENCE_DATA_PARALLEL_GROUP = None
 
 
 if __name__ == "__main__":

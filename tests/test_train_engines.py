@@ -1,6 +1,7 @@
-"""Every engine the README offers, with 2 gloo processes on the CPU, ends where one process
-ends: DDP, DeepSpeed ZeRO-2, ZeRO-3 and FSDP2, each for the uniform loss, Dense with the
-self scorer, Dense with precomputed scores and Sparse with the self scorer.
+"""Every engine that runs on CPU processes, with 2 gloo processes, ends where one process
+ends: DDP, DeepSpeed ZeRO-2 and ZeRO-3, each for the uniform loss, Dense with the self
+scorer, Dense with precomputed scores and Sparse with the self scorer. FSDP needs GPUs;
+on CPU processes it is refused with a message (accelerate would silently run DDP).
 
 One process with gradient accumulation 2 is the reference for 2 processes with
 accumulation 1 (the same 2 sequences per optimizer step, padded rows of different
@@ -94,24 +95,10 @@ def _deepspeed_file(shipped: str, folder: Path) -> str:
     return str(path)
 
 
-def _fsdp_file(folder: Path) -> str:
-    """The shipped FSDP2 settings without activation checkpointing (nothing to save on a
-    tiny model; it would only slow the test)."""
-    data = json.loads((CONFIGS / "fsdp" / "llama.json").read_text())
-    data["activation_checkpointing"] = False
-    path = folder / "fsdp.json"
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
 def _engine(name: str, folder: Path) -> dict:
     if name == "ddp":
         return {}
-    if name == "fsdp2":
-        return {"fsdp": True, "fsdp_config": _fsdp_file(folder)}
-    return {
-        "deepspeed": _deepspeed_file({"zero2": "zero2.json", "zero3": "zero3.json"}[name], folder)
-    }
+    return {"deepspeed": _deepspeed_file(f"{name}.json", folder)}
 
 
 def _losses(out: Path) -> list[float]:
@@ -140,10 +127,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3", "fsdp2"])
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_path, engine):
-    if engine != "ddp":
-        pytest.importorskip("deepspeed") if engine.startswith("zero") else None
     settings = _engine(engine, tmp_path)
     files, outs = [], {}
     for name in SCHEMES:
@@ -178,3 +163,28 @@ def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_pa
             diff = max(diff, float((multi[key] - value).abs().max()))
         print(f"{engine} {name}: max parameter difference {diff:.2e}")
         assert moved > 1e-3, name  # the runs trained; equality is not the untouched start
+
+
+def test_fsdp_on_cpu_processes_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.training import distributed
+    from tokenweight.training.distributed import refuse_fsdp_on_cpu
+
+    monkeypatch.setattr(distributed, "_accelerator_present", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TokenWeightError, match="FSDP runs on GPUs only"):
+        refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))
+    refuse_fsdp_on_cpu(SimpleNamespace(fsdp=""))  # DDP goes ahead
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))  # one process: nothing to shard
+
+
+def test_eval_refuses_a_distributed_launch(monkeypatch, tmp_path, capsys):
+    from tokenweight.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "x", "--out", str(tmp_path / "eval"), "--tasks", "ppl"]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

@@ -12,22 +12,36 @@ On a machine without GPUs (CPU processes talking over gloo):
   started explicitly: accelerate's CPU route does not), and its optional shared-memory collective kernel
   (a C++ extension compiled on first use, minutes) is switched off: plain gloo
   collectives give the same results.
-* FSDP2 runs through accelerate's FSDP plugin; accelerate only enables FSDP for GPU-type
-  process groups, so on CPU the state is marked as one (:func:`fsdp_on_cpu`), which keeps
-  the gloo process group and shards the parameters as DTensors on the CPU.
+* FSDP is refused (:func:`refuse_fsdp_on_cpu`): accelerate would silently run DDP.
 """
 
 from __future__ import annotations
 
-import logging
+import atexit
 import os
 from typing import Any
 
-__all__ = ["fsdp_on_cpu", "is_distributed_launch", "start_process_group"]
+from tokenweight.errors import TokenWeightError
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "end_process_group",
+    "is_distributed_launch",
+    "refuse_fsdp_on_cpu",
+    "start_process_group",
+]
 
 _SHM_OP = "deepspeed_shm_comm"
+_END_REGISTERED = False
+
+
+def end_process_group() -> None:
+    """All processes meet, then the process group closes (registered to run at exit:
+    a DeepSpeed sequence-parallel run could otherwise abort while shutting down)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_distributed_launch() -> bool:
@@ -63,6 +77,9 @@ def start_process_group(args: Any) -> None:
     if deepspeed_on_cpu:
         _deepspeed_on_cpu()
     _ = args.device
+    if is_distributed_launch() and not _END_REGISTERED:
+        atexit.register(end_process_group)
+        globals()["_END_REGISTERED"] = True
     if deepspeed_on_cpu and is_distributed_launch():
         # accelerate's CPU route starts torch.distributed but not DeepSpeed's comm layer,
         # whose world size ZeRO-3's load-time partitioning and batch check read
@@ -71,22 +88,17 @@ def start_process_group(args: Any) -> None:
         deepspeed.init_distributed(dist_backend="gloo")
 
 
-def fsdp_on_cpu(args: Any) -> bool:
-    """Let accelerate run FSDP (version 2) over a CPU gloo process group.
+def refuse_fsdp_on_cpu(args: Any) -> None:
+    """FSDP needs GPUs: refuse a multi-process FSDP run without them.
 
-    accelerate turns the FSDP plugin on only when its process group is of a GPU type;
-    on a CPU-only multi-process launch it would silently fall back to DDP. The shared
-    state is marked as a multi-device group before the Trainer builds its Accelerator
-    (the process group itself stays gloo on the CPU). Returns True when it did so.
+    accelerate turns its FSDP plugin on only for GPU-type process groups; on CPU processes
+    (gloo) the Trainer would silently train with plain DDP instead. Forcing accelerate's
+    state to a GPU type does shard the model, but the loss path then crashes in the
+    backward pass (tried with torch 2.13 CPU and accelerate 1.15), so there is no CPU FSDP.
     """
-    if not getattr(args, "fsdp", None) or _accelerator_present() or not is_distributed_launch():
-        return False
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
-    state = PartialState()
-    if state.distributed_type == DistributedType.MULTI_CPU:
-        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
-        logger.info("FSDP on CPU processes: sharding over the gloo process group")
-        return True
-    return False
+    if getattr(args, "fsdp", None) and is_distributed_launch() and not _accelerator_present():
+        raise TokenWeightError(
+            "train.fsdp: FSDP runs on GPUs only (accelerate does not shard over CPU "
+            "processes and would silently fall back to DDP); on CPU use DeepSpeed "
+            "(train.deepspeed=configs/deepspeed/zero3.json) or plain DDP (train.fsdp=false)"
+        )

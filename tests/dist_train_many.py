@@ -15,13 +15,19 @@ import sys
 
 
 def main(configs: list[str]) -> int:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     from tokenweight.cli import main as cli_main
 
+    # sequence parallelism replaces the attention function in this registry (per process)
+    attention = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
     for config in configs:
         code = cli_main(["train", config])
         if code != 0:
             return code
         _reset_accelerate_state()
+        ALL_ATTENTION_FUNCTIONS._local_mapping.clear()
+        ALL_ATTENTION_FUNCTIONS._local_mapping.update(attention)
     return 0
 
 

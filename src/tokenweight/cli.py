@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "configs": "tokenweight.commands.configs",
     "env": "tokenweight.commands.env",
     "install-demo-model": "tokenweight.commands.install_demo_model",
+    "memory": "tokenweight.commands.memory",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes"
+HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
 _EPILOG = """\
 models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder, a .gguf file, a hub name or
@@ -164,9 +164,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
     from tokenweight.evaluation.runner import evaluate_models
+    from tokenweight.training.distributed import is_distributed_launch
 
+    if is_distributed_launch():
+        raise TokenWeightError(
+            "tokenweight eval runs in one process; start it without torchrun or accelerate "
+            "launch (every process would repeat the whole evaluation and write the same files)"
+        )
     tasks = None
     if args.tasks:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

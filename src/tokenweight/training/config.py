@@ -194,6 +194,8 @@ class TrainConfig:
     settings of ``fsdp_config`` (a JSON file such as ``configs/fsdp/llama.json``, or a
     mapping); older transformers also take option text such as ``"full_shard auto_wrap"``.
     ``training_arguments`` passes any further ``transformers.TrainingArguments`` field.
+    ``sequence_parallel: N`` splits every sequence over ``N`` processes (DeepSpeed
+    Ulysses, see :mod:`tokenweight.training.sequence_parallel`); needs ``deepspeed``.
     """
 
     output_dir: str = "runs/tokenweight"
@@ -220,6 +222,7 @@ class TrainConfig:
     fsdp: bool | str | None = None
     fsdp_config: str | dict[str, Any] | None = None
     dataloader_num_workers: int = field(default=0, metadata=checked(non_negative))
+    sequence_parallel: int = field(default=1, metadata=checked(positive))
     training_arguments: dict[str, Any] = field(default_factory=dict)
 
 
@@ -308,6 +311,11 @@ class Config:
             )
         if self.train.deepspeed and self.train.fsdp:
             raise TokenWeightError("train.deepspeed and train.fsdp: choose one, not both")
+        if self.train.sequence_parallel > 1 and not self.train.deepspeed:
+            raise TokenWeightError(
+                "train.sequence_parallel: needs DeepSpeed (Ulysses); set train.deepspeed to a "
+                "ZeRO config such as configs/deepspeed/zero3.json"
+            )
         if self.train.bf16 and _is_fp16(self.model.dtype):
             raise TokenWeightError("model.dtype: fp16 weights with train.bf16 do not mix")
 

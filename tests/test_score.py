@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from helpers_data import CORPUS_DIR, build_tiny_llama, build_tokenizer

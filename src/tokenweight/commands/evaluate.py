@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tokenweight.evaluation.runner import EvalConfig
 
-HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes"
+HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
 _EPILOG = """\
 models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder, a .gguf file, a hub name or
@@ -60,7 +60,6 @@ def _fractions(text: str) -> list[float]:
 # A long but flat table of options, kept in one piece so that it reads like --help. Each
 # evaluation option is named as its EvalConfig field and has its default (a test checks).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
     parser.add_argument("--out", required=True, help="output folder")
@@ -98,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="a prepared dataset folder (tokenweight prepare) or text/JSONL/Parquet files or "
-        "folders (repeat --data for several)",
+        "folders (repeat --data for several; default: none, probes only)",
     )
     data.add_argument(
         "--seq-len",
@@ -127,11 +126,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-split",
         default=None,
         metavar="SPLIT",
-        help="read --data as Hugging Face datasets, this split (e.g. validation; needs network)",
+        help="read --data as Hugging Face datasets, this split, e.g. validation (needs "
+        "network; default: --data are local files)",
     )
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
-    data.add_argument("--longppl-window", type=int, default=None, help="short context window")
-    data.add_argument("--longppl-stride", type=int, default=None, help="short window stride")
+    data.add_argument(
+        "--longppl-window",
+        type=int,
+        default=None,
+        help="short context window (default: min(4096, seq_len // 2))",
+    )
+    data.add_argument(
+        "--longppl-stride", type=int, default=None, help="short window stride (default: window / 4)"
+    )
     data.add_argument("--longppl-alpha", type=float, default=2.0, help="min NLL gain (nats)")
     data.add_argument("--longppl-beta", type=float, default=2.0, help="max long NLL (nats)")
     data.add_argument(
@@ -143,10 +150,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("model loading")
     load.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: checkpoint)")
     load.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
-    load.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager")
-    load.add_argument("--rope-theta", type=float, default=None, help="override RoPE theta")
     load.add_argument(
-        "--max-position-embeddings", type=int, default=None, help="override maximum positions"
+        "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
+    )
+    load.add_argument(
+        "--rope-theta",
+        type=float,
+        default=None,
+        help="override RoPE theta (default: the checkpoint's)",
+    )
+    load.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        default=None,
+        help="override maximum positions (default: the checkpoint's)",
     )
     load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -166,9 +183,16 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
     from tokenweight.evaluation.runner import run_evaluation
+    from tokenweight.training.distributed import is_distributed_launch
 
+    if is_distributed_launch():
+        raise TokenWeightError(
+            "tokenweight eval runs in one process; start it without torchrun or accelerate "
+            "launch (every process would repeat the whole evaluation and write the same files)"
+        )
     load_kwargs = {
         "dtype": args.dtype,
         "device": args.device,

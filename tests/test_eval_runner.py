@@ -456,7 +456,7 @@ def test_training_mode_of_a_given_model_is_restored(tok):
 def _eval_args(*extra):
     from tokenweight.cli import build_parser
 
-    return build_parser().parse_args(["eval", "m", "--out", "o", *extra])
+    return build_parser("eval").parse_args(["eval", "m", "--out", "o", *extra])
 
 
 def test_cli_defaults_are_the_eval_config_defaults():

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from tokenweight import __version__
 from tokenweight.errors import TokenWeightError
@@ -29,7 +30,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load_commands() -> dict[str, object]:
+def _load_commands() -> dict[str, ModuleType]:
     modules = {}
     for name, path in COMMANDS.items():
         try:

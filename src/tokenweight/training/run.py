@@ -83,6 +83,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
     from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
 
+    assert config.data.path  # required by Config.validate
     path = Path(config.data.path)
     manifest_file = path / SCORED_MANIFEST  # the same file name as a prepared manifest
     if not manifest_file.is_file():
@@ -149,7 +150,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
         ) from None
     peft_config = peft.LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
@@ -167,6 +168,7 @@ def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     from tokenweight.models import load_tokenizer
 
     source = config.scorer.model or config.model.source
+    assert source  # model.source is required by Config.validate
     path = _model_path(source, config.model.cache_dir)
     model = _load_model(config, path, config.scorer.dtype)
     return model, load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
@@ -298,6 +300,7 @@ def train(
         _warn_if_config_changed(out / CONFIG_NAME, config)
 
     dataset, manifest = _load_dataset(config)
+    assert config.model.source  # required by Config.validate
     model_path = _model_path(config.model.source, config.model.cache_dir)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     _check_tokenizer(tokenizer, manifest, "model.source")

@@ -154,7 +154,7 @@ class TokenWeightTrainer(Trainer):
                 break
         if not batches:
             return batches, None
-        count = sum(count_valid_targets(b).to(device) for b in batches)
+        count = torch.stack([count_valid_targets(b).to(device) for b in batches]).sum()
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             count = self.accelerator.gather(count.view(1)).sum()
         return batches, count
@@ -286,5 +286,7 @@ class _GradientGuard(TrainerCallback):
     def __init__(self, trainer: TokenWeightTrainer) -> None:
         self.trainer = trainer
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
-        self.trainer.check_gradients(model if model is not None else self.trainer.model)
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model = model if model is not None else self.trainer.model
+        assert model is not None  # the Trainer has its model at an optimizer step
+        self.trainer.check_gradients(model)

@@ -25,5 +25,16 @@ __all__ = [
     "TokenWeightError",
     "__version__",
     "compute_weights",
+    "make_compute_loss_func",
+    "token_weighted_loss",
     "weighted_nll_loss",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # bring-your-own-trainer helpers load transformers on first use only
+    if name in ("make_compute_loss_func", "token_weighted_loss"):
+        from tokenweight import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,13 +13,16 @@ All windows of all sequences of a batch go through the model together,
 
 Scorers share one interface, ``scorer(batch, long_nll, model=None) -> short_nll``:
 ``self`` (the model being trained), ``model`` (a frozen or smaller model) and
-``precomputed`` (stored with the data by ``tokenweight score``).
+``precomputed`` (stored with the data by ``tokenweight score``). A packed batch (several
+documents per row, :mod:`tokenweight.packed_batches`) is scored one document at a time
+(:func:`per_document`), so no window crosses a document start.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import find_documents
 
 __all__ = [
     "ModelScorer",
@@ -35,6 +39,7 @@ __all__ = [
     "SelfScorer",
     "WindowPlan",
     "build_scorer",
+    "per_document",
     "plan_stride",
     "plan_windows",
     "short_context_nll",
@@ -254,6 +259,23 @@ class Scorer:
         raise NotImplementedError
 
 
+def per_document(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Decorator for ``Scorer.__call__``: a packed batch (several documents per row, see
+    :mod:`tokenweight.packed_batches`) is scored one document per row, so no window
+    crosses a document start; the result is returned in the packed layout."""
+
+    @functools.wraps(call)
+    def score(
+        self: Scorer, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
+    ) -> torch.Tensor:
+        docs = find_documents(batch)
+        if docs is None:
+            return call(self, batch, long_nll, model)
+        return docs.scatter_targets(call(self, docs.unpack(batch), docs.targets(long_nll), model))
+
+    return score
+
+
 def _ids_and_mask(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     if "input_ids" not in batch:
         raise TokenWeightError("the batch has no 'input_ids'")
@@ -289,6 +311,7 @@ class SelfScorer(Scorer):
         self.settings = _WindowSettings(window, stride, bos_token_id, windows_per_batch)
         self.model = model
 
+    @per_document
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
     ) -> torch.Tensor:
@@ -409,6 +432,7 @@ class ModelScorer(Scorer):
             )
         self._checked = True
 
+    @per_document
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
     ) -> torch.Tensor:
@@ -440,6 +464,7 @@ class ModelScorer(Scorer):
 class PrecomputedScorer(Scorer):
     """Short NLL stored with the data (``tokenweight score``), as ``batch["short_nll"]``."""
 
+    @per_document
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
     ) -> torch.Tensor:

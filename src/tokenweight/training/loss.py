@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.training.collator import valid_target_mask
+from tokenweight.packed_batches import Documents, find_documents, forward_inputs, target_mask
 from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
 
 __all__ = ["LossParts", "token_weighted_loss"]
@@ -61,6 +62,27 @@ def _timed_score(
     return short.to(device=long_nll.device, dtype=torch.float32), seconds
 
 
+def _weights(
+    long_nll: torch.Tensor,
+    short_nll: torch.Tensor | None,
+    scheme: Scheme,
+    mask: torch.Tensor,
+    generator: torch.Generator | None,
+    docs: Documents | None,
+) -> torch.Tensor:
+    """``compute_weights`` per row, or per document of a packed batch."""
+    if docs is None:
+        return compute_weights(long_nll, short_nll, scheme, mask=mask, generator=generator)
+    weights = compute_weights(
+        docs.targets(long_nll),
+        None if short_nll is None else docs.targets(short_nll),
+        scheme,
+        mask=docs.targets(mask.to(long_nll.dtype)).bool(),
+        generator=generator,
+    )
+    return docs.scatter_targets(weights)
+
+
 def token_weighted_loss(
     model: torch.nn.Module,
     batch: dict[str, Any],
@@ -69,6 +91,7 @@ def token_weighted_loss(
     *,
     num_items: torch.Tensor | int | None = None,
     generator: torch.Generator | None = None,
+    raise_on_nonfinite: bool = False,
 ) -> LossParts:
     """``sum_i w_i * l_i / num_items`` over the valid targets of ``batch``.
 
@@ -83,21 +106,76 @@ def token_weighted_loss(
         num_items: the divisor; default the number of valid targets of this batch. Pass
             the count of the whole optimizer step under gradient accumulation.
         generator: tie-breaking randomness for sparsification.
+        raise_on_nonfinite: raise :class:`TokenWeightError` (naming the value and where)
+            instead of returning ``loss=None`` when a value is NaN or infinite.
+
+    Packed batches (``position_ids`` restarting inside a row, or ``cu_seq_lens_q``) are
+    handled per document (:mod:`tokenweight.packed_batches`): attention, short-context
+    windows and weight normalization stay inside each document, and a document's first
+    token is not a target, so the result equals the same documents run unpacked. The
+    returned per-target tensors keep the batch's packed ``(B, N - 1)`` layout.
     """
     from tokenweight.losses import model_token_nll
 
-    scheme = Scheme.coerce(scheme)
     input_ids = batch["input_ids"]
-    attention_mask = batch.get("attention_mask")
     labels = batch.get("labels")
-    mask = valid_target_mask(input_ids, labels, attention_mask)
+    docs = find_documents(batch)
+    mask = target_mask(batch, docs)
+    forward_mask, forward_kwargs = forward_inputs(batch, docs)
+    nll_labels = labels
+    if docs is not None or "completion_mask" in batch:  # mark every non-target in the labels
+        nll_labels = torch.full_like(input_ids, IGNORE_INDEX)
+        nll_labels[:, 1:] = torch.where(
+            mask, (input_ids if labels is None else labels)[:, 1:], IGNORE_INDEX
+        )
+    long_nll = model_token_nll(
+        model, input_ids, labels=nll_labels, attention_mask=forward_mask, **forward_kwargs
+    )
+    parts = weigh_nll(model, batch, long_nll, mask, docs, scheme, scorer, num_items, generator)
+    if raise_on_nonfinite:
+        raise_if_nonfinite(parts)
+    return parts
 
-    long_nll = model_token_nll(model, input_ids, labels=labels, attention_mask=attention_mask)
+
+def raise_if_nonfinite(parts: LossParts) -> None:
+    """Raise :class:`TokenWeightError` naming the first non-finite value of ``parts``."""
+    if parts.problem is None:
+        return
+    detail = parts.problem
+    if parts.where is not None:
+        row, col, value = parts.where
+        detail += f" is {value} at batch row {row}, target column {col}"
+    raise TokenWeightError(
+        f"non-finite loss: {detail}; skip this batch or lower the learning rate "
+        "(the model's parameters or the data may hold NaN/inf)"
+    )
+
+
+def weigh_nll(
+    model: Any,
+    batch: dict[str, Any],
+    long_nll: torch.Tensor,
+    mask: torch.Tensor,
+    docs: Documents | None,
+    scheme: Scheme | str,
+    scorer: Any,
+    num_items: torch.Tensor | int | None,
+    generator: torch.Generator | None,
+) -> LossParts:
+    """Score, weigh and reduce a long NLL ``(B, N - 1)`` already computed for ``batch``
+    (``mask``: its valid targets; ``docs``: its documents when packed)."""
+    scheme = Scheme.coerce(scheme)
     short_nll, seconds = None, 0.0
     if not scheme.is_uniform:
         if scorer is None:
             raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
-        short_nll, seconds = _timed_score(scorer, model, batch, long_nll)
+        if docs is None:
+            short_nll, seconds = _timed_score(scorer, model, batch, long_nll)
+        else:
+            short_docs, seconds = _timed_score(
+                scorer, model, docs.unpack(batch), docs.targets(long_nll.detach())
+            )
+            short_nll = docs.scatter_targets(short_docs)
 
     parts = LossParts(None, long_nll, short_nll, torch.zeros_like(long_nll), mask, seconds)
     if (where := first_nonfinite(long_nll, mask)) is not None:
@@ -107,9 +185,7 @@ def token_weighted_loss(
         parts.problem, parts.where = "the short-context NLL", where
         return parts
     try:
-        parts.weights = compute_weights(
-            long_nll.detach(), short_nll, scheme, mask=mask, generator=generator
-        )
+        parts.weights = _weights(long_nll.detach(), short_nll, scheme, mask, generator, docs)
     except TokenWeightError as exc:
         parts.problem = f"the weights ({exc})"
         return parts

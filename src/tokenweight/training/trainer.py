@@ -43,8 +43,9 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
-from tokenweight.training.collator import TokenWeightCollator, valid_target_mask
+from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.weighting import Scheme
 
@@ -57,10 +58,18 @@ _SEED_MIX = (1_000_003, 10_007, 101)
 
 
 def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
-    """Number of valid targets in a collated batch (int64 scalar on the batch's device)."""
-    return valid_target_mask(
-        batch["input_ids"], batch.get("labels"), batch.get("attention_mask")
-    ).sum()
+    """Number of valid targets in a collated batch (int64 scalar on the batch's device);
+    completion masks and packed documents count as in the loss
+    (:func:`tokenweight.packed_batches.target_mask`)."""
+    return target_mask(batch, find_documents(batch)).sum()
+
+
+def _plain_trainer_parent(cls: type) -> bool:
+    """Whether ``TokenWeightTrainer``'s parent in ``cls``'s MRO is the plain ``Trainer``
+    (then it supplies the default collator; a parent such as TRL's ``SFTTrainer`` builds
+    its own, with its padding-free and completion-mask handling)."""
+    mro = cls.__mro__
+    return mro[mro.index(TokenWeightTrainer) + 1] is Trainer
 
 
 class TokenWeightTrainer(Trainer):
@@ -72,7 +81,11 @@ class TokenWeightTrainer(Trainer):
         scorer: a callable ``scorer(batch, long_nll, model=None) -> short_nll`` from
             :mod:`tokenweight.scoring`; required unless the scheme is uniform.
         *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
-            :class:`~tokenweight.training.collator.TokenWeightCollator`.
+            :class:`~tokenweight.training.collator.TokenWeightCollator` -- unless another
+            trainer follows in the MRO (``class X(TokenWeightTrainer, SFTTrainer)``),
+            whose own collator is then used. Labels ``-100``, ``completion_mask`` 0 and
+            padding are not targets; packed batches are handled per document
+            (:mod:`tokenweight.packed_batches`).
 
     Every log line gets the figures of :class:`~tokenweight.training.callbacks.StepStats`
     (through :meth:`log`, so ``report_to`` integrations see them). A NaN or infinite
@@ -98,7 +111,7 @@ class TokenWeightTrainer(Trainer):
                 f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
                 "(tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer)"
             )
-        if kwargs.get("data_collator") is None:
+        if kwargs.get("data_collator") is None and _plain_trainer_parent(type(self)):
             tok = kwargs.get("processing_class")
             pad = getattr(tok, "pad_token_id", None)
             kwargs["data_collator"] = TokenWeightCollator(pad_token_id=pad or 0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_train_support import copy_model, full_logits_nll, tiny_llama, window_loop_short_nll
+from fixtures import build_tiny_causal_lm
+from test_train_support import VOCAB, copy_model, full_logits_nll, window_loop_short_nll
 from tokenweight import TokenWeightError
 from tokenweight.packed_batches import find_documents
 from tokenweight.scoring import ModelScorer, PrecomputedScorer, SelfScorer
@@ -101,9 +102,9 @@ CASES = [
 
 @pytest.mark.parametrize(("scheme", "kind"), CASES)
 def test_packed_batch_equals_documents_run_one_by_one(scheme, kind):
-    model = tiny_llama(seed=1)
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     ref_model = copy_model(model)
-    scorer_model = tiny_llama(seed=2).eval() if kind == "model" else None
+    scorer_model = build_tiny_causal_lm(seed=2, vocab_size=VOCAB) if kind == "model" else None
     docs = make_docs()
     batch = packed_batch(docs)
     stored = None
@@ -137,7 +138,7 @@ def test_packed_batch_equals_documents_run_one_by_one(scheme, kind):
 
 def test_packed_equals_padded_unpacked_batch():
     """The same documents as a right-padded batch (one per row) give the same numbers."""
-    model = tiny_llama(seed=3)
+    model = build_tiny_causal_lm(seed=3, vocab_size=VOCAB).train()
     docs = make_docs(1)
     scorer = SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
     packed = token_weighted_loss(model, packed_batch(docs), "dense:0.75", scorer)
@@ -175,7 +176,7 @@ def test_unlabelled_packed_batch_masks_document_starts(attention):
     """Without labels (or with a first label that is not -100) the target that would be
     predicted across a document boundary is still dropped; attention stays inside each
     document with either attention implementation."""
-    model = tiny_llama(seed=4).eval()
+    model = build_tiny_causal_lm(seed=4, vocab_size=VOCAB)
     model.set_attn_implementation(attention)
     assert model.config._attn_implementation == attention
     docs = make_docs(2)
@@ -192,7 +193,7 @@ def test_unlabelled_packed_batch_masks_document_starts(attention):
 def test_trailing_padding_in_a_packed_row():
     """pad_to_multiple_of style padding after the last document: padding is no target and
     changes nothing else; left padding is refused."""
-    model = tiny_llama(seed=5).eval()
+    model = build_tiny_causal_lm(seed=5, vocab_size=VOCAB)
     docs = make_docs(3)
     batch = packed_batch(docs, with_cu=False)
     plain = token_weighted_loss(model, batch, "uniform")
@@ -217,8 +218,8 @@ def test_trailing_padding_in_a_packed_row():
 
 @pytest.mark.parametrize("kind", ["self", "model", "precomputed"])
 def test_scorers_called_directly_score_each_document_alone(kind):
-    model = tiny_llama(seed=6).eval()
-    scorer_model = tiny_llama(seed=7).eval()
+    model = build_tiny_causal_lm(seed=6, vocab_size=VOCAB)
+    scorer_model = build_tiny_causal_lm(seed=7, vocab_size=VOCAB)
     docs = make_docs(4)
     batch = packed_batch(docs)
     long = torch.rand(1, sum(LENGTHS) - 1, generator=torch.Generator().manual_seed(1))
@@ -246,7 +247,7 @@ def test_scorers_called_directly_score_each_document_alone(kind):
 def test_completion_mask_is_respected():
     """A collator that sends ``completion_mask`` instead of folding it into the labels:
     prompt tokens are no targets, in the loss and in the step's count."""
-    model = tiny_llama(seed=8)
+    model = build_tiny_causal_lm(seed=8, vocab_size=VOCAB).train()
     ref = copy_model(model)
     ids = make_docs(5)[2][None]
     completion = torch.zeros_like(ids)
@@ -264,7 +265,7 @@ def test_completion_mask_is_respected():
 
 
 def test_raise_on_nonfinite():
-    model = tiny_llama(seed=9)
+    model = build_tiny_causal_lm(seed=9, vocab_size=VOCAB).train()
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")
     batch = {"input_ids": make_docs()[0][None]}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from fixtures import build_tiny_causal_lm
-from test_train_support import VOCAB, copy_model, full_logits_nll, window_loop_short_nll
-from tokenweight import TokenWeightError
+from test_train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
+from tokenweight import TokenWeightError, scoring
 from tokenweight.packed_batches import find_documents
-from tokenweight.scoring import ModelScorer, PrecomputedScorer, SelfScorer
+from tokenweight.scoring import SelfScorer
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.training.trainer import count_valid_targets
@@ -61,13 +61,8 @@ def reference(model, docs, scheme, kind, scorer_model=None, stored=None):
     for i, d in enumerate(docs):
         ids = d[None]
         long = full_logits_nll(model, ids)
-        if kind == "self":
-            short = window_loop_short_nll(model, ids, WINDOW, STRIDE, bos=BOS)
-            short[:, : WINDOW - 1] = long[:, : WINDOW - 1].detach()
-        elif kind == "model":
-            short = window_loop_short_nll(
-                scorer_model, ids, WINDOW, STRIDE, bos=BOS, first_window=True
-            )
+        if kind in ("self", "model"):
+            short = reference_short_nll(kind, model, ids, long, WINDOW, STRIDE, BOS, scorer_model)
         elif kind == "precomputed":
             short = stored[i][None]
         else:
@@ -82,13 +77,9 @@ def reference(model, docs, scheme, kind, scorer_model=None, stored=None):
 
 
 def make_scorer(kind, scorer_model=None):
-    if kind == "self":
-        return SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "model":
-        return ModelScorer(scorer_model, WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "precomputed":
-        return PrecomputedScorer()
-    return None
+    return scoring.build_scorer(
+        kind, window=WINDOW, stride=STRIDE, bos_token_id=BOS, scorer_model=scorer_model
+    )
 
 
 CASES = [
@@ -230,13 +221,9 @@ def test_scorers_called_directly_score_each_document_alone(kind):
     for i, (d, part, lg) in enumerate(
         zip(docs, split_targets(got, docs), split_targets(long, docs))
     ):
-        if kind == "self":
-            want = window_loop_short_nll(model, d[None], WINDOW, STRIDE, bos=BOS)[0]
-            want[: WINDOW - 1] = lg[: WINDOW - 1]
-        elif kind == "model":
-            want = window_loop_short_nll(
-                scorer_model, d[None], WINDOW, STRIDE, bos=BOS, first_window=True
-            )[0]
+        if kind in ("self", "model"):
+            args = (WINDOW, STRIDE, BOS, scorer_model)
+            want = reference_short_nll(kind, model, d[None], lg[None], *args)[0]
         else:
             want = split_targets(batch["short_nll"], docs)[i]
         torch.testing.assert_close(part, want, rtol=0, atol=ATOL)

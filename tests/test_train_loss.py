@@ -17,10 +17,10 @@ from test_train_support import (
     clone_params,
     copy_model,
     full_logits_nll,
-    window_loop_short_nll,
+    reference_short_nll,
 )
-from tokenweight import TokenWeightError
-from tokenweight.scoring import ModelScorer, PrecomputedScorer, SelfScorer
+from tokenweight import TokenWeightError, scoring
+from tokenweight.scoring import PrecomputedScorer
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.trainer import TokenWeightTrainer
 from tokenweight.weighting import compute_weights
@@ -52,11 +52,10 @@ def hand_loss(model, batch, scheme, short_source, scorer_model=None):
     ids, am = batch["input_ids"], batch.get("attention_mask")
     long = full_logits_nll(model, ids, am)
     mask = am[:, 1:].bool() if am is not None else torch.ones_like(long, dtype=torch.bool)
-    if short_source == "self":
-        short = window_loop_short_nll(model, ids, WINDOW, STRIDE, bos=BOS)
-        short[:, : WINDOW - 1] = long[:, : WINDOW - 1].detach()
-    elif short_source == "model":
-        short = window_loop_short_nll(scorer_model, ids, WINDOW, STRIDE, bos=BOS, first_window=True)
+    if short_source in ("self", "model"):
+        short = reference_short_nll(
+            short_source, model, ids, long, WINDOW, STRIDE, BOS, scorer_model
+        )
     elif short_source == "precomputed":
         short = batch["short_nll"]
     else:
@@ -68,13 +67,9 @@ def hand_loss(model, batch, scheme, short_source, scorer_model=None):
 
 
 def build_scorer(kind, scorer_model=None):
-    if kind == "self":
-        return SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "model":
-        return ModelScorer(scorer_model, WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "precomputed":
-        return PrecomputedScorer()
-    return None
+    return scoring.build_scorer(
+        kind, window=WINDOW, stride=STRIDE, bos_token_id=BOS, scorer_model=scorer_model
+    )
 
 
 CASES = [

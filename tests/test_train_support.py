@@ -88,6 +88,19 @@ def window_loop_short_nll(model, input_ids, window, stride, bos=None, first_wind
     return out
 
 
+def reference_short_nll(kind, model, ids, long, window, stride, bos, scorer_model=None):
+    """``(B, N-1)`` short NLL of scorer ``kind`` by :func:`window_loop_short_nll`: ``self``
+    scores with ``model`` and takes window 0 from ``long``; ``model`` scores every target
+    with ``scorer_model``."""
+    if kind == "self":
+        short = window_loop_short_nll(model, ids, window, stride, bos=bos)
+        short[:, : window - 1] = long[:, : window - 1].detach()
+        return short
+    if kind == "model":
+        return window_loop_short_nll(scorer_model, ids, window, stride, bos=bos, first_window=True)
+    raise ValueError(f"no reference for scorer {kind!r}")
+
+
 def clone_params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 

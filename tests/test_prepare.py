@@ -333,15 +333,21 @@ def test_every_document_shorter_than_n(tmp_path, toks, doc_tokens, capsys):
 
 def test_output_exists_needs_overwrite(tmp_path, toks, capsys):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    argv = [str(CORPUS_DIR), "--tokenizer", str(toks["bos"]), "--seq-len", "32", "--out", str(out)]
+    assert main(["prepare", *argv]) == 0
+    first = (out / "manifest.json").read_bytes()
     err = _fail(capsys, [CORPUS_DIR], toks["bos"], 32, out)
     assert re.search(r"output folder .*o exists; pass --overwrite", err)
-    assert (out / "old.txt").exists()
-    argv = [str(CORPUS_DIR), "--tokenizer", str(toks["bos"]), "--seq-len", "32", "--out", str(out)]
-    assert main(["prepare", *argv, "--overwrite"]) == 0
-    assert not (out / "old.txt").exists() and (out / "manifest.json").is_file()
+    assert (out / "manifest.json").read_bytes() == first
+    assert main(["prepare", *argv, "--seed", "7", "--overwrite"]) == 0
+    assert (out / "manifest.json").read_bytes() != first  # replaced: another seed
     assert not list(tmp_path.glob(".o.*"))
+    # a folder holding anything else is never replaced, --overwrite or not
+    (out / "old.txt").write_text("old")
+    capsys.readouterr()
+    assert main(["prepare", *argv, "--overwrite"]) == 2
+    assert "also holds 1 entry (old.txt)" in capsys.readouterr().err
+    assert (out / "old.txt").read_text() == "old"
 
 
 def test_bad_stride_is_refused(tmp_path, toks, capsys):

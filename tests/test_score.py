@@ -17,7 +17,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from fixtures import save_tiny_model, save_tokenizer
@@ -113,19 +112,14 @@ def test_stored_scores_equal_short_context_nll_on_the_same_rows(env, reference):
     assert m["scorer"]["tokenizer"]["vocab_sha256"] == prepared["tokenizer"]["vocab_sha256"]
 
 
-def test_full_window_scores_equal_plain_cross_entropy(env, tmp_path):
-    """Window = N: the short context is the whole sequence, so the stored NLL must equal
-    plain cross-entropy on the full logits (independent of the windowing code)."""
+def test_full_window_is_refused(env, tmp_path, capsys):
+    """Window = N: the short context is the whole sequence, every score would equal the
+    long-context NLL and every weight be uniform; refused before anything is written."""
     out = tmp_path / "full"
     argv = ["score", str(env["prep"]), "--scorer", str(env["model"]), "--window", str(N)]
-    assert main([*argv, "--out", str(out)]) == 0
-    ids = _prepared_ids(env["prep"])
-    model = LlamaForCausalLM.from_pretrained(env["model"]).eval()
-    with torch.no_grad():
-        logits = model(ids).logits
-    expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-    got = torch.tensor(load_scored_dataset(out)["short_nll"][:])
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "covers the whole 32-token sequence" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_half_storage_and_padded_rows(env, tmp_path):
@@ -293,7 +287,7 @@ def test_rerun_changed_settings_and_overwrite(env, reference, tmp_path, capsys):
         ("not_prepared", "is not a prepared dataset \\(no manifest.json\\)"),
         ("window", "window must be an integer >= 2"),
         ("stride", "stride must be an integer in \\[1, window - 1\\]"),
-        ("foreign_out", "exists and is not a tokenweight score folder; pass --overwrite"),
+        ("foreign_out", "holds 1 entry \\(notes.txt\\), which is not a tokenweight score output"),
         ("batch", "--batch-size must be at least 1"),
     ],
 )

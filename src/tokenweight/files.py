@@ -8,21 +8,28 @@ a temporary name in the same directory (same filesystem) and moved into place wi
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from tokenweight.errors import TokenWeightError
 
 __all__ = [
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_dir",
+    "clean_stale_siblings",
     "json_text",
+    "read_json",
     "remove_path",
     "sha256_bytes",
     "sha256_file",
@@ -104,6 +111,124 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
+
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave it
+    return True
+
+
+def clean_stale_siblings(
+    path: str | Path, tags: Sequence[str] = ("tmp", "work", "old")
+) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (:func:`temp_sibling` names with one of
+    ``tags``) left by a process that no longer runs, e.g. a killed run; returns them."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.iterdir():
+        m = _SIBLING.match(entry.name)
+        if m and m["name"] == path.name and m["tag"] in tags and not _pid_alive(int(m["pid"])):
+            remove_path(entry)
+            removed.append(entry)
+    return removed
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """Parse a JSON file this package wrote; a truncated or corrupt one raises
+    :class:`TokenWeightError` naming the file and ``fix`` (what the user should do)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TokenWeightError(f"{path} is corrupt or truncated ({exc}); {fix}") from None
+    except OSError as exc:
+        raise TokenWeightError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_dir(
+    out: str | Path,
+    what: str,
+    *,
+    markers: Sequence[str],
+    known: Sequence[str] | None = None,
+    inputs: Sequence[str | Path] = (),
+    option: str = "--out",
+) -> bool:
+    """The one rule for whether a command may write into, resume or replace ``out``.
+
+    ``out`` may be used when it does not exist, is an empty folder, or is recognisably an
+    earlier output of the same command: it holds one of the ``markers`` (its manifest or
+    run record) and, when ``known`` glob patterns are given, nothing else (hidden
+    temporary files of an interrupted write aside). It may never be the current directory
+    or one of its parents, and never equal, contain or lie inside one of ``inputs``.
+    ``what`` names the command's output (``"tokenweight prepare output"``).
+
+    Returns whether ``out`` holds such an earlier output. Raises :class:`TokenWeightError`
+    saying what is in the way otherwise.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise TokenWeightError(
+            f"{option} {out} is the current directory or one of its parents; "
+            "choose a new folder for the output"
+        )
+    for source in inputs:
+        other = Path(source).resolve()
+        if Path(source).exists() and _overlaps(resolved, other):
+            raise TokenWeightError(
+                f"{option} {out} overlaps the input {source} (the same path, inside it or "
+                "around it); choose a folder apart from the inputs"
+            )
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise TokenWeightError(
+            f"{option} {out} exists and is not a folder; choose another {option}"
+        )
+    if not out.exists():
+        return False
+    # temporary siblings of an interrupted (or concurrent) atomic write do not count
+    entries = sorted(p.name for p in out.iterdir() if not _SIBLING.match(p.name))
+    if not entries:
+        return False
+    if not any(m in entries for m in markers):
+        raise TokenWeightError(
+            f"{option} {out} holds {_listing(entries)}, which is not a {what}; choose "
+            "another folder (nothing was changed)"
+        )
+    if known is not None:
+        foreign = [
+            e
+            for e in entries
+            if not e.startswith(".") and not any(fnmatch.fnmatch(e, k) for k in known)
+        ]
+        if foreign:
+            raise TokenWeightError(
+                f"{option} {out} is a {what} but also holds {_listing(foreign)}, which "
+                "tokenweight did not write; move those away or choose another folder "
+                "(nothing was changed)"
+            )
+    return True
+
+
+def _listing(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown}{more})"
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -18,10 +18,20 @@ from typing import Any
 import torch
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_write_json, atomic_write_text
+from tokenweight.files import atomic_write_json, atomic_write_text, check_output_dir
 from tokenweight.weighting import Scheme, compute_weights
 
-__all__ = ["Inspection", "inspect_passage", "tokenize_passage", "write_inspection"]
+__all__ = [
+    "INSPECT_FILES",
+    "Inspection",
+    "check_inspect_out",
+    "inspect_passage",
+    "tokenize_passage",
+    "write_inspection",
+]
+
+# what an inspection folder holds; inspect.json (first) marks an earlier inspection
+INSPECT_FILES = ("inspect.json", "inspect.html", "weights.png", "top_tokens.md")
 
 
 @dataclass
@@ -129,10 +139,11 @@ def inspect_passage(
     """Long NLL (whole passage), short NLL (``window``-token windows of ``short_model``,
     default the same model) and weights under ``scheme`` for every token of ``text``."""
     from tokenweight.losses import model_token_nll
-    from tokenweight.scoring import plan_stride, short_context_nll
+    from tokenweight.scoring import plan_stride, require_short_window, short_context_nll
 
     scheme = Scheme.coerce(scheme)
     ids, pieces = tokenize_passage(tokenizer, text, max_tokens)
+    require_short_window(window, len(ids), "--window")
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     stride = stride or plan_stride(len(ids), window)
@@ -356,7 +367,10 @@ def render_html(result: Inspection, title: str = "tokenweight inspect") -> str:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
+    from tokenweight.evaluation.report import md_escape
+
+    # a backtick would open a code span across cells
+    return md_escape(text).replace("`", "'")
 
 
 def top_gains_markdown(result: Inspection, k: int = 15) -> str:
@@ -393,9 +407,17 @@ def plot_weight_histogram(result: Inspection, path: Path) -> None:
     save_png(fig, path)
 
 
+def check_inspect_out(out_dir: str | Path) -> None:
+    """``out_dir`` must be new, empty or an earlier ``tokenweight inspect`` output."""
+    check_output_dir(
+        out_dir, "tokenweight inspect output", markers=INSPECT_FILES[:1], known=INSPECT_FILES
+    )
+
+
 def write_inspection(result: Inspection, out_dir: str | Path, title: str | None = None) -> dict:
     """Write ``inspect.html``, ``weights.png``, ``top_tokens.md`` and ``inspect.json``."""
     out = Path(out_dir)
+    check_inspect_out(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "html": out / "inspect.html",
@@ -403,9 +425,6 @@ def write_inspection(result: Inspection, out_dir: str | Path, title: str | None 
         "top_tokens": out / "top_tokens.md",
         "json": out / "inspect.json",
     }
-    atomic_write_text(paths["html"], render_html(result, title or "tokenweight inspect"))
-    plot_weight_histogram(result, paths["histogram"])
-    atomic_write_text(paths["top_tokens"], top_gains_markdown(result))
     data = {
         "scheme": result.scheme,
         "window": result.window,
@@ -419,5 +438,8 @@ def write_inspection(result: Inspection, out_dir: str | Path, title: str | None 
         "weight": result.weight,
         **({"meta": result.meta} if result.meta else {}),
     }
-    atomic_write_json(paths["json"], data)
+    atomic_write_json(paths["json"], data)  # first: it marks the folder as an inspection
+    atomic_write_text(paths["html"], render_html(result, title or "tokenweight inspect"))
+    plot_weight_histogram(result, paths["histogram"])
+    atomic_write_text(paths["top_tokens"], top_gains_markdown(result))
     return {k: str(v) for k, v in paths.items()}

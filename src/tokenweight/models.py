@@ -34,6 +34,7 @@ __all__ = [
     "GGUF_ALIASES",
     "IDENTITY_FIELDS",
     "ModelSource",
+    "check_data_tokenizer",
     "compare_tokenizer_identity",
     "convert_gguf",
     "default_cache_dir",
@@ -211,9 +212,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise TokenWeightError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index is not None and dev.index >= count) or count == 0:
+            raise TokenWeightError(
+                f"device {device!r} is not available ({count} CUDA device(s) found); "
+                "use --device cpu or auto"
+            )
+    return dev
 
 
 def _strip_gguf_quantization(model: Any) -> None:
@@ -501,3 +510,18 @@ def compare_tokenizer_identity(expected: dict[str, Any], actual: dict[str, Any])
                 a, b = str(a)[:12], str(b)[:12]
             diffs.append(f"{label} {a} vs {b}")
     return diffs
+
+
+def check_data_tokenizer(manifest: dict[str, Any], tokenizer: Any, what: str) -> None:
+    """Refuse ``tokenizer`` when it is not the one a prepared dataset's ``manifest``
+    records (the check of ``train`` and ``eval --data``): its ids would mean other text."""
+    expected = manifest.get("tokenizer")
+    if not isinstance(expected, dict):
+        return
+    diffs = compare_tokenizer_identity(expected, tokenizer_identity(tokenizer))
+    if diffs:
+        raise TokenWeightError(
+            f"{what}: its tokenizer differs from the one the data was prepared with: "
+            + "; ".join(diffs)
+            + " (data vs model); prepare the data with this model's tokenizer"
+        )

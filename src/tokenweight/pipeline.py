@@ -21,15 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_write_json, json_text, remove_path, sha256_bytes
+from tokenweight.files import (
+    atomic_write_json,
+    check_output_dir,
+    json_text,
+    remove_path,
+    sha256_bytes,
+)
 from tokenweight.training.config import (
     apply_overrides,
     at_least_two,
     build_dataclass,
     checked,
     load_raw_config,
+    non_negative,
     one_of,
     positive,
+    seed_range,
 )
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
@@ -60,20 +68,20 @@ class PipelineConfig:
     micro_batch_size: int = field(default=1, metadata=checked(positive))
     gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
     learning_rate: float = field(default=5e-5, metadata=checked(positive))
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=checked(non_negative))
     save_steps: int = field(default=4, metadata=checked(positive))
-    rope_theta: float | None = None  # context extension: new RoPE theta for training
-    max_position_embeddings: int | None = None
+    rope_theta: float | None = field(default=None, metadata=checked(positive))
+    max_position_embeddings: int | None = field(default=None, metadata=checked(positive))
     dtype: str = "fp32"
     bf16: bool = False
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
-    seed: int = 42
+    seed: int = field(default=42, metadata=checked(seed_range))
     # evaluation of the start and every trained model
     eval_sequences: int = field(default=2, metadata=checked(positive))
-    eval_seq_len: int | None = None  # default: seq_len
-    bucket_size: int | None = None  # default: eval_seq_len / 8
+    eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
+    bucket_size: int | None = field(default=None, metadata=checked(positive))  # eval len / 8
     probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
@@ -99,6 +107,14 @@ class PipelineConfig:
             )
         if self.stride is not None and not 1 <= self.stride < self.window:
             raise TokenWeightError(f"stride: must be in [1, window), got {self.stride}")
+        if not self.probe_lengths or any(n < 1 for n in self.probe_lengths):
+            raise TokenWeightError(
+                f"probe_lengths: give token counts >= 1, got {self.probe_lengths}"
+            )
+        if not self.probe_depths or any(not 0 <= d <= 1 for d in self.probe_depths):
+            raise TokenWeightError(
+                f"probe_depths: give fractions in [0, 1], got {self.probe_depths}"
+            )
 
     @property
     def weighted(self) -> list[str]:
@@ -147,14 +163,18 @@ class _Steps:
         fn: Callable[[], str],
         *,
         resumable: bool = False,
+        markers: Sequence[str] = (),
     ) -> None:
         """``fn`` builds ``folder`` and returns a one-line detail. A finished folder with the
         same fingerprint is reused; one with other settings is removed first; an unfinished
-        one is kept when the step can resume (``resumable``), else removed."""
+        one is kept when the step can resume (``resumable``), else removed. Only a folder
+        this pipeline made (its ``step.json``, or the record the step's command writes,
+        ``markers``) is ever removed; anything else there is an error."""
         self.index += 1
         head = f"[{self.index}/{self.total}] {name}"
         stamp = folder / STEP_FILE
         fp = _fingerprint(settings)
+        check_output_dir(folder, f"folder of the demo's {name} step", markers=(STEP_FILE, *markers))
         if stamp.is_file():
             saved = _stamp(folder)
             if saved.get("fingerprint") == fp:
@@ -189,7 +209,10 @@ def _run_name(scheme: str) -> str:
 # ------------------------------------------------------------------ the pipeline
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> Path:
     """Run every step (reusing cached ones) and write ``report.md``; returns its path."""
+    from tokenweight.evaluation.report import EVAL_FILES
+    from tokenweight.inspection import INSPECT_FILES
     from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
+    from tokenweight.training.run import TRAIN_MARKERS
 
     config.validate()
     work = Path(config.work_dir)
@@ -263,6 +286,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
             "seed": config.seed,
         },
         do_prepare,
+        markers=("manifest.json",),
     )
 
     # 3. score with the frozen start model ---------------------------------------
@@ -293,6 +317,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         },
         do_score,
         resumable=True,
+        markers=("run.json",),
     )
 
     # 4. train: uniform and weighted, same start, same data -------------------------
@@ -303,13 +328,23 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         train_config = _train_config(config, scheme, model_dir, scored, out, device)
 
         def do_train(tc=train_config) -> str:
-            from tokenweight.training.run import find_last_checkpoint, train
+            from tokenweight.training.run import train
 
-            result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
+            # any checkpoint folder, even one cut off while saving: train() resumes from
+            # the newest complete one
+            started = any(Path(tc.train.output_dir).glob("checkpoint-*"))
+            result = train(tc, resume=started)
             loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
             return f"{result.global_step} steps, mean training loss {loss}"
 
-        steps.run(f"train {scheme}", out, train_config.to_dict(), do_train, resumable=True)
+        steps.run(
+            f"train {scheme}",
+            out,
+            train_config.to_dict(),
+            do_train,
+            resumable=True,
+            markers=TRAIN_MARKERS,
+        )
 
     # 5. evaluate the start and every trained model ----------------------------------
     eval_dir = work / "eval"
@@ -351,7 +386,13 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         )
         return f"{len(models)} models"
 
-    steps.run("evaluate start and trained models", eval_dir, eval_settings, do_eval)
+    steps.run(
+        "evaluate start and trained models",
+        eval_dir,
+        eval_settings,
+        do_eval,
+        markers=EVAL_FILES[:1],
+    )
 
     # 6. token heat map of a held-out passage ----------------------------------------
     inspect_dir = work / "inspect"
@@ -393,6 +434,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
             "model": str(model_dir),
         },
         do_inspect,
+        markers=INSPECT_FILES[:1],
     )
 
     # 7. report --------------------------------------------------------------------

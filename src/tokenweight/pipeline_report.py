@@ -17,7 +17,7 @@ from typing import Any
 
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
-from tokenweight.evaluation.report import markdown_table
+from tokenweight.evaluation.report import markdown_table, md_escape
 from tokenweight.files import atomic_write_text
 from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
 
@@ -195,7 +195,7 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
         ["model", "perplexity", "LongPPL", "key tokens", *[f"{t} (correct)" for t in probe_tasks]],
         rows,
     )
-    out += ["", _findings(entries, labels), ""]
+    out += ["", md_escape(_findings(entries, labels)), ""]
     for name in ("nll_by_position.png", *(f"probe_{t}.png" for t in probe_tasks)):
         if (work / "eval" / name).is_file():
             out += [f"![{name}](eval/{name})", ""]

@@ -42,6 +42,7 @@ __all__ = [
     "per_document",
     "plan_stride",
     "plan_windows",
+    "require_short_window",
     "short_context_nll",
 ]
 
@@ -74,6 +75,17 @@ def plan_stride(seq_len: int, window: int) -> int:
 def _check_window(window: int) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise TokenWeightError(f"window must be an integer >= 2 (tokens), got {window!r}")
+
+
+def require_short_window(window: int, seq_len: int, what: str) -> None:
+    """Refuse a short-context ``window`` that covers the whole ``seq_len``-token sequence:
+    short and long NLL would be equal, every score zero and every weight uniform."""
+    if window >= seq_len:
+        raise TokenWeightError(
+            f"{what}: the short-context window ({window} tokens) covers the whole "
+            f"{seq_len}-token sequence, so the short and long context are the same and every "
+            "weight would be uniform; choose a window smaller than the sequence"
+        )
 
 
 @dataclass(frozen=True)

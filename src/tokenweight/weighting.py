@@ -222,6 +222,69 @@ class Scheme:
                 "a scheme without a comparison is uniform and takes no other fields; "
                 "set comparison to 'difference' or 'quotient'"
             )
+        if comparison is not None:
+            self._check_weight_range()
+
+    def _check_weight_range(self) -> None:
+        """Follow the range of possible values through the stages (NLLs are >= 0, so
+        anything is possible for ``difference``, ``(0, inf)`` for ``quotient``) and refuse
+        a scheme whose weights could be negative, or are the same constant for every
+        target by construction (a truncation at or below every possible score)."""
+        inf = math.inf
+        lo, hi = (-inf, inf) if self.comparison == "difference" else (0.0, inf)
+        for t in self.transforms:
+            if t.name == "absolute":
+                lo, hi = (lo, hi) if lo >= 0 else ((-hi, -lo) if hi <= 0 else (0.0, max(-lo, hi)))
+            elif t.name == "minus":
+                lo, hi = -hi, -lo
+            elif t.name == "exp":
+                lo, hi = math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
+            elif t.name == "max":
+                lo, hi = max(lo, 0.0), max(hi, 0.0)
+            else:
+                lo, hi = lo - math.log(t.c), hi - math.log(t.c)
+        if self.truncation is not None:
+            gamma = self.truncation
+            if gamma <= lo:
+                raise TokenWeightError(
+                    f"truncation gamma {_fmt(gamma)} is at or below every score this scheme "
+                    f"can produce (>= {_fmt(lo)}), so every weight would be {_fmt(gamma)}; "
+                    "choose a gamma above that (LongCE uses 5)"
+                )
+            lo, hi = min(lo, gamma), min(hi, gamma)
+        if self.sparsification is not None:
+            lo, hi = 0.0, 1.0
+        if self.normalization == "softmax":
+            lo, hi = 0.0, inf
+        elif self.normalization == "l1":
+            lo, hi = (-inf if lo < 0 else 0.0), (inf if hi > 0 else 1.0)
+        if self.interpolation is not None:
+            lam = self.interpolation
+            lo, hi = (
+                lam + (1 - lam) * lo if lam < 1 else 1.0,
+                lam + (1 - lam) * hi if lam < 1 else 1.0,
+            )
+        if lo < 0:
+            raise TokenWeightError(
+                f"weights of this scheme can be negative ({self._stages()}): a negative "
+                "weight trains the model to make those tokens less likely; add a transform "
+                "that keeps scores >= 0 (absolute, exp, max), sparsification, or a softmax "
+                "normalization"
+            )
+        if hi <= 0:
+            raise TokenWeightError(
+                f"every weight of this scheme is 0 ({self._stages()}), so nothing would be "
+                "trained; change its transforms or add a normalization"
+            )
+
+    def _stages(self) -> str:
+        parts = [f"comparison {self.comparison}"]
+        parts += [f"transform {t}" for t in self.transforms]
+        if self.truncation is not None:
+            parts.append(f"truncation {_fmt(self.truncation)}")
+        if self.normalization is not None:
+            parts.append(f"normalization {self.normalization}")
+        return ", ".join(parts)
 
     # ----------------------------------------------------------------- presets
     @classmethod

@@ -26,14 +26,29 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tokenweight.errors import TokenWeightError
-    from tokenweight.inspection import inspect_passage, top_gains_markdown, write_inspection
-    from tokenweight.models import load_model, load_tokenizer
+    from tokenweight.inspection import (
+        check_inspect_out,
+        inspect_passage,
+        top_gains_markdown,
+        write_inspection,
+    )
+    from tokenweight.models import (
+        compare_tokenizer_identity,
+        load_model,
+        load_tokenizer,
+        tokenizer_identity,
+    )
     from tokenweight.weighting import Scheme
 
     scheme = Scheme.parse(args.scheme)
     path = Path(args.text)
     if not path.is_file():
         raise TokenWeightError(f"no such text file: {path}")
+    if args.offset < 0:
+        raise TokenWeightError(f"--offset must be >= 0 (characters to skip), got {args.offset}")
+    if args.max_tokens < 2:
+        raise TokenWeightError(f"--max-tokens must be >= 2, got {args.max_tokens}")
+    check_inspect_out(args.out)
     try:
         text = path.read_text(encoding="utf-8")[args.offset :]
     except UnicodeDecodeError as exc:
@@ -45,7 +60,19 @@ def run(args: argparse.Namespace) -> int:
     }
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(args.model, **kwargs)
-    short_model = load_model(args.short_model, **kwargs) if args.short_model else None
+    short_model = None
+    if args.short_model:
+        short_tok = load_tokenizer(args.short_model, trust_remote_code=args.trust_remote_code)
+        diffs = compare_tokenizer_identity(
+            tokenizer_identity(tokenizer), tokenizer_identity(short_tok)
+        )
+        if diffs:
+            raise TokenWeightError(
+                f"--short-model {args.short_model} does not share the tokenizer of "
+                f"{args.model} ({'; '.join(diffs)}); its NLL would be for other tokens: "
+                "choose a short model of the same tokenizer"
+            )
+        short_model = load_model(args.short_model, **kwargs)
     result = inspect_passage(
         model,
         tokenizer,

@@ -52,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(config, resume=args.resume)
     if result.train_loss is not None and os.environ.get("RANK", "0") == "0":
+        steps = result.loss_steps
+        over = f" over steps {steps[0]}-{steps[1]}" if steps and steps[0] > 1 else ""
         print(
-            f"done: {result.global_step} steps, mean loss {result.train_loss:.4f}; "
+            f"done: {result.global_step} steps, mean loss {result.train_loss:.4f}{over}; "
             f"model saved in {result.output_dir}"
         )
     return 0

@@ -22,16 +22,33 @@ import numpy as np
 from tokenweight.data.corpus import InputFile, find_input_files, iter_documents, load_hub_documents
 from tokenweight.data.packing import Packing
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_dir, atomic_write_json, remove_path, temp_sibling
+from tokenweight.files import (
+    atomic_dir,
+    atomic_write_json,
+    check_output_dir,
+    clean_stale_siblings,
+    read_json,
+    remove_path,
+    temp_sibling,
+)
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["MANIFEST", "PrepareResult", "format_summary", "prepare_dataset", "read_manifest"]
+__all__ = [
+    "MANIFEST",
+    "PrepareResult",
+    "format_summary",
+    "load_prepared",
+    "prepare_dataset",
+    "read_manifest",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "tokenweight.prepared"
+# what a prepared folder holds (``datasets.save_to_disk`` files and the manifest)
+PREPARED_FILES = (MANIFEST, "dataset_info.json", "state.json", "data-*.arrow")
 _DOC_BATCH_CHARS = 64 << 20
 
 
@@ -114,8 +131,6 @@ def _write_documents(
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The manifest of a prepared dataset folder (error if it is not one)."""
-    import json
-
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
         raise TokenWeightError(f"prepared dataset {folder} does not exist")
@@ -124,10 +139,25 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a prepared dataset (no {MANIFEST}); create one with "
             "`tokenweight prepare`"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
+    manifest = read_json(path, "prepare the dataset again with `tokenweight prepare --overwrite`")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TokenWeightError(f"{path} is not a tokenweight prepare manifest")
     return manifest
+
+
+def load_prepared(folder: str | Path) -> datasets.Dataset:
+    """The rows of a prepared dataset folder (memory-mapped); an unreadable or truncated
+    Arrow file raises :class:`TokenWeightError` naming the folder and the fix."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(folder))
+    except Exception as exc:  # pyarrow and datasets raise many types; all mean "unreadable"
+        raise TokenWeightError(
+            f"{folder} holds a prepared dataset whose files cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]}); prepare it again with "
+            "`tokenweight prepare --overwrite`"
+        ) from None
 
 
 def prepare_dataset(
@@ -165,8 +195,19 @@ def prepare_dataset(
             f"--seq-len must be an integer of at least 2 (a sequence needs one target), "
             f"got {seq_len!r}"
         )
+    local_inputs = [] if hf_split else list(inputs)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        local_inputs.append(tokenizer)
+    check_output_dir(
+        out,
+        "tokenweight prepare output",
+        markers=(MANIFEST,),
+        known=PREPARED_FILES,
+        inputs=local_inputs,
+    )
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
+    clean_stale_siblings(out)  # scratch and half-moved folders of a killed earlier run
     if num_proc < 1:
         raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
     files = None if hf_split else find_input_files(inputs, glob)

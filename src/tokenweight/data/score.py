@@ -7,6 +7,7 @@ shards already done. The process that completes the last shard writes the manife
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tokenweight.data.prepare import MANIFEST, read_manifest
+from tokenweight.data.prepare import MANIFEST, load_prepared, read_manifest
 from tokenweight.data.store import (
+    DONE_SUFFIX,
     RUN_FILE,
     SCORED_MANIFEST,
     ShardPlan,
@@ -27,7 +29,14 @@ from tokenweight.data.store import (
     write_shard,
 )
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import atomic_write_json, json_text, remove_path, sha256_file
+from tokenweight.files import (
+    atomic_write_json,
+    check_output_dir,
+    json_text,
+    read_json,
+    remove_path,
+    sha256_file,
+)
 
 __all__ = ["ScoreResult", "distributed_rank", "score_dataset"]
 
@@ -71,33 +80,30 @@ def distributed_rank() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _prepare_out_dir(out: Path, run: dict[str, Any], overwrite: bool, world: int) -> bool:
-    """Create or validate ``out``; returns ``True`` when it already holds a finished run."""
-    if overwrite and out.exists():
+SCORED_FILES = (RUN_FILE, SCORED_MANIFEST, "shard-*.arrow", "shard-*.arrow" + DONE_SUFFIX)
+
+
+def _prepare_out_dir(
+    out: Path, run: dict[str, Any], overwrite: bool, world: int, inputs: list[Any]
+) -> None:
+    """Create ``out``, or check that it holds a scoring run with the same settings (to
+    resume or verify); ``overwrite`` replaces an earlier scoring output, nothing else."""
+    ours = check_output_dir(
+        out, "tokenweight score output", markers=(RUN_FILE,), known=SCORED_FILES, inputs=inputs
+    )
+    if overwrite and ours:
         if world > 1:
             raise TokenWeightError(
                 "--overwrite cannot be used with several processes (they would delete each "
                 f"other's work); remove {out} first, or choose another --out"
             )
         remove_path(out)
-    if out.exists() and not out.is_dir():
-        raise TokenWeightError(f"output {out} exists and is not a folder; choose another --out")
     run_path = out / RUN_FILE
-    # another process of the same launch may be writing run.json right now: its temporary
-    # file does not make the folder foreign
-    others = (
-        [p for p in out.iterdir() if not p.name.startswith(f".{RUN_FILE}.")] if out.is_dir() else []
-    )
-    if others and not run_path.is_file():
-        raise TokenWeightError(
-            f"output folder {out} exists and is not a tokenweight score folder; pass "
-            "--overwrite to replace it, or choose another --out"
-        )
     out.mkdir(parents=True, exist_ok=True)
     if run_path.is_file():
-        import json
-
-        old = json.loads(run_path.read_text(encoding="utf-8"))
+        old = read_json(
+            run_path, "pass --overwrite to start this scoring run over, or choose another --out"
+        )
         if old != json.loads(json_text(run)):
             keys = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
             raise TokenWeightError(
@@ -106,7 +112,6 @@ def _prepare_out_dir(out: Path, run: dict[str, Any], overwrite: bool, world: int
             )
     else:
         atomic_write_json(run_path, run)
-    return (out / SCORED_MANIFEST).is_file()
 
 
 def score_dataset(
@@ -148,7 +153,12 @@ def score_dataset(
         resolve_model_source,
         tokenizer_identity,
     )
-    from tokenweight.scoring import plan_stride, plan_windows, short_context_nll
+    from tokenweight.scoring import (
+        plan_stride,
+        plan_windows,
+        require_short_window,
+        short_context_nll,
+    )
 
     start_time = time.perf_counter()
     prepared, out = Path(prepared), Path(out)
@@ -157,6 +167,8 @@ def score_dataset(
     world = env_world if world_size is None else world_size
     manifest = read_manifest(prepared)
     seq_len = int(manifest["seq_len"])
+    if isinstance(window, int) and not isinstance(window, bool):
+        require_short_window(window, seq_len, "--window")
     if stride is None:
         stride = plan_stride(seq_len, window)
     plan_windows(seq_len, window, stride)  # validates window and stride
@@ -193,11 +205,16 @@ def score_dataset(
         + (["attention_mask"] if manifest["keep_tail"] else []),
     }
     result = ScoreResult(out=out, rank=rank, world_size=world, num_shards=plan.num_shards)
-    if _prepare_out_dir(out, run, overwrite, world):
-        result.complete = True
-        result.skipped = plan.owned(rank, world)
-        return result
+    data = load_prepared(prepared)  # memory-mapped; read before anything is written
+    if len(data) != plan.num_rows:
+        raise TokenWeightError(
+            f"{prepared} holds {len(data)} rows but its manifest says {plan.num_rows}; "
+            "prepare it again"
+        )
+    _prepare_out_dir(out, run, overwrite, world, [prepared, source.path])
 
+    # a finished folder is verified too: a shard whose bytes no longer match its record
+    # (or whose record is gone) is scored again, and the manifest rewritten
     todo = []
     for i in plan.owned(rank, world):
         if shard_done(out, plan, i):
@@ -208,14 +225,6 @@ def score_dataset(
             todo.append(i)
 
     if todo:
-        import datasets
-
-        data = datasets.load_from_disk(str(prepared))
-        if len(data) != plan.num_rows:
-            raise TokenWeightError(
-                f"{prepared} holds {len(data)} rows but its manifest says {plan.num_rows}; "
-                "prepare it again"
-            )
         columns = ["input_ids"] + (["attention_mask"] if manifest["keep_tail"] else [])
         data = data.with_format("numpy", columns=columns)
         model = load_model(

@@ -32,6 +32,7 @@ from tokenweight.files import (
     atomic_write_bytes,
     atomic_write_json,
     json_text,
+    read_json,
     remove_path,
     sha256_bytes,
     sha256_file,
@@ -247,7 +248,7 @@ def finalize_manifest(out_dir: str | Path, plan: ShardPlan, run: dict[str, Any])
         shards.append({k: sidecar[k] for k in ("file", "rows", "sha256", "bytes")})
     manifest = {"format": SCORED_FORMAT, "format_version": 1, **run, "shards": shards}
     path = out_dir / SCORED_MANIFEST
-    if not path.is_file() or path.read_text(encoding="utf-8") != json_text(manifest):
+    if not path.is_file() or path.read_bytes() != json_text(manifest).encode("utf-8"):
         atomic_write_json(path, manifest)
     return True
 
@@ -269,8 +270,12 @@ def read_scored_manifest(out_dir: str | Path) -> dict[str, Any]:
             f"{out_dir} is not a scored dataset (no {SCORED_MANIFEST}); create one with "
             "`tokenweight score`"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != SCORED_FORMAT:
+    manifest = read_json(
+        path,
+        "rerun `tokenweight score` with the same arguments: it verifies every shard and "
+        "writes the manifest again",
+    )
+    if not isinstance(manifest, dict) or manifest.get("format") != SCORED_FORMAT:
         raise TokenWeightError(f"{path} is not a tokenweight score manifest")
     return manifest
 
@@ -298,10 +303,16 @@ def load_scored_dataset(out_dir: str | Path, verify: bool = True) -> datasets.Da
         ):
             raise TokenWeightError(
                 f"shard {path} does not match its sha256 in the manifest: the file was "
-                "modified or corrupted; delete it and its .done.json and rerun `tokenweight "
-                "score` with the same arguments to redo it"
+                "modified or corrupted; rerun `tokenweight score` with the same arguments: "
+                "it verifies every shard and scores the broken ones again"
             )
-        parts.append(datasets.Dataset.from_file(str(path)))
+        try:
+            parts.append(datasets.Dataset.from_file(str(path)))
+        except Exception as exc:  # pyarrow raises several types; all mean "unreadable"
+            raise TokenWeightError(
+                f"shard {path} is not a readable Arrow file ({type(exc).__name__}); rerun "
+                "`tokenweight score` with the same arguments to score it again"
+            ) from None
     ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(ds) != manifest["num_rows"]:
         raise TokenWeightError(

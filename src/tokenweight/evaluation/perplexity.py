@@ -22,6 +22,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.sequences import EvalSequences
+from tokenweight.scoring import require_short_window
 
 __all__ = [
     "DEFAULT_LONGPPL_WINDOW",
@@ -44,6 +45,7 @@ def default_short_window(
         window = max(2, min(DEFAULT_LONGPPL_WINDOW, seq_len // 2))
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise TokenWeightError(f"the LongPPL window must be an integer >= 2, got {window!r}")
+    require_short_window(window, seq_len, "--longppl-window")
     if stride is None:
         stride = max(1, window // 4)
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:

@@ -10,7 +10,10 @@ from typing import Any
 
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 
-__all__ = ["markdown_table", "results_markdown", "write_outputs"]
+__all__ = ["EVAL_FILES", "markdown_table", "md_escape", "results_markdown", "write_outputs"]
+
+# what an evaluation folder holds; results.json (first) marks an earlier evaluation
+EVAL_FILES = ("results.json", "results.md", "*.png")
 
 
 def _pct(correct: int, total: int) -> str:
@@ -21,10 +24,25 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def md_escape(text: object) -> str:
+    """Text safe inside markdown (a label, a token, a path): ``<`` and ``>`` become
+    entities (no HTML), ``|`` and ``\\`` are escaped (no broken tables), a line break
+    shows as ``⏎``. Every markdown writer of the package passes user text through it."""
+    return (
+        str(text)
+        .replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", "")
+        .replace("\n", "⏎")
+    )
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Lines of a markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    """Lines of a markdown table; every cell goes through :func:`md_escape`."""
+    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
     return lines
 
 
@@ -109,7 +127,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"Key tokens: short-context NLL minus long-context NLL > {info['alpha']:g} nats "
             f"and long NLL < {info['beta']:g}; short context: {info['window']}-token windows, "
             f"stride {info['stride']}; key tokens judged by "
-            f"{'each model itself' if info['key_tokens_from'] == 'self' else info['key_tokens_from']}."
+            f"{'each model itself' if info['key_tokens_from'] == 'self' else md_escape(info['key_tokens_from'])}."
         )
         out.append("")
         out += markdown_table(

@@ -18,6 +18,7 @@ Models are loaded one at a time and released before the next is loaded.
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from tokenweight.evaluation.metrics import (
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 from tokenweight.evaluation.probes import Probe, make_probes
 from tokenweight.models import rope_theta
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_TASKS",
@@ -137,6 +140,11 @@ class EvalConfig:
         if isinstance(self.data, str):
             object.__setattr__(self, "data", (self.data,))
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        if self.seq_len is not None:
+            if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int):
+                raise TokenWeightError(f"--seq-len must be an integer, got {self.seq_len!r}")
+            if self.seq_len < 2:
+                raise TokenWeightError(f"--seq-len must be >= 2 tokens, got {self.seq_len}")
         if self.text_tasks and not self.data:
             raise TokenWeightError(
                 f"task(s) {', '.join(self.text_tasks)} need evaluation text: pass --data "
@@ -177,6 +185,24 @@ def _tokenizer_key(tokenizer: Any) -> tuple:
 
     ident = tokenizer_identity(tokenizer)
     return tuple(ident.get(k) for k in IDENTITY_FIELDS)
+
+
+def _warn_beyond_positions(label: str, max_positions: int | None, cfg: EvalConfig) -> None:
+    """Say loudly, before any compute, when prompts or sequences are longer than the
+    model's positions (outputs past them are usually meaningless, or an error)."""
+    lengths = list(cfg.lengths) if cfg.probe_tasks else []
+    if cfg.text_tasks:
+        lengths.append(cfg.seq_len or max(cfg.lengths))
+    too_long = sorted({n for n in lengths if max_positions and n > max_positions})
+    if too_long:
+        logger.warning(
+            "warning: model %r has %d positions (max_position_embeddings) but is asked for "
+            "%s tokens; pass --max-position-embeddings (and --rope-theta) to extend its "
+            "context, or use shorter --lengths / --seq-len",
+            label,
+            max_positions,
+            ", ".join(map(str, too_long)),
+        )
 
 
 class _Loaded:
@@ -365,6 +391,7 @@ def _evaluate_one(
             "rope_theta": rope_theta(config),
             "timing": {"load_s": load_s},
         }
+        _warn_beyond_positions(spec.label, entry["max_position_embeddings"], cfg)
         tok_key = _tokenizer_key(tokenizer)
         if cfg.text_tasks:
             if scorer_key is not None and "longppl" in cfg.tasks:
@@ -506,6 +533,13 @@ def evaluate_models(
     Returns:
         The content of ``results.json``: ``{"settings": ..., "models": [entry, ...]}``.
     """
+    if out_dir is not None:
+        from tokenweight.evaluation.report import EVAL_FILES
+        from tokenweight.files import check_output_dir
+
+        check_output_dir(
+            out_dir, "tokenweight eval output", markers=EVAL_FILES[:1], known=EVAL_FILES
+        )
     specs = [_as_spec(m) for m in models]
     if not specs:
         raise TokenWeightError("give at least one model to evaluate")

@@ -69,7 +69,9 @@ def _from_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     import datasets
 
-    ds: Any = datasets.load_from_disk(str(path))
+    from tokenweight.data.prepare import load_prepared
+
+    ds: Any = load_prepared(path)
     if isinstance(ds, datasets.DatasetDict):
         split = next((s for s in ("validation", "test", "train") if s in ds), None)
         if split is None and len(ds) == 1:
@@ -143,6 +145,15 @@ def _from_corpus(
     return torch.stack(rows[:max_sequences] if max_sequences is not None else rows)
 
 
+def _check_data_tokenizer(path: Path, tokenizer: Any) -> None:
+    """A ``tokenweight prepare`` folder records its tokenizer: it must be the model's."""
+    from tokenweight.data.prepare import MANIFEST, read_manifest
+    from tokenweight.models import check_data_tokenizer
+
+    if (path / MANIFEST).is_file() and tokenizer is not None:
+        check_data_tokenizer(read_manifest(path), tokenizer, f"--data {path}")
+
+
 def load_eval_sequences(
     paths: str | Sequence[str],
     tokenizer: Any,
@@ -172,6 +183,7 @@ def load_eval_sequences(
     if max_sequences is not None and max_sequences < 1:
         raise TokenWeightError(f"max_sequences must be >= 1, got {max_sequences}")
     if len(paths) == 1 and is_prepared_dataset(paths[0]):
+        _check_data_tokenizer(Path(paths[0]), tokenizer)
         ids, mask = _from_dataset(Path(paths[0]), max_sequences)
     else:
         if any(is_prepared_dataset(p) for p in paths):

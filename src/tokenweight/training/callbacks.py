@@ -230,3 +230,18 @@ class JsonlLogCallback(TrainerCallback):
             self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry, default=float) + "\n")
+
+
+CHECKPOINT_MARKER = "tokenweight_checkpoint.json"
+
+
+class CheckpointMarkerCallback(TrainerCallback):
+    """Writes :data:`CHECKPOINT_MARKER` into each checkpoint folder once the Trainer has
+    saved every file of it: a checkpoint without the marker was cut off while saving."""
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        from tokenweight.files import atomic_write_json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            atomic_write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step})

@@ -52,6 +52,7 @@ __all__ = [
     "load_raw_config",
     "one_of",
     "positive",
+    "seed_range",
     "to_training_arguments",
 ]
 
@@ -86,6 +87,15 @@ def at_least_two(value: int) -> str | None:
     return None if value >= 2 else "must be >= 2"
 
 
+def seed_range(value: int) -> str | None:
+    """Random seeds: what numpy and torch accept, ``[0, 2**32 - 1]``."""
+    return None if 0 <= value < 2**32 else "must be in [0, 4294967295]"
+
+
+def _probability(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
 def _betas(value: tuple[float, float]) -> str | None:
     return None if all(0 <= b < 1 for b in value) else "each beta must be in [0, 1)"
 
@@ -105,7 +115,7 @@ class LoraConfig:
 
     r: int = field(default=16, metadata=checked(positive))
     alpha: float = field(default=32.0, metadata=checked(positive))
-    dropout: float = field(default=0.0, metadata=checked(non_negative))
+    dropout: float = field(default=0.0, metadata=checked(_probability))
     target_modules: str | list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
@@ -186,7 +196,7 @@ class TrainConfig:
     micro_batch_size: int = field(default=1, metadata=checked(positive))
     gradient_accumulation_steps: int = field(default=16, metadata=checked(positive))
     max_grad_norm: float = field(default=1.0, metadata=checked(non_negative))
-    seed: int = 42
+    seed: int = field(default=42, metadata=checked(seed_range))
     shuffle: bool = True
     save_steps: int = field(default=20, metadata=checked(positive))
     save_total_limit: int | None = field(default=None, metadata=checked(positive))
@@ -434,11 +444,34 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
+    silently keeps the last one)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise TokenWeightError(
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TokenWeightError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise TokenWeightError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}); give a YAML config"
+        ) from None
+    except TokenWeightError as exc:
+        raise TokenWeightError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

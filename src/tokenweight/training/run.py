@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.files import check_output_dir, read_json, remove_path
 from tokenweight.training.config import Config, to_training_arguments
 
 __all__ = ["TrainResult", "find_last_checkpoint", "train"]
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "tokenweight_train.yaml"
 LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "train_summary.json"
+# files that mark a folder as an earlier ``tokenweight train`` output
+TRAIN_MARKERS = (CONFIG_NAME, SUMMARY_NAME, LOG_NAME)
 
 
 @dataclass
@@ -41,13 +44,57 @@ class TrainResult:
     train_loss: float | None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
+    loss_steps: tuple[int, int] | None = None  # first and last step ``train_loss`` averages
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder of ``output_dir``, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _step_of(p) is not None]
+    return sorted(found, key=lambda p: _step_of(p) or 0)
+
+
+def _step_of(path: Path) -> int | None:
+    name, _, step = path.name.partition("-")
+    return int(step) if name == "checkpoint" and step.isdigit() else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved to the end: its marker exists (a checkpoint of an
+    older version, without markers, counts when its ``trainer_state.json`` reads back)."""
+    from tokenweight.training.callbacks import CHECKPOINT_MARKER
+
+    if (checkpoint / CHECKPOINT_MARKER).is_file():
+        return True
+    if any(checkpoint.parent.glob(f"checkpoint-*/{CHECKPOINT_MARKER}")):
+        return False
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == _step_of(checkpoint)
 
 
 def find_last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir``, or ``None``."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` folder in ``output_dir`` (one whose save
+    finished, see :class:`~tokenweight.training.callbacks.CheckpointMarkerCallback`), or
+    ``None``."""
+    done = [p for p in _checkpoints(Path(output_dir)) if _complete(p)]
+    return str(done[-1]) if done else None
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+def _check_output_dir(config: Config) -> None:
+    """``train.output_dir`` must be new, empty or an earlier run of ``tokenweight train``,
+    and apart from the start model, the data and the scorer model."""
+    inputs = [config.model.source, config.data.path, config.scorer.model]
+    check_output_dir(
+        config.train.output_dir,
+        "tokenweight train output",
+        markers=TRAIN_MARKERS,
+        inputs=[p for p in inputs if p],
+        option="train.output_dir",
+    )
 
 
 # ------------------------------------------------------------------ pieces
@@ -78,9 +125,8 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     ``data.path`` is a ``tokenweight prepare`` folder, or a ``tokenweight score`` folder
     (required by the precomputed scorer; its shards are verified against their hashes).
     """
-    import datasets
-
     from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
+    from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
 
     assert config.data.path  # required by Config.validate
@@ -91,7 +137,8 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
             f"data.path: {path} is not a prepared or scored dataset (no {SCORED_MANIFEST}); "
             "create one with `tokenweight prepare` (and `tokenweight score`)"
         )
-    kind = json.loads(manifest_file.read_text(encoding="utf-8")).get("format")
+    head = read_json(manifest_file, "prepare (or score) the data again")
+    kind = head.get("format") if isinstance(head, dict) else None
     if kind == SCORED_FORMAT:
         scored = read_scored_manifest(path)
         manifest = scored["prepared"]
@@ -111,7 +158,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
                 "score it first with `tokenweight score` and point data.path at the result"
             )
         manifest = read_manifest(path)
-        dataset = datasets.load_from_disk(str(path))
+        dataset = load_prepared(path)
     seq_len = manifest.get("seq_len")
     if config.data.seq_len is not None and seq_len is not None and seq_len != config.data.seq_len:
         raise TokenWeightError(
@@ -121,21 +168,6 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     if len(dataset) == 0:
         raise TokenWeightError(f"data.path: {path} holds no sequences")
     return dataset, manifest
-
-
-def _check_tokenizer(tokenizer: Any, manifest: dict[str, Any], what: str) -> None:
-    from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
-
-    expected = manifest.get("tokenizer")
-    if not isinstance(expected, dict):
-        return
-    diffs = compare_tokenizer_identity(expected, tokenizer_identity(tokenizer))
-    if diffs:
-        raise TokenWeightError(
-            f"{what}: its tokenizer differs from the one the data was prepared with: "
-            + "; ".join(diffs)
-            + " (data vs model); prepare the data with this model's tokenizer"
-        )
 
 
 def _apply_lora(model: Any, config: Config) -> Any:
@@ -281,29 +313,51 @@ def train(
     import transformers
     from transformers.trainer_callback import ProgressCallback
 
-    from tokenweight.models import load_tokenizer
-    from tokenweight.training.callbacks import JsonlLogCallback, TokenWeightProgressCallback
+    from tokenweight.models import check_data_tokenizer, load_tokenizer
+    from tokenweight.training.callbacks import (
+        CheckpointMarkerCallback,
+        JsonlLogCallback,
+        TokenWeightProgressCallback,
+    )
     from tokenweight.training.collator import TokenWeightCollator
     from tokenweight.training.trainer import TokenWeightTrainer
 
     out = Path(config.train.output_dir)
+    _check_output_dir(config)
+    saved = _checkpoints(out)
     last = find_last_checkpoint(out)
-    if not resume and (last is not None or (out / SUMMARY_NAME).is_file()):
-        what = Path(last).name if last is not None else "a finished run"
+    if not resume and (saved or (out / SUMMARY_NAME).is_file()):
+        what = saved[-1].name if saved else "a finished run"
         raise TokenWeightError(
             f"train.output_dir: {out} already holds {what}; pass --resume to continue it, "
             "or choose another train.output_dir"
         )
+    if resume:
+        last_step = _step_of(Path(last)) if last is not None else -1
+        for partial in [
+            p for p in saved if (_step_of(p) or 0) > last_step
+        ]:  # a save cut off by a kill: the Trainer will write it again
+            logger.warning(
+                "--resume: %s is incomplete (the run stopped while saving it); removing it "
+                "and resuming from %s",
+                partial,
+                Path(last).name if last is not None else "the beginning",
+            )
+            remove_path(partial)
     if resume and last is None:
-        logger.warning("--resume: no checkpoint in %s, starting from the beginning", out)
+        logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", out)
     if resume and last is not None:
         _warn_if_config_changed(out / CONFIG_NAME, config)
 
     dataset, manifest = _load_dataset(config)
+    if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
+        from tokenweight.scoring import require_short_window
+
+        require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
     assert config.model.source  # required by Config.validate
     model_path = _model_path(config.model.source, config.model.cache_dir)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
-    _check_tokenizer(tokenizer, manifest, "model.source")
+    check_data_tokenizer(manifest, tokenizer, "model.source")
     frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
 
     extra = dict(training_arguments or {})
@@ -347,7 +401,11 @@ def train(
         processing_class=tokenizer,
         scheme=config.scheme,
         scorer=scorer,
-        callbacks=[JsonlLogCallback(out / LOG_NAME), *(callbacks or [])],
+        callbacks=[
+            JsonlLogCallback(out / LOG_NAME),
+            CheckpointMarkerCallback(),
+            *(callbacks or []),
+        ],
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(TokenWeightProgressCallback())
@@ -362,10 +420,15 @@ def train(
     trainer.save_state()
     if config.model.lora is not None and trainer.is_world_process_zero():
         _save_merged(trainer.model, tokenizer, out / "merged", config)
+    # the Trainer averages the loss over the steps of this process only: after a resume,
+    # those after the checkpoint
+    first = (_step_of(Path(last)) or 0) + 1 if resume and last is not None else 1
+    loss_steps = (first, trainer.state.global_step)
     if trainer.is_world_process_zero():
         summary = {
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
+            "train_loss_steps": list(loss_steps),
             "scheme": str(config.scheme),
             "scorer": config.scorer_kind,
             "resumed_from": last if resume else None,
@@ -380,4 +443,5 @@ def train(
         train_loss=result.training_loss,
         log_history=list(trainer.state.log_history),
         resumed_from=last if resume else None,
+        loss_steps=loss_steps,
     )

@@ -241,7 +241,7 @@ class Scheme:
                 lo, hi = math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
             elif t.name == "max":
                 lo, hi = max(lo, 0.0), max(hi, 0.0)
-            else:
+            elif t.c is not None:  # shift (the only transform with a constant)
                 lo, hi = lo - math.log(t.c), hi - math.log(t.c)
         if self.truncation is not None:
             gamma = self.truncation

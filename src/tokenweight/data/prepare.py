@@ -197,7 +197,7 @@ def prepare_dataset(
         )
     local_inputs = [] if hf_split else list(inputs)
     if isinstance(tokenizer, (str, os.PathLike)):
-        local_inputs.append(tokenizer)
+        local_inputs.append(os.fspath(tokenizer))
     check_output_dir(
         out,
         "tokenweight prepare output",

@@ -239,7 +239,7 @@ class CheckpointMarkerCallback(TrainerCallback):
     """Writes :data:`CHECKPOINT_MARKER` into each checkpoint folder once the Trainer has
     saved every file of it: a checkpoint without the marker was cut off while saving."""
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args, state, control, **kwargs):
         from tokenweight.files import atomic_write_json
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -333,7 +333,7 @@ def train(
             "or choose another train.output_dir"
         )
     if resume:
-        last_step = _step_of(Path(last)) if last is not None else -1
+        last_step = (_step_of(Path(last)) or 0) if last is not None else -1  # a checkpoint-N
         for partial in [
             p for p in saved if (_step_of(p) or 0) > last_step
         ]:  # a save cut off by a kill: the Trainer will write it again
@@ -353,6 +353,7 @@ def train(
     if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
         from tokenweight.scoring import require_short_window
 
+        assert config.scorer.window is not None  # required for these scorers by Config.validate
         require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
     assert config.model.source  # required by Config.validate
     model_path = _model_path(config.model.source, config.model.cache_dir)

@@ -205,6 +205,7 @@ def model_token_nll(
     chunk_size: int | None = None,
     ignore_index: int = IGNORE_INDEX,
     backend: str = "auto",
+    shift_labels: torch.Tensor | None = None,
     **forward_kwargs: Any,
 ) -> torch.Tensor:
     """Per-token NLL of a causal LM's targets, without materializing its logits.
@@ -226,6 +227,9 @@ def model_token_nll(
             logit budget (:func:`tokenweight.losses.default_chunk_size`).
         ignore_index: label value meaning "no target".
         backend: passed to :func:`tokenweight.losses.token_nll` on the fused head.
+        shift_labels: ``(batch, N)`` targets already aligned with the positions (column
+            ``j`` is the token predicted at position ``j``), as a sequence-parallel rank
+            holds them for its slice; replaces ``labels`` and the result is ``(batch, N)``.
         **forward_kwargs: extra model inputs (``position_ids``, ...); ``use_cache``
             defaults to ``False``.
 
@@ -237,7 +241,7 @@ def model_token_nll(
         TokenWeightError: malformed inputs, a label outside the vocabulary, a model type
             whose output transform is unknown, or a model that cannot skip its logits.
     """
-    _check_ids(input_ids, labels, attention_mask)
+    _check_ids(input_ids, labels if shift_labels is None else shift_labels, attention_mask)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -259,9 +263,12 @@ def model_token_nll(
     mode = select_head(lm_head, model, head)
     vocab = _vocab_size(lm_head, inner)
 
-    targets = (input_ids if labels is None else labels)[:, 1:].long()
-    if attention_mask is not None:
-        targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
+    if shift_labels is not None:
+        targets = shift_labels.long()
+    else:
+        targets = (input_ids if labels is None else labels)[:, 1:].long()
+        if attention_mask is not None:
+            targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
     check_labels(targets, vocab, ignore_index)
 
     captured: dict[str, torch.Tensor] = {}
@@ -285,7 +292,7 @@ def model_token_nll(
         raise TokenWeightError(
             f"the decoder of model type {model_type!r} did not run; cannot read hidden states"
         )
-    hidden = captured["hidden"][:, :-1]
+    hidden = captured["hidden"] if shift_labels is not None else captured["hidden"][:, :-1]
 
     if chunk_size is None:
         chunk_size = default_chunk_size(

@@ -155,7 +155,7 @@ def _check_output(
             f"got {seq_len!r}"
         )
     if isinstance(tokenizer, (str, os.PathLike)):
-        local_inputs = [*local_inputs, tokenizer]
+        local_inputs = [*local_inputs, os.fspath(tokenizer)]
     check_output_dir(
         out,
         "tokenweight prepare output",
@@ -181,9 +181,10 @@ def _tokenizer_and_packing(
     """Step: the tokenizer (loaded when given by name) and how documents are cut."""
     from tokenweight.models import load_tokenizer
 
-    tok = tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    else:
+        tok = tokenizer
     pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     packing = Packing(
         seq_len, bos_token_id=tok.bos_token_id, stride=stride, keep_tail=keep_tail, pad_token_id=pad
@@ -204,6 +205,7 @@ def _read_documents(
         docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
         input_entries = [f.as_manifest() for f in files]
     else:
+        assert hf_split  # no input files: a hub split is read
         docs, input_entries = load_hub_documents(inputs, hf_split, text_field)
     if len(docs) == 0:
         raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")

@@ -31,6 +31,7 @@ __all__ = [
     "CUDA_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "IGNORE_INDEX",
+    "check_chunk_size",
     "check_inputs",
     "check_labels",
     "check_transform",
@@ -158,6 +159,11 @@ def check_inputs(
         raise TokenWeightError(
             f"hidden, weight, labels and bias must be on one device, got {sorted(map(str, devices))}"
         )
+    check_chunk_size(chunk_size)
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Refuse a ``chunk_size`` (tokens per chunk) that is neither ``None`` nor an int >= 1."""
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.losses.chunked import check_labels, default_chunk_size
+from tokenweight.losses.chunked import check_chunk_size, check_labels, default_chunk_size
 from tokenweight.losses.heads import HeadTransform, head_transform
 from tokenweight.losses.nll import token_nll
 
@@ -234,10 +234,7 @@ def model_token_nll(
             whose output transform is unknown, or a model that cannot skip its logits.
     """
     _check_ids(input_ids, labels, attention_mask)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise TokenWeightError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
         if key in forward_kwargs:
             raise TokenWeightError(f"model_token_nll sets {key!r} itself; do not pass it")

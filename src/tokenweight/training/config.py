@@ -35,6 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.scoring import SCORER_KINDS
 from tokenweight.weighting import Scheme
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-SCORER_KINDS = ("self", "model", "precomputed", "none")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",

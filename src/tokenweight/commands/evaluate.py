@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes"
+HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
 _EPILOG = """\
 models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder, a .gguf file, a hub name or
@@ -54,7 +54,6 @@ def _fractions(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
     parser.add_argument("--out", required=True, help="output folder")
@@ -92,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="a prepared dataset folder (tokenweight prepare) or text/JSONL/Parquet files or "
-        "folders (repeat --data for several)",
+        "folders (repeat --data for several; default: none, probes only)",
     )
     data.add_argument(
         "--seq-len",
@@ -121,11 +120,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-split",
         default=None,
         metavar="SPLIT",
-        help="read --data as Hugging Face datasets, this split (e.g. validation; needs network)",
+        help="read --data as Hugging Face datasets, this split, e.g. validation (needs "
+        "network; default: --data are local files)",
     )
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
-    data.add_argument("--longppl-window", type=int, default=None, help="short context window")
-    data.add_argument("--longppl-stride", type=int, default=None, help="short window stride")
+    data.add_argument(
+        "--longppl-window",
+        type=int,
+        default=None,
+        help="short context window (default: min(4096, seq_len // 2))",
+    )
+    data.add_argument(
+        "--longppl-stride", type=int, default=None, help="short window stride (default: window / 4)"
+    )
     data.add_argument("--longppl-alpha", type=float, default=2.0, help="min NLL gain (nats)")
     data.add_argument("--longppl-beta", type=float, default=2.0, help="max long NLL (nats)")
     data.add_argument(
@@ -137,19 +144,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("model loading")
     load.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: checkpoint)")
     load.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
-    load.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager")
-    load.add_argument("--rope-theta", type=float, default=None, help="override RoPE theta")
     load.add_argument(
-        "--max-position-embeddings", type=int, default=None, help="override maximum positions"
+        "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
+    )
+    load.add_argument(
+        "--rope-theta",
+        type=float,
+        default=None,
+        help="override RoPE theta (default: the checkpoint's)",
+    )
+    load.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        default=None,
+        help="override maximum positions (default: the checkpoint's)",
     )
     load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
     from tokenweight.evaluation.runner import evaluate_models
+    from tokenweight.training.distributed import is_distributed_launch
 
+    if is_distributed_launch():
+        raise TokenWeightError(
+            "tokenweight eval runs in one process; start it without torchrun or accelerate "
+            "launch (every process would repeat the whole evaluation and write the same files)"
+        )
     tasks = None
     if args.tasks:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -15,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheme", default="dense:0.75", help="weighting scheme (dense:0.75)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens of the passage used")
     parser.add_argument("--offset", type=int, default=0, help="characters of the file to skip")
-    parser.add_argument("--short-model", default=None, help="another model for the short NLL")
+    parser.add_argument(
+        "--short-model",
+        default=None,
+        help="another model for the short NLL (default: the same model)",
+    )
     parser.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the model's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--out", default="inspect", help="output folder (default ./inspect)")

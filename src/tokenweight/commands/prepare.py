@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-split",
         default=None,
         metavar="SPLIT",
-        help="read INPUTs as Hugging Face datasets, this split (e.g. train; needs network)",
+        help="read INPUTs as Hugging Face datasets, this split, e.g. train (needs network; "
+        "default: INPUTs are local files)",
     )
     parser.add_argument(
         "--glob",

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--half", action="store_true", help="store short_nll as float16 (default float32)"
     )
+    parser.add_argument(
+        "--with-long",
+        action="store_true",
+        help="also store long_nll (full-context NLL of every target; for `tokenweight select`)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     parser.add_argument(
         "--windows-per-batch",
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,
+        with_long=args.with_long,
     )
     who = f"process {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     if result.scored:

@@ -9,10 +9,11 @@ HELP = "train (extend the context of) a causal LM with a token-weighted loss fro
 
 EPILOG = """\
 examples:
-  tokenweight train configs/cpu/smollm2.yaml
-  tokenweight train configs/paper/dense_self.yaml data.path=data/pg19-32k train.max_steps=10
-  torchrun --nproc_per_node 8 -m tokenweight.cli train configs/paper/dense_self.yaml
-  tokenweight train CONFIG --resume        # continue from the newest checkpoint
+  tokenweight train cpu/smollm2                  # a packaged config (tokenweight configs list)
+  tokenweight train paper/dense_self data.path=data/pg19-32k train.max_steps=10
+  tokenweight train my_run.yaml                  # a file, e.g. from tokenweight configs copy
+  torchrun --nproc_per_node 8 -m tokenweight.cli train paper/dense_self
+  tokenweight train CONFIG --resume              # continue from the newest checkpoint
 
 overrides are key.sub=value with YAML values: train.learning_rate=3e-5, model.lora=null,
 scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
@@ -20,9 +21,12 @@ scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "config",
+        help="a YAML config file, or a packaged config name such as paper/dense_self "
+        "(tokenweight configs list)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -24,10 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scheme text, e.g. dense:0.75 (repeatable; default: every preset)",
     )
     parser.add_argument(
-        "--long", type=_floats, default=None, help="long-context NLL, comma-separated"
+        "--long",
+        type=_floats,
+        default=None,
+        help="long-context NLL, comma-separated (default: 8 example values)",
     )
     parser.add_argument(
-        "--short", type=_floats, default=None, help="short-context NLL, comma-separated"
+        "--short",
+        type=_floats,
+        default=None,
+        help="short-context NLL, comma-separated (default: 8 example values)",
     )
 
 

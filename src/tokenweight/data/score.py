@@ -133,6 +133,7 @@ def score_dataset(
     world_size: int | None = None,
     nll_fn: NllFn | None = None,
     progress: bool = True,
+    with_long: bool = False,
 ) -> ScoreResult:
     """Score a prepared dataset with a frozen model; write verified, resumable shards.
 
@@ -141,6 +142,9 @@ def score_dataset(
     :func:`tokenweight.scoring.short_context_nll`. ``dtype`` ``auto`` means bf16 on CUDA,
     fp32 otherwise. ``rank``/``world_size`` default to the launcher's environment.
     The scorer's tokenizer is checked against the prepared manifest before any compute.
+    ``with_long`` also stores ``long_nll``: the same model's NLL of every target with the
+    whole sequence as context (one full forward per row; 0 at padding targets), which
+    ``tokenweight select`` compares with ``short_nll``.
     """
     import torch
 
@@ -202,7 +206,8 @@ def score_dataset(
         "num_rows": plan.num_rows,
         "shard_size": shard_size,
         "columns": ["input_ids", "short_nll", "input_hash", "row"]
-        + (["attention_mask"] if manifest["keep_tail"] else []),
+        + (["attention_mask"] if manifest["keep_tail"] else [])
+        + (["long_nll"] if with_long else []),
     }
     result = ScoreResult(out=out, rank=rank, world_size=world, num_shards=plan.num_shards)
     data = load_prepared(prepared)  # memory-mapped; read before anything is written
@@ -244,6 +249,7 @@ def score_dataset(
                 ids = np.stack(chunk["input_ids"]).astype(np.int32)
                 mask = np.stack(chunk["attention_mask"]) if "attention_mask" in chunk else None
                 nll = np.empty((hi - lo, seq_len - 1), dtype=np.float32)
+                long = np.empty_like(nll) if with_long else None
                 for b in range(0, hi - lo, batch_size):
                     kwargs: dict[str, Any] = {}
                     if mask is not None:
@@ -261,10 +267,16 @@ def score_dataset(
                         **kwargs,
                     )
                     nll[b : b + batch_size] = scores.detach().float().cpu().numpy()
+                    if long is not None:
+                        long[b : b + batch_size] = _long_nll(model, batch_ids, kwargs)
                     bar.update(len(batch_ids))
                 if mask is not None:
                     nll[mask[:, 1:] == 0] = 0.0
+                    if long is not None:
+                        long[mask[:, 1:] == 0] = 0.0
                 _check_finite(nll, lo, dtype_name)
+                if long is not None:
+                    _check_finite(long, lo, dtype_name)
                 write_shard(
                     out,
                     plan,
@@ -272,6 +284,7 @@ def score_dataset(
                     input_ids=ids,
                     short_nll=nll.astype(np.float16) if half else nll,
                     attention_mask=mask,
+                    long_nll=long.astype(np.float16) if long is not None and half else long,
                 )
                 result.scored.append(i)
                 result.rows += hi - lo
@@ -280,6 +293,25 @@ def score_dataset(
     result.complete = finalize_manifest(out, plan, run)
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def _long_nll(model: Any, input_ids: Any, kwargs: dict[str, Any]) -> np.ndarray:
+    """``(batch, N - 1)`` float32 NLL with the whole sequence as context (no gradient)."""
+    import torch
+
+    from tokenweight.losses import model_token_nll
+
+    mask = kwargs.get("attention_mask")
+    labels = None if mask is None else torch.where(mask.bool(), input_ids, -100)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model_token_nll(model, input_ids, labels=labels, attention_mask=mask)
+    finally:
+        if was_training:
+            model.train()
+    return out.float().cpu().numpy()
 
 
 def _check_finite(nll: np.ndarray, first_row: int, dtype: str) -> None:

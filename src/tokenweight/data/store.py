@@ -12,8 +12,9 @@ A scored folder holds:
   dataset's manifest and every shard's sha256.
 
 Each row holds ``input_ids`` (int32), ``short_nll`` (float32 or float16, ``N - 1``
-values), ``input_hash`` (:func:`input_ids_hash`), ``row`` (index in the prepared dataset)
-and, for padded data, ``attention_mask``.
+values), ``input_hash`` (:func:`input_ids_hash`), ``row`` (index in the prepared dataset),
+for padded data ``attention_mask`` and, when scored ``--with-long``, ``long_nll`` (the
+same model's NLL of the same targets with the whole sequence as context, same dtype).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class ShardPlan:
         return [i for i in range(self.num_shards) if i % world_size == rank]
 
 
-def _features(seq_len: int, half: bool, padded: bool) -> datasets.Features:
+def _features(seq_len: int, half: bool, padded: bool, long: bool = False) -> datasets.Features:
     import datasets
 
     list_type = getattr(datasets, "List", None) or datasets.Sequence
@@ -131,6 +132,8 @@ def _features(seq_len: int, half: bool, padded: bool) -> datasets.Features:
     }
     if padded:
         cols["attention_mask"] = list_type(datasets.Value("int8"))
+    if long:
+        cols["long_nll"] = list_type(datasets.Value("float16" if half else "float32"))
     return datasets.Features(cols)
 
 
@@ -150,11 +153,13 @@ def write_shard(
     input_ids: np.ndarray,
     short_nll: np.ndarray,
     attention_mask: np.ndarray | None = None,
+    long_nll: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write shard ``i`` (file, then its ``.done.json``), both atomically.
 
     ``input_ids``: ``(rows, N)`` ints; ``short_nll``: ``(rows, N - 1)`` float32 or float16
-    (stored as given); ``attention_mask``: ``(rows, N)`` or ``None``. Returns the sidecar.
+    (stored as given); ``attention_mask``: ``(rows, N)`` or ``None``; ``long_nll``: like
+    ``short_nll`` or ``None``. Returns the sidecar.
     """
     import pyarrow as pa
 
@@ -170,7 +175,16 @@ def write_shard(
             f"{input_ids.shape} and short_nll {short_nll.shape}"
         )
     half = short_nll.dtype == np.float16
-    features = _features(input_ids.shape[1], half, attention_mask is not None)
+    if long_nll is not None and (
+        long_nll.shape != short_nll.shape or long_nll.dtype != short_nll.dtype
+    ):
+        raise ValueError(
+            f"shard {i}: long_nll {long_nll.shape} {long_nll.dtype} must match short_nll "
+            f"{short_nll.shape} {short_nll.dtype}"
+        )
+    features = _features(
+        input_ids.shape[1], half, attention_mask is not None, long=long_nll is not None
+    )
     columns = {
         "input_ids": _list_array(input_ids),
         "short_nll": _list_array(short_nll),
@@ -179,6 +193,8 @@ def write_shard(
     }
     if attention_mask is not None:
         columns["attention_mask"] = _list_array(np.asarray(attention_mask, dtype=np.int8))
+    if long_nll is not None:
+        columns["long_nll"] = _list_array(long_nll)
     schema = features.arrow_schema
     table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
     sink = pa.BufferOutputStream()

@@ -201,6 +201,7 @@ def model_token_nll(
     chunk_size: int | None = None,
     ignore_index: int = IGNORE_INDEX,
     backend: str = "auto",
+    shift_labels: torch.Tensor | None = None,
     **forward_kwargs: Any,
 ) -> torch.Tensor:
     """Per-token NLL of a causal LM's targets, without materializing its logits.
@@ -222,6 +223,9 @@ def model_token_nll(
             logit budget (:func:`tokenweight.losses.default_chunk_size`).
         ignore_index: label value meaning "no target".
         backend: passed to :func:`tokenweight.losses.token_nll` on the fused head.
+        shift_labels: ``(batch, N)`` targets already aligned with the positions (column
+            ``j`` is the token predicted at position ``j``), as a sequence-parallel rank
+            holds them for its slice; replaces ``labels`` and the result is ``(batch, N)``.
         **forward_kwargs: extra model inputs (``position_ids``, ...); ``use_cache``
             defaults to ``False``.
 
@@ -233,14 +237,16 @@ def model_token_nll(
         TokenWeightError: malformed inputs, a label outside the vocabulary, a model type
             whose output transform is unknown, or a model that cannot skip its logits.
     """
-    _check_call(input_ids, labels, attention_mask, chunk_size, forward_kwargs)
+    _check_call(input_ids, labels, shift_labels, attention_mask, chunk_size, forward_kwargs)
     inner = unwrap_model(model)
     lm_head = _output_head(inner)
     transform = head_transform(inner.config)
     mode = select_head(lm_head, model, head)
     vocab = _vocab_size(lm_head, inner)
-    targets = _targets(input_ids, labels, attention_mask, ignore_index, vocab)
-    hidden = _final_hidden(model, inner, input_ids, attention_mask, forward_kwargs)[:, :-1]
+    targets = _targets(input_ids, labels, shift_labels, attention_mask, ignore_index, vocab)
+    hidden = _final_hidden(model, inner, input_ids, attention_mask, forward_kwargs)
+    if shift_labels is None:  # the last position predicts nothing
+        hidden = hidden[:, :-1]
     if chunk_size is None:
         chunk_size = default_chunk_size(
             vocab, hidden.dtype, softcap=transform.softcap is not None, device=hidden.device
@@ -253,12 +259,13 @@ def model_token_nll(
 def _check_call(
     input_ids: Any,
     labels: Any,
+    shift_labels: Any,
     attention_mask: Any,
     chunk_size: int | None,
     forward_kwargs: dict[str, Any],
 ) -> None:
     """Refuse malformed arguments of :func:`model_token_nll` before any compute."""
-    _check_ids(input_ids, labels, attention_mask)
+    _check_ids(input_ids, labels if shift_labels is None else shift_labels, attention_mask)
     check_chunk_size(chunk_size)
     for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
         if key in forward_kwargs:
@@ -268,15 +275,20 @@ def _check_call(
 def _targets(
     input_ids: torch.Tensor,
     labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     ignore_index: int,
     vocab: int,
 ) -> torch.Tensor:
-    """``(batch, N - 1)`` target ids: ``labels`` (or ``input_ids``) shifted by one, with
-    ``ignore_index`` at masked positions; refuses ids outside ``[0, vocab)``."""
-    targets = (input_ids if labels is None else labels)[:, 1:].long()
-    if attention_mask is not None:
-        targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
+    """Target ids: ``shift_labels`` as given ``(batch, N)``, else ``(batch, N - 1)``
+    ``labels`` (or ``input_ids``) shifted by one with ``ignore_index`` at masked
+    positions; refuses ids outside ``[0, vocab)``."""
+    if shift_labels is not None:
+        targets = shift_labels.long()
+    else:
+        targets = (input_ids if labels is None else labels)[:, 1:].long()
+        if attention_mask is not None:
+            targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
     check_labels(targets, vocab, ignore_index)
     return targets
 

@@ -16,8 +16,11 @@ overrides ``key.sub=value`` are applied last, their values read as YAML scalars
 
 Every unknown key and every bad value is a :class:`TokenWeightError` naming the dotted
 key, e.g. ``train.learning_rate: expected a number, got 'abc'``. Relative paths inside a
-config (data, models, DeepSpeed/FSDP files, output folder) are taken from the current
-directory, except ``inherit`` which is relative to the file that names it.
+config (data, models, output folder) are taken from the current directory. Config
+references — the file itself, ``inherit`` entries (relative to the file that names them),
+``train.deepspeed`` and ``train.fsdp_config`` — are files first and packaged configs
+second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
+:mod:`tokenweight.config_files`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from typing import Any, Literal
 
 import yaml
 
+from tokenweight.config_files import (
+    INHERIT_KEY,
+    LIST_HINT,
+    load_raw_config,
+    merge_configs,
+    resolve_config_paths,
+)
 from tokenweight.errors import TokenWeightError
 from tokenweight.scoring import SCORER_KINDS
 from tokenweight.weighting import Scheme
@@ -69,7 +79,6 @@ SCHEDULERS = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
 )
-INHERIT_KEY = "inherit"
 
 
 # ------------------------------------------------------------------ field checks
@@ -160,7 +169,9 @@ class ScorerConfig:
 
     ``self``: the model being trained, windows without gradient every step. ``model``: a
     frozen model (``model``; default: ``model.source`` at its original RoPE settings),
-    e.g. a smaller one sharing the tokenizer. ``precomputed``: ``short_nll`` stored by
+    e.g. a smaller one sharing the tokenizer. ``reference``: a separate frozen reference
+    model (``model``, required) over the *full* sequence, Rho-1 style (excess loss
+    ``l - s_ref``; ``window`` unused). ``precomputed``: ``short_nll`` stored by
     ``tokenweight score`` (the paper's frozen scorer). ``none``: only for ``uniform``.
     """
 
@@ -183,6 +194,8 @@ class TrainConfig:
     settings of ``fsdp_config`` (a JSON file such as ``configs/fsdp/llama.json``, or a
     mapping); older transformers also take option text such as ``"full_shard auto_wrap"``.
     ``training_arguments`` passes any further ``transformers.TrainingArguments`` field.
+    ``sequence_parallel: N`` splits every sequence over ``N`` processes (DeepSpeed
+    Ulysses, see :mod:`tokenweight.training.sequence_parallel`); needs ``deepspeed``.
     """
 
     output_dir: str = "runs/tokenweight"
@@ -209,6 +222,7 @@ class TrainConfig:
     fsdp: bool | str | None = None
     fsdp_config: str | dict[str, Any] | None = None
     dataloader_num_workers: int = field(default=0, metadata=checked(non_negative))
+    sequence_parallel: int = field(default=1, metadata=checked(positive))
     training_arguments: dict[str, Any] = field(default_factory=dict)
 
 
@@ -276,9 +290,15 @@ class Config:
                 f"scorer.stride: must be smaller than scorer.window ({self.scorer.window}), "
                 f"got {self.scorer.stride}"
             )
-        if self.scorer.model is not None and kind != "model":
+        if self.scorer.model is not None and kind not in ("model", "reference"):
             raise TokenWeightError(
-                f"scorer.model: only used with scorer.kind 'model', but kind is {kind!r}"
+                f"scorer.model: only used with scorer.kind 'model' or 'reference', but kind "
+                f"is {kind!r}"
+            )
+        if self.scorer_kind == "reference" and not self.scorer.model:
+            raise TokenWeightError(
+                "scorer.model: required for the 'reference' scorer (the reference model, e.g. "
+                "one trained on curated data, sharing the tokenizer)"
             )
         if (
             self.model.max_position_embeddings is not None
@@ -291,6 +311,11 @@ class Config:
             )
         if self.train.deepspeed and self.train.fsdp:
             raise TokenWeightError("train.deepspeed and train.fsdp: choose one, not both")
+        if self.train.sequence_parallel > 1 and not self.train.deepspeed:
+            raise TokenWeightError(
+                "train.sequence_parallel: needs DeepSpeed (Ulysses); set train.deepspeed to a "
+                "ZeRO config such as configs/deepspeed/zero3.json"
+            )
         if self.train.bf16 and _is_fp16(self.model.dtype):
             raise TokenWeightError("model.dtype: fp16 weights with train.bf16 do not mix")
 
@@ -434,73 +459,6 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
 
 
 # ------------------------------------------------------------------ files and overrides
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if key != "scheme" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
-    silently keeps the last one)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise TokenWeightError(
-                    f"key {key!r} is given twice (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1}); keep one"
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TokenWeightError(f"config file not found: {path}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except UnicodeDecodeError as exc:
-        raise TokenWeightError(
-            f"{path}: not a UTF-8 text file (byte {exc.start}); give a YAML config"
-        ) from None
-    except TokenWeightError as exc:
-        raise TokenWeightError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise TokenWeightError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise TokenWeightError(f"{path}: the top level must be a mapping of sections")
-    return dict(data)
-
-
-def load_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config with its ``inherit`` chain resolved (not yet validated)."""
-    path = Path(path).resolve()
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise TokenWeightError(f"inherit: circular chain {chain}")
-    data = _read_yaml(path)
-    parents = data.pop(INHERIT_KEY, None)
-    if parents is None:
-        return data
-    if isinstance(parents, str):
-        parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise TokenWeightError(f"{path}: inherit: expected a file name or a list of them")
-    merged: dict[str, Any] = {}
-    for parent in parents:
-        merged = _merge(merged, load_raw_config(path.parent / parent, (*_seen, path)))
-    return _merge(merged, data)
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
     out = copy.deepcopy(dict(data))
@@ -547,9 +505,9 @@ def load_config(
     """
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, load_raw_config(path))
+        data = merge_configs(data, load_raw_config(path))
     data.pop(INHERIT_KEY, None)
-    return Config.from_dict(apply_overrides(data, overrides))
+    return Config.from_dict(resolve_config_paths(apply_overrides(data, overrides)))
 
 
 # ------------------------------------------------------------------ TrainingArguments
@@ -577,9 +535,9 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
                 f"train.training_arguments.{key}: not a field of transformers.TrainingArguments"
             )
     if t.deepspeed is not None and not Path(t.deepspeed).is_file():
-        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}")
+        raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}; {LIST_HINT}")
     if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
-        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}")
+        raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}; {LIST_HINT}")
     checkpointing = (
         "activation_checkpointing"
         if "activation_checkpointing" in names

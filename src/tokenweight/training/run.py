@@ -194,7 +194,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
 
 def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
-    if config.scorer_kind != "model":
+    if config.scorer_kind not in ("model", "reference"):
         return None
     from tokenweight.models import load_tokenizer
 
@@ -220,7 +220,7 @@ def _build_scorer(
     kind = config.scorer_kind
     s = config.scorer
     kwargs: dict[str, Any] = {}
-    if kind == "model":
+    if kind in ("model", "reference"):
         assert frozen is not None
         scorer_model, scorer_tok = frozen
         kwargs = {
@@ -231,6 +231,10 @@ def _build_scorer(
         }
         if s.device is not None:
             kwargs["device"] = s.device
+    if kind == "reference":
+        from tokenweight.reference_scorer import ReferenceScorer
+
+        return ReferenceScorer(kwargs.pop("scorer_model"), **kwargs)
     return build_scorer(
         kind,
         window=s.window,
@@ -312,6 +316,7 @@ def train(
         TokenWeightProgressCallback,
     )
     from tokenweight.training.collator import TokenWeightCollator
+    from tokenweight.training.distributed import refuse_fsdp_on_cpu, start_process_group
     from tokenweight.training.trainer import TokenWeightTrainer
 
     out = Path(config.train.output_dir)
@@ -355,7 +360,16 @@ def train(
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)
+    if config.train.sequence_parallel > 1:
+        from tokenweight.training.sequence_parallel import parallelism_config
+
+        extra.setdefault(
+            "parallelism_config",
+            parallelism_config(config.train.sequence_parallel, config.model.attn_implementation),
+        )
     args = to_training_arguments(config, **extra)
+    refuse_fsdp_on_cpu(args)
+    start_process_group(args)  # before from_pretrained: ZeRO-3 partitions at load time
     transformers.set_seed(args.seed)
 
     model = _load_model(
@@ -384,11 +398,16 @@ def train(
     pad = next(
         (t for t in (manifest.get("pad_token_id"), tokenizer.pad_token_id) if t is not None), 0
     )
+    collator: Any = TokenWeightCollator(pad_token_id=pad)
+    if config.train.sequence_parallel > 1:
+        from tokenweight.training.sequence_parallel import SequenceParallelCollator
+
+        collator = SequenceParallelCollator(collator, config.train.sequence_parallel)
     trainer = TokenWeightTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=TokenWeightCollator(pad_token_id=pad),
+        data_collator=collator,
         processing_class=tokenizer,
         scheme=config.scheme,
         scorer=scorer,

@@ -132,6 +132,8 @@ class TokenWeightTrainer(Trainer):
             # is set and ``num_items_in_batch`` is given (get_batch_samples always counts).
             self.model_accepts_loss_kwargs = True
         self.scorer = scorer
+        config = getattr(self.args, "parallelism_config", None)
+        self.sequence_parallel = int(getattr(config, "sp_size", 1) or 1)  # Ulysses degree
         self.step_stats = StepStats()
         self._micro_step = 0
         self._micro_for_step = -1
@@ -171,13 +173,22 @@ class TokenWeightTrainer(Trainer):
                 break
         if not batches:
             return batches, None
-        count = sum(count_valid_targets(b).to(device) for b in batches)
+        if self.sequence_parallel > 1:
+            from tokenweight.training.sequence_parallel import count_valid_targets as count_slice
+
+            count = sum(count_slice(b).to(device) for b in batches)
+        else:
+            count = sum(count_valid_targets(b).to(device) for b in batches)
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             count = self.accelerator.gather(count.view(1)).sum()
         return batches, count
 
     # ------------------------------------------------------------------ the loss
     def _loss_scale(self, num_items_in_batch: Any) -> int:
+        if self.sequence_parallel > 1:
+            from tokenweight.training.sequence_parallel import gradient_scale
+
+            return gradient_scale(self.accelerator, self.sequence_parallel)
         if (
             num_items_in_batch is not None
             and self.args.average_tokens_across_devices
@@ -191,7 +202,7 @@ class TokenWeightTrainer(Trainer):
             self.args.seed * _SEED_MIX[0]
             + self.state.global_step * _SEED_MIX[1]
             + self._micro_step * _SEED_MIX[2]
-            + self.accelerator.process_index
+            + self.accelerator.process_index // self.sequence_parallel  # data-parallel rank
         )
         return torch.Generator().manual_seed(seed % (2**63))
 
@@ -214,7 +225,10 @@ class TokenWeightTrainer(Trainer):
         if self._micro_for_step != self.state.global_step:
             self._micro_for_step, self._micro_step = self.state.global_step, 0
         self.step_stats.start()
-        parts = token_weighted_loss(
+        loss_fn = token_weighted_loss
+        if self.sequence_parallel > 1:
+            from tokenweight.training.sequence_parallel import sequence_parallel_loss as loss_fn
+        parts = loss_fn(
             model,
             inputs,
             self.scheme,
@@ -285,6 +299,8 @@ class TokenWeightTrainer(Trainer):
     # ------------------------------------------------------------------ logging
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(*args, **kwargs)
+        if self.sequence_parallel > 1:  # log the step's loss, not the scaled slice share
+            loss = loss * (self.accelerator.num_processes / self._loss_scale(None))
         if self._micro_step >= self.current_gradient_accumulation_steps:
             self.step_stats.steps += 1
         return loss

@@ -1,0 +1,31 @@
+"""``tokenweight study CONFIG``: a controlled, paired comparison of weighting schemes."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train every listed scheme with several seeds and report paired differences"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", nargs="?", default=None, help="study YAML (default: the CPU-sized study)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="setting overrides")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and a cost estimate only"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.study import load_study_config, run_study
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path:
+        overrides.insert(0, config_path)
+        config_path = None
+    config = load_study_config(config_path, overrides)
+    report = run_study(config, dry_run=args.dry_run)
+    if report is not None:
+        print(f"study report: {report}")
+    return 0

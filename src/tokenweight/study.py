@@ -1,0 +1,866 @@
+"""A controlled comparison of weighting schemes (``tokenweight study CONFIG``).
+
+From one start model and one dataset, every listed run (a scheme with its scorer, on all
+or on selected data) is trained for the same steps with each seed (the same data order
+per seed), and every trained model is evaluated on the same held-out sequences. The report
+gives *paired* differences against the baseline run (same targets, same seeds) with
+bootstrap intervals (:mod:`tokenweight.paired`), for the NLL by position bucket (inside and
+beyond the original context ``window``), for LongPPL's key tokens (chosen once, by the
+start model as a fixed evaluator) and, on synthetic data, for the targets that depend on
+context at each planted distance.
+
+Steps reuse the pipeline's bookkeeping: each step's folder holds a fingerprint of its
+settings, so a rerun reuses finished steps and continues an interrupted training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenweight.errors import TokenWeightError
+from tokenweight.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tokenweight.pipeline import _fingerprint, _run_name, _stamp, _Steps
+from tokenweight.training.config import (
+    apply_overrides,
+    at_least_two,
+    build_dataclass,
+    checked,
+    load_raw_config,
+    one_of,
+    positive,
+)
+
+__all__ = ["RunSpec", "StudyConfig", "load_study_config", "plan_text", "run_study"]
+
+STUDY_FORMAT = "tokenweight.study"
+RUN_SCORERS = ("none", "self", "frozen", "reference")
+
+
+@dataclass
+class RunSpec:
+    """One arm of the study: ``scheme`` with ``scorer`` (``frozen``: the start model's
+    short-context NLL, scored once ahead; ``self``; ``reference``: ``reference_model``
+    over the full sequence), trained on ``data`` ``all`` or ``selected``."""
+
+    scheme: str = "uniform"
+    scorer: str = "none"
+    data: str = "all"
+    reference_model: str | None = None
+    name: str | None = None
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        text = self.scheme if self.scorer == "none" else f"{self.scheme} ({self.scorer})"
+        return text + (" on selected" if self.data == "selected" else "")
+
+
+@dataclass
+class StudyConfig:
+    """Every setting of a study; defaults are the CPU-sized study on synthetic data."""
+
+    work_dir: str = "runs/study"
+    cache_dir: str | None = None
+    # the start model: a model folder / hub name / 'smollm2', or 'tiny': a small Llama built
+    # here and trained on short-range synthetic data first (``tiny``, ``pretrain``)
+    model: str = "tiny"
+    tiny: dict[str, Any] = field(
+        default_factory=lambda: {"layers": 2, "hidden": 128, "heads": 4, "words": 256}
+    )
+    pretrain: dict[str, Any] = field(
+        default_factory=lambda: {
+            "steps": 600,
+            "batch": 16,
+            "distances": [8, 32, 96],
+            "copies": 1,
+            "span": 8,
+            "learning_rate": 3e-3,
+            "seed": 0,
+        }
+    )
+    # data: a prepared (or scored) folder, or None for synthetic data (``synth``)
+    data: str | None = None
+    eval_data: str | None = None
+    synth: dict[str, Any] = field(
+        default_factory=lambda: {
+            "seq_len": 512,
+            "sequences": 32,
+            "distances": [48, 200, 400],
+            "span": 8,
+            "copies": 3,
+            "words": 256,
+            "branching": 4,
+            "seed": 0,
+        }
+    )
+    eval_sequences: int = field(default=8, metadata=checked(positive))
+    # the original context: scorer window, LongPPL window, inside/beyond buckets
+    window: int = field(default=128, metadata=checked(at_least_two))
+    stride: int | None = None
+    rope_theta: float | None = None
+    max_position_embeddings: int | None = None
+    runs: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"scheme": "uniform"}, {"scheme": "dense:0.75", "scorer": "self"}]
+    )
+    baseline: int = 0  # index into runs
+    select_top: float = 0.5  # for runs on ``selected`` data: top fraction by key share
+    select_by: str = field(default="key_share", metadata=one_of("key_share", "mean_gain"))
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    max_steps: int = field(default=8, metadata=checked(positive))
+    micro_batch_size: int = field(default=1, metadata=checked(positive))
+    gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
+    learning_rate: float = field(default=1e-4, metadata=checked(positive))
+    warmup_steps: int = 0
+    dtype: str = "fp32"
+    bf16: bool = False
+    attn_implementation: str | None = "sdpa"
+    gradient_checkpointing: bool = False
+    device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
+    bootstrap_samples: int = field(default=2000, metadata=checked(positive))
+    confidence: float = 0.95
+    flops_per_second: float = 2e10  # for --dry-run's time estimate only
+
+    def validate(self) -> None:
+        from tokenweight.weighting import Scheme
+
+        if not self.runs:
+            raise TokenWeightError("runs: list at least the baseline, e.g. [{scheme: uniform}]")
+        if not self.seeds:
+            raise TokenWeightError("seeds: give at least one seed")
+        if not 0 <= self.baseline < len(self.runs):
+            raise TokenWeightError(f"baseline: {self.baseline} is not an index into runs")
+        labels = [r.label() for r in self.run_specs]
+        if len(set(labels)) != len(labels):
+            raise TokenWeightError(f"runs: two runs share a label ({labels}); give them names")
+        for i, r in enumerate(self.run_specs):
+            try:
+                scheme = Scheme.parse(r.scheme)
+            except TokenWeightError as exc:
+                raise TokenWeightError(f"runs[{i}].scheme: {exc}") from None
+            if r.scorer not in RUN_SCORERS:
+                raise TokenWeightError(
+                    f"runs[{i}].scorer: {r.scorer!r}; allowed: {', '.join(RUN_SCORERS)}"
+                )
+            if (r.scorer == "none") != scheme.is_uniform:
+                raise TokenWeightError(
+                    f"runs[{i}]: scheme {r.scheme} needs scorer "
+                    + ("'none'" if scheme.is_uniform else "self, frozen or reference")
+                )
+            if r.scorer == "reference" and not r.reference_model:
+                raise TokenWeightError(f"runs[{i}]: the reference scorer needs reference_model")
+            if r.data not in ("all", "selected"):
+                raise TokenWeightError(f"runs[{i}].data: all or selected, got {r.data!r}")
+        if self.data is not None and self.eval_data is None:
+            raise TokenWeightError("eval_data: give held-out prepared data beside data")
+        if not 0 < self.confidence < 1:
+            raise TokenWeightError(f"confidence: must be in (0, 1), got {self.confidence}")
+
+    @property
+    def run_specs(self) -> list[RunSpec]:
+        out = []
+        for i, r in enumerate(self.runs):
+            if not isinstance(r, dict):
+                raise TokenWeightError(f"runs[{i}]: a mapping like {{scheme: dense:0.75}}")
+            try:
+                out.append(RunSpec(**r))
+            except TypeError as exc:
+                raise TokenWeightError(f"runs[{i}]: {exc}") from None
+        return out
+
+
+def load_study_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Defaults, then a YAML file, then ``key=value`` overrides; validated."""
+    data: dict[str, Any] = load_raw_config(path) if path is not None else {}
+    config = build_dataclass(StudyConfig, apply_overrides(data, overrides))
+    config.validate()
+    return config
+
+
+# ------------------------------------------------------------------ planning
+def _seq_len(config: StudyConfig) -> int:
+    if config.data is None:
+        return int(config.synth.get("seq_len", 512))
+    path = Path(config.data) / "manifest.json"
+    if not path.is_file():
+        raise TokenWeightError(f"data: {config.data} is not a prepared or scored dataset")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return int(manifest["seq_len"] if "seq_len" in manifest else manifest["prepared"]["seq_len"])
+
+
+def _param_count(model_dir: Path | str) -> int | None:
+    try:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(str(model_dir))
+        h, layers, v = c.hidden_size, c.num_hidden_layers, c.vocab_size
+        inter = getattr(c, "intermediate_size", 4 * h)
+        return int(layers * (4 * h * h + 3 * h * inter) + v * h)
+    except Exception:  # a dry run never fails on an estimate
+        return None
+
+
+def plan_text(config: StudyConfig, params: int | None = None) -> str:
+    """The plan and a cost estimate (``--dry-run``)."""
+    n = _seq_len(config)
+    specs = config.run_specs
+    tokens = config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * n
+    lines = [
+        f"study in {config.work_dir}: {len(specs)} runs x {len(config.seeds)} seeds "
+        f"({', '.join(map(str, config.seeds))}) = {len(specs) * len(config.seeds)} trainings",
+        f"  model {config.model}; original context {config.window} tokens; sequences of {n} "
+        f"tokens ({n / config.window:g}x)"
+        + (f"; RoPE theta {config.rope_theta:g}" if config.rope_theta else ""),
+        "  data: "
+        + (
+            f"{config.data} (held out: {config.eval_data})"
+            if config.data
+            else f"synthetic {config.synth}"
+        ),
+        f"  each training: {config.max_steps} steps x {config.micro_batch_size * config.gradient_accumulation_steps} "
+        f"sequences = {tokens:,} tokens",
+    ]
+    if config.model == "tiny":
+        p = config.pretrain
+        lines.append(
+            f"  start model: a tiny Llama {config.tiny}, pretrained {p['steps']} steps x "
+            f"{p['batch']} synthetic sequences of {config.window} tokens (copies at "
+            f"{p['distances']})"
+        )
+    total_fwd = 0.0
+    for i, r in enumerate(specs):
+        extra = 1 / 3 if r.scorer in ("self", "reference") else 0.0  # a forward without grad
+        total_fwd += (1 + extra) * len(config.seeds)
+        tag = " (baseline)" if i == config.baseline else ""
+        lines.append(f"  run {i}: {r.label()}{tag}")
+    needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
+    if needs_scores:
+        lines.append(f"  scoring: the start model, window {config.window}, with long NLL")
+    if any(r.data == "selected" for r in specs):
+        lines.append(f"  selection: top {config.select_top:.0%} of documents by {config.select_by}")
+    models = len(specs) * len(config.seeds) + 1
+    lines.append(
+        f"  evaluation: {models} models x {config.eval_sequences} held-out sequences; "
+        f"start model also at windows of {config.window} (LongPPL key tokens)"
+    )
+    if params:
+        flops = 6 * params * tokens * total_fwd + 2 * params * n * config.eval_sequences * (
+            models + 2
+        )
+        if config.model == "tiny":
+            p = config.pretrain
+            flops += 6 * params * p["steps"] * p["batch"] * config.window
+        secs = flops / config.flops_per_second
+        lines.append(
+            f"  cost: ~{flops:.2e} FLOPs ({params / 1e6:.1f}M parameters); at "
+            f"{config.flops_per_second:.1e} FLOP/s about {secs / 60:.0f} min (model loading "
+            "and scoring not included)"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the study
+def _train_config(
+    config: StudyConfig,
+    spec: RunSpec,
+    seed: int,
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    device: str,
+    *,
+    pretrain: bool = False,
+) -> Any:
+    from tokenweight.training.config import Config
+
+    p = config.pretrain
+
+    kind = {"none": "none", "self": "self", "frozen": "precomputed", "reference": "reference"}[
+        spec.scorer
+    ]
+    return Config.from_dict(
+        {
+            "model": {
+                "source": str(model_dir),
+                "dtype": config.dtype,
+                "attn_implementation": config.attn_implementation,
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "rope_theta": None if pretrain else config.rope_theta,
+                "max_position_embeddings": None if pretrain else config.max_position_embeddings,
+            },
+            "data": {"path": str(data)},
+            "scheme": spec.scheme,
+            "scorer": {
+                "kind": kind,
+                "window": config.window if kind == "self" else None,
+                "stride": config.stride if kind == "self" else None,
+                "model": spec.reference_model if kind == "reference" else None,
+            },
+            "train": {
+                "output_dir": str(out),
+                "learning_rate": p["learning_rate"] if pretrain else config.learning_rate,
+                "scheduler": "cosine" if pretrain else "constant_with_warmup",
+                "warmup_steps": max(1, p["steps"] // 20) if pretrain else config.warmup_steps,
+                "max_steps": p["steps"] if pretrain else config.max_steps,
+                "micro_batch_size": p["batch"] if pretrain else config.micro_batch_size,
+                "gradient_accumulation_steps": 1
+                if pretrain
+                else config.gradient_accumulation_steps,
+                "seed": seed,
+                "save_steps": p["steps"] if pretrain else config.max_steps,
+                "save_total_limit": 1,
+                "logging_steps": 1,
+                "bf16": config.bf16,
+                "use_cpu": device == "cpu",
+                "training_arguments": {"disable_tqdm": True},
+            },
+        }
+    )
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_array(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def run_study(
+    config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
+) -> Path | None:
+    """Run (or with ``dry_run`` only print the plan of) the study; returns ``study.md``."""
+    from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
+
+    config.validate()
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    work = Path(config.work_dir)
+    tiny = config.model == "tiny"
+    model_dir = (
+        work / "start" / "model" if tiny else Path(str(ensure_local_model(config.model, cache)))
+    )
+    if dry_run:
+        log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+        return None
+    log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+    work.mkdir(parents=True, exist_ok=True)
+    device = str(resolve_device(config.device))
+    specs = config.run_specs
+    needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
+    needs_select = any(r.data == "selected" for r in specs)
+    total = 2 + tiny + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
+    steps = _Steps(total=total, log=log)
+    t_start = time.perf_counter()
+    if tiny:
+        _pretrain_tiny(config, work / "start", model_dir, device, steps)
+
+    # 1. data ------------------------------------------------------------------------
+    if config.data is None:
+        train_data, eval_data = work / "data" / "train", work / "data" / "heldout"
+
+        def do_synth() -> str:
+            from tokenweight.synth import SynthConfig, write_synth
+
+            sc = SynthConfig(**config.synth)
+            write_synth(sc, model_dir, train_data, overwrite=True)
+            held = dataclasses.replace(sc, sequences=config.eval_sequences, seed=sc.seed + 1000)
+            write_synth(held, model_dir, eval_data, overwrite=True)
+            return f"{sc.sequences} training and {held.sequences} held-out synthetic sequences"
+
+        steps.run(
+            "synthetic data",
+            work / "data",
+            {"synth": config.synth, "model": str(model_dir), "n": config.eval_sequences},
+            do_synth,
+        )
+    else:
+        train_data, eval_data = Path(config.data), Path(config.eval_data or "")
+        steps.index += 1
+        log(f"[{steps.index}/{steps.total}] data {train_data}, held out {eval_data}")
+    data_fp = _fingerprint(_stamp(work / "data")) if config.data is None else str(train_data)
+
+    # 2. frozen scores (short and long) of the training data --------------------------
+    scored = work / "scored"
+    if needs_scores:
+
+        def do_score() -> str:
+            from tokenweight.data import score_dataset
+
+            r = score_dataset(
+                train_data,
+                scored,
+                scorer=str(model_dir),
+                window=config.window,
+                stride=config.stride,
+                batch_size=1,
+                device=device,
+                with_long=True,
+                progress=False,
+            )
+            return f"{r.rows} sequences scored"
+
+        steps.run(
+            "score the training data (start model, short and long)",
+            scored,
+            {
+                "data": data_fp,
+                "window": config.window,
+                "stride": config.stride,
+                "model": str(model_dir),
+            },
+            do_score,
+            resumable=True,
+        )
+
+    # 3. selection --------------------------------------------------------------------
+    selected = work / "selected"
+    if needs_select:
+
+        def do_select() -> str:
+            from tokenweight.selection import select_dataset
+
+            r = select_dataset(
+                scored,
+                train_data,
+                selected,
+                by=config.select_by,
+                level="document",
+                top=config.select_top,
+                overwrite=True,
+            )
+            return f"{r.summary['sequences_kept']} of {r.summary['sequences']} sequences kept"
+
+        steps.run(
+            "select long-range data",
+            selected,
+            {
+                "scored": _fingerprint(_stamp(scored)),
+                "top": config.select_top,
+                "by": config.select_by,
+            },
+            do_select,
+        )
+
+    # 4. train every run with every seed -------------------------------------------------
+    runs: dict[tuple[int, int], Path] = {}
+    for i, spec in enumerate(specs):
+        for seed in config.seeds:
+            out = (
+                work
+                / "runs"
+                / f"{i:02d}-{_run_name(spec.label()).replace(' ', '_')}"
+                / f"seed{seed}"
+            )
+            runs[(i, seed)] = out
+            data = (
+                selected
+                if spec.data == "selected"
+                else (scored if spec.scorer == "frozen" else train_data)
+            )
+            tc = _train_config(config, spec, seed, model_dir, data, out, device)
+
+            def do_train(tc=tc) -> str:
+                from tokenweight.training.run import find_last_checkpoint, train
+
+                result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
+                loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
+                return f"{result.global_step} steps, mean training loss {loss}"
+
+            settings = {**tc.to_dict(), "data_fp": data_fp}
+            steps.run(f"train {spec.label()} seed {seed}", out, settings, do_train, resumable=True)
+
+    # 5. evaluate: per-target NLL of every model on the same held-out sequences -----------
+    eval_dir = work / "eval"
+    models = {"start": model_dir} | {f"{i}-{s}": p for (i, s), p in runs.items()}
+    eval_settings = {
+        "models": {
+            k: (str(p) if k == "start" else _fingerprint(_stamp(p))) for k, p in models.items()
+        },
+        "data": str(eval_data),
+        "data_fp": data_fp,
+        "n": config.eval_sequences,
+        "window": config.window,
+        "rope": [config.rope_theta, config.max_position_embeddings],
+    }
+
+    def do_eval() -> str:
+        _evaluate(config, models, eval_data, eval_dir, device, log)
+        return f"{len(models)} models on {config.eval_sequences} held-out sequences"
+
+    steps.run("evaluate every model on the held-out sequences", eval_dir, eval_settings, do_eval)
+
+    # 6. report ------------------------------------------------------------------------
+    steps.index += 1
+    log(f"[{steps.index}/{steps.total}] report ...")
+    results = study_results(config, eval_dir, eval_data)
+    results["seconds"] = time.perf_counter() - t_start
+    results["step_seconds"] = sum(r.seconds for r in steps.records)  # cached steps included
+    results["steps"] = [dataclasses.asdict(r) for r in steps.records]
+    report = write_study_report(results, work)
+    log(f"[{steps.index}/{steps.total}] report: {report}")
+    return report
+
+
+def _tiny_params(config: StudyConfig) -> int:
+    t = config.tiny
+    h, layers, v = int(t["hidden"]), int(t["layers"]), int(t["words"]) + 4
+    return layers * 12 * h * h + v * h
+
+
+def _pretrain_tiny(
+    config: StudyConfig, folder: Path, model_dir: Path, device: str, steps: _Steps
+) -> None:
+    """Build a small Llama over a synthetic word vocabulary and train it on short-range
+    synthetic data (sequences of ``window`` tokens, copies at ``pretrain.distances``)."""
+    t, p = config.tiny, config.pretrain
+    init, data = folder / "init", folder / "data"
+
+    def do_build() -> str:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from tokenweight.synth import SynthConfig, build_word_tokenizer, write_synth
+
+        build_word_tokenizer(init, int(t["words"]))
+        import torch
+
+        torch.manual_seed(int(p.get("seed", 0)))
+        h = int(t["hidden"])
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=int(t["words"]) + 4,
+                hidden_size=h,
+                intermediate_size=4 * h,
+                num_hidden_layers=int(t["layers"]),
+                num_attention_heads=int(t["heads"]),
+                num_key_value_heads=int(t["heads"]),
+                max_position_embeddings=config.window,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=3,
+                tie_word_embeddings=True,
+            )
+        )
+        model.save_pretrained(init)
+        sc = SynthConfig(
+            seq_len=config.window,
+            sequences=int(p["steps"]) * int(p["batch"]),
+            distances=list(p["distances"]),
+            span=int(p["span"]),
+            copies=int(p["copies"]),
+            words=int(t["words"]),
+            branching=int(config.synth.get("branching", 4)),
+            seed=int(p.get("seed", 0)) + 2000,
+        )
+        write_synth(sc, init, data, overwrite=True)
+        tc = _train_config(
+            config, RunSpec(), int(p.get("seed", 0)), init, data, model_dir, device, pretrain=True
+        )
+        from tokenweight.training.run import train
+
+        result = train(tc)
+        return (
+            f"{sum(x.numel() for x in model.parameters()) / 1e6:.2f}M parameters, "
+            f"{result.global_step} steps on {config.window}-token synthetic sequences, "
+            f"final mean loss {result.train_loss:.3f}"
+        )
+
+    steps.run(
+        "build and pretrain the tiny start model (short-range synthetic data)",
+        folder,
+        {
+            "tiny": t,
+            "pretrain": p,
+            "window": config.window,
+            "branching": config.synth.get("branching", 4),
+        },
+        do_build,
+    )
+
+
+def _evaluate(
+    config: StudyConfig,
+    models: dict[str, Path],
+    eval_data: Path,
+    out: Path,
+    device: str,
+    log: Callable[[str], None],
+) -> None:
+    """``out/<key>.npy``: ``(S, N - 1)`` long-context NLL of every model; the start model's
+    short-context NLL too (``start-short.npy``), for LongPPL's key tokens."""
+    import torch
+
+    from tokenweight.evaluation.perplexity import long_context_nll, short_context_nll_of
+    from tokenweight.evaluation.sequences import load_eval_sequences
+    from tokenweight.models import load_model, load_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(models["start"])
+    seqs = load_eval_sequences(str(eval_data), tok, seq_len=0, max_sequences=config.eval_sequences)
+    _save_array(out / "target_mask.npy", seqs.target_mask.numpy())
+    rope = {
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_position_embeddings,
+    }
+    for k, (key, path) in enumerate(models.items()):
+        t0 = time.perf_counter()
+        # the start model at its own settings; trained checkpoints carry the extended RoPE
+        model = load_model(
+            path, dtype=config.dtype, device=device, attn_implementation=config.attn_implementation
+        )
+        long = long_context_nll(model, seqs)
+        _save_array(out / f"{key}.npy", long.numpy())
+        if key == "start":
+            stride = config.stride or max(1, config.window // 4)
+            short = short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
+            _save_array(out / "start-short.npy", short.numpy())
+            if any(rope.values()):  # the start model with the extended RoPE, untrained
+                ext = load_model(
+                    path,
+                    dtype=config.dtype,
+                    device=device,
+                    attn_implementation=config.attn_implementation,
+                    **rope,
+                )
+                _save_array(out / "start-extended.npy", long_context_nll(ext, seqs).numpy())
+                del ext
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        log(f"    evaluated {key} ({k + 1}/{len(models)}) in {time.perf_counter() - t0:.0f} s")
+
+
+def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, np.ndarray]:
+    """Named ``(S, N - 1)`` bool masks of the targets each metric pools."""
+    from tokenweight.selection import KEY_GAIN, KEY_LONG
+
+    valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
+    s, n1 = valid.shape
+    t = np.arange(1, n1 + 1)[None, :]
+    w = config.window
+    masks = {
+        "all targets": valid,
+        f"inside [0, {w})": valid & (t < w),
+        f"beyond [{w}, {n1 + 1})": valid & (t >= w),
+    }
+    for b in range(0, n1 + 1, w):
+        if b + w <= n1 + 1 and n1 + 1 > 2 * w:
+            masks[f"bucket [{b}, {b + w})"] = valid & (t >= b) & (t < b + w)
+    long = _load_array(eval_dir / "start.npy")
+    short = _load_array(eval_dir / "start-short.npy")
+    masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
+    try:
+        from tokenweight.synth import dependency_map, read_dependencies
+
+        record = read_dependencies(eval_data)
+        dep = dependency_map(record["copies"], s, n1 + 1)[:s]
+        for d in sorted(set(np.unique(dep).tolist()) - {0}):
+            masks[f"copied at distance {d}"] = valid & (dep == d)
+        masks["not copied"] = valid & (dep == 0)
+    except TokenWeightError:
+        pass
+    return masks
+
+
+def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, Any]:
+    """Paired differences of every run against the baseline for every metric."""
+    from tokenweight.paired import paired_difference
+
+    specs = config.run_specs
+    masks = _metric_masks(config, eval_dir, eval_data)
+    nll = {
+        (i, s): _load_array(eval_dir / f"{i}-{s}.npy")
+        for i in range(len(specs))
+        for s in config.seeds
+    }
+    start = _load_array(eval_dir / "start.npy")
+    short = _load_array(eval_dir / "start-short.npy")
+    valid = masks["all targets"]
+    w = config.window
+    beyond = valid & (np.arange(1, valid.shape[1] + 1)[None, :] >= w)
+    check = {
+        "start_nll_inside": float(start[valid & ~beyond].mean()),
+        "start_nll_beyond": float(start[beyond].mean()) if beyond.any() else None,
+        "start_short_nll_beyond": float(short[beyond].mean()) if beyond.any() else None,
+        "start_gain_beyond": float((short - start)[beyond].mean()) if beyond.any() else None,
+        "key_share": float(masks["LongPPL key tokens"].sum() / max(valid.sum(), 1)),
+        "start_by_metric": {
+            k: float(start[m].mean()) if m.any() else None for k, m in masks.items()
+        },
+    }
+    if (eval_dir / "start-extended.npy").is_file():
+        ext = _load_array(eval_dir / "start-extended.npy")
+        check["start_extended_by_metric"] = {
+            k: float(ext[m].mean()) if m.any() else None for k, m in masks.items()
+        }
+    table = []
+    for metric, m in masks.items():
+        counts = m.sum(axis=1)
+        sums = {key: np.where(m, a.astype(np.float64), 0.0).sum(axis=1) for key, a in nll.items()}
+        base = np.stack([sums[(config.baseline, s)] for s in config.seeds])
+        for i, spec in enumerate(specs):
+            if i == config.baseline:
+                continue
+            run = np.stack([sums[(i, s)] for s in config.seeds])
+            d = paired_difference(
+                run,
+                base,
+                counts,
+                samples=config.bootstrap_samples,
+                confidence=config.confidence,
+                seed=0,
+            )
+            row = d.to_dict()
+            row["run_nll"] = row.pop("run")
+            table.append({"metric": metric, "run": spec.label(), **row})
+    return {
+        "format": STUDY_FORMAT,
+        "config": dataclasses.asdict(config),
+        "baseline": specs[config.baseline].label(),
+        "runs": [r.label() for r in specs],
+        "seeds": list(config.seeds),
+        "held_out_sequences": int(valid.shape[0]),
+        "context_check": check,
+        "metrics": list(masks),
+        "differences": table,
+    }
+
+
+def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def write_study_report(results: dict[str, Any], work: Path) -> Path:
+    """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown."""
+    from tokenweight.evaluation.report import markdown_table
+
+    atomic_write_json(work / "study.json", results)
+    c = results["context_check"]
+    conf = results["config"]["confidence"]
+    lines = [
+        "# Study",
+        "",
+        f"Baseline: **{results['baseline']}**. Seeds {results['seeds']}, "
+        f"{results['held_out_sequences']} held-out sequences; original context "
+        f"{results['config']['window']} tokens. Differences are run minus baseline in mean NLL "
+        f"(nats; negative = better), paired over the same targets and seeds, with "
+        f"{conf:.0%} bootstrap intervals over seeds and held-out sequences.",
+        "",
+        "## Does the start model use its context?",
+        "",
+        f"Start model, held-out targets beyond the original context: NLL "
+        f"{_fmt(c['start_nll_beyond'])} with the whole sequence vs {_fmt(c['start_short_nll_beyond'])} "
+        f"from windows of the original context (gain {_fmt(c['start_gain_beyond'])} nats); "
+        f"LongPPL key tokens: {c['key_share']:.2%} of targets.",
+        "",
+    ]
+    lines += markdown_table(
+        ["targets", "start model NLL"]
+        + (["start, extended RoPE, untrained"] if "start_extended_by_metric" in c else []),
+        [
+            [k, _fmt(v)]
+            + ([_fmt(c["start_extended_by_metric"][k])] if "start_extended_by_metric" in c else [])
+            for k, v in c["start_by_metric"].items()
+        ],
+    )
+    lines += ["", "## Paired differences against the baseline", ""]
+    rows = [
+        [
+            d["metric"],
+            d["run"],
+            f"{d['targets']:,}",
+            _fmt(d["baseline"]),
+            _fmt(d["diff"], sign=True),
+            f"[{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}]",
+            d["verdict"],
+        ]
+        for d in results["differences"]
+    ]
+    lines += markdown_table(
+        [
+            "targets",
+            "run",
+            "count",
+            "baseline NLL",
+            "difference",
+            f"{conf:.0%} interval",
+            "verdict",
+        ],
+        rows,
+    )
+    lines += ["", "## In words", ""]
+    diffs = [d for d in results["differences"] if d["targets"]]
+    for run in results["runs"]:
+        mine = [d for d in diffs if d["run"] == run]
+        if not mine:
+            continue
+        worse = [d["metric"] for d in mine if d["verdict"].startswith("worse")]
+        better = [d["metric"] for d in mine if d["verdict"].startswith("better")]
+        head = mine[0]
+        lines.append(
+            f"- **{run}**: {head['metric']} {_fmt(head['diff'], sign=True)} nats "
+            f"[{_fmt(head['low'], sign=True)}, {_fmt(head['high'], sign=True)}], "
+            f"{head['verdict']}; over all {len(mine)} metrics: better on {len(better)}"
+            + (f" ({', '.join(better)})" if better else "")
+            + f", worse on {len(worse)}, inside the noise on {len(mine) - len(better) - len(worse)}."
+        )
+    if all(d["inside_noise"] for d in diffs):
+        lines.append(
+            "- Every difference is inside the noise: no run is distinguishable from the "
+            "baseline at this size (steps, seeds, held-out sequences)."
+        )
+    lines += ["", "![differences by position bucket](study.png)", ""]
+    if "seconds" in results:
+        lines.append(
+            f"Time of all steps (when they ran): {results.get('step_seconds', 0) / 60:.1f} min; "
+            f"this invocation: {results['seconds'] / 60:.1f} min."
+        )
+    path = atomic_write_text(work / "study.md", "\n".join(lines) + "\n")
+    _plot(results, work / "study.png")
+    return path
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from tokenweight.evaluation.plots import save_png
+
+    diffs = [
+        d
+        for d in results["differences"]
+        if d["metric"].startswith(("bucket", "inside", "beyond", "copied", "LongPPL"))
+    ]
+    metrics = list(dict.fromkeys(d["metric"] for d in diffs))
+    runs = [r for r in results["runs"] if r != results["baseline"]]
+    fig = Figure(figsize=(max(6, 1.1 * len(metrics) + 2), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(runs), 1)
+    for j, run in enumerate(runs):
+        xs, ys, lo, hi = [], [], [], []
+        for k, m in enumerate(metrics):
+            d = next((x for x in diffs if x["run"] == run and x["metric"] == m), None)
+            if d is None or not d["targets"]:
+                continue
+            xs.append(k - 0.4 + width * (j + 0.5))
+            ys.append(d["diff"])
+            lo.append(d["diff"] - d["low"])
+            hi.append(d["high"] - d["diff"])
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=2, label=run, markersize=3)
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"NLL difference vs {results['baseline']} (nats)")
+    ax.legend(fontsize=6, ncol=2)
+    save_png(fig, path)

@@ -1,0 +1,104 @@
+"""Process-group set-up for multi-process training (DDP, DeepSpeed, FSDP2) on any device.
+
+:func:`start_process_group` runs in :func:`tokenweight.training.run.train` right after the
+``TrainingArguments`` exist and before any model is loaded: DeepSpeed ZeRO-3 partitions
+weights inside ``from_pretrained`` and reads the world size then, so the process group
+must already be up (otherwise every process believes it is alone and DeepSpeed's batch
+check fails with ``train_batch_size ... != ... * 1``).
+
+On a machine without GPUs (CPU processes talking over gloo):
+
+* DeepSpeed uses its CPU accelerator and the gloo process group (its comm layer is
+  started explicitly: accelerate's CPU route does not), and its optional shared-memory collective kernel
+  (a C++ extension compiled on first use, minutes) is switched off: plain gloo
+  collectives give the same results.
+* FSDP is refused (:func:`refuse_fsdp_on_cpu`): accelerate would silently run DDP.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from tokenweight.errors import TokenWeightError
+
+__all__ = [
+    "end_process_group",
+    "is_distributed_launch",
+    "refuse_fsdp_on_cpu",
+    "start_process_group",
+]
+
+_SHM_OP = "deepspeed_shm_comm"
+_END_REGISTERED = False
+
+
+def end_process_group() -> None:
+    """All processes meet, then the process group closes (registered to run at exit:
+    a DeepSpeed sequence-parallel run could otherwise abort while shutting down)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_distributed_launch() -> bool:
+    """True inside a ``torchrun`` / ``accelerate launch`` process of a multi-process job."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _accelerator_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def _deepspeed_on_cpu() -> None:
+    """DeepSpeed's CPU accelerator with plain gloo collectives (no C++ build at start)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed.ops
+    except ImportError:
+        return  # the Trainer reports the missing package itself
+    compatible = deepspeed.ops.__compatible_ops__
+    if isinstance(compatible, dict):
+        compatible[_SHM_OP] = False
+
+
+def start_process_group(args: Any) -> None:
+    """Bring up the process group ``args`` (``TrainingArguments``) describes, now.
+
+    Reading ``args.device`` makes accelerate initialize ``torch.distributed`` (gloo on the
+    CPU, NCCL on GPUs) under a distributed launcher; one process does nothing.
+    """
+    deepspeed_on_cpu = bool(getattr(args, "deepspeed", None)) and not _accelerator_present()
+    if deepspeed_on_cpu:
+        _deepspeed_on_cpu()
+    _ = args.device
+    if is_distributed_launch() and not _END_REGISTERED:
+        atexit.register(end_process_group)
+        globals()["_END_REGISTERED"] = True
+    if deepspeed_on_cpu and is_distributed_launch():
+        # accelerate's CPU route starts torch.distributed but not DeepSpeed's comm layer,
+        # whose world size ZeRO-3's load-time partitioning and batch check read
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
+def refuse_fsdp_on_cpu(args: Any) -> None:
+    """FSDP needs GPUs: refuse a multi-process FSDP run without them.
+
+    accelerate turns its FSDP plugin on only for GPU-type process groups; on CPU processes
+    (gloo) the Trainer would silently train with plain DDP instead. Forcing accelerate's
+    state to a GPU type does shard the model, but the loss path then crashes in the
+    backward pass (tried with torch 2.13 CPU and accelerate 1.15), so there is no CPU FSDP.
+    """
+    if getattr(args, "fsdp", None) and is_distributed_launch() and not _accelerator_present():
+        raise TokenWeightError(
+            "train.fsdp: FSDP runs on GPUs only (accelerate does not shard over CPU "
+            "processes and would silently fall back to DDP); on CPU use DeepSpeed "
+            "(train.deepspeed=configs/deepspeed/zero3.json) or plain DDP (train.fsdp=false)"
+        )

@@ -1,0 +1,85 @@
+"""Rho-1-style reference scoring: the reference model's full-sequence NLL, the excess-loss
+weighted loss and its gradients against an independent computation, and a training run
+configured with ``scorer.kind: reference``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_train_support import full_logits_nll, prepare, save_tiny_model, tiny_llama
+from tokenweight.errors import TokenWeightError
+from tokenweight.reference_scorer import ReferenceScorer
+from tokenweight.training.config import load_config
+from tokenweight.training.loss import token_weighted_loss
+from tokenweight.training.run import train
+
+
+def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
+    ref = tiny_llama(seed=5).eval()
+    ids = torch.randint(4, 60, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    scorer = ReferenceScorer(ref)
+    got = scorer({"input_ids": ids, "attention_mask": mask}, torch.zeros(3, 19))
+    with torch.no_grad():
+        expected = full_logits_nll(ref, ids, mask)
+    valid = mask[:, 1:].bool()
+    torch.testing.assert_close(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    other = tiny_llama(seed=6)
+    other.config.bos_token_id = 7
+    with pytest.raises(TokenWeightError):
+        ReferenceScorer(other, reference=ref)
+
+
+def test_excess_loss_weighting_matches_an_independent_computation():
+    torch.manual_seed(0)
+    model, ref = tiny_llama(seed=1), tiny_llama(seed=2)
+    ids = torch.randint(4, 60, (2, 24))
+    parts = token_weighted_loss(model, {"input_ids": ids}, "rho1:0.25", ReferenceScorer(ref))
+    parts.loss.backward()
+    got_grad = model.lm_head.weight.grad.clone()
+
+    twin = tiny_llama(seed=1)
+    long = full_logits_nll(twin, ids)
+    with torch.no_grad():
+        s_ref = full_logits_nll(ref.eval(), ids)
+    excess = long.detach() - s_ref
+    n = excess.shape[1]
+    k = int(0.25 * n)  # floor: the top 25% of the 23 targets of each row
+    top = torch.zeros_like(excess)
+    top.scatter_(1, excess.topk(k, dim=1).indices, 1.0)
+    w = top * n / k  # L1-normalized: the weights average 1 over the row
+    loss = (w * long).sum() / long.numel()
+    loss.backward()
+    torch.testing.assert_close(parts.loss, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts.weights, w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, twin.lm_head.weight.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_training_with_a_reference_scorer_config(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model", seed=0)
+    ref_dir = save_tiny_model(tmp_path / "ref", seed=3)
+    prepared = prepare(tmp_path, model_dir, 32, docs=4, words=120)
+    base = {
+        "model": {"source": str(model_dir)},
+        "data": {"path": str(prepared), "seq_len": 32},
+        "scheme": "rho1:0.5",
+        "scorer": {"kind": "reference", "model": str(ref_dir)},
+        "train": {
+            "output_dir": str(tmp_path / "out"),
+            "learning_rate": 1e-3,
+            "max_steps": 2,
+            "micro_batch_size": 2,
+            "save_steps": 100,
+            "training_arguments": {"disable_tqdm": True},
+        },
+    }
+    result = train(load_config(base=base))
+    assert result.global_step == 2 and result.train_loss == result.train_loss
+    saved = json.dumps(json.loads((tmp_path / "out" / "train_summary.json").read_text()))
+    assert "reference" in saved
+    with pytest.raises(TokenWeightError, match="required for the 'reference' scorer"):
+        load_config(base={**base, "scorer": {"kind": "reference"}})

@@ -1,0 +1,123 @@
+"""`tokenweight synth`: the side record points at exactly the copied tokens at the stated
+distance, the filler follows its grammar, and the output is a usable prepared dataset."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+
+from helpers_data import build_tokenizer
+from tokenweight.cli import main
+from tokenweight.data import read_manifest
+from tokenweight.errors import TokenWeightError
+from tokenweight.synth import SynthConfig, dependency_map, generate, nll_by_distance
+
+
+def test_side_record_points_at_the_copies_and_nothing_else_breaks_the_grammar():
+    cfg = SynthConfig(
+        seq_len=200,
+        sequences=6,
+        distances=[10, 40, 90],
+        span=5,
+        copies=3,
+        words=30,
+        branching=3,
+        seed=7,
+    )
+    words = np.arange(100, 130)
+    ids, succ, copies = generate(cfg, words, bos_token_id=1)
+    assert ids.shape == (6, 200) and (ids[:, 0] == 1).all()
+    assert len(copies) == 6 * 3 * 3
+    copied = np.zeros(ids.shape, dtype=bool)
+    sources = np.zeros(ids.shape, dtype=bool)
+    per_row = {}
+    for row, start, length, d in copies:
+        assert length == 5 and d in (10, 40, 90) and start - d >= 1 and start + length <= 200
+        # the copied tokens equal the tokens exactly d earlier
+        assert (
+            ids[row, start : start + length].tolist()
+            == ids[row, start - d : start - d + length].tolist()
+        )
+        assert not copied[row, start : start + length].any()
+        copied[row, start : start + length] = True
+        sources[row, start - d : start - d + length] = True
+        per_row[(row, d)] = per_row.get((row, d), 0) + 1
+    assert set(per_row.values()) == {3}
+    assert not (copied & sources).any()  # a source is never itself a copy
+    # every other token (after the first word) is a grammar successor of the one before
+    allowed = {int(w): set(s.tolist()) for w, s in zip(words, succ)}
+    for r in range(ids.shape[0]):
+        for t in range(2, ids.shape[1]):
+            if not copied[r, t]:
+                assert int(ids[r, t]) in allowed[int(ids[r, t - 1])]
+
+    dep = dependency_map(copies, 6, 200)
+    assert dep.shape == (6, 199)
+    for row, start, length, d in copies:
+        # targets start+1 .. start+length-1 live in columns start .. start+length-2
+        assert dep[row, start : start + length - 1].tolist() == [d] * (length - 1)
+        assert dep[row, start - 1] == 0  # the copy's first token is not predictable
+    assert (dep > 0).sum() == len(copies) * 4
+
+    nll = np.where(dep == 40, 1.0, np.where(dep > 0, 3.0, 5.0))
+    by = nll_by_distance(nll, dep)
+    assert by["d=40"] == {"targets": 6 * 3 * 4, "mean_nll": 1.0}
+    assert by["d=10"]["mean_nll"] == 3.0 and by["other"]["mean_nll"] == 5.0
+
+
+def test_same_seed_same_data_and_bad_settings():
+    cfg = SynthConfig(seq_len=64, sequences=2, distances=[8, 16], span=4, copies=2, words=20)
+    a, _, ca = generate(cfg, np.arange(20), None)
+    b, _, cb = generate(cfg, np.arange(20), None)
+    assert np.array_equal(a, b) and ca == cb
+    for bad in (
+        {"distances": [2]},
+        {"distances": [70]},
+        {"copies": 50},
+        {"span": 1},
+        {"branching": 30},
+    ):
+        with pytest.raises(TokenWeightError):
+            SynthConfig(**{**vars(cfg), **bad}).validate()
+
+
+def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
+    tok = build_tokenizer(tmp_path / "tok")
+    out = tmp_path / "synth"
+    argv = [
+        "synth",
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(out),
+        "--seq-len",
+        "128",
+        "--sequences",
+        "3",
+        "--distances",
+        "16,48",
+        "--span",
+        "4",
+        "--copies",
+        "2",
+        "--words",
+        "40",
+    ]
+    assert main(argv) == 0
+    assert "dependencies.json" in capsys.readouterr().out
+    manifest = read_manifest(out)
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 3 and manifest["seq_len"] == 128 and manifest["counts"]["sequences"] == 3
+    record = json.loads((out / "dependencies.json").read_text())
+    ids = np.array(ds["input_ids"])
+    for row, start, length, d in record["copies"]:
+        assert (ids[row, start : start + length] == ids[row, start - d : start - d + length]).all()
+    assert main(argv) == 2  # exists
+    assert main([*argv, "--overwrite"]) == 0
+    # a folder synth did not write is never replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main([*argv[:4], str(other), *argv[5:], "--overwrite"]) == 2

@@ -1,0 +1,139 @@
+"""Sequence parallelism (DeepSpeed Ulysses, 2 gloo processes holding half of every
+sequence each) ends where one process holding whole sequences ends, for every paper
+scheme, under ZeRO-2 and ZeRO-3 (their gradient reductions differ across the SP group),
+with padded rows (kept document tails) in BOS-led data (the self scorer then puts BOS at
+the start of every later window).
+
+Compared against one process with the same sequences per optimizer step: the loss of
+every step and every final parameter (plain SGD, no clipping: a wrong gradient scale or a
+wrong weight moves them). One ``torchrun`` launch per ZeRO stage trains all schemes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file, _env, _losses
+from test_train_support import make_tokenizer, prepare, save_tiny_model
+from tokenweight.training.config import load_config
+from tokenweight.training.run import train
+
+SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
+# (scheme, scorer kind, data): every paper scheme
+RUNS = {
+    "uniform": ("uniform", "none", "tail"),
+    "dense_self": ("dense:0.75", "self", "tail"),
+    "dense_precomputed": ("dense:0.75", "precomputed", "scored"),
+    "sparse_self": ("sparse:0.25", "self", "tail"),
+    "longce_self": ("longce:5", "self", "tail"),
+    "ppmi_self": ("ppmi:c=2,kappa=0.25", "self", "tail"),
+    "npmi_self": ("npmi:c=2,kappa=0.25", "self", "tail"),
+}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    import datasets
+
+    from tokenweight.data import score_dataset
+
+    root = tmp_path_factory.mktemp("sp")
+    model_dir = save_tiny_model(root / "model", seed=5)
+    tail = prepare(root / "tail", model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
+    scored = root / "scored"
+    score_dataset(tail, scored, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False)
+    first = datasets.load_from_disk(str(tail))[0]["input_ids"][0]
+    assert first == make_tokenizer().bos_token_id  # BOS-led sequences: scorer windows get BOS
+    return model_dir, {"tail": tail, "scored": scored}
+
+
+def _config(assets, name: str, out: Path, engine: dict) -> dict:
+    model_dir, data = assets
+    scheme, kind, which = RUNS[name]
+    return {
+        "model": {"source": str(model_dir), "attn_implementation": "sdpa"},
+        "data": {"path": str(data[which])},
+        "scheme": scheme,
+        "scorer": {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE},
+        "train": {
+            "output_dir": str(out),
+            "learning_rate": 0.5,
+            "scheduler": "constant",
+            "warmup_steps": 0,
+            "max_steps": STEPS,
+            "micro_batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "max_grad_norm": 0.0,
+            "save_steps": 100,
+            "seed": 0,
+            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
+            **engine,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def single(assets, tmp_path_factory):
+    results = {}
+    for name in RUNS:
+        out = tmp_path_factory.mktemp(f"single-{name}") / "out"
+        train(load_config(base=_config(assets, name, out, engine={})))
+        results[name] = (load_file(str(out / "model.safetensors")), _losses(out))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_path, stage):
+    engine = {
+        "deepspeed": _deepspeed_file(f"{stage}.json", tmp_path),
+        "sequence_parallel": 2,
+    }
+    files, outs = [], {}
+    for name in RUNS:
+        outs[name] = tmp_path / f"out-{name}"
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(_config(assets, name, outs[name], engine)))
+    driver = Path(__file__).with_name("dist_train_many.py")
+    command = [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        str(driver),
+        *map(str, files),
+    ]
+    proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    start = load_file(str(assets[0] / "model.safetensors"))
+    for name in RUNS:
+        reference, reference_losses = single[name]
+        losses = _losses(outs[name])
+        assert len(losses) == STEPS == len(reference_losses), name
+        torch.testing.assert_close(
+            torch.tensor(losses), torch.tensor(reference_losses), **LOSS_TOL, msg=name
+        )
+        multi = load_file(str(outs[name] / "model.safetensors"))
+        moved, diff = 0.0, 0.0
+        for key, value in reference.items():
+            torch.testing.assert_close(multi[key], value, **PARAM_TOL, msg=f"{name} {key}")
+            moved = max(moved, float((value - start[key]).abs().max()))
+            diff = max(diff, float((multi[key] - value).abs().max()))
+        print(f"sp2 {stage} {name}: max parameter difference {diff:.2e}")
+        assert moved > 1e-3, name
+
+
+def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
+    from tokenweight.errors import TokenWeightError
+
+    base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
+        load_config(base={**base, "train": {"sequence_parallel": 2}})
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
+        load_config(base={**base, "train": {"sequence_parallel": 0}})

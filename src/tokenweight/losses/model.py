@@ -245,12 +245,9 @@ def model_token_nll(
     vocab = _vocab_size(lm_head, inner)
     targets = _targets(input_ids, labels, shift_labels, attention_mask, ignore_index, vocab)
     hidden = _final_hidden(model, inner, input_ids, attention_mask, forward_kwargs)
-    if shift_labels is None:  # the last position predicts nothing
-        hidden = hidden[:, :-1]
+    hidden = hidden if shift_labels is not None else hidden[:, :-1]  # last predicts nothing
     if chunk_size is None:
-        chunk_size = default_chunk_size(
-            vocab, hidden.dtype, softcap=transform.softcap is not None, device=hidden.device
-        )
+        chunk_size = _head_chunk_size(vocab, hidden, transform)
     if mode == "module":
         return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
     return _fused_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size, backend)
@@ -291,6 +288,12 @@ def _targets(
             targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
     check_labels(targets, vocab, ignore_index)
     return targets
+
+
+def _head_chunk_size(vocab: int, hidden: torch.Tensor, transform: HeadTransform) -> int:
+    """Default tokens per head chunk (:func:`default_chunk_size`) for these hidden states."""
+    softcap = transform.softcap is not None
+    return default_chunk_size(vocab, hidden.dtype, softcap=softcap, device=hidden.device)
 
 
 def _fused_nll(

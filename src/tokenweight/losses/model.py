@@ -306,6 +306,7 @@ def _fused_nll(
     backend: str,
 ) -> torch.Tensor:
     """Per-token NLL from the head's plain weight (and bias) through :func:`token_nll`."""
+    assert isinstance(head, nn.Linear)  # select_head chose "fused": a plain nn.Linear
     return token_nll(
         hidden,
         head.weight,

@@ -352,12 +352,14 @@ class _Grads:
         compute = compute_dtype(hidden.dtype)
         vocab, width = weight.shape[0], hidden.shape[1]
         alloc = torch.zeros if zero_h else torch.empty
-        kind = {"dtype": hidden.dtype, "device": hidden.device}
-        self.h = alloc(hidden.shape, **kind) if need_h else None
+        dtype, device = hidden.dtype, hidden.device
+        self.h = alloc(hidden.shape, dtype=dtype, device=device) if need_h else None
         self.w = torch.zeros(vocab, width, dtype=compute, device=hidden.device) if need_w else None
         self.b = torch.zeros(vocab, dtype=compute, device=hidden.device) if need_b else None
         narrow = hidden.dtype != compute
-        self.product = torch.empty(vocab, width, **kind) if need_w and narrow else None
+        self.product = (
+            torch.empty(vocab, width, dtype=dtype, device=device) if need_w and narrow else None
+        )
 
     def add(
         self,

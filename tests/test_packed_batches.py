@@ -13,7 +13,7 @@ import torch
 from fixtures import build_tiny_causal_lm
 from test_train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
 from tokenweight import TokenWeightError, scoring
-from tokenweight.packed_batches import find_documents
+from tokenweight.packed_batches import find_documents, right_padded_lengths
 from tokenweight.scoring import SelfScorer
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
@@ -259,3 +259,12 @@ def test_raise_on_nonfinite():
     assert token_weighted_loss(model, batch, "uniform").loss is None
     with pytest.raises(TokenWeightError, match="non-finite loss: the long-context NLL"):
         token_weighted_loss(model, batch, "uniform", raise_on_nonfinite=True)
+
+
+def test_right_padded_lengths_counts_rows_and_refuses_gaps_with_the_callers_message():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    expected = [sum(1 for v in row if v) for row in mask.tolist()]
+    assert right_padded_lengths(mask, "unused").tolist() == expected
+    for bad in ([[0, 1, 1, 1, 1]], [[1, 0, 1, 0, 0]]):
+        with pytest.raises(TokenWeightError, match=r"^mask needs right padding$"):
+            right_padded_lengths(torch.tensor(bad), "mask needs right padding")

@@ -664,6 +664,15 @@ CATALOGUE = {
         ["train", train_yaml(env, work), "train.seed=-5"],
         "train.seed",
     ),
+    "train scorer.model with another tokenizer": lambda env, work: (
+        [
+            "train",
+            train_yaml(
+                env, work, scorer={"kind": "model", "model": str(env["other"]), "window": W}
+            ),
+        ],
+        "does not share the trained model's tokenizer",
+    ),
     "train scheme=longce:-1": lambda env, work: (
         ["train", train_yaml(env, work), "scheme=longce:-1"],
         "truncation gamma -1",

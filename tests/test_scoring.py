@@ -13,6 +13,7 @@ from tokenweight import TokenWeightError
 from tokenweight.scoring import (
     ModelScorer,
     PrecomputedScorer,
+    Scorer,
     SelfScorer,
     build_scorer,
     plan_stride,
@@ -238,6 +239,47 @@ def test_model_scorer_refuses_other_special_tokens(model):
     other.config.bos_token_id = 7
     with pytest.raises(TokenWeightError, match="bos_token_id 7 vs 1"):
         ModelScorer(other, window=12, reference=model.config)
+
+
+def _wordlevel_tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["<unk>", "<s>", "</s>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def test_model_scorer_compares_tokenizer_fingerprints_when_both_are_known(model):
+    words = [f"w{i}" for i in range(VOCAB - 3)]
+    swapped = [words[1], words[0], *words[2:]]  # same size and special tokens, other ids
+    tok, same, other = (_wordlevel_tokenizer(w) for w in (words, list(words), swapped))
+    assert len(tok) == len(other) == VOCAB
+    small = build_tiny_causal_lm(
+        seed=5, **SHAPE, num_hidden_layers=1, hidden_size=16, intermediate_size=32
+    )
+    calls = []
+    small.register_forward_pre_hook(lambda *a: calls.append(1))
+    ModelScorer(small, window=12, tokenizer=tok, reference=model, reference_tokenizer=same)
+    # sizes and special ids agree, so only the fingerprint (vocabulary hash) tells them apart
+    ModelScorer(small, window=12, tokenizer=tok, reference=model)
+    with pytest.raises(TokenWeightError, match="vocabulary hash"):
+        ModelScorer(small, window=12, tokenizer=tok, reference=model, reference_tokenizer=other)
+    assert calls == []
+
+
+def test_scorers_satisfy_the_scorer_protocol(model):
+    small = build_tiny_causal_lm(
+        seed=5, **SHAPE, num_hidden_layers=1, hidden_size=16, intermediate_size=32
+    )
+    for scorer in (SelfScorer(window=12), ModelScorer(small, window=12), PrecomputedScorer()):
+        assert isinstance(scorer, Scorer)
+    assert isinstance(lambda batch, long_nll, model=None: long_nll, Scorer)
+    assert not isinstance(object(), Scorer)
+    assert build_scorer("none") is None
 
 
 def test_precomputed_scorer(ids):

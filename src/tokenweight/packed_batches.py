@@ -39,7 +39,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 
-__all__ = ["Documents", "find_documents", "forward_inputs", "target_mask"]
+__all__ = ["Documents", "find_documents", "forward_inputs", "right_padded_lengths", "target_mask"]
 
 # per-token batch entries carried into the per-document batch, and per-target ones
 _TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
@@ -155,15 +155,14 @@ def _expand(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return valid.view(*valid.shape, *([1] * (like.dim() - valid.dim())))
 
 
-def _check_right_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+def right_padded_lengths(attention_mask: torch.Tensor, refusal: str) -> torch.Tensor:
+    """Valid tokens per row, ``(B,)``, of a right-padded ``(B, N)`` ``attention_mask``
+    (valid tokens first, then padding); raise :class:`TokenWeightError` with ``refusal``
+    when a row has gaps or left padding."""
     lengths = attention_mask.sum(dim=-1)
     prefix = torch.arange(attention_mask.shape[-1], device=attention_mask.device) < lengths[:, None]
     if not torch.equal(prefix, attention_mask.bool()):
-        raise TokenWeightError(
-            "a packed batch (position_ids restarting inside a row) may only have padding at "
-            "the end of each row; its attention_mask has gaps or left padding. Use a "
-            "padding-free collator (no attention_mask) or one document per row"
-        )
+        raise TokenWeightError(refusal)
     return lengths
 
 
@@ -189,7 +188,12 @@ def find_documents(batch: Mapping[str, Any]) -> Documents | None:
     if not bool(starts[:, 1:].any()):
         return None
     if attention_mask is not None:
-        _check_right_padding(attention_mask)
+        right_padded_lengths(
+            attention_mask,
+            "a packed batch (position_ids restarting inside a row) may only have padding at "
+            "the end of each row; its attention_mask has gaps or left padding. Use a "
+            "padding-free collator (no attention_mask) or one document per row",
+        )
     row, start = starts.nonzero(as_tuple=True)
     ends = torch.cat([start[1:], start.new_full((1,), input_ids.shape[1])])
     ends = torch.where(

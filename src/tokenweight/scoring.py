@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import find_documents
+from tokenweight.packed_batches import find_documents, right_padded_lengths
+
+#: The scorer kinds a config may name (:func:`build_scorer`); ``none`` means uniform loss.
+SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
 
 __all__ = [
+    "SCORER_KINDS",
     "ModelScorer",
     "PrecomputedScorer",
     "Scorer",
@@ -134,17 +139,6 @@ def plan_windows(seq_len: int, window: int, stride: int | None = None) -> Window
     return WindowPlan(seq_len, window, stride, tuple(starts), tuple(counts))
 
 
-def _right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
-    lengths = attention_mask.sum(dim=-1)
-    prefix = torch.arange(attention_mask.shape[-1], device=attention_mask.device) < lengths[:, None]
-    if not torch.equal(prefix, attention_mask.bool()):
-        raise TokenWeightError(
-            "short-context scoring needs right padding (valid tokens first, then padding); "
-            "the attention_mask has gaps or left padding"
-        )
-    return lengths
-
-
 def short_context_nll(
     model: Any,
     input_ids: torch.Tensor,
@@ -178,97 +172,157 @@ def short_context_nll(
         ``(batch, N - 1)`` float32 NLL in nats; column ``j`` is target ``t = j + 1``
         (token ``t`` predicted from the tokens before it), on ``input_ids``' device.
     """
-    from tokenweight.losses import model_token_nll
-
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise TokenWeightError(
-            f"input_ids must be a (batch, tokens) tensor, got "
-            f"{getattr(input_ids, 'shape', type(input_ids).__name__)}"
-        )
+    _check_input_ids(input_ids)
     batch, seq_len = input_ids.shape
     plan = plan_windows(seq_len, window, stride)
     out = torch.zeros(batch, max(seq_len - 1, 0), dtype=torch.float32, device=input_ids.device)
     if seq_len < 2 or batch == 0:
         return out
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise TokenWeightError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
-                f"{tuple(input_ids.shape)}"
-            )
-        lengths = _right_padded_lengths(attention_mask)
-    else:
-        lengths = torch.full((batch,), seq_len, device=input_ids.device)
-
-    # Every (sequence, window) pair as one row: start token and the first target it owns.
-    first = 0 if first_window else 1
-    starts = torch.tensor(plan.starts[first:], device=input_ids.device)
-    owned = torch.tensor(
-        [0] * (first_window) + [window - c for c in plan.counts[1:]], device=input_ids.device
-    )  # window positions >= owned (and >= 1) are this window's targets
-    if starts.numel() == 0:  # one window, skipped: every target is the caller's
+    lengths = _valid_lengths(input_ids, attention_mask)
+    rows = _window_rows(plan, batch, first_window, input_ids.device)
+    if rows is None:  # one window, skipped: every target is the caller's
         return out.fill_(math.nan)
-    win_len = min(window, seq_len)
-    # Every (sequence, window) pair is one row. All rows run, padding or not, so that every
-    # process of a sharded (ZeRO-3 / FSDP) run makes the same number of model calls.
-    seq_idx = torch.arange(batch, device=input_ids.device).repeat_interleave(starts.numel())
-    row_starts = starts.repeat(batch)
-    row_owned = owned.repeat(batch)
-
-    offsets = torch.arange(win_len, device=input_ids.device)
-    positions = row_starts[:, None] + offsets[None, :]  # (rows, win_len) token positions
     if windows_per_batch is None:
         windows_per_batch = max(1, seq_len // window)
     if windows_per_batch < 1:
         raise TokenWeightError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
+    with _eval_mode(model), torch.no_grad():
+        for lo in range(0, rows.count, windows_per_batch):
+            hi = min(lo + windows_per_batch, rows.count)
+            _score_windows(model, input_ids, rows, lo, hi, lengths, bos_token_id, out)
+    if not first_window:
+        out[:, : rows.offsets.numel() - 1] = math.nan
+    return out
 
+
+def _check_input_ids(input_ids: Any) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise TokenWeightError(
+            f"input_ids must be a (batch, tokens) tensor, got "
+            f"{getattr(input_ids, 'shape', type(input_ids).__name__)}"
+        )
+
+
+def _valid_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Real tokens per sequence, ``(batch,)``: all of them, or the right-padded mask's count."""
+    batch, seq_len = input_ids.shape
+    if attention_mask is None:
+        return torch.full((batch,), seq_len, device=input_ids.device)
+    if attention_mask.shape != input_ids.shape:
+        raise TokenWeightError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+            f"{tuple(input_ids.shape)}"
+        )
+    return right_padded_lengths(
+        attention_mask,
+        "short-context scoring needs right padding (valid tokens first, then padding); "
+        "the attention_mask has gaps or left padding",
+    )
+
+
+@dataclass(frozen=True)
+class _WindowRows:
+    """Every (sequence, window) pair of a batch as one row; ``rows`` = sequences x windows.
+
+    All rows run, padding or not, so that every process of a sharded (ZeRO-3 / FSDP) run
+    makes the same number of model calls.
+    """
+
+    seq: torch.Tensor  # (rows,) the batch row each window reads
+    starts: torch.Tensor  # (rows,) the window's first token
+    owned: torch.Tensor  # (rows,) window positions >= owned (and >= 1) are its targets
+    positions: torch.Tensor  # (rows, win_len) token positions
+    offsets: torch.Tensor  # (win_len,) 0 .. win_len - 1
+
+    @property
+    def count(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def _window_rows(
+    plan: WindowPlan, batch: int, first_window: bool, device: torch.device
+) -> _WindowRows | None:
+    """The rows of ``batch`` sequences laid out by ``plan`` (``None``: no window runs)."""
+    first = 0 if first_window else 1
+    starts = torch.tensor(plan.starts[first:], device=device)
+    owned = torch.tensor(
+        [0] * first_window + [plan.window - c for c in plan.counts[1:]], device=device
+    )
+    if starts.numel() == 0:
+        return None
+    win_len = min(plan.window, plan.seq_len)
+    offsets = torch.arange(win_len, device=device)
+    row_starts = starts.repeat(batch)
+    return _WindowRows(
+        seq=torch.arange(batch, device=device).repeat_interleave(starts.numel()),
+        starts=row_starts,
+        owned=owned.repeat(batch),
+        positions=row_starts[:, None] + offsets[None, :],
+        offsets=offsets,
+    )
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Run ``model`` in eval mode, restoring training mode afterwards."""
     was_training = bool(getattr(model, "training", False))
     if was_training:
         model.eval()
     try:
-        with torch.no_grad():
-            for lo in range(0, positions.shape[0], windows_per_batch):
-                hi = min(lo + windows_per_batch, positions.shape[0])
-                rows_seq, rows_pos = seq_idx[lo:hi], positions[lo:hi]
-                ids = input_ids[rows_seq[:, None], rows_pos]
-                if bos_token_id is not None:
-                    later = row_starts[lo:hi] > 0
-                    ids[:, 0] = torch.where(later, torch.as_tensor(bos_token_id), ids[:, 0])
-                valid = rows_pos < lengths[rows_seq][:, None]
-                labels = torch.where(valid, ids, torch.full_like(ids, IGNORE_INDEX))
-                # Only this window's own targets: earlier positions are scored elsewhere.
-                labels[offsets[None, :] < row_owned[lo:hi, None]] = IGNORE_INDEX
-                # No attention mask: with right padding and causal attention, real tokens
-                # never attend to padding, and windows of padding alone stay finite.
-                nll = model_token_nll(model, ids, labels=labels)
-                # nll[:, p - 1] is the target at window position p, global target index
-                # start + p, i.e. output column start + p - 1.
-                own = labels[:, 1:] != IGNORE_INDEX
-                cols = rows_pos[:, 1:] - 1
-                out[rows_seq[:, None].expand_as(cols)[own], cols[own]] = (
-                    nll[own].float().to(out.device)
-                )
+        yield
     finally:
         if was_training:
             model.train()
-    if not first_window:
-        out[:, : win_len - 1] = math.nan
-    return out
+
+
+def _score_windows(
+    model: Any,
+    input_ids: torch.Tensor,
+    rows: _WindowRows,
+    lo: int,
+    hi: int,
+    lengths: torch.Tensor,
+    bos_token_id: int | None,
+    out: torch.Tensor,
+) -> None:
+    """One model call on rows ``lo .. hi - 1``; their own targets' NLL lands in ``out``."""
+    from tokenweight.losses import model_token_nll
+
+    rows_seq, rows_pos = rows.seq[lo:hi], rows.positions[lo:hi]
+    ids = input_ids[rows_seq[:, None], rows_pos]
+    if bos_token_id is not None:
+        later = rows.starts[lo:hi] > 0
+        ids[:, 0] = torch.where(later, torch.as_tensor(bos_token_id), ids[:, 0])
+    valid = rows_pos < lengths[rows_seq][:, None]
+    labels = torch.where(valid, ids, torch.full_like(ids, IGNORE_INDEX))
+    # Only this window's own targets: earlier positions are scored elsewhere.
+    labels[rows.offsets[None, :] < rows.owned[lo:hi, None]] = IGNORE_INDEX
+    # No attention mask: with right padding and causal attention, real tokens never
+    # attend to padding, and windows of padding alone stay finite.
+    nll = model_token_nll(model, ids, labels=labels)
+    # nll[:, p - 1] is the target at window position p, global target index start + p,
+    # i.e. output column start + p - 1.
+    own = labels[:, 1:] != IGNORE_INDEX
+    cols = rows_pos[:, 1:] - 1
+    out[rows_seq[:, None].expand_as(cols)[own], cols[own]] = nll[own].float().to(out.device)
 
 
 # --------------------------------------------------------------------------- scorers
-class Scorer:
+@runtime_checkable
+class Scorer(Protocol):
     """``scorer(batch, long_nll, model=None) -> short_nll``, all ``(batch, N - 1)``.
 
     ``batch`` is a mapping with ``input_ids`` ``(batch, N)`` and optionally
     ``attention_mask`` ``(batch, N)``; ``long_nll`` is the long-context NLL of the same
-    targets (``(batch, N - 1)`` float). ``model`` is the model being trained.
+    targets (``(batch, N - 1)`` float, nats). ``model`` is the model being trained. The
+    result is the short-context NLL of the same targets, float32 nats, on ``long_nll``'s
+    device. Any callable of this shape is a scorer; :class:`SelfScorer`,
+    :class:`ModelScorer` and :class:`PrecomputedScorer` are the built-in ones.
     """
 
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
-    ) -> torch.Tensor:
-        raise NotImplementedError
+    ) -> torch.Tensor: ...
 
 
 def per_document(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -305,7 +359,7 @@ class _WindowSettings:
         _check_window(self.window)
 
 
-class SelfScorer(Scorer):
+class SelfScorer:
     """The model being trained scores its own targets ("unfrozen", weight-shared).
 
     Windows run without gradient in eval mode; targets inside window 0 have the same
@@ -390,13 +444,15 @@ def vocabulary_differences(a: Any, b: Any) -> list[str]:
     return diffs
 
 
-class ModelScorer(Scorer):
+class ModelScorer:
     """A frozen scorer model: the starting checkpoint at its original RoPE settings, or a
     smaller model sharing the tokenizer (``docs/method.md#scorers``).
 
     It runs on its own ``device`` and ``dtype`` (default: where its parameters are), and
     before any compute it checks that its vocabulary matches ``reference`` (the trained
-    model, its config or tokenizer) and, on the first call, the trained model passed in.
+    model, its config or tokenizer; with ``reference_tokenizer``, the trained model's
+    tokenizer, also that tokenizer's full fingerprint) and, on the first call, the trained
+    model passed in. :meth:`check_compatible` is the one place these checks live.
     """
 
     def __init__(
@@ -409,6 +465,7 @@ class ModelScorer(Scorer):
         *,
         tokenizer: Any = None,
         reference: Any = None,
+        reference_tokenizer: Any = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -424,18 +481,31 @@ class ModelScorer(Scorer):
         self.tokenizer = tokenizer
         self._checked = False
         if reference is not None:
-            self.check_compatible(reference)
+            self.check_compatible(reference, reference_tokenizer)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def check_compatible(self, trained: Any) -> None:
+    def check_compatible(self, trained: Any, trained_tokenizer: Any = None) -> None:
         """Raise :class:`TokenWeightError` if ``trained`` (a tokenizer, model or config)
-        does not share this scorer's vocabulary."""
+        does not share this scorer's vocabulary.
+
+        Sizes and special-token ids are compared with :func:`vocabulary_differences`
+        (scorer model and, when known, scorer tokenizer against ``trained``). When both
+        this scorer's tokenizer and ``trained_tokenizer`` are known, their fingerprints
+        (:func:`tokenweight.models.tokenizer_identity`: size, vocabulary hash, special
+        tokens) must also be equal.
+        """
         diffs = vocabulary_differences(self.model, trained)
         if self.tokenizer is not None:
             diffs += vocabulary_differences(self.tokenizer, trained)
+            if trained_tokenizer is not None:
+                from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
+
+                diffs += compare_tokenizer_identity(
+                    tokenizer_identity(self.tokenizer), tokenizer_identity(trained_tokenizer)
+                )
         if diffs:
             raise TokenWeightError(
                 "the scorer model does not share the trained model's tokenizer: "
@@ -473,7 +543,7 @@ class ModelScorer(Scorer):
         return short.to(long_nll.device)
 
 
-class PrecomputedScorer(Scorer):
+class PrecomputedScorer:
     """Short NLL stored with the data (``tokenweight score``), as ``batch["short_nll"]``."""
 
     @per_document
@@ -497,9 +567,6 @@ class PrecomputedScorer(Scorer):
         return short.to(device=long_nll.device, dtype=torch.float32)
 
 
-SCORERS = ("self", "model", "precomputed", "none")
-
-
 def build_scorer(
     kind: str,
     *,
@@ -511,10 +578,16 @@ def build_scorer(
     **model_kwargs: Any,
 ) -> Scorer | None:
     """A scorer by name (for configs): ``self``, ``model``, ``precomputed`` or ``none``
-    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`."""
+    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`.
+    ``reference`` builds on this module, so it is made by its own class,
+    :class:`tokenweight.reference_scorer.ReferenceScorer`."""
     kind = str(kind).strip().lower()
     if kind == "none":
         return None
+    if kind == "reference":
+        raise TokenWeightError(
+            "scorer 'reference' is built by tokenweight.reference_scorer.ReferenceScorer"
+        )
     if kind == "precomputed":
         return PrecomputedScorer()
     if kind in ("self", "model"):
@@ -527,4 +600,4 @@ def build_scorer(
         return ModelScorer(
             scorer_model, window, stride, bos_token_id, windows_per_batch, **model_kwargs
         )
-    raise TokenWeightError(f"unknown scorer {kind!r}; allowed: {', '.join(SCORERS)}")
+    raise TokenWeightError(f"unknown scorer {kind!r}; allowed: {', '.join(SCORER_KINDS)}")

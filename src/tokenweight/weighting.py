@@ -20,11 +20,12 @@ loss is ``sum_i w_i * l_i / n_valid`` (:func:`weighted_nll_loss`).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -60,6 +61,35 @@ def _number(value: Any, what: str) -> float:
     if not math.isfinite(number):
         raise TokenWeightError(f"{what} must be finite, got {value!r}")
     return number
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str, listed: str) -> str | None:
+    """``value`` lower-cased and checked against ``allowed``; ``None``, ``"none"`` and
+    ``""`` mean unset (``None``). ``listed`` is the allowed spellings shown to the user."""
+    if value is None:
+        return None
+    choice = str(value).strip().lower()
+    if choice in ("none", ""):
+        return None
+    if choice not in allowed:
+        raise TokenWeightError(f"unknown {what} {value!r}; allowed: {listed}")
+    return choice
+
+
+def _transform_tuple(value: Any) -> tuple[Transform, ...]:
+    """A tuple of :class:`Transform` from their text (``"absolute,exp"``), one transform
+    (text, instance or dict) or a list of them."""
+    transforms = value
+    if isinstance(transforms, str):
+        transforms = _split_transforms(transforms)
+    elif isinstance(transforms, (Transform, Mapping)):
+        transforms = [transforms]
+    try:
+        return tuple(Transform.parse(t) for t in transforms)
+    except TypeError:
+        raise TokenWeightError(
+            f"transforms must be a list such as ['absolute'], got {value!r}"
+        ) from None
 
 
 def _fmt(x: float) -> str:
@@ -116,10 +146,10 @@ class Transform:
                 f"cannot read transform {value!r}; allowed: absolute, minus, exp, max, shift C"
             )
         name, arg = match.groups()
-        return cls(name, cast(Any, arg))  # text: __post_init__ reads and checks it
+        return cls(name, arg)
 
     def __str__(self) -> str:
-        return f"shift({_fmt(self.c)})" if self.c is not None else self.name  # only shift has c
+        return f"shift({_fmt(self.c)})" if self.name == "shift" else self.name
 
 
 # Example scheme texts, one per preset (rho1, meant for a reference-model scorer, left out):
@@ -160,70 +190,48 @@ class Scheme:
     interpolation: float | None = None
 
     def __post_init__(self) -> None:
-        comparison = self.comparison
-        if comparison is not None:
-            comparison = str(comparison).strip().lower()
-            if comparison in ("none", ""):
-                comparison = None
-            elif comparison not in COMPARISONS:
-                raise TokenWeightError(
-                    f"unknown comparison {self.comparison!r}; allowed: difference, quotient"
-                )
-        object.__setattr__(self, "comparison", comparison)
-
-        transforms: Any = self.transforms  # text, a mapping or a list until parsed here
-        if isinstance(transforms, str):
-            transforms = _split_transforms(transforms)
-        elif isinstance(transforms, (Transform, Mapping)):
-            transforms = [transforms]
-        try:
-            transforms = tuple(Transform.parse(t) for t in transforms)
-        except TypeError:
-            raise TokenWeightError(
-                f"transforms must be a list such as ['absolute'], got {self.transforms!r}"
-            ) from None
-        object.__setattr__(self, "transforms", transforms)
-
+        set_field = functools.partial(object.__setattr__, self)
+        comparison = _choice(self.comparison, COMPARISONS, "comparison", "difference, quotient")
+        set_field("comparison", comparison)
+        set_field("transforms", _transform_tuple(self.transforms))
         if self.truncation is not None:
-            object.__setattr__(self, "truncation", _number(self.truncation, "truncation gamma"))
+            set_field("truncation", _number(self.truncation, "truncation gamma"))
         if self.sparsification is not None:
             kappa = _number(self.sparsification, "sparsification kappa")
             if not 0 < kappa <= 1:
                 raise TokenWeightError(
                     f"sparsification kappa must be in (0, 1], got {self.sparsification!r}"
                 )
-            object.__setattr__(self, "sparsification", kappa)
-        normalization = self.normalization
-        if normalization is not None:
-            normalization = str(normalization).strip().lower()
-            if normalization in ("none", ""):
-                normalization = None
-            elif normalization not in NORMALIZATIONS:
-                raise TokenWeightError(
-                    f"unknown normalization {self.normalization!r}; allowed: L1, softmax, none"
-                )
-        object.__setattr__(self, "normalization", normalization)
+            set_field("sparsification", kappa)
+        set_field(
+            "normalization",
+            _choice(self.normalization, NORMALIZATIONS, "normalization", "L1, softmax, none"),
+        )
         if self.interpolation is not None:
             lam = _number(self.interpolation, "interpolation lambda")
             if not 0 <= lam <= 1:
                 raise TokenWeightError(
                     f"interpolation lambda must be in [0, 1], got {self.interpolation!r}"
                 )
-            object.__setattr__(self, "interpolation", lam)
+            set_field("interpolation", lam)
+        if comparison is None:
+            self._check_uniform_is_bare()
+        else:
+            self._check_weight_range()
 
-        if comparison is None and (
-            transforms
+    def _check_uniform_is_bare(self) -> None:
+        """A scheme without a comparison (uniform) takes no other field."""
+        if (
+            self.transforms
             or self.truncation is not None
             or self.sparsification is not None
-            or normalization is not None
+            or self.normalization is not None
             or self.interpolation is not None
         ):
             raise TokenWeightError(
                 "a scheme without a comparison is uniform and takes no other fields; "
                 "set comparison to 'difference' or 'quotient'"
             )
-        if comparison is not None:
-            self._check_weight_range()
 
     def _check_weight_range(self) -> None:
         """Follow the range of possible values through the stages (NLLs are >= 0, so
@@ -241,7 +249,7 @@ class Scheme:
                 lo, hi = math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
             elif t.name == "max":
                 lo, hi = max(lo, 0.0), max(hi, 0.0)
-            elif t.c is not None:  # shift (the only transform with a constant)
+            else:
                 lo, hi = lo - math.log(t.c), hi - math.log(t.c)
         if self.truncation is not None:
             gamma = self.truncation
@@ -295,24 +303,24 @@ class Scheme:
     @classmethod
     def dense(cls, lam: float) -> Scheme:
         """Dense lambda: ``|l - s|``, L1-normalized, interpolated with uniform by ``lam``."""
-        return cls("difference", (Transform("absolute"),), normalization="l1", interpolation=lam)
+        return cls("difference", ("absolute",), normalization="l1", interpolation=lam)
 
     @classmethod
     def sparse(cls, kappa: float) -> Scheme:
         """Sparse kappa: the top ``kappa`` fraction by ``|l - s|`` share the loss."""
-        return cls("difference", (Transform("absolute"),), sparsification=kappa, normalization="l1")
+        return cls("difference", ("absolute",), sparsification=kappa, normalization="l1")
 
     @classmethod
     def longce(cls, gamma: float = 5.0) -> Scheme:
         """LongCE (Fang et al. 2025): ``min(p_long / p_short, gamma)``."""
-        return cls("difference", (Transform("minus"), Transform("exp")), truncation=gamma)
+        return cls("difference", ("minus", "exp"), truncation=gamma)
 
     @classmethod
     def ppmi(cls, c: float, kappa: float) -> Scheme:
         """PPMI c: ``max(s - l - log c, 0)``, top ``kappa`` kept, L1-normalized."""
         return cls(
             "difference",
-            (Transform("minus"), Transform("shift", c), Transform("max")),
+            ("minus", Transform("shift", c), "max"),
             sparsification=kappa,
             normalization="l1",
         )
@@ -321,10 +329,7 @@ class Scheme:
     def npmi(cls, c: float, kappa: float) -> Scheme:
         """NPMI c: ``max(l - s - log c, 0)``, top ``kappa`` kept, L1-normalized."""
         return cls(
-            "difference",
-            (Transform("shift", c), Transform("max")),
-            sparsification=kappa,
-            normalization="l1",
+            "difference", (Transform("shift", c), "max"), sparsification=kappa, normalization="l1"
         )
 
     @classmethod
@@ -354,7 +359,7 @@ class Scheme:
                     return f"sparse:{_fmt(kappa)}"
                 if self == Scheme.rho1(kappa):
                     return f"rho1:{_fmt(kappa)}"
-                shifts = [t.c for t in self.transforms if t.c is not None]  # only shift has c
+                shifts = [t.c for t in self.transforms if t.name == "shift"]
                 if len(shifts) == 1:
                     c = shifts[0]
                     if self == Scheme.ppmi(c, kappa):
@@ -606,7 +611,7 @@ def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Sche
             d = d.exp_()
         elif t.name == "max":
             d = d.clamp_(min=0)
-        elif t.c is not None:  # shift (the only transform with a constant)
+        else:  # shift
             d = d.sub_(math.log(t.c))
     if scheme.truncation is not None:
         d = d.clamp_(max=scheme.truncation)
@@ -683,12 +688,36 @@ def compute_weights(
         interpolation, which keeps the average at 1).
     """
     scheme = Scheme.coerce(scheme)
+    mask = _check_weight_inputs(long_nll, short_nll, scheme, mask)
+    if scheme.is_uniform:
+        return torch.ones_like(long_nll, dtype=torch.float32) if mask is None else mask.float()
+    with torch.no_grad():
+        d = _masked(compute_scores(long_nll, short_nll, scheme), mask)
+        n = _valid_count(d, mask)
+        if scheme.sparsification is not None:
+            d = _top_fraction(d, mask, n, scheme.sparsification, generator)
+        if scheme.normalization == "l1":
+            d = _l1_normalize(d, n)
+        elif scheme.normalization == "softmax":
+            d = _softmax_normalize(d, mask, n)
+        if scheme.interpolation is not None:
+            lam = scheme.interpolation
+            d = d.mul_(1.0 - lam).add_(lam)
+        d = _masked(d, mask)
+    _check_overflow(d, scheme)
+    return d.float()
+
+
+def _check_weight_inputs(
+    long_nll: Any, short_nll: Any, scheme: Scheme, mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Validate :func:`compute_weights`' inputs; the checked mask (or ``None``)."""
     if not isinstance(long_nll, torch.Tensor):
         raise TokenWeightError(f"long_nll must be a torch.Tensor, got {type(long_nll).__name__}")
     mask = _check_mask(mask, long_nll)
     _check_nll("long_nll", long_nll, None, mask)
     if scheme.is_uniform:
-        return torch.ones_like(long_nll, dtype=torch.float32) if mask is None else mask.float()
+        return mask
     if short_nll is None:
         raise TokenWeightError(f"scheme {scheme} needs short_nll, got None")
     if isinstance(short_nll, torch.Tensor) and short_nll.device != long_nll.device:
@@ -696,40 +725,50 @@ def compute_weights(
             f"short_nll is on {short_nll.device} but long_nll is on {long_nll.device}"
         )
     _check_nll("short_nll", short_nll, long_nll.shape, mask)
+    return mask
 
-    with torch.no_grad():
-        d = compute_scores(long_nll, short_nll, scheme)
-        if mask is not None:
-            d = torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
-            n = mask.sum(dim=-1, keepdim=True)
-        else:
-            n = torch.full((d.shape[0], 1), d.shape[1], dtype=torch.long, device=d.device)
-        if scheme.sparsification is not None:
-            d = _top_fraction(d, mask, n, scheme.sparsification, generator)
-        if scheme.normalization == "l1":
-            denom = d.abs().sum(dim=-1, keepdim=True)
-            scale = torch.where(denom > 0, n / denom.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
-            # All-zero rows (scale 0) become 1; a row-wise add beats a broadcast where().
-            d = d.mul_(scale).add_((denom == 0).to(d.dtype))
-        elif scheme.normalization == "softmax":
-            logits = d if mask is None else torch.where(mask, d, -math.inf)
-            all_zero = (logits == 0).logical_or_(logits == -math.inf).all(dim=-1, keepdim=True)
-            soft = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # n == 0 rows: all -inf
-            d = soft.mul_(n)
-            if bool(all_zero.any()):
-                d = torch.where(all_zero.expand_as(d), torch.ones_like(d), d)
-        if scheme.interpolation is not None:
-            lam = scheme.interpolation
-            d = d.mul_(1.0 - lam).add_(lam)
-        if mask is not None:
-            d = torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
+
+def _masked(d: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``d`` with 0 at invalid targets (``mask`` False)."""
+    if mask is None:
+        return d
+    return torch.where(mask, d, torch.zeros((), dtype=d.dtype, device=d.device))
+
+
+def _valid_count(d: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``n``: valid targets per row, ``(batch, 1)``."""
+    if mask is not None:
+        return mask.sum(dim=-1, keepdim=True)
+    return torch.full((d.shape[0], 1), d.shape[1], dtype=torch.long, device=d.device)
+
+
+def _l1_normalize(d: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``n * d / sum |d|`` per row (in place); an all-zero row becomes all ones."""
+    denom = d.abs().sum(dim=-1, keepdim=True)
+    scale = torch.where(denom > 0, n / denom.clamp(min=torch.finfo(d.dtype).tiny), 0.0)
+    # All-zero rows (scale 0) become 1; a row-wise add beats a broadcast where().
+    return d.mul_(scale).add_((denom == 0).to(d.dtype))
+
+
+def _softmax_normalize(d: torch.Tensor, mask: torch.Tensor | None, n: torch.Tensor) -> torch.Tensor:
+    """``n * softmax(d)`` over each row's valid targets; an all-zero row becomes all ones."""
+    logits = d if mask is None else torch.where(mask, d, -math.inf)
+    all_zero = (logits == 0).logical_or_(logits == -math.inf).all(dim=-1, keepdim=True)
+    soft = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # n == 0 rows: all -inf
+    d = soft.mul_(n)
+    if bool(all_zero.any()):
+        d = torch.where(all_zero.expand_as(d), torch.ones_like(d), d)
+    return d
+
+
+def _check_overflow(d: torch.Tensor, scheme: Scheme) -> None:
+    """Refuse non-finite weights from an ``exp`` transform without a bound after it."""
     overflow = any(t.name == "exp" for t in scheme.transforms) and d.numel() > 0
     if overflow and not (bool(torch.isfinite(d.amax())) and bool(torch.isfinite(d.amin()))):
         raise TokenWeightError(
             f"scheme {scheme} produced non-finite weights (overflow in 'exp'); "
             "add a truncation gamma or a normalization"
         )
-    return d.float()
 
 
 def weighted_nll_loss(
@@ -756,7 +795,7 @@ def weighted_nll_loss(
     mask = _check_mask(mask, long_nll)
     if mask is not None:
         terms = torch.where(mask, weights * long_nll, torch.zeros_like(long_nll))
-        count: int | float | torch.Tensor = mask.sum()
+        count = mask.sum()
     else:
         terms = weights * long_nll
         count = long_nll.numel()

@@ -31,6 +31,7 @@ __all__ = [
     "CUDA_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES",
     "IGNORE_INDEX",
+    "check_chunk_size",
     "check_inputs",
     "check_labels",
     "check_transform",
@@ -158,6 +159,11 @@ def check_inputs(
         raise TokenWeightError(
             f"hidden, weight, labels and bias must be on one device, got {sorted(map(str, devices))}"
         )
+    check_chunk_size(chunk_size)
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Refuse a ``chunk_size`` (tokens per chunk) that is neither ``None`` nor an int >= 1."""
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -282,58 +288,105 @@ def _backward(
     options: _Options,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    ignore_index, chunk_size, softcap, scale = options
-    n, vocab = hidden.shape[0], weight.shape[0]
-    compute = compute_dtype(hidden.dtype)
-    grad = grad_nll.to(compute)
-    active = (labels != ignore_index) & (grad != 0)
-    rows = _Rows(None if bool(active.all()) else active, n)
-    need_h, need_w, need_b = needs
-    grad_h = None
-    if need_h:
-        alloc = torch.empty if rows.index is None else torch.zeros
-        grad_h = alloc(hidden.shape, dtype=hidden.dtype, device=hidden.device)
-    grad_w = grad_b = product = None
-    narrow = hidden.dtype != compute
-    if need_w:  # float32 accumulator; per-chunk products land in `product` when narrow
-        grad_w = torch.zeros(vocab, hidden.shape[1], dtype=compute, device=hidden.device)
-        if narrow:
-            product = torch.empty(vocab, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
-    if need_b:
-        grad_b = torch.zeros(vocab, dtype=compute, device=hidden.device)
-    if rows.count > 0 and (need_h or need_w or need_b):
-        step = min(chunk_size, rows.count)
-        buffers = _Buffers(step, vocab, hidden.dtype, hidden.device)
+    """``(dh, dW, db)`` (``None`` where not needed) for the incoming ``(N,)`` ``grad_nll``."""
+    grad = grad_nll.to(compute_dtype(hidden.dtype))
+    active = (labels != options.ignore_index) & (grad != 0)
+    rows = _Rows(None if bool(active.all()) else active, hidden.shape[0])
+    grads = _Grads(hidden, weight, needs, zero_h=rows.index is not None)
+    if rows.count > 0 and any(needs):
+        step = min(options.chunk_size, rows.count)
+        buffers = _Buffers(step, weight.shape[0], hidden.dtype, hidden.device)
         for start in range(0, rows.count, step):
             stop = min(start + step, rows.count)
             h = rows.take(hidden, start, stop)
-            lab = rows.take(labels, start, stop).unsqueeze(1)
-            y, d = _chunk_logits(buffers, h, weight, bias, softcap, scale, deriv=True)
-            g = y.sub_(rows.take(lse, start, stop).unsqueeze(1)).exp_()  # softmax
-            g.scatter_add_(1, lab, torch.full_like(lab, -1, dtype=compute))
-            coef = rows.take(grad, start, stop).unsqueeze(1)
-            if d is not None:
-                g.mul_(coef).mul_(d)
-            else:
-                g.mul_(coef * scale if scale != 1.0 else coef)
-            if grad_b is not None:
-                grad_b += g.sum(dim=0)
-            low = g
-            if narrow:  # matmuls in the input dtype, as autograd through the lm_head would
-                low = buffers.raw[: stop - start]
-                low.copy_(g)
-            if grad_h is not None:  # allocated when need_h
-                rows.put(grad_h, start, stop, low @ weight)
-            if grad_w is not None:
-                if product is None:
-                    grad_w.addmm_(low.t(), h)
-                else:
-                    grad_w += torch.mm(low.t(), h, out=product)
+            g = _logit_grad(buffers, rows, start, stop, h, weight, bias, labels, lse, grad, options)
+            grads.add(rows, start, stop, g, h, weight, buffers)
     return (
-        grad_h,
-        None if grad_w is None else grad_w.to(weight.dtype),
-        None if grad_b is None or bias is None else grad_b.to(bias.dtype),
+        grads.h,
+        None if grads.w is None else grads.w.to(weight.dtype),
+        None if grads.b is None or bias is None else grads.b.to(bias.dtype),
     )
+
+
+def _logit_grad(
+    buffers: _Buffers,
+    rows: _Rows,
+    start: int,
+    stop: int,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    grad: torch.Tensor,
+    options: _Options,
+) -> torch.Tensor:
+    """``g_t * (softmax(y_t) - onehot(label_t)) * dy/dz`` for one chunk, ``(rows, V)`` in
+    the compute dtype: the gradient with respect to the chunk's untransformed logits."""
+    _, _, softcap, scale = options
+    lab = rows.take(labels, start, stop).unsqueeze(1)
+    y, d = _chunk_logits(buffers, h, weight, bias, softcap, scale, deriv=True)
+    g = y.sub_(rows.take(lse, start, stop).unsqueeze(1)).exp_()  # softmax
+    g.scatter_add_(1, lab, torch.full_like(lab, -1, dtype=buffers.compute))
+    coef = rows.take(grad, start, stop).unsqueeze(1)
+    if d is not None:
+        g.mul_(coef).mul_(d)
+    else:
+        g.mul_(coef * scale if scale != 1.0 else coef)
+    return g
+
+
+class _Grads:
+    """The backward's outputs: ``h`` (input dtype), float32 (float64) accumulators ``w``
+    and ``b``, and ``product``, a ``V x H`` buffer in the input dtype for each chunk's
+    ``dW`` when that dtype is narrower than the accumulator."""
+
+    def __init__(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        needs: tuple[bool, bool, bool],
+        zero_h: bool,
+    ) -> None:
+        need_h, need_w, need_b = needs
+        compute = compute_dtype(hidden.dtype)
+        vocab, width = weight.shape[0], hidden.shape[1]
+        alloc = torch.zeros if zero_h else torch.empty
+        dtype, device = hidden.dtype, hidden.device
+        self.h = alloc(hidden.shape, dtype=dtype, device=device) if need_h else None
+        self.w = torch.zeros(vocab, width, dtype=compute, device=hidden.device) if need_w else None
+        self.b = torch.zeros(vocab, dtype=compute, device=hidden.device) if need_b else None
+        narrow = hidden.dtype != compute
+        self.product = (
+            torch.empty(vocab, width, dtype=dtype, device=device) if need_w and narrow else None
+        )
+
+    def add(
+        self,
+        rows: _Rows,
+        start: int,
+        stop: int,
+        g: torch.Tensor,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        buffers: _Buffers,
+    ) -> None:
+        """Add one chunk's logit gradient ``g`` (for hidden rows ``h``) into the outputs."""
+        if self.b is not None:
+            self.b += g.sum(dim=0)
+        low = g
+        # Narrow inputs: the matmuls run in the input dtype, as autograd through the
+        # lm_head would.
+        if buffers.raw.dtype != buffers.compute:
+            low = buffers.raw[: stop - start]
+            low.copy_(g)
+        if self.h is not None:
+            rows.put(self.h, start, stop, low @ weight)
+        if self.w is not None:
+            if self.product is None:
+                self.w.addmm_(low.t(), h)
+            else:
+                self.w += torch.mm(low.t(), h, out=self.product)
 
 
 class _ChunkedTokenNLL(torch.autograd.Function):

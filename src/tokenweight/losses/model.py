@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.losses.chunked import check_labels, default_chunk_size
+from tokenweight.losses.chunked import check_chunk_size, check_labels, default_chunk_size
 from tokenweight.losses.heads import HeadTransform, head_transform
 from tokenweight.losses.nll import token_nll
 
@@ -103,8 +103,7 @@ def select_head(head: nn.Module, model: nn.Module, requested: str = "auto") -> s
 
 
 def _decoder(inner: nn.Module) -> nn.Module:
-    get_decoder = getattr(inner, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
+    decoder = inner.get_decoder() if callable(getattr(inner, "get_decoder", None)) else None
     if decoder is None or decoder is inner:
         decoder = getattr(inner, "base_model", None)
     if not isinstance(decoder, nn.Module) or decoder is inner:
@@ -116,17 +115,16 @@ def _decoder(inner: nn.Module) -> nn.Module:
 
 
 @functools.cache
-def _takes_logits_to_keep(cls: type[nn.Module]) -> bool:
+def _takes_logits_to_keep(cls: type) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _vocab_size(head: nn.Module, inner: Any) -> int:
-    out_features = getattr(head, "out_features", None)
-    if isinstance(out_features, int):
-        return out_features
+def _vocab_size(head: nn.Module, inner: nn.Module) -> int:
+    if isinstance(getattr(head, "out_features", None), int):
+        return head.out_features
     weight = getattr(head, "weight", None)
     ds_shape = getattr(weight, "ds_shape", None)
     if ds_shape is not None:
@@ -139,9 +137,7 @@ def _vocab_size(head: nn.Module, inner: Any) -> int:
 
 def _check_ids(input_ids: Any, labels: Any, attention_mask: Any) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        shape: object = (
-            tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
-        )
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
         raise TokenWeightError(f"input_ids must be a (batch, seq) tensor, got {shape}")
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise TokenWeightError(f"input_ids must be integer token ids, got {input_ids.dtype}")
@@ -241,28 +237,49 @@ def model_token_nll(
         TokenWeightError: malformed inputs, a label outside the vocabulary, a model type
             whose output transform is unknown, or a model that cannot skip its logits.
     """
-    _check_ids(input_ids, labels if shift_labels is None else shift_labels, attention_mask)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise TokenWeightError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
-        if key in forward_kwargs:
-            raise TokenWeightError(f"model_token_nll sets {key!r} itself; do not pass it")
-    inner: Any = unwrap_model(model)  # a transformers model: config and heads read as found
-    model_type = getattr(inner.config, "model_type", "?")
-    lm_head = inner.get_output_embeddings()
-    if not isinstance(lm_head, nn.Module):
-        raise TokenWeightError(f"model type {model_type!r} has no output embedding (lm_head)")
-    if not _takes_logits_to_keep(type(inner)):  # type: ignore[arg-type]  # classes are hashable; mypy misreads type[...] as not Hashable
-        raise TokenWeightError(
-            f"{type(inner).__name__} (model type {model_type!r}) has no `logits_to_keep` "
-            "argument, so it would compute full logits; this model type is not supported"
-        )
+    _check_call(input_ids, labels, shift_labels, attention_mask, chunk_size, forward_kwargs)
+    inner = unwrap_model(model)
+    lm_head = _output_head(inner)
     transform = head_transform(inner.config)
     mode = select_head(lm_head, model, head)
     vocab = _vocab_size(lm_head, inner)
+    targets = _targets(input_ids, labels, shift_labels, attention_mask, ignore_index, vocab)
+    hidden = _final_hidden(model, inner, input_ids, attention_mask, forward_kwargs)
+    hidden = hidden if shift_labels is not None else hidden[:, :-1]  # last predicts nothing
+    if chunk_size is None:
+        chunk_size = _head_chunk_size(vocab, hidden, transform)
+    if mode == "module":
+        return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
+    return _fused_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size, backend)
 
+
+def _check_call(
+    input_ids: Any,
+    labels: Any,
+    shift_labels: Any,
+    attention_mask: Any,
+    chunk_size: int | None,
+    forward_kwargs: dict[str, Any],
+) -> None:
+    """Refuse malformed arguments of :func:`model_token_nll` before any compute."""
+    _check_ids(input_ids, labels if shift_labels is None else shift_labels, attention_mask)
+    check_chunk_size(chunk_size)
+    for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
+        if key in forward_kwargs:
+            raise TokenWeightError(f"model_token_nll sets {key!r} itself; do not pass it")
+
+
+def _targets(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    ignore_index: int,
+    vocab: int,
+) -> torch.Tensor:
+    """Target ids: ``shift_labels`` as given ``(batch, N)``, else ``(batch, N - 1)``
+    ``labels`` (or ``input_ids``) shifted by one with ``ignore_index`` at masked
+    positions; refuses ids outside ``[0, vocab)``."""
     if shift_labels is not None:
         targets = shift_labels.long()
     else:
@@ -270,7 +287,62 @@ def model_token_nll(
         if attention_mask is not None:
             targets = targets.masked_fill(attention_mask[:, 1:] == 0, ignore_index)
     check_labels(targets, vocab, ignore_index)
+    return targets
 
+
+def _head_chunk_size(vocab: int, hidden: torch.Tensor, transform: HeadTransform) -> int:
+    """Default tokens per head chunk (:func:`default_chunk_size`) for these hidden states."""
+    softcap = transform.softcap is not None
+    return default_chunk_size(vocab, hidden.dtype, softcap=softcap, device=hidden.device)
+
+
+def _fused_nll(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    transform: HeadTransform,
+    ignore_index: int,
+    chunk_size: int,
+    backend: str,
+) -> torch.Tensor:
+    """Per-token NLL from the head's plain weight (and bias) through :func:`token_nll`."""
+    assert isinstance(head, nn.Linear)  # select_head chose "fused": a plain nn.Linear
+    return token_nll(
+        hidden,
+        head.weight,
+        labels,
+        bias=head.bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        softcap=transform.softcap,
+        scale=transform.scale,
+        backend=backend,
+    )
+
+
+def _output_head(inner: nn.Module) -> nn.Module:
+    """The output embedding (``lm_head``) of an unwrapped model that can skip its logits."""
+    model_type = getattr(inner.config, "model_type", "?")
+    lm_head = inner.get_output_embeddings()
+    if not isinstance(lm_head, nn.Module):
+        raise TokenWeightError(f"model type {model_type!r} has no output embedding (lm_head)")
+    if not _takes_logits_to_keep(type(inner)):
+        raise TokenWeightError(
+            f"{type(inner).__name__} (model type {model_type!r}) has no `logits_to_keep` "
+            "argument, so it would compute full logits; this model type is not supported"
+        )
+    return lm_head
+
+
+def _final_hidden(
+    model: nn.Module,
+    inner: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    forward_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """``(batch, N, H)`` post-norm hidden states of one call of ``model`` (the outermost
+    wrapper), read by a forward hook on ``inner``'s decoder; the head runs on no position."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep_hidden(module: nn.Module, args: Any, output: Any) -> None:
@@ -289,26 +361,8 @@ def model_token_nll(
     finally:
         handle.remove()
     if "hidden" not in captured:
+        model_type = getattr(inner.config, "model_type", "?")
         raise TokenWeightError(
             f"the decoder of model type {model_type!r} did not run; cannot read hidden states"
         )
-    hidden = captured["hidden"] if shift_labels is not None else captured["hidden"][:, :-1]
-
-    if chunk_size is None:
-        chunk_size = default_chunk_size(
-            vocab, hidden.dtype, softcap=transform.softcap is not None, device=hidden.device
-        )
-    if mode == "module":
-        return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
-    assert isinstance(lm_head, nn.Linear)  # select_head chose "fused": a plain nn.Linear
-    return token_nll(
-        hidden,
-        lm_head.weight,
-        targets,
-        bias=lm_head.bias,
-        ignore_index=ignore_index,
-        chunk_size=chunk_size,
-        softcap=transform.softcap,
-        scale=transform.scale,
-        backend=backend,
-    )
+    return captured["hidden"]

@@ -74,41 +74,68 @@ def token_nll(
             ``[0, V)`` that is not ``ignore_index`` (the message names the value).
     """
     device_type = hidden.device.type if isinstance(hidden, torch.Tensor) else "cpu"
-    autocast = (
-        isinstance(hidden, torch.Tensor)
-        and device_type in ("cpu", "cuda", "xpu", "mps")
-        and torch.is_autocast_enabled(device_type)
-    )
-    if autocast:  # cast as autocast casts F.linear's inputs (float64 is left alone)
-        dtype = torch.get_autocast_dtype(device_type)
-
-        def cast(t: Any) -> Any:
-            castable = isinstance(t, torch.Tensor) and t.is_floating_point()
-            return t.to(dtype) if castable and t.dtype != torch.float64 else t
-
-        hidden, weight, bias = cast(hidden), cast(weight), cast(bias)
+    autocast = _autocast_active(hidden, device_type)
+    if autocast:
+        hidden, weight, bias = _autocast_cast(device_type, hidden, weight, bias)
     check_inputs(hidden, weight, labels, bias, chunk_size)
     softcap, scale_value = check_transform(softcap, scale)
-    if backend not in BACKENDS:
-        raise TokenWeightError(f"backend must be 'auto', 'chunked' or 'cce', got {backend!r}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TokenWeightError(f"ignore_index must be an int, got {ignore_index!r}")
+    _check_options(backend, ignore_index)
+    check_labels(labels, weight.shape[0], ignore_index)
+    with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
+        nll = _backend_nll(
+            hidden, weight, labels, bias, ignore_index, chunk_size, softcap, scale_value, backend
+        )
+    return nll.to(compute_dtype(hidden.dtype)).reshape(labels.shape)
+
+
+def _backend_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    chunk_size: int | None,
+    softcap: float | None,
+    scale: float,
+    backend: str,
+) -> torch.Tensor:
+    """``(N,)`` NLL of the checked inputs flattened to ``(N, H)``, from the backend that
+    ``backend`` picks: cut-cross-entropy when :func:`cce_backend.wanted`, else chunked."""
     vocab, width = weight.shape
-    check_labels(labels, vocab, ignore_index)
-    shape = labels.shape
     flat_h = hidden.reshape(-1, width)
     flat_labels = labels.reshape(-1).long()
     if chunk_size is None:
         chunk_size = default_chunk_size(
             vocab, hidden.dtype, softcap=softcap is not None, device=hidden.device
         )
+    if cce_backend.wanted(backend, flat_h, weight, bias, softcap, scale):
+        return cce_backend.linear_nll(flat_h, weight, flat_labels, bias, ignore_index, softcap)
+    return chunked_nll(flat_h, weight, flat_labels, bias, ignore_index, chunk_size, softcap, scale)
 
-    with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
-        if cce_backend.wanted(backend, flat_h, weight, bias, softcap, scale_value):
-            nll = cce_backend.linear_nll(flat_h, weight, flat_labels, bias, ignore_index, softcap)
-        else:
-            nll = chunked_nll(
-                flat_h, weight, flat_labels, bias, ignore_index, chunk_size, softcap, scale_value
-            )
-    out_dtype = compute_dtype(hidden.dtype)
-    return nll.to(out_dtype).reshape(shape)
+
+def _check_options(backend: str, ignore_index: int) -> None:
+    if backend not in BACKENDS:
+        raise TokenWeightError(f"backend must be 'auto', 'chunked' or 'cce', got {backend!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TokenWeightError(f"ignore_index must be an int, got {ignore_index!r}")
+
+
+def _autocast_active(hidden: Any, device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``hidden``'s device type."""
+    return (
+        isinstance(hidden, torch.Tensor)
+        and device_type in ("cpu", "cuda", "xpu", "mps")
+        and torch.is_autocast_enabled(device_type)
+    )
+
+
+def _autocast_cast(device_type: str, *tensors: Any) -> tuple[Any, ...]:
+    """``tensors`` cast as autocast casts ``F.linear``'s inputs: floating tensors go to the
+    autocast dtype, float64 and everything else are left alone."""
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Any) -> Any:
+        castable = isinstance(t, torch.Tensor) and t.is_floating_point()
+        return t.to(dtype) if castable and t.dtype != torch.float64 else t
+
+    return tuple(cast(t) for t in tensors)

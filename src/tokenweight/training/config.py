@@ -45,6 +45,7 @@ from tokenweight.config_files import (
     resolve_config_paths,
 )
 from tokenweight.errors import TokenWeightError
+from tokenweight.scoring import SCORER_KINDS
 from tokenweight.weighting import Scheme
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",

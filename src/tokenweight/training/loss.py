@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import Documents, find_documents, forward_inputs, target_mask
 from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
+
+if TYPE_CHECKING:
+    from tokenweight.scoring import Scorer
 
 __all__ = ["LossParts", "token_weighted_loss"]
 
@@ -53,7 +56,7 @@ class LossParts:
 
 
 def _timed_score(
-    scorer: Any, model: Any, batch: dict[str, Any], long_nll: torch.Tensor
+    scorer: Scorer, model: Any, batch: dict[str, Any], long_nll: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
     cuda = long_nll.is_cuda
     if cuda:
@@ -96,7 +99,7 @@ def token_weighted_loss(
     model: torch.nn.Module,
     batch: dict[str, Any],
     scheme: Scheme | str,
-    scorer: Any = None,
+    scorer: Scorer | None = None,
     *,
     num_items: torch.Tensor | int | None = None,
     generator: torch.Generator | None = None,
@@ -167,7 +170,7 @@ def weigh_nll(
     mask: torch.Tensor,
     docs: Documents | None,
     scheme: Scheme | str,
-    scorer: Any,
+    scorer: Scorer | None,
     num_items: torch.Tensor | int | None,
     generator: torch.Generator | None,
 ) -> LossParts:

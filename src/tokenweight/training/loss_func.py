@@ -21,7 +21,7 @@ Packed batches are handled per document as in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.loss import LossParts, raise_if_nonfinite, weigh_nll
 from tokenweight.weighting import Scheme
+
+if TYPE_CHECKING:
+    from tokenweight.scoring import Scorer
 
 __all__ = ["TokenWeightLossFunc", "make_compute_loss_func"]
 
@@ -49,7 +52,7 @@ class TokenWeightLossFunc:
         self,
         model: torch.nn.Module,
         scheme: Scheme | str | dict[str, Any],
-        scorer: Any = None,
+        scorer: Scorer | None = None,
         *,
         raise_on_nonfinite: bool = True,
     ) -> None:
@@ -124,7 +127,7 @@ class TokenWeightLossFunc:
 def make_compute_loss_func(
     model: torch.nn.Module,
     scheme: Scheme | str | dict[str, Any],
-    scorer: Any = None,
+    scorer: Scorer | None = None,
     *,
     raise_on_nonfinite: bool = True,
 ) -> TokenWeightLossFunc:

@@ -225,18 +225,12 @@ def _build_scorer(
     if kind in ("model", "reference"):
         assert frozen is not None
         scorer_model, scorer_tok = frozen
-        from tokenweight.models import compare_tokenizer_identity, tokenizer_identity
-
-        diffs = compare_tokenizer_identity(
-            tokenizer_identity(tokenizer), tokenizer_identity(scorer_tok)
-        )
-        if diffs:
-            raise TokenWeightError(
-                "scorer.model: its tokenizer differs from the trained model's: "
-                + "; ".join(diffs)
-                + " (trained vs scorer); the scorer must share the tokenizer"
-            )
-        kwargs = {"scorer_model": scorer_model, "tokenizer": scorer_tok, "reference": model}
+        kwargs = {
+            "scorer_model": scorer_model,
+            "tokenizer": scorer_tok,
+            "reference": model,
+            "reference_tokenizer": tokenizer,
+        }
         if s.device is not None:
             kwargs["device"] = s.device
     if kind == "reference":

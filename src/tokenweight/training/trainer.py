@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -49,6 +49,9 @@ from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, token_weighted_loss
 from tokenweight.weighting import Scheme
+
+if TYPE_CHECKING:
+    from tokenweight.scoring import Scorer
 
 __all__ = ["TokenWeightTrainer", "count_valid_targets"]
 
@@ -79,8 +82,9 @@ class TokenWeightTrainer(Trainer):
     Args:
         scheme: a :class:`~tokenweight.weighting.Scheme`, its text (``"dense:0.75"``) or
             dict form. Default: uniform (plain cross-entropy, no scorer).
-        scorer: a callable ``scorer(batch, long_nll, model=None) -> short_nll`` from
-            :mod:`tokenweight.scoring`; required unless the scheme is uniform.
+        scorer: a :class:`~tokenweight.scoring.Scorer`,
+            ``scorer(batch, long_nll, model=None) -> short_nll``; required unless the
+            scheme is uniform.
         *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
             :class:`~tokenweight.training.collator.TokenWeightCollator` -- unless another
             trainer follows in the MRO (``class X(TokenWeightTrainer, SFTTrainer)``),
@@ -103,7 +107,7 @@ class TokenWeightTrainer(Trainer):
         self,
         *args: Any,
         scheme: Scheme | str | dict[str, Any] = "uniform",
-        scorer: Any = None,
+        scorer: Scorer | None = None,
         **kwargs: Any,
     ) -> None:
         self.scheme = Scheme.coerce(scheme)

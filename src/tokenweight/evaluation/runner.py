@@ -483,9 +483,9 @@ def _run_text_tasks(
         long, ppl_s = _long_nll(model, seqs, cfg, f"{spec.label}: long-context NLL", progress)
     timing["perplexity_s"] = ppl_s
     timing["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
-    if "ppl" in cfg.tasks:
+    if "ppl" in cfg.text_tasks:
         entry["perplexity"] = _perplexity_result(long, mask, cfg.bucket_size)
-    if "longppl" in cfg.tasks:
+    if "longppl" in cfg.text_tasks:
         start = time.perf_counter()
         if judge is None:
             desc = f"{spec.label}: short-context NLL"
@@ -623,7 +623,7 @@ def run_evaluation(
     specs = _model_specs(models)
     load_kwargs = {"device": "auto", **(load_kwargs or {})}
     judge, scorer_spec = None, None
-    if scorer is not None and "longppl" in cfg.tasks:
+    if scorer is not None and "longppl" in cfg.text_tasks:
         scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
         judge = _judge_key_tokens(scorer_spec, cfg, load_kwargs, progress)
     if out_dir is not None:

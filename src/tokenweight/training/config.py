@@ -332,8 +332,19 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
     """
     import transformers
 
-    t = config.train
     names = _training_argument_names()
+    _check_training_files(config.train, names)
+    kwargs = {k: v for k, v in _trainer_settings(config, names).items() if k in names}
+    kwargs.update(config.train.training_arguments)
+    kwargs.update(extra)
+    try:
+        return transformers.TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise TokenWeightError(f"train: the Trainer refused these settings: {exc}") from None
+
+
+def _check_training_files(t: TrainConfig, names: set[str]) -> None:
+    """Refuse unknown ``train.training_arguments`` keys and missing DeepSpeed/FSDP files."""
     for key in t.training_arguments:
         if key not in names:
             raise TokenWeightError(
@@ -343,6 +354,15 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
         raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}; {LIST_HINT}")
     if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
         raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}; {LIST_HINT}")
+
+
+# A long but flat table: one ``TrainingArguments`` field per line, so that each setting the
+# config controls (and each fixed choice) is found in one place.
+def _trainer_settings(config: Config, names: set[str]) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments from the config (``names``: the fields this
+    transformers release has; older releases call activation checkpointing
+    ``gradient_checkpointing``)."""
+    t = config.train
     checkpointing = (
         "activation_checkpointing"
         if "activation_checkpointing" in names
@@ -390,10 +410,4 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
         kwargs["fsdp"] = t.fsdp
         if t.fsdp_config is not None:
             kwargs["fsdp_config"] = t.fsdp_config
-    kwargs = {k: v for k, v in kwargs.items() if k in names}
-    kwargs.update(t.training_arguments)
-    kwargs.update(extra)
-    try:
-        return transformers.TrainingArguments(**kwargs)
-    except (ValueError, TypeError, ImportError) as exc:
-        raise TokenWeightError(f"train: the Trainer refused these settings: {exc}") from None
+    return kwargs

@@ -39,7 +39,7 @@ import torch
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score
-from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
+from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
     "SequenceParallelCollator",
@@ -219,16 +219,11 @@ def _score_full(
 def _weigh(parts: LossParts, scheme: Scheme, generator: torch.Generator | None) -> bool:
     """Set ``parts.weights`` from the whole sequence's NLLs; on a non-finite NLL or a
     refused weighting, set ``parts.problem`` (and ``where``) and return ``False``."""
-    long_full, short_full, mask = parts.long_nll, parts.short_nll, parts.mask
-    if (where := first_nonfinite(long_full, mask)) is not None:
-        parts.problem, parts.where = "the long-context NLL", where
-        return False
-    if short_full is not None and (where := first_nonfinite(short_full, mask)) is not None:
-        parts.problem, parts.where = "the short-context NLL", where
+    if parts.flag_nonfinite_nll():
         return False
     try:
         parts.weights = compute_weights(
-            long_full, short_full, scheme, mask=mask, generator=generator
+            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, generator=generator
         )
     except TokenWeightError as exc:
         parts.problem = f"the weights ({exc})"

@@ -455,3 +455,90 @@ def test_training_mode_of_a_given_model_is_restored(tok):
     model.train()
     evaluate_models([("m", model, tok)], out_dir=None, lengths=[300], depths=[0.5], progress=False)
     assert model.training
+
+
+def _eval_args(*extra):
+    from tokenweight.cli import build_parser
+
+    return build_parser("eval").parse_args(["eval", "m", "--out", "o", *extra])
+
+
+def test_cli_defaults_are_the_eval_config_defaults():
+    from tokenweight.commands.evaluate import _eval_config
+    from tokenweight.evaluation import EvalConfig
+
+    assert _eval_config(_eval_args()) == EvalConfig()
+    assert _eval_config(_eval_args("--data", "d")) == EvalConfig(data=("d",))
+
+
+def test_cli_options_reach_the_eval_config():
+    from tokenweight.commands.evaluate import _eval_config
+    from tokenweight.evaluation import EvalConfig
+
+    cfg = _eval_config(
+        _eval_args(
+            *("--tasks", " Needle,ppl ", "--lengths", "1k,3000", "--depths", "25%,1"),
+            *("--trials", "2", "--seed", "7", "--batch-size", "3", "--distractors", "5"),
+            *("--hops", "2", "--data", "a", "--data", "b", "--seq-len", "512"),
+            *("--max-sequences", "4", "--text-field", "body", "--glob", "*.md"),
+            *("--encoding-errors", "replace", "--hf-split", "validation", "--bucket-size", "64"),
+            *("--longppl-window", "128", "--longppl-stride", "32"),
+            *("--longppl-alpha", "1.5", "--longppl-beta", "3"),
+        )
+    )
+    assert cfg == EvalConfig(
+        tasks=("needle", "ppl"),
+        lengths=(1024, 3000),
+        depths=(0.25, 1.0),
+        trials=2,
+        seed=7,
+        batch_size=3,
+        distractors=5,
+        hops=2,
+        data=("a", "b"),
+        seq_len=512,
+        max_sequences=4,
+        text_field="body",
+        glob="*.md",
+        encoding_errors="replace",
+        hf_split="validation",
+        bucket_size=64,
+        longppl_window=128,
+        longppl_stride=32,
+        longppl_alpha=1.5,
+        longppl_beta=3.0,
+    )
+
+
+def test_eval_config_default_tasks_follow_the_data():
+    from tokenweight.evaluation import EvalConfig
+
+    assert EvalConfig().tasks == ("passkey", "needle")
+    assert EvalConfig(data="corpus.txt").tasks == ("ppl", "longppl", "passkey", "needle")
+    assert EvalConfig(data="corpus.txt").data == ("corpus.txt",)
+    assert EvalConfig(tasks=["PPL", "ppl"], data=["x"]).tasks == ("ppl",)
+
+
+def test_eval_settings_are_named_once(tok):
+    from tokenweight.evaluation import EvalConfig
+
+    with pytest.raises(TokenWeightError, match=r"unknown evaluation setting.*lenghts"):
+        evaluate_models([("m", None, tok)], out_dir=None, lenghts=[300])
+    with pytest.raises(TokenWeightError, match="either as config or as keywords"):
+        evaluate_models([("m", None, tok)], out_dir=None, config=EvalConfig(), seed=1)
+
+
+def test_config_and_keywords_give_the_same_results(tok):
+    from tokenweight.evaluation import EvalConfig
+
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)
+    settings = {"tasks": ["passkey"], "lengths": [300], "depths": [0.5], "seed": 3}
+    by_keywords = evaluate_models([("m", model, tok)], out_dir=None, progress=False, **settings)
+    by_config = evaluate_models(
+        [("m", model, tok)], out_dir=None, config=EvalConfig(**settings), progress=False
+    )
+    assert by_keywords["settings"] == by_config["settings"]
+    assert by_keywords["settings"]["tasks"] == ["passkey"]
+    keyword_probes = by_keywords["models"][0]["probes"]["passkey"]
+    config_probes = by_config["models"][0]["probes"]["passkey"]
+    assert keyword_probes["samples"] == config_probes["samples"]

@@ -357,3 +357,21 @@ def test_bad_stride_is_refused(tmp_path, toks, capsys):
         prepare_dataset(
             [str(CORPUS_DIR)], tokenizer=str(toks["bos"]), seq_len=N, out=tmp_path / "o", stride=0
         )
+
+
+def test_one_manifest_reader_tells_prepared_and_scored_folders_apart(tmp_path, toks):
+    from tokenweight.data import read_manifest
+
+    out = tmp_path / "prepared"
+    prepare_dataset([str(CORPUS_DIR)], tokenizer=str(toks["bos"]), seq_len=N, out=out)
+    assert read_manifest(out) == _manifest(out)
+    assert read_manifest(out, "prepared") == _manifest(out)
+    with pytest.raises(TokenWeightError, match="is not a tokenweight score manifest"):
+        read_manifest(out, "scored")
+    with pytest.raises(TokenWeightError, match=r"scored dataset .* does not exist"):
+        read_manifest(tmp_path / "nowhere", "scored")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenWeightError, match=r"not a prepared dataset .*`tokenweight prepare`"):
+        read_manifest(tmp_path / "empty")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        read_manifest(out, "trained")

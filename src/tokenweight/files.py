@@ -181,6 +181,20 @@ def check_output_dir(
     saying what is in the way otherwise.
     """
     out = Path(out)
+    _check_output_place(out, inputs, option)
+    if not out.exists():
+        return False
+    # temporary siblings of an interrupted (or concurrent) atomic write do not count
+    entries = sorted(p.name for p in out.iterdir() if not _SIBLING.match(p.name))
+    if not entries:
+        return False
+    _check_earlier_output(out, entries, what, markers, known, option)
+    return True
+
+
+def _check_output_place(out: Path, inputs: Sequence[str | Path], option: str) -> None:
+    """Refuse an ``out`` that is the current directory or above it, overlaps an input, or
+    is not a folder."""
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -199,12 +213,18 @@ def check_output_dir(
         raise TokenWeightError(
             f"{option} {out} exists and is not a folder; choose another {option}"
         )
-    if not out.exists():
-        return False
-    # temporary siblings of an interrupted (or concurrent) atomic write do not count
-    entries = sorted(p.name for p in out.iterdir() if not _SIBLING.match(p.name))
-    if not entries:
-        return False
+
+
+def _check_earlier_output(
+    out: Path,
+    entries: Sequence[str],
+    what: str,
+    markers: Sequence[str],
+    known: Sequence[str] | None,
+    option: str,
+) -> None:
+    """Refuse a non-empty ``out`` (holding ``entries``) unless it is recognisably an
+    earlier output: one of ``markers`` and, with ``known`` patterns, nothing else."""
     if not any(m in entries for m in markers):
         raise TokenWeightError(
             f"{option} {out} holds {_listing(entries)}, which is not a {what}; choose "
@@ -222,7 +242,6 @@ def check_output_dir(
                 "tokenweight did not write; move those away or choose another folder "
                 "(nothing was changed)"
             )
-    return True
 
 
 def _listing(names: Sequence[str], limit: int = 4) -> str:

@@ -177,11 +177,11 @@ class SelectionResult:
 def _load_scores(scored: Path, prepared: Path) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
     import datasets
 
-    from tokenweight.data.prepare import MANIFEST, read_manifest
-    from tokenweight.data.store import load_scored_dataset, read_scored_manifest
+    from tokenweight.data.manifest import MANIFEST, read_manifest
+    from tokenweight.data.store import load_scored_dataset
     from tokenweight.files import sha256_file
 
-    sman = read_scored_manifest(scored)
+    sman = read_manifest(scored, "scored")
     if "long_nll" not in sman.get("columns", []):
         raise TokenWeightError(
             f"{scored} has no long_nll; score it with `tokenweight score ... --with-long` first"

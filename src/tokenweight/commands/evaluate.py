@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenweight.evaluation.runner import EvalConfig
 
 HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
@@ -53,6 +57,8 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
+# A long but flat table of options, kept in one piece so that it reads like --help. Each
+# evaluation option is named as its EvalConfig field and has its default (a test checks).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
@@ -163,10 +169,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The evaluation settings given on the command line (option names match the fields
+    of :class:`~tokenweight.evaluation.runner.EvalConfig`)."""
+    from dataclasses import fields
+
+    from tokenweight.evaluation.runner import EvalConfig
+
+    options = {f.name: getattr(args, f.name) for f in fields(EvalConfig)}
+    if args.tasks:
+        options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return EvalConfig(**options)
+
+
 def run(args: argparse.Namespace) -> int:
     from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
-    from tokenweight.evaluation.runner import evaluate_models
+    from tokenweight.evaluation.runner import run_evaluation
     from tokenweight.training.distributed import is_distributed_launch
 
     if is_distributed_launch():
@@ -174,9 +193,6 @@ def run(args: argparse.Namespace) -> int:
             "tokenweight eval runs in one process; start it without torchrun or accelerate "
             "launch (every process would repeat the whole evaluation and write the same files)"
         )
-    tasks = None
-    if args.tasks:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     load_kwargs = {
         "dtype": args.dtype,
         "device": args.device,
@@ -185,29 +201,10 @@ def run(args: argparse.Namespace) -> int:
         "rope_theta": args.rope_theta,
         "max_position_embeddings": args.max_position_embeddings,
     }
-    results = evaluate_models(
+    results = run_evaluation(
         args.models,
+        _eval_config(args),
         out_dir=args.out,
-        tasks=tasks,
-        lengths=args.lengths,
-        depths=args.depths,
-        trials=args.trials,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        distractors=args.distractors,
-        hops=args.hops,
-        data=args.data,
-        seq_len=args.seq_len,
-        max_sequences=args.max_sequences,
-        text_field=args.text_field,
-        glob=args.glob,
-        encoding_errors=args.encoding_errors,
-        hf_split=args.hf_split,
-        bucket_size=args.bucket_size,
-        longppl_window=args.longppl_window,
-        longppl_stride=args.longppl_stride,
-        longppl_alpha=args.longppl_alpha,
-        longppl_beta=args.longppl_beta,
         scorer=args.longppl_scorer,
         load_kwargs=load_kwargs,
         progress=not args.no_progress,

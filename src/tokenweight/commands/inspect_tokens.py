@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "show which tokens of a passage gain from long context and the weights they get"
 
@@ -26,25 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def _read_passage(args: argparse.Namespace) -> str:
+    """Step: check the options and read the passage (from ``--offset`` characters on)."""
     from pathlib import Path
 
     from tokenweight.errors import TokenWeightError
-    from tokenweight.inspection import (
-        check_inspect_out,
-        inspect_passage,
-        top_gains_markdown,
-        write_inspection,
-    )
-    from tokenweight.models import (
-        compare_tokenizer_identity,
-        load_model,
-        load_tokenizer,
-        tokenizer_identity,
-    )
-    from tokenweight.weighting import Scheme
+    from tokenweight.inspection import check_inspect_out
 
-    scheme = Scheme.parse(args.scheme)
     path = Path(args.text)
     if not path.is_file():
         raise TokenWeightError(f"no such text file: {path}")
@@ -54,9 +43,22 @@ def run(args: argparse.Namespace) -> int:
         raise TokenWeightError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     check_inspect_out(args.out)
     try:
-        text = path.read_text(encoding="utf-8")[args.offset :]
+        return path.read_text(encoding="utf-8")[args.offset :]
     except UnicodeDecodeError as exc:
         raise TokenWeightError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Step: the tokenizer, the model and the ``--short-model`` (``None`` without one),
+    refusing a short model of another tokenizer."""
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.models import (
+        compare_tokenizer_identity,
+        load_model,
+        load_tokenizer,
+        tokenizer_identity,
+    )
+
     kwargs = {
         "dtype": args.dtype,
         "device": args.device,
@@ -64,19 +66,43 @@ def run(args: argparse.Namespace) -> int:
     }
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(args.model, **kwargs)
-    short_model = None
-    if args.short_model:
-        short_tok = load_tokenizer(args.short_model, trust_remote_code=args.trust_remote_code)
-        diffs = compare_tokenizer_identity(
-            tokenizer_identity(tokenizer), tokenizer_identity(short_tok)
+    if not args.short_model:
+        return tokenizer, model, None
+    short_tok = load_tokenizer(args.short_model, trust_remote_code=args.trust_remote_code)
+    diffs = compare_tokenizer_identity(tokenizer_identity(tokenizer), tokenizer_identity(short_tok))
+    if diffs:
+        raise TokenWeightError(
+            f"--short-model {args.short_model} does not share the tokenizer of "
+            f"{args.model} ({'; '.join(diffs)}); its NLL would be for other tokens: "
+            "choose a short model of the same tokenizer"
         )
-        if diffs:
-            raise TokenWeightError(
-                f"--short-model {args.short_model} does not share the tokenizer of "
-                f"{args.model} ({'; '.join(diffs)}); its NLL would be for other tokens: "
-                "choose a short model of the same tokenizer"
-            )
-        short_model = load_model(args.short_model, **kwargs)
+    return tokenizer, model, load_model(args.short_model, **kwargs)
+
+
+def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
+    from tokenweight.inspection import top_gains_markdown
+
+    summary = result.summary()
+    print(
+        f"{summary['targets']} targets: mean NLL {summary['mean_long_nll']:.3f} long vs "
+        f"{summary['mean_short_nll']:.3f} short (window {window}); "
+        f"{summary['share_gain_over_1_nat']:.1%} gain > 1 nat, "
+        f"{summary['share_gain_over_2_nats']:.1%} > 2 nats"
+    )
+    print(top_gains_markdown(result, k=10))
+    for name, p in paths.items():
+        print(f"{name:>10}: {p}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tokenweight.inspection import inspect_passage, write_inspection
+    from tokenweight.weighting import Scheme
+
+    scheme = Scheme.parse(args.scheme)
+    text = _read_passage(args)
+    tokenizer, model, short_model = _load_models(args)
     result = inspect_passage(
         model,
         tokenizer,
@@ -87,15 +113,6 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         short_model=short_model,
     )
-    paths = write_inspection(result, args.out, title=f"{args.model}: {path.name}")
-    summary = result.summary()
-    print(
-        f"{summary['targets']} targets: mean NLL {summary['mean_long_nll']:.3f} long vs "
-        f"{summary['mean_short_nll']:.3f} short (window {args.window}); "
-        f"{summary['share_gain_over_1_nat']:.1%} gain > 1 nat, "
-        f"{summary['share_gain_over_2_nats']:.1%} > 2 nats"
-    )
-    print(top_gains_markdown(result, k=10))
-    for name, p in paths.items():
-        print(f"{name:>10}: {p}")
+    paths = write_inspection(result, args.out, title=f"{args.model}: {Path(args.text).name}")
+    _print_summary(result, args.window, paths)
     return 0

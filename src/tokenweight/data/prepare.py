@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenweight.data.corpus import InputFile, find_input_files, iter_documents, load_hub_documents
+from tokenweight.data.manifest import MANIFEST, PREPARED_FORMAT, read_manifest
 from tokenweight.data.packing import Packing
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
@@ -27,7 +29,6 @@ from tokenweight.files import (
     atomic_write_json,
     check_output_dir,
     clean_stale_siblings,
-    read_json,
     remove_path,
     temp_sibling,
 )
@@ -45,8 +46,7 @@ __all__ = [
     "read_manifest",
 ]
 
-MANIFEST = "manifest.json"
-FORMAT = "tokenweight.prepared"
+FORMAT = PREPARED_FORMAT
 # what a prepared folder holds (``datasets.save_to_disk`` files and the manifest)
 PREPARED_FILES = (MANIFEST, "dataset_info.json", "state.json", "data-*.arrow")
 _DOC_BATCH_CHARS = 64 << 20
@@ -129,22 +129,6 @@ def _write_documents(
     return datasets.Dataset.from_file(str(path))
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset folder (error if it is not one)."""
-    path = Path(folder) / MANIFEST
-    if not Path(folder).is_dir():
-        raise TokenWeightError(f"prepared dataset {folder} does not exist")
-    if not path.is_file():
-        raise TokenWeightError(
-            f"{folder} is not a prepared dataset (no {MANIFEST}); create one with "
-            "`tokenweight prepare`"
-        )
-    manifest = read_json(path, "prepare the dataset again with `tokenweight prepare --overwrite`")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise TokenWeightError(f"{path} is not a tokenweight prepare manifest")
-    return manifest
-
-
 def load_prepared(folder: str | Path) -> datasets.Dataset:
     """The rows of a prepared dataset folder (memory-mapped); an unreadable or truncated
     Arrow file raises :class:`TokenWeightError` naming the folder and the fix."""
@@ -158,6 +142,215 @@ def load_prepared(folder: str | Path) -> datasets.Dataset:
             f"({type(exc).__name__}: {str(exc)[:200]}); prepare it again with "
             "`tokenweight prepare --overwrite`"
         ) from None
+
+
+def _check_output(
+    out: Path, seq_len: int, tokenizer: Any, local_inputs: list[Any], overwrite: bool, num_proc: int
+) -> None:
+    """Step: refuse bad options and an output folder the tool may not replace
+    (``local_inputs``: the input files, which the output must not overlap)."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise TokenWeightError(
+            f"--seq-len must be an integer of at least 2 (a sequence needs one target), "
+            f"got {seq_len!r}"
+        )
+    if isinstance(tokenizer, (str, os.PathLike)):
+        local_inputs = [*local_inputs, os.fspath(tokenizer)]
+    check_output_dir(
+        out,
+        "tokenweight prepare output",
+        markers=(MANIFEST,),
+        known=PREPARED_FILES,
+        inputs=local_inputs,
+    )
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
+    clean_stale_siblings(out)  # scratch and half-moved folders of a killed earlier run
+    if num_proc < 1:
+        raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
+
+
+def _tokenizer_and_packing(
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    stride: int | None,
+    keep_tail: bool,
+    trust_remote_code: bool,
+) -> tuple[Any, Packing]:
+    """Step: the tokenizer (loaded when given by name) and how documents are cut."""
+    from tokenweight.models import load_tokenizer
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    else:
+        tok = tokenizer
+    pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+    packing = Packing(
+        seq_len, bos_token_id=tok.bos_token_id, stride=stride, keep_tail=keep_tail, pad_token_id=pad
+    )
+    return tok, packing
+
+
+def _read_documents(
+    inputs: Sequence[str],
+    files: list[InputFile] | None,
+    hf_split: str | None,
+    scratch: Path,
+    text_field: str,
+    encoding_errors: str,
+) -> tuple[datasets.Dataset, list[dict[str, Any]]]:
+    """Step: the documents (``text``, ``doc_id``) and the manifest entries of the inputs."""
+    if files is not None:
+        docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
+        input_entries = [f.as_manifest() for f in files]
+    else:
+        assert hf_split  # no input files: a hub split is read
+        docs, input_entries = load_hub_documents(inputs, hf_split, text_field)
+    if len(docs) == 0:
+        raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")
+    return docs, input_entries
+
+
+def _sequence_columns(keep_tail: bool) -> dict[str, str]:
+    columns = {"input_ids": "[int32]", "doc_id": "int64"}
+    if keep_tail:
+        columns["attention_mask"] = "[int8]"
+    return columns
+
+
+def _tokenize_and_cut(
+    docs: datasets.Dataset,
+    tok: Any,
+    packing: Packing,
+    inputs: Sequence[str],
+    scratch: Path,
+    tag: str,
+    num_proc: int,
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """Step: token ids of every document (in parallel), checked counts, then the
+    fixed-length sequences."""
+    tokenized = docs.map(
+        _Tokenize(tok),
+        batched=True,
+        batch_size=16,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=["text"],
+        features=_features({"doc_id": "int64", "tokens": "[int32]", "n_tokens": "int64"}),
+        cache_file_name=str(scratch / "tokens.arrow"),
+        new_fingerprint=f"tokens-{tag}",
+        desc="tokenizing",
+    )
+    n_tokens = tokenized.data.column("n_tokens").to_numpy()
+    counts = _counts(n_tokens, packing, inputs)
+    sequences = tokenized.map(
+        packing.pack_batch,
+        batched=True,
+        batch_size=16,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=tokenized.column_names,
+        features=_features(_sequence_columns(packing.keep_tail)),
+        cache_file_name=str(scratch / "sequences.arrow"),
+        new_fingerprint=f"sequences-{tag}",
+        desc="cutting into sequences",
+    )
+    return sequences, counts
+
+
+def _shuffle(
+    sequences: datasets.Dataset, seed: int, keep_tail: bool, scratch: Path, tag: str
+) -> datasets.Dataset:
+    """Step: the sequences in a seeded random order, numbered by ``row``."""
+    return sequences.shuffle(seed=seed, indices_cache_file_name=str(scratch / "indices.arrow")).map(
+        lambda batch, idx: {"row": idx},
+        batched=True,
+        with_indices=True,
+        features=_features({**_sequence_columns(keep_tail), "row": "int64"}),
+        cache_file_name=str(scratch / "shuffled.arrow"),
+        new_fingerprint=f"shuffled-{tag}",
+        desc="shuffling",
+    )
+
+
+def _limit(
+    shuffled: datasets.Dataset, max_sequences: int | None, counts: dict[str, int], keep_tail: bool
+) -> datasets.Dataset:
+    """Step: at most ``max_sequences`` rows (the first of the shuffle: a random sample, the
+    same for any limit); ``counts`` updated in place."""
+    if max_sequences is None:
+        return shuffled
+    if max_sequences < 1:
+        raise TokenWeightError(f"--max-sequences must be >= 1, got {max_sequences}")
+    counts["sequences_before_limit"] = len(shuffled)
+    if max_sequences < len(shuffled):
+        shuffled = shuffled.select(range(max_sequences))
+        kept = shuffled.data.column("input_ids").combine_chunks()
+        counts["sequences"] = max_sequences
+        counts["sequence_tokens"] = int(
+            sum(len(x) for x in kept.to_pylist())
+            if not keep_tail
+            else sum(sum(m) for m in shuffled["attention_mask"])
+        )
+    return shuffled
+
+
+@contextmanager
+def _scratch_folder(out: Path) -> Iterator[tuple[Path, str]]:
+    """A scratch folder next to ``out`` for the intermediate Arrow files (removed after,
+    whatever happens) and a fresh tag naming this run's ``datasets`` fingerprints."""
+    scratch = temp_sibling(out, "work")
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch, uuid.uuid4().hex
+    finally:
+        remove_path(scratch)
+
+
+def _save(out: Path, rows: datasets.Dataset, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Step: the rows and ``manifest.json``, the folder appearing atomically."""
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            rows.save_to_disk(str(tmp))
+            atomic_write_json(tmp / MANIFEST, manifest)
+    except FileExistsError:
+        raise TokenWeightError(
+            f"output folder {out} appeared while preparing; pass --overwrite to replace it"
+        ) from None
+
+
+def _manifest(
+    *,
+    tokenizer: dict[str, Any],
+    packing: Packing,
+    seed: int,
+    max_sequences: int | None,
+    text_field: str,
+    encoding_errors: str,
+    inputs: list[dict[str, Any]],
+    counts: dict[str, int],
+    columns: Sequence[str],
+) -> dict[str, Any]:
+    """The content of ``manifest.json``: how the folder was made and what it holds."""
+    from tokenweight import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        "tokenweight_version": __version__,
+        "tokenizer": tokenizer,
+        "seq_len": packing.seq_len,
+        "bos_token_id": packing.bos_token_id,
+        "pad_token_id": packing.pad_token_id,
+        "stride": packing.step,
+        "keep_tail": packing.keep_tail,
+        "seed": seed,
+        "max_sequences": max_sequences,
+        "text_field": text_field,
+        "encoding_errors": encoding_errors,
+        "inputs": inputs,
+        "counts": counts,
+        "columns": sorted(columns),
+    }
 
 
 def prepare_dataset(
@@ -185,147 +378,39 @@ def prepare_dataset(
     (int8). See the package README for every option. Raises :class:`TokenWeightError` for
     every bad input, before writing anything.
     """
-    from tokenweight import __version__
-    from tokenweight.models import load_tokenizer, tokenizer_identity
+    from tokenweight.models import tokenizer_identity
 
     start = time.perf_counter()
     out = Path(out)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise TokenWeightError(
-            f"--seq-len must be an integer of at least 2 (a sequence needs one target), "
-            f"got {seq_len!r}"
-        )
-    local_inputs = [] if hf_split else list(inputs)
-    if isinstance(tokenizer, (str, os.PathLike)):
-        local_inputs.append(os.fspath(tokenizer))
-    check_output_dir(
-        out,
-        "tokenweight prepare output",
-        markers=(MANIFEST,),
-        known=PREPARED_FILES,
-        inputs=local_inputs,
-    )
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
-    clean_stale_siblings(out)  # scratch and half-moved folders of a killed earlier run
-    if num_proc < 1:
-        raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
+    _check_output(out, seq_len, tokenizer, [] if hf_split else list(inputs), overwrite, num_proc)
     files = None if hf_split else find_input_files(inputs, glob)
-
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    else:
-        tok = tokenizer
+    tok, packing = _tokenizer_and_packing(
+        tokenizer, seq_len, stride=stride, keep_tail=keep_tail, trust_remote_code=trust_remote_code
+    )
     identity = tokenizer_identity(tok)
-    bos = tok.bos_token_id
-    pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
-    packing = Packing(
-        seq_len, bos_token_id=bos, stride=stride, keep_tail=keep_tail, pad_token_id=pad
-    )
-
-    scratch = temp_sibling(out, "work")
-    scratch.mkdir(parents=True)
-    tag = uuid.uuid4().hex
-    try:
-        if files is not None:
-            docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
-            input_entries = [f.as_manifest() for f in files]
-        else:
-            assert hf_split  # no input files: a hub split is read
-            docs, input_entries = load_hub_documents(inputs, hf_split, text_field)
-        if len(docs) == 0:
-            raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")
-
+    with _scratch_folder(out) as (scratch, tag):
+        docs, input_entries = _read_documents(
+            inputs, files, hf_split, scratch, text_field, encoding_errors
+        )
         t0 = time.perf_counter()
-        tokenized = docs.map(
-            _Tokenize(tok),
-            batched=True,
-            batch_size=16,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=["text"],
-            features=_features({"doc_id": "int64", "tokens": "[int32]", "n_tokens": "int64"}),
-            cache_file_name=str(scratch / "tokens.arrow"),
-            new_fingerprint=f"tokens-{tag}",
-            desc="tokenizing",
-        )
-        n_tokens = tokenized.data.column("n_tokens").to_numpy()
-        counts = _counts(n_tokens, packing, inputs)
-
-        columns = {"input_ids": "[int32]", "doc_id": "int64"}
-        if keep_tail:
-            columns["attention_mask"] = "[int8]"
-        sequences = tokenized.map(
-            packing.pack_batch,
-            batched=True,
-            batch_size=16,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=tokenized.column_names,
-            features=_features(columns),
-            cache_file_name=str(scratch / "sequences.arrow"),
-            new_fingerprint=f"sequences-{tag}",
-            desc="cutting into sequences",
-        )
+        sequences, counts = _tokenize_and_cut(docs, tok, packing, inputs, scratch, tag, num_proc)
         tokenize_seconds = time.perf_counter() - t0
-        shuffled = sequences.shuffle(
-            seed=seed, indices_cache_file_name=str(scratch / "indices.arrow")
-        ).map(
-            lambda batch, idx: {"row": idx},
-            batched=True,
-            with_indices=True,
-            features=_features({**columns, "row": "int64"}),
-            cache_file_name=str(scratch / "shuffled.arrow"),
-            new_fingerprint=f"shuffled-{tag}",
-            desc="shuffling",
+        shuffled = _shuffle(sequences, seed, keep_tail, scratch, tag)
+        shuffled = _limit(shuffled, max_sequences, counts, keep_tail)
+        manifest = _manifest(
+            tokenizer={**identity, "source": str(tokenizer) if tok is not tokenizer else None},
+            packing=packing,
+            seed=seed,
+            max_sequences=max_sequences,
+            text_field=text_field,
+            encoding_errors=encoding_errors,
+            inputs=input_entries,
+            counts=counts,
+            columns=shuffled.column_names,
         )
-        if max_sequences is not None:
-            if max_sequences < 1:
-                raise TokenWeightError(f"--max-sequences must be >= 1, got {max_sequences}")
-            counts["sequences_before_limit"] = len(shuffled)
-            if max_sequences < len(shuffled):
-                # the first rows of the shuffle: a random sample, the same for any limit
-                shuffled = shuffled.select(range(max_sequences))
-                kept = shuffled.data.column("input_ids").combine_chunks()
-                counts["sequences"] = max_sequences
-                counts["sequence_tokens"] = int(
-                    sum(len(x) for x in kept.to_pylist())
-                    if not keep_tail
-                    else sum(sum(m) for m in shuffled["attention_mask"])
-                )
-        manifest = {
-            "format": FORMAT,
-            "format_version": 1,
-            "tokenweight_version": __version__,
-            "tokenizer": {**identity, "source": str(tokenizer) if tok is not tokenizer else None},
-            "seq_len": seq_len,
-            "bos_token_id": bos,
-            "pad_token_id": pad,
-            "stride": packing.step,
-            "keep_tail": keep_tail,
-            "seed": seed,
-            "max_sequences": max_sequences,
-            "text_field": text_field,
-            "encoding_errors": encoding_errors,
-            "inputs": input_entries,
-            "counts": counts,
-            "columns": sorted(shuffled.column_names),
-        }
-        try:
-            with atomic_dir(out, overwrite=overwrite) as tmp:
-                shuffled.save_to_disk(str(tmp))
-                atomic_write_json(tmp / MANIFEST, manifest)
-        except FileExistsError:
-            raise TokenWeightError(
-                f"output folder {out} appeared while preparing; pass --overwrite to replace it"
-            ) from None
-    finally:
-        remove_path(scratch)
-    return PrepareResult(
-        out=out,
-        manifest=manifest,
-        seconds=time.perf_counter() - start,
-        tokenize_seconds=tokenize_seconds,
-        num_proc=num_proc,
-    )
+        _save(out, shuffled, manifest, overwrite)
+    seconds = time.perf_counter() - start
+    return PrepareResult(out, manifest, seconds, tokenize_seconds, num_proc)
 
 
 def _counts(n_tokens: np.ndarray, packing: Packing, inputs: Sequence[str]) -> dict[str, int]:

@@ -28,12 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tokenweight.data.manifest import (
+    DONE_SUFFIX,
+    MANIFEST,
+    RUN_FILE,
+    SCORED_FORMAT,
+    read_manifest,
+)
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_write_bytes,
     atomic_write_json,
     json_text,
-    read_json,
     remove_path,
     sha256_bytes,
     sha256_file,
@@ -50,17 +56,13 @@ __all__ = [
     "finalize_manifest",
     "input_ids_hash",
     "load_scored_dataset",
-    "read_scored_manifest",
     "shard_done",
     "verify_row",
     "verify_rows",
     "write_shard",
 ]
 
-RUN_FILE = "run.json"
-SCORED_MANIFEST = "manifest.json"
-SCORED_FORMAT = "tokenweight.scored"
-DONE_SUFFIX = ".done.json"
+SCORED_MANIFEST = MANIFEST  # the file name every dataset folder's manifest has
 
 
 def input_ids_hash(input_ids: Any) -> str:
@@ -288,33 +290,6 @@ def finalize_manifest(out_dir: str | Path, plan: ShardPlan, run: dict[str, Any])
     return True
 
 
-def read_scored_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a complete scored folder; explains an incomplete or foreign one."""
-    out_dir = Path(out_dir)
-    path = out_dir / SCORED_MANIFEST
-    if not out_dir.is_dir():
-        raise TokenWeightError(f"scored dataset {out_dir} does not exist")
-    if not path.is_file():
-        if (out_dir / RUN_FILE).is_file():
-            done = len(list(out_dir.glob("shard-*" + DONE_SUFFIX)))
-            raise TokenWeightError(
-                f"scoring in {out_dir} is incomplete ({done} shards done, no manifest); "
-                "rerun `tokenweight score` with the same arguments to finish it"
-            )
-        raise TokenWeightError(
-            f"{out_dir} is not a scored dataset (no {SCORED_MANIFEST}); create one with "
-            "`tokenweight score`"
-        )
-    manifest = read_json(
-        path,
-        "rerun `tokenweight score` with the same arguments: it verifies every shard and "
-        "writes the manifest again",
-    )
-    if not isinstance(manifest, dict) or manifest.get("format") != SCORED_FORMAT:
-        raise TokenWeightError(f"{path} is not a tokenweight score manifest")
-    return manifest
-
-
 def load_scored_dataset(out_dir: str | Path, verify: bool = True) -> datasets.Dataset:
     """All scored rows as one memory-mapped ``datasets.Dataset``, in prepared row order.
 
@@ -324,7 +299,7 @@ def load_scored_dataset(out_dir: str | Path, verify: bool = True) -> datasets.Da
     import datasets
 
     out_dir = Path(out_dir)
-    manifest = read_scored_manifest(out_dir)
+    manifest = read_manifest(out_dir, "scored")
     parts = []
     for entry in manifest["shards"]:
         path = out_dir / entry["file"]

@@ -63,6 +63,47 @@ def _generate_batch(
     return [row[width:].tolist() for row in out.cpu()]
 
 
+def _budgets(prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[int]:
+    """The new-token budget of every prompt (checked: >= 1, prompts not empty)."""
+    budgets = (
+        [int(max_new_tokens)] * len(prompts)
+        if isinstance(max_new_tokens, int)
+        else [int(x) for x in max_new_tokens]
+    )
+    if len(budgets) != len(prompts):
+        raise TokenWeightError(
+            f"got {len(budgets)} max_new_tokens values for {len(prompts)} prompts"
+        )
+    if any(b < 1 for b in budgets) or any(len(p) == 0 for p in prompts):
+        raise TokenWeightError("every prompt needs at least one token and max_new_tokens >= 1")
+    return budgets
+
+
+def _generate_or_split(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    budgets: list[int],
+    batch: list[int],
+    pending: list[list[int]],
+    pad_id: int,
+    eos: Any,
+) -> list[list[int]] | None:
+    """New tokens of the prompts ``batch`` (indices); on CUDA out-of-memory, ``None``
+    after putting its two halves at the front of ``pending`` (a single prompt re-raises)."""
+    try:
+        return _generate_batch(
+            model, [prompts[i] for i in batch], max(budgets[i] for i in batch), pad_id, eos
+        )
+    except _OOM:
+        if len(batch) == 1:
+            raise
+        half = len(batch) // 2
+        pending[:0] = [batch[:half], batch[half:]]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
 def greedy_generate(
     model: Any,
     tokenizer: Any,
@@ -90,17 +131,7 @@ def greedy_generate(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TokenWeightError(f"batch_size must be a positive integer, got {batch_size!r}")
-    budgets = (
-        [int(max_new_tokens)] * len(prompts)
-        if isinstance(max_new_tokens, int)
-        else [int(x) for x in max_new_tokens]
-    )
-    if len(budgets) != len(prompts):
-        raise TokenWeightError(
-            f"got {len(budgets)} max_new_tokens values for {len(prompts)} prompts"
-        )
-    if any(b < 1 for b in budgets) or any(len(p) == 0 for p in prompts):
-        raise TokenWeightError("every prompt needs at least one token and max_new_tokens >= 1")
+    budgets = _budgets(prompts, max_new_tokens)
     pad_id = _pad_id(tokenizer, model)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
@@ -111,17 +142,8 @@ def greedy_generate(
     pending = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     while pending:
         batch = pending.pop(0)
-        try:
-            new = _generate_batch(
-                model, [prompts[i] for i in batch], max(budgets[i] for i in batch), pad_id, eos
-            )
-        except _OOM:
-            if len(batch) == 1:
-                raise
-            half = len(batch) // 2
-            pending[:0] = [batch[:half], batch[half:]]
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        new = _generate_or_split(model, prompts, budgets, batch, pending, pad_id, eos)
+        if new is None:
             continue
         for i, tokens in zip(batch, new):
             tokens = tokens[: budgets[i]]

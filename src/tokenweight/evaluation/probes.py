@@ -321,6 +321,73 @@ def _assemble(spec: _Spec, units: list[str], counter: _Counter, depth: float):
     return text, before[target_at] / total
 
 
+def _check_probe_args(task: str, length: int, depth: float, distractors: int, hops: int) -> None:
+    if task not in TASKS:
+        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(TASKS)}")
+    if not (isinstance(depth, (int, float)) and 0.0 <= float(depth) <= 1.0):
+        raise TokenWeightError(f"probe depth must be a fraction in [0, 1], got {depth!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise TokenWeightError(f"probe length must be a positive integer, got {length!r}")
+    if distractors < 0 or hops < 1:
+        raise TokenWeightError(f"need distractors >= 0 and hops >= 1, got {distractors}, {hops}")
+
+
+# a filler fit: (tokens over the requested length, filler units, text, actual depth, ids)
+_Fit = tuple[int, int, str, float, list[int]]
+
+
+def _filler_estimate(spec: _Spec, counter: _Counter, task: str, length: int) -> tuple[int, float]:
+    """First guess of the filler units that make ``length`` tokens, and tokens per unit;
+    refuses a length too short for the instruction, needles, question and some filler."""
+    fixed, _ = _assemble(spec, [], counter, 0.0)
+    fixed_tokens = len(counter.ids(fixed))
+    cycle = _filler_units(len(FILLER.split()) + FILLER.count("."))
+    per_unit = sum(counter.unit(u) for u in cycle) / len(cycle)
+    min_filler = 2 * sum(counter.unit(u) for u in cycle)  # two rounds of the filler
+    if length < fixed_tokens + min_filler:
+        need = fixed_tokens + min_filler
+        raise TokenWeightError(
+            f"probe length {length} is too short for {task!r}: instruction, needles and "
+            f"question alone take {fixed_tokens} tokens; use a length of at least {need}"
+        )
+    return max(1, round((length - fixed_tokens) / per_unit)), per_unit
+
+
+def _fit_filler(spec: _Spec, counter: _Counter, task: str, length: int, depth: float) -> _Fit:
+    """The prompt whose token count is nearest ``length`` (exact when reachable)."""
+    n, per_unit = _filler_estimate(spec, counter, task, length)
+    best: _Fit | None = None
+    seen: set[int] = set()
+    for _ in range(24):
+        if n in seen or n < 1:
+            break
+        seen.add(n)
+        text, actual = _assemble(spec, _filler_units(n), counter, depth)
+        ids = counter.ids(text)
+        miss = len(ids) - length
+        if best is None or abs(miss) < abs(best[0]):
+            best = (miss, n, text, actual, ids)
+        if miss == 0:
+            break
+        step = round(miss / per_unit) or (1 if miss > 0 else -1)
+        n -= step
+    assert best is not None
+    # Tokenizers can merge across units, so the steps above may circle around the
+    # target; a few neighbours usually hit it exactly.
+    for delta in (1, -1, 2, -2, 3, -3):
+        if best[0] == 0:
+            break
+        m = best[1] + delta
+        if m < 1 or m in seen:
+            continue
+        seen.add(m)
+        text, actual = _assemble(spec, _filler_units(m), counter, depth)
+        ids = counter.ids(text)
+        if abs(len(ids) - length) < abs(best[0]):
+            best = (len(ids) - length, m, text, actual, ids)
+    return best
+
+
 def make_probe(
     tokenizer: Any,
     task: str,
@@ -347,59 +414,11 @@ def make_probe(
         TokenWeightError: unknown task, depth outside [0, 1], or a length too short to hold
             the instruction, needles and question with some filler.
     """
-    if task not in TASKS:
-        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(TASKS)}")
-    if not (isinstance(depth, (int, float)) and 0.0 <= float(depth) <= 1.0):
-        raise TokenWeightError(f"probe depth must be a fraction in [0, 1], got {depth!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise TokenWeightError(f"probe length must be a positive integer, got {length!r}")
-    if distractors < 0 or hops < 1:
-        raise TokenWeightError(f"need distractors >= 0 and hops >= 1, got {distractors}, {hops}")
+    _check_probe_args(task, length, depth, distractors, hops)
     rng = random.Random(f"tokenweight-probe:{seed}:{task}:{length}:{float(depth)!r}:{trial}")
     spec = _spec(task, rng, distractors, hops)
     counter = _Counter(tokenizer)
-    fixed, _ = _assemble(spec, [], counter, 0.0)
-    fixed_tokens = len(counter.ids(fixed))
-    cycle = _filler_units(len(FILLER.split()) + FILLER.count("."))
-    per_unit = sum(counter.unit(u) for u in cycle) / len(cycle)
-    min_filler = 2 * sum(counter.unit(u) for u in cycle)  # two rounds of the filler
-    if length < fixed_tokens + min_filler:
-        need = fixed_tokens + min_filler
-        raise TokenWeightError(
-            f"probe length {length} is too short for {task!r}: instruction, needles and "
-            f"question alone take {fixed_tokens} tokens; use a length of at least {need}"
-        )
-    n = max(1, round((length - fixed_tokens) / per_unit))
-    best: tuple[int, int, str, float, list[int]] | None = None
-    seen: set[int] = set()
-    for _ in range(24):
-        if n in seen or n < 1:
-            break
-        seen.add(n)
-        text, actual = _assemble(spec, _filler_units(n), counter, float(depth))
-        ids = counter.ids(text)
-        miss = len(ids) - length
-        if best is None or abs(miss) < abs(best[0]):
-            best = (miss, n, text, actual, ids)
-        if miss == 0:
-            break
-        step = round(miss / per_unit) or (1 if miss > 0 else -1)
-        n -= step
-    assert best is not None
-    # Tokenizers can merge across units, so the steps above may circle around the
-    # target; a few neighbours usually hit it exactly.
-    for delta in (1, -1, 2, -2, 3, -3):
-        if best[0] == 0:
-            break
-        m = best[1] + delta
-        if m < 1 or m in seen:
-            continue
-        seen.add(m)
-        text, actual = _assemble(spec, _filler_units(m), counter, float(depth))
-        ids = counter.ids(text)
-        if abs(len(ids) - length) < abs(best[0]):
-            best = (len(ids) - length, m, text, actual, ids)
-    _, n, text, actual, ids = best
+    _, _, text, actual, ids = _fit_filler(spec, counter, task, length, float(depth))
     answer_tokens = counter.bare(" " + ", ".join(spec.answers))
     return Probe(
         task=task,

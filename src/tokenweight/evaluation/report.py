@@ -53,13 +53,8 @@ def _span(start: int, end: int) -> str:
     return f"[{k(start)}, {k(end)})"
 
 
-def results_markdown(results: dict[str, Any]) -> str:
-    """Markdown tables of ``results`` (models side by side as columns)."""
-    entries = results["models"]
-    labels = [e["label"] for e in entries]
-    settings = results["settings"]
-    out = ["# tokenweight evaluation", ""]
-    out += markdown_table(
+def _models_section(entries: list[dict[str, Any]]) -> list[str]:
+    return markdown_table(
         ["model", "source", "native context", "RoPE theta"],
         [
             [
@@ -71,78 +66,105 @@ def results_markdown(results: dict[str, Any]) -> str:
             for e in entries
         ],
     )
+
+
+def _probes_section(
+    entries: list[dict[str, Any]], settings: dict[str, Any], probe_tasks: list[str]
+) -> list[str]:
+    labels = [e["label"] for e in entries]
+    out = ["", "## Probes", ""]
+    out.append(
+        f"Exact-match accuracy of greedy answers; {settings['trials']} prompt(s) per "
+        f"(length, depth), depths {', '.join(f'{d:.0%}' for d in settings['depths'])}, "
+        f"seed {settings['seed']}."
+    )
+    out.append("")
+    out += markdown_table(
+        ["probe", *labels],
+        [
+            [task]
+            + [_pct(e["probes"][task]["correct"], e["probes"][task]["total"]) for e in entries]
+            for task in probe_tasks
+        ],
+    )
+    for task in probe_tasks:
+        out += ["", f"### {task}: accuracy by prompt length", ""]
+        rows = []
+        for n in settings["lengths"]:
+            row = [str(n)]
+            for e in entries:
+                cell = e["probes"][task]["by_length"][str(n)]
+                row.append(f"{cell['correct']}/{cell['total']}")
+            rows.append(row)
+        out += markdown_table(["tokens", *labels], rows)
+    return out
+
+
+def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
+    first = entries[0]["perplexity"]
+    out = ["", "## Perplexity by position", ""]
+    out.append(
+        f"Mean NLL (nats) of targets by position, {first['sequences']} sequences of "
+        f"{first['seq_len']} tokens; last row: all targets (perplexity in brackets)."
+    )
+    rows = []
+    for i, bucket in enumerate(first["buckets"]):
+        rows.append(
+            [_span(bucket["start"], bucket["end"])]
+            + [_num(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
+        )
+    rows.append(
+        ["all"]
+        + [
+            f"{_num(e['perplexity']['mean_nll'])} ({_num(e['perplexity']['perplexity'], 2)})"
+            for e in entries
+        ]
+    )
+    out.append("")
+    out += markdown_table(["positions", *[e["label"] for e in entries]], rows)
+    return out
+
+
+def _longppl_section(entries: list[dict[str, Any]]) -> list[str]:
+    info = entries[0]["longppl"]
+    judge = info["key_tokens_from"]
+    out = ["", "## LongPPL", ""]
+    out.append(
+        f"Key tokens: short-context NLL minus long-context NLL > {info['alpha']:g} nats "
+        f"and long NLL < {info['beta']:g}; short context: {info['window']}-token windows, "
+        f"stride {info['stride']}; key tokens judged by "
+        f"{'each model itself' if judge == 'self' else md_escape(judge)}."
+    )
+    out.append("")
+    out += markdown_table(
+        ["model", "LongPPL", "key tokens", "tokens", "perplexity"],
+        [
+            [
+                e["label"],
+                _num(e["longppl"]["longppl"], 2),
+                str(e["longppl"]["key_tokens"]),
+                str(e["longppl"]["tokens"]),
+                _num(e["longppl"]["perplexity"], 2),
+            ]
+            for e in entries
+        ],
+    )
+    return out
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """Markdown tables of ``results`` (models side by side as columns)."""
+    entries = results["models"]
+    settings = results["settings"]
+    out = ["# tokenweight evaluation", ""]
+    out += _models_section(entries)
     probe_tasks = [t for t in settings["tasks"] if t in PROBE_TASKS]
     if probe_tasks:
-        out += ["", "## Probes", ""]
-        out.append(
-            f"Exact-match accuracy of greedy answers; {settings['trials']} prompt(s) per "
-            f"(length, depth), depths {', '.join(f'{d:.0%}' for d in settings['depths'])}, "
-            f"seed {settings['seed']}."
-        )
-        out.append("")
-        out += markdown_table(
-            ["probe", *labels],
-            [
-                [task]
-                + [_pct(e["probes"][task]["correct"], e["probes"][task]["total"]) for e in entries]
-                for task in probe_tasks
-            ],
-        )
-        for task in probe_tasks:
-            out += ["", f"### {task}: accuracy by prompt length", ""]
-            rows = []
-            for n in settings["lengths"]:
-                row = [str(n)]
-                for e in entries:
-                    cell = e["probes"][task]["by_length"][str(n)]
-                    row.append(f"{cell['correct']}/{cell['total']}")
-                rows.append(row)
-            out += markdown_table(["tokens", *labels], rows)
+        out += _probes_section(entries, settings, probe_tasks)
     if "ppl" in settings["tasks"]:
-        first = entries[0]["perplexity"]
-        out += ["", "## Perplexity by position", ""]
-        out.append(
-            f"Mean NLL (nats) of targets by position, {first['sequences']} sequences of "
-            f"{first['seq_len']} tokens; last row: all targets (perplexity in brackets)."
-        )
-        rows = []
-        for i, bucket in enumerate(first["buckets"]):
-            rows.append(
-                [_span(bucket["start"], bucket["end"])]
-                + [_num(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
-            )
-        rows.append(
-            ["all"]
-            + [
-                f"{_num(e['perplexity']['mean_nll'])} ({_num(e['perplexity']['perplexity'], 2)})"
-                for e in entries
-            ]
-        )
-        out.append("")
-        out += markdown_table(["positions", *labels], rows)
+        out += _perplexity_section(entries)
     if "longppl" in settings["tasks"]:
-        info = entries[0]["longppl"]
-        out += ["", "## LongPPL", ""]
-        out.append(
-            f"Key tokens: short-context NLL minus long-context NLL > {info['alpha']:g} nats "
-            f"and long NLL < {info['beta']:g}; short context: {info['window']}-token windows, "
-            f"stride {info['stride']}; key tokens judged by "
-            f"{'each model itself' if info['key_tokens_from'] == 'self' else md_escape(info['key_tokens_from'])}."
-        )
-        out.append("")
-        out += markdown_table(
-            ["model", "LongPPL", "key tokens", "tokens", "perplexity"],
-            [
-                [
-                    e["label"],
-                    _num(e["longppl"]["longppl"], 2),
-                    str(e["longppl"]["key_tokens"]),
-                    str(e["longppl"]["tokens"]),
-                    _num(e["longppl"]["perplexity"], 2),
-                ]
-                for e in entries
-            ],
-        )
+        out += _longppl_section(entries)
     files = [f for f in results.get("files", []) if f.endswith(".png")]
     if files:
         out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in files]

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,12 @@ __all__ = [
     "EvalConfig",
     "ModelSpec",
     "evaluate_models",
+    "run_evaluation",
 ]
 
-ALL_TASKS = ("ppl", "longppl", *PROBE_TASKS)
+TEXT_TASKS = ("ppl", "longppl")  # need evaluation text (--data)
+ALL_TASKS = (*TEXT_TASKS, *PROBE_TASKS)
+DEFAULT_PROBE_TASKS = ("passkey", "needle")
 
 
 @dataclass
@@ -93,9 +96,14 @@ def _positive_int(value: Any, what: str) -> int:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Settings of one evaluation (every field is a CLI option of ``tokenweight eval``)."""
+    """Settings of one evaluation, validated at construction (every field is a CLI option
+    of ``tokenweight eval``; :func:`evaluate_models` documents each one).
 
-    tasks: tuple[str, ...] = ("passkey", "needle")
+    ``tasks=None`` means ``passkey`` and ``needle``, plus ``ppl`` and ``longppl`` when
+    ``data`` is given. Sequences may be given as lists; they are stored as tuples.
+    """
+
+    tasks: tuple[str, ...] | None = None
     lengths: tuple[int, ...] = (1024, 2048, 4096)
     depths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     trials: int = 1
@@ -117,6 +125,33 @@ class EvalConfig:
     hf_split: str | None = None
 
     def __post_init__(self) -> None:
+        data = (self.data,) if isinstance(self.data, (str, Path)) else self.data
+        object.__setattr__(self, "data", tuple(str(p) for p in data))
+        object.__setattr__(self, "tasks", self._checked_tasks())
+        if self.probe_tasks:
+            self._check_probe_grid()
+        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+        object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
+        for name in ("trials", "batch_size", "bucket_size", "hops"):
+            _positive_int(getattr(self, name), name)
+        self._check_text_settings()
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EvalConfig:
+        """An ``EvalConfig`` from keyword options named as its fields (an unknown name is
+        an error, not silently ignored)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TokenWeightError(
+                f"unknown evaluation setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        return cls(**options)
+
+    def _checked_tasks(self) -> tuple[str, ...]:
+        if self.tasks is None:
+            return TEXT_TASKS + DEFAULT_PROBE_TASKS if self.data else DEFAULT_PROBE_TASKS
         tasks = tuple(dict.fromkeys(str(t).strip().lower() for t in self.tasks))
         unknown = [t for t in tasks if t not in ALL_TASKS]
         if unknown or not tasks:
@@ -124,22 +159,18 @@ class EvalConfig:
                 f"unknown evaluation task(s) {', '.join(unknown) or '(none given)'}; "
                 f"choose from {', '.join(ALL_TASKS)}"
             )
-        object.__setattr__(self, "tasks", tasks)
-        if self.probe_tasks:
-            if not self.lengths or not self.depths:
-                raise TokenWeightError("probes need at least one length and one depth")
-            for n in self.lengths:
-                _positive_int(n, "every probe length")
-            for d in self.depths:
-                if isinstance(d, bool) or not 0.0 <= float(d) <= 1.0:
-                    raise TokenWeightError(f"every depth must be in [0, 1], got {d!r}")
-        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
-        object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
-        for name in ("trials", "batch_size", "bucket_size", "hops"):
-            _positive_int(getattr(self, name), name)
-        if isinstance(self.data, str):
-            object.__setattr__(self, "data", (self.data,))
-        object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        return tasks
+
+    def _check_probe_grid(self) -> None:
+        if not self.lengths or not self.depths:
+            raise TokenWeightError("probes need at least one length and one depth")
+        for n in self.lengths:
+            _positive_int(n, "every probe length")
+        for d in self.depths:
+            if isinstance(d, bool) or not 0.0 <= float(d) <= 1.0:
+                raise TokenWeightError(f"every depth must be in [0, 1], got {d!r}")
+
+    def _check_text_settings(self) -> None:
         if self.seq_len is not None:
             if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int):
                 raise TokenWeightError(f"--seq-len must be an integer, got {self.seq_len!r}")
@@ -153,11 +184,11 @@ class EvalConfig:
 
     @property
     def probe_tasks(self) -> tuple[str, ...]:
-        return tuple(t for t in self.tasks if t in PROBE_TASKS)
+        return tuple(t for t in self.tasks or () if t in PROBE_TASKS)
 
     @property
     def text_tasks(self) -> tuple[str, ...]:
-        return tuple(t for t in self.tasks if t in ("ppl", "longppl"))
+        return tuple(t for t in self.tasks or () if t in TEXT_TASKS)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -324,37 +355,66 @@ def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
     )
 
 
-def _key_mask_from_scorer(
-    scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
-) -> tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor, float]:
-    """LongPPL key tokens judged by ``scorer``: (key mask, tokenizer key, sequences, info,
-    the evaluator's own long NLL and the seconds it took, both reused when the evaluator
-    is also evaluated)."""
-    from tokenweight.evaluation.perplexity import (
-        default_short_window,
-        long_context_nll,
-        short_context_nll_of,
-    )
+@dataclass(frozen=True)
+class _KeyTokens:
+    """LongPPL key tokens judged by one evaluator model for every evaluated model.
 
+    ``mask`` is ``[n, T-1]`` bool over the targets of ``seqs``; ``long`` is the
+    evaluator's own long-context NLL ``[n, T-1]`` (nats) and ``long_s`` the seconds it
+    took, both reused when the evaluator is also evaluated."""
+
+    mask: torch.Tensor
+    tokenizer_key: tuple
+    seqs: Any
+    info: dict[str, Any]
+    long: torch.Tensor
+    long_s: float
+
+
+def _long_nll(
+    model: Any, seqs: Any, cfg: EvalConfig, desc: str, progress: bool
+) -> tuple[torch.Tensor, float]:
+    """Long-context NLL ``[n, T-1]`` (nats) of ``seqs`` and the seconds it took."""
+    from tokenweight.evaluation.perplexity import long_context_nll
+
+    start = time.perf_counter()
+    with _bar(seqs.input_ids.shape[0], desc, progress) as bar:
+        long = long_context_nll(model, seqs, batch_size=cfg.batch_size, on_done=bar.update)
+    return long, time.perf_counter() - start
+
+
+def _key_token_mask(
+    model: Any, seqs: Any, long: torch.Tensor, cfg: EvalConfig, desc: str, progress: bool
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """LongPPL key tokens of ``seqs`` as judged by ``model`` (its long NLL ``long`` against
+    its short-window NLL) and the short window used."""
+    from tokenweight.evaluation.perplexity import default_short_window, short_context_nll_of
+
+    window, stride = default_short_window(
+        seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
+    )
+    with _bar(seqs.input_ids.shape[0], desc, progress) as bar:
+        short = short_context_nll_of(
+            model, seqs, long, window=window, stride=stride, on_done=bar.update
+        )
+    mask = key_token_mask(
+        long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
+    )
+    return mask, {"window": window, "stride": stride}
+
+
+def _judge_key_tokens(
+    scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
+) -> _KeyTokens:
+    """Step: load the LongPPL evaluator ``scorer`` once and judge the key tokens."""
     with _Loaded(scorer, load_kwargs) as (model, tokenizer, _):
         seqs = _load_sequences(cfg, tokenizer)
-        window, stride = default_short_window(
-            seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
+        long, long_s = _long_nll(model, seqs, cfg, f"{scorer.label}: evaluator long NLL", progress)
+        mask, window = _key_token_mask(
+            model, seqs, long, cfg, f"{scorer.label}: evaluator short NLL", progress
         )
-        n = seqs.input_ids.shape[0]
-        start = time.perf_counter()
-        with _bar(n, f"{scorer.label}: evaluator long NLL", progress) as bar:
-            long = long_context_nll(model, seqs, batch_size=cfg.batch_size, on_done=bar.update)
-        long_s = time.perf_counter() - start
-        with _bar(n, f"{scorer.label}: evaluator short NLL", progress) as bar:
-            short = short_context_nll_of(
-                model, seqs, long, window=window, stride=stride, on_done=bar.update
-            )
-        key = key_token_mask(
-            long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
-        )
-        info = {"window": window, "stride": stride, "key_tokens_from": scorer.label}
-        return key, _tokenizer_key(tokenizer), seqs, info, long, long_s
+        info = {**window, "key_tokens_from": scorer.label}
+        return _KeyTokens(mask, _tokenizer_key(tokenizer), seqs, info, long, long_s)
 
 
 def _same_model(spec: ModelSpec, scorer: ModelSpec | None) -> bool:
@@ -366,154 +426,241 @@ def _same_model(spec: ModelSpec, scorer: ModelSpec | None) -> bool:
     return spec.source is not None and spec.source == scorer.source
 
 
+def _model_entry(spec: ModelSpec, model: Any, load_s: float) -> dict[str, Any]:
+    """The start of a model's results: what it is and how long it took to load."""
+    config = getattr(model, "config", None)
+    return {
+        "label": spec.label,
+        "source": spec.source,
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "rope_theta": rope_theta(config),
+        "timing": {"load_s": load_s},
+    }
+
+
+def _text_sequences(
+    spec: ModelSpec, tokenizer: Any, cfg: EvalConfig, judge: _KeyTokens | None
+) -> Any:
+    """Step: the evaluation sequences, the evaluator's when it judges (same tokens)."""
+    if judge is None:
+        return _load_sequences(cfg, tokenizer)
+    if judge.tokenizer_key != _tokenizer_key(tokenizer):
+        raise TokenWeightError(
+            f"model {spec.label!r} does not share the LongPPL evaluator's "
+            "tokenizer; key tokens can only be compared on the same tokens"
+        )
+    return judge.seqs
+
+
+def _longppl_result(
+    long: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, info: dict, cfg: EvalConfig
+) -> dict[str, Any]:
+    return {
+        **longppl(long, key, mask).as_dict(),
+        **info,
+        "alpha": cfg.longppl_alpha,
+        "beta": cfg.longppl_beta,
+    }
+
+
+def _run_text_tasks(
+    entry: dict[str, Any],
+    spec: ModelSpec,
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    judge: _KeyTokens | None,
+    is_judge: bool,
+    progress: bool,
+) -> None:
+    """Step: perplexity by position and LongPPL of one model, into ``entry``."""
+    seqs = _text_sequences(spec, tokenizer, cfg, judge)
+    mask, timing = seqs.target_mask, entry["timing"]
+    if judge is not None and is_judge:
+        # the LongPPL evaluator is this very model: computed once, timed there
+        long, ppl_s = judge.long, judge.long_s
+    else:
+        long, ppl_s = _long_nll(model, seqs, cfg, f"{spec.label}: long-context NLL", progress)
+    timing["perplexity_s"] = ppl_s
+    timing["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
+    if "ppl" in cfg.tasks:
+        entry["perplexity"] = _perplexity_result(long, mask, cfg.bucket_size)
+    if "longppl" in cfg.tasks:
+        start = time.perf_counter()
+        if judge is None:
+            desc = f"{spec.label}: short-context NLL"
+            key, window = _key_token_mask(model, seqs, long, cfg, desc, progress)
+            info = {**window, "key_tokens_from": "self"}
+        else:
+            key, info = judge.mask, judge.info
+        entry["longppl"] = _longppl_result(long, key, mask, info, cfg)
+        timing["longppl_s"] = time.perf_counter() - start
+
+
+def _probes_for(tokenizer: Any, cfg: EvalConfig, cache: dict[tuple, list[Probe]]) -> list[Probe]:
+    """The probe prompts in this tokenizer (made once per tokenizer, shared by models)."""
+    key = _tokenizer_key(tokenizer)
+    if key not in cache:
+        cache[key] = make_probes(
+            tokenizer,
+            cfg.probe_tasks,
+            cfg.lengths,
+            cfg.depths,
+            trials=cfg.trials,
+            seed=cfg.seed,
+            distractors=cfg.distractors,
+            hops=cfg.hops,
+        )
+    return cache[key]
+
+
+def _run_probes(
+    entry: dict[str, Any],
+    spec: ModelSpec,
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    probe_cache: dict[tuple, list[Probe]],
+    progress: bool,
+) -> None:
+    """Step: greedy answers to every probe prompt, scored, into ``entry``."""
+    from tokenweight.evaluation.generate import greedy_generate
+
+    probes = _probes_for(tokenizer, cfg, probe_cache)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    with _bar(len(probes), f"{spec.label}: probes", progress, "prompt") as bar:
+        outputs = greedy_generate(
+            model,
+            tokenizer,
+            [p.input_ids for p in probes],
+            max_new_tokens=[p.max_new_tokens for p in probes],
+            batch_size=cfg.batch_size,
+            on_done=bar.update,
+        )
+    took = time.perf_counter() - start
+    entry["probes"] = _probe_result(probes, outputs, cfg)
+    entry["timing"]["probes_s"] = took
+    entry["timing"]["probe_prompts_per_s"] = len(probes) / max(took, 1e-9)
+    prompt_tokens = sum(len(p.input_ids) for p in probes)
+    entry["timing"]["probe_tokens_per_s"] = prompt_tokens / max(took, 1e-9)
+
+
 def _evaluate_one(
     spec: ModelSpec,
     cfg: EvalConfig,
     load_kwargs: dict[str, Any],
     progress: bool,
-    scorer_key: tuple[torch.Tensor, tuple, Any, dict[str, Any], torch.Tensor, float] | None,
+    judge: _KeyTokens | None,
     probe_cache: dict[tuple, list[Probe]],
-    is_scorer: bool = False,
+    is_judge: bool = False,
 ) -> dict[str, Any]:
-    from tokenweight.evaluation.generate import greedy_generate
-    from tokenweight.evaluation.perplexity import (
-        default_short_window,
-        long_context_nll,
-        short_context_nll_of,
-    )
-
+    """Load one model, run every task on it, release it; its entry of ``results.json``."""
     with _Loaded(spec, load_kwargs) as (model, tokenizer, load_s):
-        config = getattr(model, "config", None)
-        entry: dict[str, Any] = {
-            "label": spec.label,
-            "source": spec.source,
-            "max_position_embeddings": getattr(config, "max_position_embeddings", None),
-            "rope_theta": rope_theta(config),
-            "timing": {"load_s": load_s},
-        }
+        entry = _model_entry(spec, model, load_s)
         _warn_beyond_positions(spec.label, entry["max_position_embeddings"], cfg)
-        tok_key = _tokenizer_key(tokenizer)
         if cfg.text_tasks:
-            if scorer_key is not None and "longppl" in cfg.tasks:
-                key_mask, scorer_tok, seqs, info, scorer_long, scorer_long_s = scorer_key
-                if scorer_tok != tok_key:
-                    raise TokenWeightError(
-                        f"model {spec.label!r} does not share the LongPPL evaluator's "
-                        "tokenizer; key tokens can only be compared on the same tokens"
-                    )
-            else:
-                seqs = _load_sequences(cfg, tokenizer)
-            mask = seqs.target_mask
-            n = seqs.input_ids.shape[0]
-            start = time.perf_counter()
-            if is_scorer and scorer_key is not None and "longppl" in cfg.tasks:
-                # the LongPPL evaluator is this very model: computed once, timed there
-                long, ppl_s = scorer_long, scorer_long_s
-            else:
-                with _bar(n, f"{spec.label}: long-context NLL", progress) as bar:
-                    long = long_context_nll(
-                        model, seqs, batch_size=cfg.batch_size, on_done=bar.update
-                    )
-                ppl_s = time.perf_counter() - start
-            entry["timing"]["perplexity_s"] = ppl_s
-            entry["timing"]["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
-            if "ppl" in cfg.tasks:
-                entry["perplexity"] = _perplexity_result(long, mask, cfg.bucket_size)
-            if "longppl" in cfg.tasks:
-                start = time.perf_counter()
-                if scorer_key is None:
-                    window, stride = default_short_window(
-                        seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
-                    )
-                    with _bar(n, f"{spec.label}: short-context NLL", progress) as bar:
-                        short = short_context_nll_of(
-                            model, seqs, long, window=window, stride=stride, on_done=bar.update
-                        )
-                    key_mask = key_token_mask(
-                        long, short, mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
-                    )
-                    info = {"window": window, "stride": stride, "key_tokens_from": "self"}
-                result = longppl(long, key_mask, mask)
-                entry["longppl"] = {
-                    **result.as_dict(),
-                    **info,
-                    "alpha": cfg.longppl_alpha,
-                    "beta": cfg.longppl_beta,
-                }
-                entry["timing"]["longppl_s"] = time.perf_counter() - start
+            _run_text_tasks(entry, spec, model, tokenizer, cfg, judge, is_judge, progress)
         if cfg.probe_tasks:
-            if tok_key not in probe_cache:
-                probe_cache[tok_key] = make_probes(
-                    tokenizer,
-                    cfg.probe_tasks,
-                    cfg.lengths,
-                    cfg.depths,
-                    trials=cfg.trials,
-                    seed=cfg.seed,
-                    distractors=cfg.distractors,
-                    hops=cfg.hops,
-                )
-            probes = probe_cache[tok_key]
-            torch.manual_seed(cfg.seed)
-            start = time.perf_counter()
-            with _bar(len(probes), f"{spec.label}: probes", progress, "prompt") as bar:
-                outputs = greedy_generate(
-                    model,
-                    tokenizer,
-                    [p.input_ids for p in probes],
-                    max_new_tokens=[p.max_new_tokens for p in probes],
-                    batch_size=cfg.batch_size,
-                    on_done=bar.update,
-                )
-            took = time.perf_counter() - start
-            entry["probes"] = _probe_result(probes, outputs, cfg)
-            entry["timing"]["probes_s"] = took
-            entry["timing"]["probe_prompts_per_s"] = len(probes) / max(took, 1e-9)
-            entry["timing"]["probe_tokens_per_s"] = sum(len(p.input_ids) for p in probes) / max(
-                took, 1e-9
-            )
+            _run_probes(entry, spec, model, tokenizer, cfg, probe_cache, progress)
     return entry
+
+
+def _check_out_dir(out_dir: str | Path | None) -> None:
+    """Step: refuse an output folder holding files this command did not write."""
+    if out_dir is None:
+        return
+    from tokenweight.evaluation.report import EVAL_FILES
+    from tokenweight.files import check_output_dir
+
+    check_output_dir(out_dir, "tokenweight eval output", markers=EVAL_FILES[:1], known=EVAL_FILES)
+
+
+def _model_specs(models: Sequence[ModelSpec | str | tuple[str, Any, Any]]) -> list[ModelSpec]:
+    """Step: the models to evaluate, with distinct labels."""
+    specs = [_as_spec(m) for m in models]
+    if not specs:
+        raise TokenWeightError("give at least one model to evaluate")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise TokenWeightError(
+            f"model labels must differ, got {', '.join(labels)}; name them LABEL=SOURCE"
+        )
+    return specs
+
+
+def _results_header(cfg: EvalConfig, scorer: ModelSpec | str | None) -> dict[str, Any]:
+    """The start of ``results.json``: version and settings, no models yet."""
+    from tokenweight import __version__
+
+    settings = cfg.as_dict()
+    settings["longppl_scorer"] = None if scorer is None else str(getattr(scorer, "label", scorer))
+    return {"tokenweight_version": __version__, "settings": settings, "models": []}
+
+
+def _write_results(results: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
+    """Step: the JSON-safe results, written with the report and figures to ``out_dir``."""
+    results = _clean(results)
+    if out_dir is not None:
+        from tokenweight.evaluation.report import write_outputs
+
+        results["files"] = write_outputs(results, out_dir)
+    return results
+
+
+def run_evaluation(
+    models: Sequence[ModelSpec | str | tuple[str, Any, Any]],
+    cfg: EvalConfig,
+    *,
+    out_dir: str | Path | None,
+    scorer: ModelSpec | str | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``models`` with the settings ``cfg``; the recipe behind
+    :func:`evaluate_models` (which documents the arguments and the result)."""
+    _check_out_dir(out_dir)
+    specs = _model_specs(models)
+    load_kwargs = {"device": "auto", **(load_kwargs or {})}
+    judge, scorer_spec = None, None
+    if scorer is not None and "longppl" in cfg.tasks:
+        scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
+        judge = _judge_key_tokens(scorer_spec, cfg, load_kwargs, progress)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    results = _results_header(cfg, scorer)
+    probe_cache: dict[tuple, list[Probe]] = {}
+    for spec in specs:
+        is_judge = _same_model(spec, scorer_spec)
+        entry = _evaluate_one(spec, cfg, load_kwargs, progress, judge, probe_cache, is_judge)
+        results["models"].append(entry)
+    return _write_results(results, out_dir)
 
 
 def evaluate_models(
     models: Sequence[ModelSpec | str | tuple[str, Any, Any]],
     *,
     out_dir: str | Path | None,
-    tasks: Sequence[str] | None = None,
-    lengths: Sequence[int] = (1024, 2048, 4096),
-    depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    trials: int = 1,
-    seed: int = 0,
-    batch_size: int = 1,
-    distractors: int = 3,
-    hops: int = 4,
-    data: str | Sequence[str] = (),
-    seq_len: int | None = None,
-    max_sequences: int | None = 16,
-    text_field: str = "text",
-    bucket_size: int = 1024,
-    longppl_window: int | None = None,
-    longppl_stride: int | None = None,
-    longppl_alpha: float = 2.0,
-    longppl_beta: float = 2.0,
-    glob: str | None = None,
-    encoding_errors: str = "strict",
-    hf_split: str | None = None,
+    config: EvalConfig | None = None,
     scorer: ModelSpec | str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate ``models`` side by side and (with ``out_dir``) write every output file.
 
     Args:
         models: ``ModelSpec``, ``"LABEL=SOURCE"`` text, or ``(label, model, tokenizer)``.
         out_dir: folder for ``results.json``, ``results.md`` and PNGs (``None``: no files).
+        config: the evaluation settings as an :class:`EvalConfig`; or, instead, give them
+            as keyword ``settings`` named as its fields (not both):
         tasks: subset of :data:`ALL_TASKS`; default ``passkey`` and ``needle``, plus
             ``ppl`` and ``longppl`` when ``data`` is given.
         lengths / depths / trials: probe prompt lengths (tokens), needle depths
             (fractions) and prompts per (length, depth) cell.
         seed: selects the probe values and positions (same seed, same prompts).
         batch_size: prompts decoded together / sequences per forward pass.
+        distractors / hops: multikey distractor needles / vartrack chain links.
         data: prepared dataset folder or corpus files for ``ppl`` / ``longppl``.
         glob / encoding_errors / hf_split / text_field: how corpus ``data`` is read, the
             options of ``tokenweight prepare`` (files taken from folders, undecodable
@@ -533,79 +680,12 @@ def evaluate_models(
     Returns:
         The content of ``results.json``: ``{"settings": ..., "models": [entry, ...]}``.
     """
-    if out_dir is not None:
-        from tokenweight.evaluation.report import EVAL_FILES
-        from tokenweight.files import check_output_dir
-
-        check_output_dir(
-            out_dir, "tokenweight eval output", markers=EVAL_FILES[:1], known=EVAL_FILES
-        )
-    specs = [_as_spec(m) for m in models]
-    if not specs:
-        raise TokenWeightError("give at least one model to evaluate")
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
+    if config is not None and settings:
         raise TokenWeightError(
-            f"model labels must differ, got {', '.join(labels)}; name them LABEL=SOURCE"
+            f"give evaluation settings either as config or as keywords, not both "
+            f"(got config and {', '.join(sorted(settings))})"
         )
-    data = (data,) if isinstance(data, (str, Path)) else tuple(data)
-    if tasks is None:
-        tasks = ("ppl", "longppl", "passkey", "needle") if data else ("passkey", "needle")
-    cfg = EvalConfig(
-        tasks=tuple(tasks),
-        lengths=tuple(lengths),
-        depths=tuple(depths),
-        trials=trials,
-        seed=seed,
-        batch_size=batch_size,
-        distractors=distractors,
-        hops=hops,
-        data=data,
-        seq_len=seq_len,
-        max_sequences=max_sequences,
-        text_field=text_field,
-        bucket_size=bucket_size,
-        longppl_window=longppl_window,
-        longppl_stride=longppl_stride,
-        longppl_alpha=longppl_alpha,
-        longppl_beta=longppl_beta,
-        glob=glob,
-        encoding_errors=encoding_errors,
-        hf_split=hf_split,
+    cfg = config if config is not None else EvalConfig.from_options(**settings)
+    return run_evaluation(
+        models, cfg, out_dir=out_dir, scorer=scorer, load_kwargs=load_kwargs, progress=progress
     )
-    load_kwargs = {"device": "auto", **(load_kwargs or {})}
-    scorer_key = None
-    scorer_spec = None
-    if scorer is not None and "longppl" in cfg.tasks:
-        scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
-        scorer_key = _key_mask_from_scorer(scorer_spec, cfg, load_kwargs, progress)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    from tokenweight import __version__
-
-    settings = cfg.as_dict()
-    settings["longppl_scorer"] = None if scorer is None else str(getattr(scorer, "label", scorer))
-    results: dict[str, Any] = {
-        "tokenweight_version": __version__,
-        "settings": settings,
-        "models": [],
-    }
-    probe_cache: dict[tuple, list[Probe]] = {}
-    for spec in specs:
-        results["models"].append(
-            _evaluate_one(
-                spec,
-                cfg,
-                load_kwargs,
-                progress,
-                scorer_key,
-                probe_cache,
-                is_scorer=_same_model(spec, scorer_spec),
-            )
-        )
-    results = _clean(results)
-    if out_dir is not None:
-        from tokenweight.evaluation.report import write_outputs
-
-        results["files"] = write_outputs(results, out_dir)
-    return results

@@ -147,7 +147,7 @@ def _from_corpus(
 
 def _check_data_tokenizer(path: Path, tokenizer: Any) -> None:
     """A ``tokenweight prepare`` folder records its tokenizer: it must be the model's."""
-    from tokenweight.data.prepare import MANIFEST, read_manifest
+    from tokenweight.data.manifest import MANIFEST, read_manifest
     from tokenweight.models import check_data_tokenizer
 
     if (path / MANIFEST).is_file() and tokenizer is not None:

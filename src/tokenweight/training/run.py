@@ -125,7 +125,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     ``data.path`` is a ``tokenweight prepare`` folder, or a ``tokenweight score`` folder
     (required by the precomputed scorer; its shards are verified against their hashes).
     """
-    from tokenweight.data import load_scored_dataset, read_manifest, read_scored_manifest
+    from tokenweight.data import load_scored_dataset, read_manifest
     from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
 
@@ -140,7 +140,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     head = read_json(manifest_file, "prepare (or score) the data again")
     kind = head.get("format") if isinstance(head, dict) else None
     if kind == SCORED_FORMAT:
-        scored = read_scored_manifest(path)
+        scored = read_manifest(path, "scored")
         manifest = scored["prepared"]
         dataset = load_scored_dataset(path, verify=True)
         window = config.scorer.window

@@ -159,6 +159,40 @@ def estimate_memory(
         chunk_bytes: the loss head's per-chunk logit budget.
         bytes_per_value: activation bytes (2 for bf16).
     """
+    _check_layout(
+        seq_len,
+        gpus,
+        zero_stage,
+        sequence_parallel,
+        micro_batch,
+        precision,
+        offload_optimizer,
+        offload_parameters,
+    )
+    parameters, gradients, optimizer = _state_bytes(
+        shape, gpus, zero_stage, precision, offload_optimizer, offload_parameters
+    )
+    s = seq_len * micro_batch // sequence_parallel
+    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    checkpoints = shape.layers * s * h * bytes_per_value
+    layer = s * (4 * h + 2 * kv + 3 * i) * bytes_per_value
+    head = 2 * s * h * bytes_per_value + chunk_bytes
+    working = max(layer, head)
+    total = parameters + gradients + optimizer + checkpoints + working
+    return MemoryEstimate(parameters, gradients, optimizer, checkpoints, working, total, s)
+
+
+def _check_layout(
+    seq_len: int,
+    gpus: int,
+    zero_stage: int,
+    sequence_parallel: int,
+    micro_batch: int,
+    precision: str,
+    offload_optimizer: bool,
+    offload_parameters: bool,
+) -> None:
+    """Refuse a layout :func:`estimate_memory` does not describe."""
     if precision not in PRECISIONS:
         raise TokenWeightError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if zero_stage not in (0, 1, 2, 3):
@@ -176,6 +210,16 @@ def estimate_memory(
     if precision == "pure" and (zero_stage or gpus > 1 or offload_optimizer or offload_parameters):
         raise TokenWeightError("precision 'pure' describes one process without DeepSpeed")
 
+
+def _state_bytes(
+    shape: ModelShape,
+    gpus: int,
+    zero_stage: int,
+    precision: str,
+    offload_optimizer: bool,
+    offload_parameters: bool,
+) -> tuple[int, int, int]:
+    """Bytes per GPU of ``(parameters, gradients, optimizer state)``."""
     p = shape.parameters()
     embedding = shape.vocab * shape.hidden
     if precision == "pure":
@@ -192,15 +236,7 @@ def estimate_memory(
                 parameters = 2 * 2 * shape.layer_parameters()
         gradients = 2 * p // g
         optimizer = 0 if offload_optimizer else 12 * p // o
-
-    s = seq_len * micro_batch // sequence_parallel
-    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
-    checkpoints = shape.layers * s * h * bytes_per_value
-    layer = s * (4 * h + 2 * kv + 3 * i) * bytes_per_value
-    head = 2 * s * h * bytes_per_value + chunk_bytes
-    working = max(layer, head)
-    total = parameters + gradients + optimizer + checkpoints + working
-    return MemoryEstimate(parameters, gradients, optimizer, checkpoints, working, total, s)
+    return parameters, gradients, optimizer
 
 
 def format_estimate(estimate: MemoryEstimate) -> str:

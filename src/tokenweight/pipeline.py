@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenweight.config_files import load_raw_config
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_write_json,
@@ -28,12 +29,11 @@ from tokenweight.files import (
     remove_path,
     sha256_bytes,
 )
-from tokenweight.training.config import (
+from tokenweight.schema import (
     apply_overrides,
     at_least_two,
     build_dataclass,
     checked,
-    load_raw_config,
     non_negative,
     one_of,
     positive,
@@ -209,251 +209,298 @@ def _run_name(scheme: str) -> str:
 # ------------------------------------------------------------------ the pipeline
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> Path:
     """Run every step (reusing cached ones) and write ``report.md``; returns its path."""
-    from tokenweight.evaluation.report import EVAL_FILES
-    from tokenweight.inspection import INSPECT_FILES
-    from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
-    from tokenweight.training.run import TRAIN_MARKERS
-
     config.validate()
-    work = Path(config.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    device = str(resolve_device(config.device))
-    eval_len = config.eval_seq_len or config.seq_len
-    steps = _Steps(total=6 + len(config.schemes), log=log)
-    t_start = time.perf_counter()
+    return _Pipeline(config, log).run()
+
+
+class _Pipeline:
+    """The main job as a recipe: :meth:`run` calls one method per step, in order.
+
+    State shared by the steps (the local model, the corpus split, the step log) lives on
+    the instance; each step method builds its own settings fingerprint and hands its work
+    to :meth:`_Steps.run`, which reuses a cached result when the settings are unchanged.
+    """
+
+    def __init__(self, config: PipelineConfig, log: Callable[[str], None]) -> None:
+        from tokenweight.models import resolve_device
+
+        self.config = config
+        self.log = log
+        self.work = Path(config.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.device = str(resolve_device(config.device))
+        self.eval_len = config.eval_seq_len or config.seq_len
+        self.steps = _Steps(total=6 + len(config.schemes), log=log)
+        self.prepared = self.work / "prepared"
+        self.scored = self.work / "scored"
+        self.runs: dict[str, Path] = {}
+
+    def run(self) -> Path:
+        t_start = time.perf_counter()
+        self._setup_model_and_corpus()
+        self._prepare()
+        self._score()
+        self._train()
+        self._evaluate()
+        self._inspect()
+        return self._report(time.perf_counter() - t_start)
 
     # 1. model and corpus ------------------------------------------------------
-    steps.index += 1
-    t0 = time.perf_counter()
-    log(f"[{steps.index}/{steps.total}] model and corpus ...")
-    model_dir = Path(str(ensure_local_model(config.model, cache)))
-    if config.corpus:
-        corpus = Path(config.corpus)
-        if not corpus.is_dir():
-            raise TokenWeightError(f"corpus: {corpus} is not a folder of .txt documents")
-    else:
-        from tokenweight.corpora import fetch_shakespeare
+    def _setup_model_and_corpus(self) -> None:
+        from tokenweight.models import default_cache_dir, ensure_local_model
 
-        corpus = fetch_shakespeare(cache)
-    docs = sorted(corpus.rglob("*.txt"))
-    held = [d for d in docs if d.name in set(config.held_out)]
-    train_docs = [d for d in docs if d.name not in set(config.held_out)]
-    if not held:
-        raise TokenWeightError(
-            f"held_out: none of {config.held_out} is in {corpus}; name documents to keep for "
-            "evaluation"
+        config, steps = self.config, self.steps
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        steps.index += 1
+        t0 = time.perf_counter()
+        self.log(f"[{steps.index}/{steps.total}] model and corpus ...")
+        self.model_dir = Path(str(ensure_local_model(config.model, cache)))
+        if config.corpus:
+            corpus = Path(config.corpus)
+            if not corpus.is_dir():
+                raise TokenWeightError(f"corpus: {corpus} is not a folder of .txt documents")
+        else:
+            from tokenweight.corpora import fetch_shakespeare
+
+            corpus = fetch_shakespeare(cache)
+        self.corpus = corpus
+        docs = sorted(corpus.rglob("*.txt"))
+        self.held = [d for d in docs if d.name in set(config.held_out)]
+        self.train_docs = [d for d in docs if d.name not in set(config.held_out)]
+        if not self.held:
+            raise TokenWeightError(
+                f"held_out: none of {config.held_out} is in {corpus}; name documents to keep "
+                "for evaluation"
+            )
+        if not self.train_docs:
+            raise TokenWeightError(f"corpus: {corpus} has no training documents left")
+        seconds = time.perf_counter() - t0
+        steps.records.append(StepRecord("model and corpus", seconds, False, str(self.model_dir)))
+        self.log(
+            f"[{steps.index}/{steps.total}] model {self.model_dir}; corpus {corpus}: "
+            f"{len(self.train_docs)} training and {len(self.held)} held-out documents "
+            f"({seconds:.0f} s)"
         )
-    if not train_docs:
-        raise TokenWeightError(f"corpus: {corpus} has no training documents left")
-    seconds = time.perf_counter() - t0
-    steps.records.append(StepRecord("model and corpus", seconds, False, str(model_dir)))
-    log(
-        f"[{steps.index}/{steps.total}] model {model_dir}; corpus {corpus}: "
-        f"{len(train_docs)} training and {len(held)} held-out documents ({seconds:.0f} s)"
-    )
 
     # 2. prepare ---------------------------------------------------------------
-    prepared = work / "prepared"
+    def _prepare(self) -> None:
+        config = self.config
 
-    def do_prepare() -> str:
-        from tokenweight.data import prepare_dataset
+        def do_prepare() -> str:
+            from tokenweight.data import prepare_dataset
 
-        result = prepare_dataset(
-            [str(d) for d in train_docs],
-            tokenizer=str(model_dir),
-            seq_len=config.seq_len,
-            out=prepared,
-            seed=config.seed,
-            max_sequences=config.train_sequences,
-            overwrite=True,
-        )
-        c = result.manifest["counts"]
-        return (
-            f"{c['documents']} documents, {c['document_tokens']:,} tokens -> "
-            f"{c['sequences']} of {c.get('sequences_before_limit', c['sequences'])} sequences "
-            f"of {config.seq_len} tokens"
-        )
+            result = prepare_dataset(
+                [str(d) for d in self.train_docs],
+                tokenizer=str(self.model_dir),
+                seq_len=config.seq_len,
+                out=self.prepared,
+                seed=config.seed,
+                max_sequences=config.train_sequences,
+                overwrite=True,
+            )
+            c = result.manifest["counts"]
+            return (
+                f"{c['documents']} documents, {c['document_tokens']:,} tokens -> "
+                f"{c['sequences']} of {c.get('sequences_before_limit', c['sequences'])} "
+                f"sequences of {config.seq_len} tokens"
+            )
 
-    steps.run(
-        "prepare",
-        prepared,
-        {
-            "docs": [d.name for d in train_docs],
-            "model": str(model_dir),
+        settings = {
+            "docs": [d.name for d in self.train_docs],
+            "model": str(self.model_dir),
             "seq_len": config.seq_len,
             "n": config.train_sequences,
             "seed": config.seed,
-        },
-        do_prepare,
-        markers=("manifest.json",),
-    )
+        }
+        self.steps.run("prepare", self.prepared, settings, do_prepare, markers=("manifest.json",))
 
     # 3. score with the frozen start model ---------------------------------------
-    scored = work / "scored"
+    def _score(self) -> None:
+        config = self.config
 
-    def do_score() -> str:
-        from tokenweight.data import score_dataset
+        def do_score() -> str:
+            from tokenweight.data import score_dataset
 
-        result = score_dataset(
-            prepared,
-            scored,
-            scorer=str(model_dir),
-            window=config.window,
-            stride=config.stride,
-            batch_size=config.score_batch_size,
-            device=device,
-        )
-        return f"{result.rows} sequences scored"
+            result = score_dataset(
+                self.prepared,
+                self.scored,
+                scorer=str(self.model_dir),
+                window=config.window,
+                stride=config.stride,
+                batch_size=config.score_batch_size,
+                device=self.device,
+            )
+            return f"{result.rows} sequences scored"
 
-    steps.run(
-        "score (frozen start model, short windows)",
-        scored,
-        {
-            "prepared": _fingerprint(_stamp(prepared)),
+        settings = {
+            "prepared": _fingerprint(_stamp(self.prepared)),
             "window": config.window,
             "stride": config.stride,
-            "model": str(model_dir),
-        },
-        do_score,
-        resumable=True,
-        markers=("run.json",),
-    )
+            "model": str(self.model_dir),
+        }
+        self.steps.run(
+            "score (frozen start model, short windows)",
+            self.scored,
+            settings,
+            do_score,
+            resumable=True,
+            markers=("run.json",),
+        )
 
     # 4. train: uniform and weighted, same start, same data -------------------------
-    runs: dict[str, Path] = {}
-    for scheme in config.schemes:
-        out = work / "runs" / _run_name(scheme)
-        runs[scheme] = out
-        train_config = _train_config(config, scheme, model_dir, scored, out, device)
+    def _train(self) -> None:
+        from tokenweight.training.run import TRAIN_MARKERS
 
-        def do_train(tc=train_config) -> str:
-            from tokenweight.training.run import train
+        for scheme in self.config.schemes:
+            out = self.work / "runs" / _run_name(scheme)
+            self.runs[scheme] = out
+            train_config = _train_config(
+                self.config, scheme, self.model_dir, self.scored, out, self.device
+            )
 
-            # any checkpoint folder, even one cut off while saving: train() resumes from
-            # the newest complete one
-            started = any(Path(tc.train.output_dir).glob("checkpoint-*"))
-            result = train(tc, resume=started)
-            loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
-            return f"{result.global_step} steps, mean training loss {loss}"
+            def do_train(tc=train_config) -> str:
+                from tokenweight.training.run import train
 
-        steps.run(
-            f"train {scheme}",
-            out,
-            train_config.to_dict(),
-            do_train,
-            resumable=True,
-            markers=TRAIN_MARKERS,
-        )
+                # any checkpoint folder, even one cut off while saving: train() resumes
+                # from the newest complete one
+                started = any(Path(tc.train.output_dir).glob("checkpoint-*"))
+                result = train(tc, resume=started)
+                loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
+                return f"{result.global_step} steps, mean training loss {loss}"
+
+            self.steps.run(
+                f"train {scheme}",
+                out,
+                train_config.to_dict(),
+                do_train,
+                resumable=True,
+                markers=TRAIN_MARKERS,
+            )
 
     # 5. evaluate the start and every trained model ----------------------------------
-    eval_dir = work / "eval"
-    models = [("start", model_dir)] + [(s, runs[s]) for s in config.schemes]
-    eval_settings = {
-        "models": {
-            label: _fingerprint(_stamp(p)) if p != model_dir else str(p) for label, p in models
-        },
-        "held": [d.name for d in held],
-        "len": eval_len,
-        "n": config.eval_sequences,
-        "probes": config.probes,
-        "lengths": config.probe_lengths,
-        "depths": config.probe_depths,
-        "trials": config.probe_trials,
-        "window": config.window,
-    }
+    def _evaluate(self) -> None:
+        from tokenweight.evaluation.report import EVAL_FILES
 
-    def do_eval() -> str:
-        from tokenweight.evaluation import evaluate_models
-        from tokenweight.evaluation.runner import ModelSpec
+        config, model_dir, eval_len = self.config, self.model_dir, self.eval_len
+        eval_dir = self.work / "eval"
+        models = [("start", model_dir)] + [(s, self.runs[s]) for s in config.schemes]
+        eval_settings = {
+            "models": {
+                label: _fingerprint(_stamp(p)) if p != model_dir else str(p) for label, p in models
+            },
+            "held": [d.name for d in self.held],
+            "len": eval_len,
+            "n": config.eval_sequences,
+            "probes": config.probes,
+            "lengths": config.probe_lengths,
+            "depths": config.probe_depths,
+            "trials": config.probe_trials,
+            "window": config.window,
+        }
 
-        evaluate_models(
-            [ModelSpec(label=label, source=str(path)) for label, path in models],
-            out_dir=eval_dir,
-            tasks=["ppl", "longppl", *config.probes],
-            lengths=config.probe_lengths,
-            depths=config.probe_depths,
-            trials=config.probe_trials,
-            seed=config.seed,
-            data=[str(d) for d in held],
-            seq_len=eval_len,
-            max_sequences=config.eval_sequences,
-            bucket_size=config.bucket_size or max(1, eval_len // 8),
-            longppl_window=config.window,
-            # one judge (the start model) picks LongPPL's key tokens for every model
-            scorer=ModelSpec(label="start", source=str(model_dir)),
-            load_kwargs={"device": device, "attn_implementation": config.attn_implementation},
+        def do_eval() -> str:
+            from tokenweight.evaluation import evaluate_models
+            from tokenweight.evaluation.runner import ModelSpec
+
+            evaluate_models(
+                [ModelSpec(label=label, source=str(path)) for label, path in models],
+                out_dir=eval_dir,
+                tasks=["ppl", "longppl", *config.probes],
+                lengths=config.probe_lengths,
+                depths=config.probe_depths,
+                trials=config.probe_trials,
+                seed=config.seed,
+                data=[str(d) for d in self.held],
+                seq_len=eval_len,
+                max_sequences=config.eval_sequences,
+                bucket_size=config.bucket_size or max(1, eval_len // 8),
+                longppl_window=config.window,
+                # one judge (the start model) picks LongPPL's key tokens for every model
+                scorer=ModelSpec(label="start", source=str(model_dir)),
+                load_kwargs={
+                    "device": self.device,
+                    "attn_implementation": config.attn_implementation,
+                },
+            )
+            return f"{len(models)} models"
+
+        self.steps.run(
+            "evaluate start and trained models",
+            eval_dir,
+            eval_settings,
+            do_eval,
+            markers=EVAL_FILES[:1],
         )
-        return f"{len(models)} models"
-
-    steps.run(
-        "evaluate start and trained models",
-        eval_dir,
-        eval_settings,
-        do_eval,
-        markers=EVAL_FILES[:1],
-    )
 
     # 6. token heat map of a held-out passage ----------------------------------------
-    inspect_dir = work / "inspect"
-    inspect_scheme = config.inspect_scheme or (config.weighted or ["dense:0.75"])[0]
+    def _inspect(self) -> None:
+        from tokenweight.inspection import INSPECT_FILES
 
-    def do_inspect() -> str:
-        from tokenweight.inspection import inspect_passage, write_inspection
-        from tokenweight.models import load_model, load_tokenizer
+        config, model_dir, held = self.config, self.model_dir, self.held
+        inspect_dir = self.work / "inspect"
+        inspect_scheme = config.inspect_scheme or (config.weighted or ["dense:0.75"])[0]
 
-        tokenizer = load_tokenizer(model_dir)
-        model = load_model(model_dir, device=device, attn_implementation=config.attn_implementation)
-        text = held[0].read_text(encoding="utf-8", errors="replace")
-        result = inspect_passage(
-            model,
-            tokenizer,
-            text,
-            window=config.window,
-            stride=config.stride,
-            scheme=inspect_scheme,
-            max_tokens=config.inspect_tokens,
-        )
-        result.meta = {"document": held[0].name, "model": "start"}
-        write_inspection(result, inspect_dir, title=f"{held[0].name}: start model")
-        s = result.summary()
-        return (
-            f"{s['targets']} targets; {s['share_gain_over_2_nats']:.1%} gain > 2 nats "
-            "from long context"
-        )
+        def do_inspect() -> str:
+            from tokenweight.inspection import inspect_passage, write_inspection
+            from tokenweight.models import load_model, load_tokenizer
 
-    steps.run(
-        "inspect a held-out passage",
-        inspect_dir,
-        {
+            tokenizer = load_tokenizer(model_dir)
+            model = load_model(
+                model_dir, device=self.device, attn_implementation=config.attn_implementation
+            )
+            text = held[0].read_text(encoding="utf-8", errors="replace")
+            result = inspect_passage(
+                model,
+                tokenizer,
+                text,
+                window=config.window,
+                stride=config.stride,
+                scheme=inspect_scheme,
+                max_tokens=config.inspect_tokens,
+            )
+            result.meta = {"document": held[0].name, "model": "start"}
+            write_inspection(result, inspect_dir, title=f"{held[0].name}: start model")
+            s = result.summary()
+            return (
+                f"{s['targets']} targets; {s['share_gain_over_2_nats']:.1%} gain > 2 nats "
+                "from long context"
+            )
+
+        settings = {
             "doc": held[0].name,
             "tokens": config.inspect_tokens,
             "window": config.window,
             "stride": config.stride,
             "scheme": inspect_scheme,
             "model": str(model_dir),
-        },
-        do_inspect,
-        markers=INSPECT_FILES[:1],
-    )
+        }
+        self.steps.run(
+            "inspect a held-out passage",
+            inspect_dir,
+            settings,
+            do_inspect,
+            markers=INSPECT_FILES[:1],
+        )
 
     # 7. report --------------------------------------------------------------------
-    from tokenweight.pipeline_report import write_report
+    def _report(self, total_seconds: float) -> Path:
+        from tokenweight.pipeline_report import write_report
 
-    steps.index += 1
-    log(f"[{steps.index}/{steps.total}] report ...")
-    report = write_report(
-        config=config,
-        work=work,
-        runs=runs,
-        records=steps.records,
-        total_seconds=time.perf_counter() - t_start,
-        device=device,
-        model_dir=model_dir,
-        corpus=corpus,
-    )
-    log(f"[{steps.index}/{steps.total}] report: {report}")
-    return report
+        steps = self.steps
+        steps.index += 1
+        self.log(f"[{steps.index}/{steps.total}] report ...")
+        report = write_report(
+            config=self.config,
+            work=self.work,
+            runs=self.runs,
+            records=steps.records,
+            total_seconds=total_seconds,
+            device=self.device,
+            model_dir=self.model_dir,
+            corpus=self.corpus,
+        )
+        self.log(f"[{steps.index}/{steps.total}] report: {report}")
+        return report
 
 
 def _stamp(folder: Path) -> dict[str, Any]:

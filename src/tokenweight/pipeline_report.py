@@ -251,13 +251,30 @@ def write_report(
     corpus: Path,
 ) -> Path:
     """Write ``work/report.md`` (plus ``training_curves.png``); returns its path."""
+    lines = _summary_section(config, work, device, model_dir, corpus)
+    lines += _steps_section(records, total_seconds)
+    lines += _inspect_section(work)
+    lines += _training_section(runs, work)
+    lines += _eval_section(work, ["start", *runs])
+    lines += ["## Settings", ""]
+    lines += markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
+    lines.append("")
+    path = work / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _summary_section(
+    config: Any, work: Path, device: str, model_dir: Path, corpus: Path
+) -> list[str]:
+    """The title, the software and machine, and what ran, in a paragraph."""
     import torch
 
     from tokenweight import __version__
 
     prepared = _read_json(work / "prepared" / MANIFEST) or {}
     counts = prepared.get("counts", {})
-    lines = [
+    return [
         "# tokenweight report",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by tokenweight {__version__} "
@@ -279,9 +296,12 @@ def write_report(
         f"The start model and every trained model were then evaluated on the held-out "
         f"documents {', '.join(f'`{d}`' for d in config.held_out)}.",
         "",
-        "## Steps",
-        "",
     ]
+
+
+def _steps_section(records: list[Any], total_seconds: float) -> list[str]:
+    """A table of the steps: time, whether cached, what each produced."""
+    lines = ["## Steps", ""]
     lines += markdown_table(
         ["step", "time (s)", "cached", "detail"],
         [[r.name, f"{r.seconds:.0f}", "yes" if r.cached else "no", r.detail] for r in records],
@@ -292,12 +312,4 @@ def write_report(
         "time they took when they ran).",
         "",
     ]
-    lines += _inspect_section(work)
-    lines += _training_section(runs, work)
-    lines += _eval_section(work, ["start", *runs])
-    lines += ["## Settings", ""]
-    lines += markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
-    lines.append("")
-    path = work / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    return lines

@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from tokenweight.config_files import load_raw_config
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tokenweight.pipeline import _fingerprint, _run_name, _stamp, _Steps
-from tokenweight.training.config import (
+from tokenweight.schema import (
     apply_overrides,
     at_least_two,
     build_dataclass,
     checked,
-    load_raw_config,
     one_of,
     positive,
 )

@@ -147,36 +147,18 @@ def _list_array(matrix: np.ndarray) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.reshape(-1)))
 
 
-def write_shard(
-    out_dir: str | Path,
-    plan: ShardPlan,
-    i: int,
-    *,
-    input_ids: np.ndarray,
-    short_nll: np.ndarray,
-    attention_mask: np.ndarray | None = None,
-    long_nll: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Write shard ``i`` (file, then its ``.done.json``), both atomically.
-
-    ``input_ids``: ``(rows, N)`` ints; ``short_nll``: ``(rows, N - 1)`` float32 or float16
-    (stored as given); ``attention_mask``: ``(rows, N)`` or ``None``; ``long_nll``: like
-    ``short_nll`` or ``None``. Returns the sidecar.
-    """
-    import pyarrow as pa
-
-    out_dir = Path(out_dir)
-    start, stop = plan.rows(i)
-    input_ids = np.asarray(input_ids, dtype=np.int32)
-    if input_ids.shape[0] != stop - start or short_nll.shape != (
+def _check_shard_arrays(
+    i: int, rows: int, input_ids: np.ndarray, short_nll: np.ndarray, long_nll: np.ndarray | None
+) -> None:
+    """Refuse arrays whose shapes (or ``long_nll``'s dtype) do not fit shard ``i``."""
+    if input_ids.shape[0] != rows or short_nll.shape != (
         input_ids.shape[0],
         input_ids.shape[1] - 1,
     ):
         raise ValueError(
-            f"shard {i}: expected {stop - start} rows with N - 1 scores, got input_ids "
+            f"shard {i}: expected {rows} rows with N - 1 scores, got input_ids "
             f"{input_ids.shape} and short_nll {short_nll.shape}"
         )
-    half = short_nll.dtype == np.float16
     if long_nll is not None and (
         long_nll.shape != short_nll.shape or long_nll.dtype != short_nll.dtype
     ):
@@ -184,6 +166,20 @@ def write_shard(
             f"shard {i}: long_nll {long_nll.shape} {long_nll.dtype} must match short_nll "
             f"{short_nll.shape} {short_nll.dtype}"
         )
+
+
+def _arrow_stream_bytes(
+    start: int,
+    stop: int,
+    input_ids: np.ndarray,
+    short_nll: np.ndarray,
+    attention_mask: np.ndarray | None,
+    long_nll: np.ndarray | None,
+) -> bytes:
+    """Rows ``[start, stop)`` as one Arrow IPC stream in the scored-dataset schema."""
+    import pyarrow as pa
+
+    half = short_nll.dtype == np.float16
     features = _features(
         input_ids.shape[1], half, attention_mask is not None, long=long_nll is not None
     )
@@ -202,7 +198,30 @@ def write_shard(
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table)
-    data = sink.getvalue().to_pybytes()
+    return sink.getvalue().to_pybytes()
+
+
+def write_shard(
+    out_dir: str | Path,
+    plan: ShardPlan,
+    i: int,
+    *,
+    input_ids: np.ndarray,
+    short_nll: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    long_nll: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Write shard ``i`` (file, then its ``.done.json``), both atomically.
+
+    ``input_ids``: ``(rows, N)`` ints; ``short_nll``: ``(rows, N - 1)`` float32 or float16
+    (stored as given); ``attention_mask``: ``(rows, N)`` or ``None``; ``long_nll``: like
+    ``short_nll`` or ``None``. Returns the sidecar.
+    """
+    out_dir = Path(out_dir)
+    start, stop = plan.rows(i)
+    input_ids = np.asarray(input_ids, dtype=np.int32)
+    _check_shard_arrays(i, stop - start, input_ids, short_nll, long_nll)
+    data = _arrow_stream_bytes(start, stop, input_ids, short_nll, attention_mask, long_nll)
     name = plan.name(i)
     atomic_write_bytes(out_dir / name, data)
     sidecar = {

@@ -25,15 +25,11 @@ second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -45,6 +41,17 @@ from tokenweight.config_files import (
     resolve_config_paths,
 )
 from tokenweight.errors import TokenWeightError
+from tokenweight.schema import (
+    apply_overrides,
+    at_least_two,
+    build_dataclass,
+    checked,
+    non_negative,
+    one_of,
+    positive,
+    probability,
+    seed_range,
+)
 from tokenweight.scoring import SCORER_KINDS
 from tokenweight.weighting import Scheme
 
@@ -56,14 +63,8 @@ __all__ = [
     "ScorerConfig",
     "TrainConfig",
     "apply_overrides",
-    "at_least_two",
-    "build_dataclass",
-    "checked",
     "load_config",
     "load_raw_config",
-    "one_of",
-    "positive",
-    "seed_range",
     "to_training_arguments",
 ]
 
@@ -82,39 +83,8 @@ SCHEDULERS = (
 
 
 # ------------------------------------------------------------------ field checks
-# Field metadata read by build_dataclass: ``checked(fn)`` (fn returns a problem or None)
-# and ``one_of(*options)``; other config dataclasses (tokenweight.pipeline) use them too.
-def positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def at_least_two(value: int) -> str | None:
-    return None if value >= 2 else "must be >= 2"
-
-
-def seed_range(value: int) -> str | None:
-    """Random seeds: what numpy and torch accept, ``[0, 2**32 - 1]``."""
-    return None if 0 <= value < 2**32 else "must be in [0, 4294967295]"
-
-
-def _probability(value: float) -> str | None:
-    return None if 0 <= value < 1 else "must be in [0, 1)"
-
-
 def _betas(value: tuple[float, float]) -> str | None:
     return None if all(0 <= b < 1 for b in value) else "each beta must be in [0, 1)"
-
-
-def checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
-    return {"check": fn}
-
-
-def one_of(*options: str) -> dict[str, Any]:
-    return {"choices": options}
 
 
 # ------------------------------------------------------------------ sections
@@ -124,7 +94,7 @@ class LoraConfig:
 
     r: int = field(default=16, metadata=checked(positive))
     alpha: float = field(default=32.0, metadata=checked(positive))
-    dropout: float = field(default=0.0, metadata=checked(_probability))
+    dropout: float = field(default=0.0, metadata=checked(probability))
     target_modules: str | list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
@@ -324,172 +294,7 @@ def _is_fp16(dtype: str) -> bool:
     return dtype in ("float16", "fp16")
 
 
-# ------------------------------------------------------------------ conversion
-def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-
-
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        inner = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
-        return inner, optional
-    return tp, False
-
-
-def _to_number(value: Any, key: str, kind: type) -> Any:
-    if isinstance(value, bool):
-        raise TokenWeightError(f"{key}: expected a number, got {value!r}")
-    if isinstance(value, str):
-        # PyYAML reads '2e-5' and '15.3e6' as text (YAML 1.1); accept numeric text.
-        try:
-            value = float(value.replace("_", "")) if kind is float else int(value, 0)
-        except ValueError:
-            what = "a number" if kind is float else "a whole number"
-            raise TokenWeightError(f"{key}: expected {what}, got {value!r}") from None
-    if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise TokenWeightError(f"{key}: expected a whole number, got {_describe(value)}")
-        return value
-    if not isinstance(value, (int, float)):
-        raise TokenWeightError(f"{key}: expected a number, got {_describe(value)}")
-    if not math.isfinite(float(value)):
-        raise TokenWeightError(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    inner, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise TokenWeightError(f"{key}: must be set (got null)")
-    if inner is Scheme:
-        try:
-            return Scheme.coerce(value)
-        except TokenWeightError as exc:
-            raise TokenWeightError(f"{key}: {exc}") from None
-    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
-        return build_dataclass(inner, value, key)
-    if inner is Any:
-        return value
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise TokenWeightError(f"{key}: expected true or false, got {_describe(value)}")
-    if inner in (int, float):
-        return _to_number(value, key, inner)
-    if inner is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise TokenWeightError(f"{key}: expected text, got {_describe(value)}")
-    origin = typing.get_origin(inner)
-    args = typing.get_args(inner)
-    if origin in (typing.Union, types.UnionType):  # e.g. list[str] | str, str | dict
-        errors = []
-        for option in args:
-            try:
-                return _convert(value, option, key)
-            except TokenWeightError as exc:
-                errors.append(str(exc).removeprefix(f"{key}: "))
-        raise TokenWeightError(f"{key}: {' or '.join(errors)}")
-    if origin is list:
-        if isinstance(value, str) and args and args[0] is str:
-            return [value]  # report_to: wandb  ==  report_to: [wandb]
-        if not isinstance(value, (list, tuple)):
-            raise TokenWeightError(f"{key}: expected a list, got {_describe(value)}")
-        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise TokenWeightError(
-                f"{key}: expected a list of {len(args)} values, got {_describe(value)}"
-            )
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise TokenWeightError(f"{key}: expected a mapping, got {_describe(value)}")
-        return {str(k): v for k, v in value.items()}
-    if origin is Literal:
-        if value not in args:
-            raise TokenWeightError(f"{key}: expected one of {list(args)}, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
-
-
-def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
-    """Validate a mapping into the dataclass ``cls`` (field types and ``choices`` /
-    ``check`` metadata); errors name the dotted key under ``prefix``."""
-    where = prefix or "config"
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise TokenWeightError(f"{where}: expected a mapping of keys, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [str(k) for k in data if str(k) not in known]
-    if unknown:
-        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise TokenWeightError(
-            f"{name}: unknown key; allowed{' in ' + prefix if prefix else ''}: {', '.join(known)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        converted = _convert(value, hints[name], key)
-        meta = known[name].metadata
-        if converted is not None and "choices" in meta:
-            text = str(converted).lower()
-            if text not in meta["choices"]:
-                raise TokenWeightError(
-                    f"{key}: expected one of {', '.join(meta['choices'])}, got {value!r}"
-                )
-            converted = text
-        if converted is not None and "check" in meta:
-            problem = meta["check"](converted)
-            if problem:
-                raise TokenWeightError(f"{key}: {problem}, got {value!r}")
-        kwargs[str(name)] = converted
-    return cls(**kwargs)
-
-
 # ------------------------------------------------------------------ files and overrides
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
-    out = copy.deepcopy(dict(data))
-    for text in overrides:
-        key, eq, raw = text.partition("=")
-        key = key.strip()
-        if not eq or not key or any(not part for part in key.split(".")):
-            raise TokenWeightError(
-                f"override {text!r}: expected key.sub=value, e.g. train.learning_rate=3e-5"
-            )
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw  # e.g. an unbalanced bracket; let validation judge the text
-        parts = key.split(".")
-        node = out
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise TokenWeightError(
-                    f"override {text!r}: {where} is {child!r}, not a mapping; "
-                    f"set {where}=... as a whole"
-                )
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -527,8 +332,19 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
     """
     import transformers
 
-    t = config.train
     names = _training_argument_names()
+    _check_training_files(config.train, names)
+    kwargs = {k: v for k, v in _trainer_settings(config, names).items() if k in names}
+    kwargs.update(config.train.training_arguments)
+    kwargs.update(extra)
+    try:
+        return transformers.TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise TokenWeightError(f"train: the Trainer refused these settings: {exc}") from None
+
+
+def _check_training_files(t: TrainConfig, names: set[str]) -> None:
+    """Refuse unknown ``train.training_arguments`` keys and missing DeepSpeed/FSDP files."""
     for key in t.training_arguments:
         if key not in names:
             raise TokenWeightError(
@@ -538,6 +354,15 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
         raise TokenWeightError(f"train.deepspeed: file not found: {t.deepspeed}; {LIST_HINT}")
     if isinstance(t.fsdp_config, str) and not Path(t.fsdp_config).is_file():
         raise TokenWeightError(f"train.fsdp_config: file not found: {t.fsdp_config}; {LIST_HINT}")
+
+
+# A long but flat table: one ``TrainingArguments`` field per line, so that each setting the
+# config controls (and each fixed choice) is found in one place.
+def _trainer_settings(config: Config, names: set[str]) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments from the config (``names``: the fields this
+    transformers release has; older releases call activation checkpointing
+    ``gradient_checkpointing``)."""
+    t = config.train
     checkpointing = (
         "activation_checkpointing"
         if "activation_checkpointing" in names
@@ -585,10 +410,4 @@ def to_training_arguments(config: Config, **extra: Any) -> Any:
         kwargs["fsdp"] = t.fsdp
         if t.fsdp_config is not None:
             kwargs["fsdp_config"] = t.fsdp_config
-    kwargs = {k: v for k, v in kwargs.items() if k in names}
-    kwargs.update(t.training_arguments)
-    kwargs.update(extra)
-    try:
-        return transformers.TrainingArguments(**kwargs)
-    except (ValueError, TypeError, ImportError) as exc:
-        raise TokenWeightError(f"train: the Trainer refused these settings: {exc}") from None
+    return kwargs

@@ -307,21 +307,41 @@ def train(
     Returns:
         a :class:`TrainResult`; the final model is saved in ``train.output_dir``.
     """
-    import torch
-    import transformers
-    from transformers.trainer_callback import ProgressCallback
-
     from tokenweight.models import check_data_tokenizer, load_tokenizer
-    from tokenweight.training.callbacks import (
-        CheckpointMarkerCallback,
-        JsonlLogCallback,
-        TokenWeightProgressCallback,
-    )
-    from tokenweight.training.collator import TokenWeightCollator
-    from tokenweight.training.distributed import refuse_fsdp_on_cpu, start_process_group
-    from tokenweight.training.trainer import TokenWeightTrainer
 
     out = Path(config.train.output_dir)
+    last = _setup_output_dir(config, out, resume)
+    dataset, manifest = _load_dataset(config)
+    if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
+        from tokenweight.scoring import require_short_window
+
+        assert config.scorer.window is not None  # required for these scorers by Config.validate
+        require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
+    assert config.model.source  # required by Config.validate
+    model_path = _model_path(config.model.source, config.model.cache_dir)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
+    check_data_tokenizer(manifest, tokenizer, "model.source")
+    frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
+    args = _setup_training_arguments(config, training_arguments)
+    model = _setup_model(config, model_path, manifest.get("seq_len"))
+    if frozen is not None:
+        frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
+    scorer = _build_scorer(config, frozen, tokenizer, model, _bos_token_id(manifest, dataset))
+    trainer = _setup_trainer(
+        config, model, args, dataset, manifest, tokenizer, scorer, out, callbacks
+    )
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        from tokenweight.files import atomic_write_text
+
+        atomic_write_text(out / CONFIG_NAME, config.to_yaml())
+    result = trainer.train(resume_from_checkpoint=last if resume else None)
+    return _finish(config, trainer, result, tokenizer, out, last if resume else None)
+
+
+def _setup_output_dir(config: Config, out: Path, resume: bool) -> str | None:
+    """Refuse a used output folder without ``resume``; with it, drop checkpoints cut off
+    while saving. Returns the newest complete checkpoint (``None``: none)."""
     _check_output_dir(config)
     saved = _checkpoints(out)
     last = find_last_checkpoint(out)
@@ -347,20 +367,18 @@ def train(
         logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", out)
     if resume and last is not None:
         _warn_if_config_changed(out / CONFIG_NAME, config)
+    return last
 
-    dataset, manifest = _load_dataset(config)
-    if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
-        from tokenweight.scoring import require_short_window
 
-        assert config.scorer.window is not None  # required for these scorers by Config.validate
-        require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
-    assert config.model.source  # required by Config.validate
-    model_path = _model_path(config.model.source, config.model.cache_dir)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
-    check_data_tokenizer(manifest, tokenizer, "model.source")
-    frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
+def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> Any:
+    """``TrainingArguments`` for the run; starts the process group (before the model
+    loads: ZeRO-3 partitions at load time) and seeds every RNG."""
+    import torch
+    import transformers
 
-    extra = dict(training_arguments or {})
+    from tokenweight.training.distributed import refuse_fsdp_on_cpu, start_process_group
+
+    extra = dict(overrides or {})
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)
@@ -375,7 +393,11 @@ def train(
     refuse_fsdp_on_cpu(args)
     start_process_group(args)  # before from_pretrained: ZeRO-3 partitions at load time
     transformers.set_seed(args.seed)
+    return args
 
+
+def _setup_model(config: Config, model_path: str, seq_len: int | None) -> Any:
+    """The model to train (with LoRA adapters when configured)."""
     model = _load_model(
         config,
         model_path,
@@ -383,7 +405,6 @@ def train(
         rope_theta=config.model.rope_theta,
         max_position_embeddings=config.model.max_position_embeddings,
     )
-    seq_len = manifest.get("seq_len")
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if seq_len and max_pos and seq_len > max_pos:
         logger.warning(
@@ -394,10 +415,30 @@ def train(
         )
     if config.model.gradient_checkpointing:
         model.config.use_cache = False
-    model = _apply_lora(model, config)
-    if frozen is not None:
-        frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
-    scorer = _build_scorer(config, frozen, tokenizer, model, _bos_token_id(manifest, dataset))
+    return _apply_lora(model, config)
+
+
+def _setup_trainer(
+    config: Config,
+    model: Any,
+    args: Any,
+    dataset: Any,
+    manifest: dict[str, Any],
+    tokenizer: Any,
+    scorer: Any,
+    out: Path,
+    callbacks: list[Any] | None,
+) -> Any:
+    """The :class:`TokenWeightTrainer` with its collator and callbacks."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from tokenweight.training.callbacks import (
+        CheckpointMarkerCallback,
+        JsonlLogCallback,
+        TokenWeightProgressCallback,
+    )
+    from tokenweight.training.collator import TokenWeightCollator
+    from tokenweight.training.trainer import TokenWeightTrainer
 
     pad = next(
         (t for t in (manifest.get("pad_token_id"), tokenizer.pad_token_id) if t is not None), 0
@@ -423,20 +464,20 @@ def train(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(TokenWeightProgressCallback())
+    return trainer
 
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        from tokenweight.files import atomic_write_text
 
-        atomic_write_text(out / CONFIG_NAME, config.to_yaml())
-    result = trainer.train(resume_from_checkpoint=last if resume else None)
+def _finish(
+    config: Config, trainer: Any, result: Any, tokenizer: Any, out: Path, resumed: str | None
+) -> TrainResult:
+    """Save the model, trainer state, merged LoRA model and ``summary.json``."""
     trainer.save_model(str(out))
     trainer.save_state()
     if config.model.lora is not None and trainer.is_world_process_zero():
         _save_merged(trainer.model, tokenizer, out / "merged", config)
     # the Trainer averages the loss over the steps of this process only: after a resume,
     # those after the checkpoint
-    first = (_step_of(Path(last)) or 0) + 1 if resume and last is not None else 1
+    first = (_step_of(Path(resumed)) or 0) + 1 if resumed is not None else 1
     loss_steps = (first, trainer.state.global_step)
     if trainer.is_world_process_zero():
         summary = {
@@ -445,7 +486,7 @@ def train(
             "train_loss_steps": list(loss_steps),
             "scheme": str(config.scheme),
             "scorer": config.scorer_kind,
-            "resumed_from": last if resume else None,
+            "resumed_from": resumed,
             "metrics": result.metrics,
         }
         from tokenweight.files import atomic_write_json
@@ -456,6 +497,6 @@ def train(
         global_step=trainer.state.global_step,
         train_loss=result.training_loss,
         log_history=list(trainer.state.log_history),
-        resumed_from=last if resume else None,
+        resumed_from=resumed,
         loss_steps=loss_steps,
     )

@@ -174,28 +174,14 @@ def sequence_parallel_loss(
 
     short_full, seconds = None, 0.0
     if not scheme.is_uniform:
-        if scorer is None:
-            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
-        full_batch: dict[str, Any] = {
-            "input_ids": _gather(ids, group, size)[:, :width],
-            "attention_mask": attention[:, :width],
-        }
-        if "short_nll" in inputs:
-            full_batch["short_nll"] = _gather(inputs["short_nll"], group, size)[:, :targets]
-        short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
-
-    parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
-    if parts.flag_nonfinite_nll():
-        return parts
-    try:
-        parts.weights = compute_weights(
-            long_full, short_full, scheme, mask=mask, generator=generator
+        short_full, seconds = _score_full(
+            scheme, scorer, model, inputs, attention, long_full, width, group, size
         )
-    except TokenWeightError as exc:
-        parts.problem = f"the weights ({exc})"
+    parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
+    if not _weigh(parts, scheme, generator):
         return parts
-    full_columns = size * local_width
-    weights = torch.nn.functional.pad(parts.weights, (0, full_columns - targets))
+    # this slice's columns of the whole sequence's weights (padded to the slices' width)
+    weights = torch.nn.functional.pad(parts.weights, (0, size * local_width - targets))
     local = weights[:, rank * local_width : (rank + 1) * local_width]
     count = num_items if num_items is not None else mask.sum()
     loss = weighted_nll_loss(long_local, local, mask=mask_local, num_items=count)
@@ -204,3 +190,42 @@ def sequence_parallel_loss(
         return parts
     parts.loss = loss
     return parts
+
+
+def _score_full(
+    scheme: Scheme,
+    scorer: Any,
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    attention: torch.Tensor,
+    long_full: torch.Tensor,
+    width: int,
+    group: Any,
+    size: int,
+) -> tuple[torch.Tensor, float]:
+    """The short-context NLL ``(B, width - 1)`` of the whole (gathered) sequence, and the
+    seconds the scorer took."""
+    if scorer is None:
+        raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+    full_batch: dict[str, Any] = {
+        "input_ids": _gather(inputs["input_ids"], group, size)[:, :width],
+        "attention_mask": attention[:, :width],
+    }
+    if "short_nll" in inputs:
+        full_batch["short_nll"] = _gather(inputs["short_nll"], group, size)[:, : width - 1]
+    return _timed_score(scorer, model, full_batch, long_full)
+
+
+def _weigh(parts: LossParts, scheme: Scheme, generator: torch.Generator | None) -> bool:
+    """Set ``parts.weights`` from the whole sequence's NLLs; on a non-finite NLL or a
+    refused weighting, set ``parts.problem`` (and ``where``) and return ``False``."""
+    if parts.flag_nonfinite_nll():
+        return False
+    try:
+        parts.weights = compute_weights(
+            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, generator=generator
+        )
+    except TokenWeightError as exc:
+        parts.problem = f"the weights ({exc})"
+        return False
+    return True

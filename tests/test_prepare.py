@@ -356,3 +356,24 @@ def test_bad_stride_is_refused(tmp_path, toks, capsys):
         prepare_dataset(
             [str(CORPUS_DIR)], tokenizer=str(toks["bos"]), seq_len=N, out=tmp_path / "o", stride=0
         )
+
+
+def test_column_features_spell_arrow_types():
+    """The compact column spelling gives the Arrow types a reader of the table sees."""
+    import pyarrow as pa
+
+    from tokenweight.data.prepare import column_features
+
+    features = column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
+    assert list(features) == ["input_ids", "doc_id", "row"]
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": [[1, 2, 3], [4]], "doc_id": [0, 0], "row": [0, 1]}, features=features
+    )
+    schema = ds.data.schema
+    assert pa.types.is_list(schema.field("input_ids").type) or pa.types.is_large_list(
+        schema.field("input_ids").type
+    )
+    assert schema.field("input_ids").type.value_type == pa.int32()
+    assert schema.field("doc_id").type == pa.int64()
+    assert schema.field("row").type == pa.int64()
+    assert ds["input_ids"] == [[1, 2, 3], [4]]

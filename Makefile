@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up everything, then run the whole pipeline on the embedded default
-#   make test   set up everything, then run the linter and the test suite
+#   make test   set up everything, then run the linter, the type checker and the test suite
 # Both create .venv idempotently; nothing is downloaded at run time except from the
 # Python package index during set-up.
 # For maintainers:
@@ -36,6 +36,7 @@ setup: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks docs
 	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/mypy  # settings and files in pyproject.toml [tool.mypy]
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
@@ -50,4 +51,4 @@ wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh $(PY) $(PYTHON) "$(TORCH_SPEC)"
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache docs/api
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache docs/api

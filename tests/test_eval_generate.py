@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_eval_support import make_model, make_tokenizer
+from fixtures import build_tiny_causal_lm, make_tokenizer
+from test_eval_support import EVAL_BPE, EVAL_INIT_STD
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.generate import greedy_generate
 
@@ -48,20 +49,24 @@ class _EosShim:
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 def test_batched_equals_reference_loop(batch_size):
-    tok = make_tokenizer()
-    model = make_model(len(tok), seed=1)
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)
     prompts = _prompts(tok)
     budgets = [6, 3, 8, 1, 5]
     assert len({len(p) for p in prompts}) == len(prompts)  # padding is exercised
     got = greedy_generate(model, tok, prompts, max_new_tokens=budgets, batch_size=batch_size)
-    expected = [tok.decode(_reference(model, p, b)) for p, b in zip(prompts, budgets)]
+    # decoded as greedy_generate documents: special tokens (here an <unk>) removed
+    expected = [
+        tok.decode(_reference(model, p, b), skip_special_tokens=True)
+        for p, b in zip(prompts, budgets)
+    ]
     assert got == expected
     assert all(len(x) > 0 for x in got)
 
 
 def test_stops_at_eos():
-    tok = make_tokenizer()
-    model = make_model(len(tok), seed=1)
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)
     prompts = _prompts(tok)
     free = [_reference(model, p, 6) for p in prompts]
     # Make the third generated token of prompt 0 the EOS: its output stops after two tokens.
@@ -75,16 +80,16 @@ def test_stops_at_eos():
 
 
 def test_progress_callback_counts_every_prompt():
-    tok = make_tokenizer()
-    model = make_model(len(tok), seed=2)
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=2)
     done = []
     greedy_generate(model, tok, _prompts(tok), max_new_tokens=2, batch_size=2, on_done=done.append)
     assert sum(done) == 5 and len(done) == 3
 
 
 def test_deterministic():
-    tok = make_tokenizer()
-    model = make_model(len(tok), seed=3)
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=3)
     a = greedy_generate(model, tok, _prompts(tok), max_new_tokens=4, batch_size=2)
     b = greedy_generate(model, tok, _prompts(tok), max_new_tokens=4, batch_size=3)
     assert a == b
@@ -99,7 +104,7 @@ def test_deterministic():
     ],
 )
 def test_bad_arguments(kwargs, message):
-    tok = make_tokenizer()
-    model = make_model(len(tok))
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD)
     with pytest.raises(TokenWeightError, match=message):
         greedy_generate(model, tok, _prompts(tok), **kwargs)

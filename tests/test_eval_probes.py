@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from test_eval_support import make_tokenizer, smollm2_tokenizer
+from fixtures import make_tokenizer
+from test_eval_support import EVAL_BPE, smollm2_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.probes import (
     FILLER,
@@ -60,8 +61,8 @@ def _depth_from_text(probe, tok):
 
 
 TOKENIZERS = {
-    "tiny": lambda: make_tokenizer(),
-    "tiny+bos": lambda: make_tokenizer(bos=True),
+    "tiny": lambda: make_tokenizer("bpe", **EVAL_BPE),
+    "tiny+bos": lambda: make_tokenizer("bpe", **EVAL_BPE, add_bos=True),
     "smollm2": smollm2_tokenizer,
 }
 
@@ -96,13 +97,13 @@ def test_lengths_are_mostly_exact_with_real_tokenizer():
 
 
 def test_filler_is_the_spec_passkey_filler():
-    probe = make_probe(make_tokenizer(), "passkey", 512, 0.5)
+    probe = make_probe(make_tokenizer("bpe", **EVAL_BPE), "passkey", 512, 0.5)
     assert FILLER in probe.prompt
     assert "The pass key is " + probe.answers[0] + ". Remember it." in probe.prompt
 
 
 def test_same_seed_same_prompts_and_other_seeds_differ():
-    tok = make_tokenizer()
+    tok = make_tokenizer("bpe", **EVAL_BPE)
     a = make_probes(
         tok, ["passkey", "needle_uuid", "vartrack"], [512], [0.2, 0.8], trials=2, seed=3
     )
@@ -119,7 +120,7 @@ def test_same_seed_same_prompts_and_other_seeds_differ():
 
 
 def test_probe_does_not_depend_on_the_other_requested_probes():
-    tok = make_tokenizer()
+    tok = make_tokenizer("bpe", **EVAL_BPE)
     alone = make_probe(tok, "needle", 700, 0.3, trial=1, seed=9)
     many = make_probes(tok, ["passkey", "needle"], [512, 700], [0.3, 0.6], trials=2, seed=9)
     same = [p for p in many if (p.task, p.length, p.depth, p.trial) == ("needle", 700, 0.3, 1)]
@@ -127,7 +128,7 @@ def test_probe_does_not_depend_on_the_other_requested_probes():
 
 
 def test_vartrack_chain_is_in_order():
-    probe = make_probe(make_tokenizer(), "vartrack", 800, 0.4, hops=6)
+    probe = make_probe(make_tokenizer("bpe", **EVAL_BPE), "vartrack", 800, 0.4, hops=6)
     assert len(probe.answers) == 7
     names = [probe.answers[0]]
     positions = [probe.prompt.index(f"VAR {probe.answers[0]} = ")]
@@ -141,7 +142,7 @@ def test_vartrack_chain_is_in_order():
 
 def test_too_short_length_is_an_error():
     with pytest.raises(TokenWeightError, match="too short"):
-        make_probe(make_tokenizer(), "needle", 60, 0.5)
+        make_probe(make_tokenizer("bpe", **EVAL_BPE), "needle", 60, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +151,7 @@ def test_too_short_length_is_an_error():
 )
 def test_bad_arguments(task, depth, message):
     with pytest.raises(TokenWeightError, match=message):
-        make_probe(make_tokenizer(), task, 512, depth)
+        make_probe(make_tokenizer("bpe", **EVAL_BPE), task, 512, depth)
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_eval_support import make_model, make_tokenizer
+from fixtures import build_tiny_causal_lm, make_tokenizer
+from test_eval_support import EVAL_BPE, EVAL_INIT_STD
 from tokenweight import TokenWeightError
 from tokenweight.cli import main
 from tokenweight.evaluation import ModelSpec, evaluate_models
@@ -49,7 +50,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok():
-    return make_tokenizer(bos=True)
+    return make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
 
 
 def _sequences(tok, folder, n):
@@ -113,7 +114,10 @@ def _check_png(path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, corpus, tok):
     out = tmp_path_factory.mktemp("eval")
-    models = [("start", make_model(len(tok), seed=0)), ("trained", make_model(len(tok), seed=1))]
+    models = [
+        ("start", build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)),
+        ("trained", build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)),
+    ]
     results = evaluate_models(
         [(label, model, tok) for label, model in models],
         out_dir=out,
@@ -267,8 +271,8 @@ def test_probe_accounting(run):
 
 
 def test_scorer_judges_key_tokens_for_every_model(tmp_path, corpus, tok):
-    judge = make_model(len(tok), seed=0)
-    other = make_model(len(tok), seed=1)
+    judge = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)
+    other = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)
     results = evaluate_models(
         [("judge-itself", judge, tok), ("other", other, tok)],
         out_dir=None,
@@ -300,8 +304,8 @@ def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, c
 
     import tokenweight.evaluation.perplexity as perplexity
 
-    judge = make_model(len(tok), seed=0)
-    other = make_model(len(tok), seed=1)
+    judge = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)
+    other = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)
     calls = []
     real = perplexity.long_context_nll
     pause = 0.3  # every long pass takes at least this long
@@ -364,7 +368,7 @@ def test_outputs_are_matched_to_their_prompts(monkeypatch, tmp_path, tok):
 
     monkeypatch.setattr(generate, "greedy_generate", oracle)
     results = evaluate_models(
-        [("m", make_model(len(tok)), tok)],
+        [("m", build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD), tok)],
         out_dir=tmp_path,
         tasks=["needle", "passkey"],
         lengths=[400, 256, 300],
@@ -382,7 +386,7 @@ def test_outputs_are_matched_to_their_prompts(monkeypatch, tmp_path, tok):
 
 def test_cli_end_to_end(tmp_path, corpus, tok, capsys):
     folder = tmp_path / "tiny"
-    make_model(len(tok), seed=2).save_pretrained(folder)
+    build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=2).save_pretrained(folder)
     tok.save_pretrained(folder)
     out = tmp_path / "out"
     code = main(
@@ -427,7 +431,7 @@ def test_cli_reports_bad_input(tmp_path, capsys):
 
 
 def test_duplicate_labels_are_an_error(tok):
-    model = make_model(len(tok))
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD)
     with pytest.raises(TokenWeightError, match="labels must differ"):
         evaluate_models([("a", model, tok), ("a", model, tok)], out_dir=None, progress=False)
 
@@ -447,7 +451,7 @@ def test_model_spec_parse(text, label, source):
 
 
 def test_training_mode_of_a_given_model_is_restored(tok):
-    model = make_model(len(tok))
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD)
     model.train()
     evaluate_models([("m", model, tok)], out_dir=None, lengths=[300], depths=[0.5], progress=False)
     assert model.training

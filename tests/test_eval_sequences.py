@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_eval_support import make_model, make_tokenizer
+from fixtures import build_tiny_causal_lm, make_tokenizer
+from test_eval_support import EVAL_BPE, EVAL_INIT_STD
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.metrics import position_bucket_nll
 from tokenweight.evaluation.perplexity import (
@@ -41,7 +42,9 @@ def _padded_dataset(tmp_path, lengths, n=40, vocab=400):
 def test_prepared_dataset_is_read_as_is(tmp_path):
     folder, ids, mask = _padded_dataset(tmp_path, [40, 25, 33])
     assert is_prepared_dataset(folder)
-    seqs = load_eval_sequences(str(folder), make_tokenizer(bos=True), seq_len=999, max_sequences=2)
+    seqs = load_eval_sequences(
+        str(folder), make_tokenizer("bpe", **EVAL_BPE, add_bos=True), seq_len=999, max_sequences=2
+    )
     assert torch.equal(seqs.input_ids, ids[:2])
     assert torch.equal(seqs.attention_mask, mask[:2].long())
     assert seqs.bos_token_id == 1
@@ -51,7 +54,7 @@ def test_prepared_dataset_is_read_as_is(tmp_path):
 
 def test_unpadded_dataset_has_no_mask_and_bos_is_detected(tmp_path):
     folder, ids, _ = _padded_dataset(tmp_path, [40, 40])
-    seqs = load_eval_sequences(str(folder), make_tokenizer(), seq_len=8)
+    seqs = load_eval_sequences(str(folder), make_tokenizer("bpe", **EVAL_BPE), seq_len=8)
     assert seqs.attention_mask is None
     assert torch.equal(seqs.input_ids, ids)
     assert seqs.target_mask.all() and seqs.target_mask.shape == (2, 39)
@@ -63,18 +66,21 @@ def test_no_bos_when_a_row_does_not_start_with_it(tmp_path):
     datasets.Dataset.from_dict({"input_ids": [[1, 5, 6, 7], [5, 1, 6, 7]]}).save_to_disk(
         str(folder)
     )
-    assert load_eval_sequences(str(folder), make_tokenizer(), seq_len=8).bos_token_id is None
+    assert (
+        load_eval_sequences(str(folder), make_tokenizer("bpe", **EVAL_BPE), seq_len=8).bos_token_id
+        is None
+    )
 
 
 def test_dataset_without_input_ids(tmp_path):
     folder = tmp_path / "bad"
     datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(str(folder))
     with pytest.raises(TokenWeightError, match="no input_ids column"):
-        load_eval_sequences(str(folder), make_tokenizer(), seq_len=8)
+        load_eval_sequences(str(folder), make_tokenizer("bpe", **EVAL_BPE), seq_len=8)
 
 
 def test_corpus_is_packed_per_document(tmp_path):
-    tok = make_tokenizer(bos=True)
+    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
     (tmp_path / "a.txt").write_text("The grass is green. " * 30)
     (tmp_path / "b.txt").write_text("The sky is blue. " * 3)  # too short for one sequence
     (tmp_path / "c.txt").write_text("The sun is yellow. " * 30)
@@ -95,14 +101,18 @@ def test_corpus_is_packed_per_document(tmp_path):
 def test_corpus_too_short(tmp_path):
     (tmp_path / "a.txt").write_text("The grass is green.")
     with pytest.raises(TokenWeightError, match="long enough"):
-        load_eval_sequences([str(tmp_path / "a.txt")], make_tokenizer(), seq_len=64)
+        load_eval_sequences(
+            [str(tmp_path / "a.txt")], make_tokenizer("bpe", **EVAL_BPE), seq_len=64
+        )
 
 
 def test_padded_nll_equals_references_on_real_tokens(tmp_path):
     lengths = [40, 25, 33]
     folder, ids, _ = _padded_dataset(tmp_path, lengths)
-    seqs = load_eval_sequences(str(folder), make_tokenizer(bos=True), seq_len=0)
-    model = make_model(400, seed=4)
+    seqs = load_eval_sequences(
+        str(folder), make_tokenizer("bpe", **EVAL_BPE, add_bos=True), seq_len=0
+    )
+    model = build_tiny_causal_lm(seed=4, vocab_size=400, init_std=EVAL_INIT_STD)
     long = long_context_nll(model, seqs, batch_size=2)
     window, stride = default_short_window(40, 16, 8)
     short = short_context_nll_of(model, seqs, long, window=window, stride=stride)
@@ -150,7 +160,7 @@ def _packed(tok, texts, seq_len):
 def test_corpus_is_read_with_the_options_of_prepare(tmp_path):
     import json
 
-    tok = make_tokenizer(bos=True)
+    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
     folder = tmp_path / "corpus"
     folder.mkdir()
     (folder / "a.txt").write_text("The grass is green. " * 30)
@@ -184,9 +194,9 @@ def test_eval_suggests_only_options_it_has(tmp_path, capsys):
 
     from tokenweight.cli import main
 
-    tok = make_tokenizer(bos=True)
+    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
     folder = tmp_path / "m"
-    make_model(len(tok)).save_pretrained(folder)
+    build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD).save_pretrained(folder)
     tok.save_pretrained(folder)
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

@@ -1,6 +1,6 @@
-"""Shared helpers for the evaluation tests (a byte-level BPE tokenizer trained offline on
-a composed text, tiny random Llama models, the real SmolLM2 tokenizer), plus checks that
-the helpers behave, so that a broken helper fails loudly here.
+"""Shared settings for the evaluation tests (the texts of the byte-level BPE tokenizer and
+the weight spread of the tiny models built by ``fixtures``; the real SmolLM2 tokenizer),
+plus checks that they behave, so that a broken helper fails loudly here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import build_tiny_causal_lm
+from fixtures import build_tiny_causal_lm, make_tokenizer
 
 _TEXT = [
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
@@ -28,42 +27,12 @@ _TEXT = [
 ]
 
 
-@functools.cache
-def make_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (about 400 tokens) that encodes any text; ``bos`` prepends ``<s>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<pad>", "<s>", "</s>"],
-        show_progress=False,
-    )
-    tok.train_from_iterator(_TEXT * 20, trainer)
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def make_model(vocab_size: int, seed: int = 0, max_positions: int = 4096) -> LlamaForCausalLM:
-    """A tiny random Llama (2 layers, hidden 32), fp32, eval mode, with larger weights."""
-    model = build_tiny_causal_lm(
-        seed=seed, vocab_size=vocab_size, max_position_embeddings=max_positions
-    )
-    # Larger weights than the default init give peaked, input-dependent predictions.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3, generator=g)
-    return model
+# options of fixtures.make_tokenizer("bpe", ...) for the evaluation tests: about 400 tokens
+# learned from the texts above, so that probes and passages encode compactly
+EVAL_BPE: dict = dict(texts=tuple(_TEXT) * 20, vocab_size=400)
+# fixtures.build_tiny_causal_lm(init_std=...): larger weights than the default init give
+# peaked, input-dependent predictions
+EVAL_INIT_STD = 0.3
 
 
 @functools.cache
@@ -78,7 +47,7 @@ def smollm2_tokenizer():
 
 
 def test_tokenizer_round_trips_text():
-    tok = make_tokenizer()
+    tok = make_tokenizer("bpe", **EVAL_BPE)
     text = "VAR QWERT = 90210. One of the special magic uuids for x-y is: 0f9e-aa."
     ids = tok(text)["input_ids"]
     assert tok.decode(ids) == text
@@ -86,14 +55,16 @@ def test_tokenizer_round_trips_text():
 
 
 def test_bos_tokenizer_prepends_bos():
-    tok = make_tokenizer(bos=True)
+    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
     ids = tok("The grass is green.")["input_ids"]
     assert ids[0] == tok.bos_token_id
-    assert ids[1:] == make_tokenizer()("The grass is green.")["input_ids"]
+    assert ids[1:] == make_tokenizer("bpe", **EVAL_BPE)("The grass is green.")["input_ids"]
 
 
 def test_tiny_model_predictions_depend_on_context():
-    model = make_model(len(make_tokenizer()))
+    model = build_tiny_causal_lm(
+        tokenizer=make_tokenizer("bpe", **EVAL_BPE), init_std=EVAL_INIT_STD
+    )
     a = model(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
     b = model(torch.tensor([[9, 6, 7, 8]])).logits[0, -1]
     assert not torch.allclose(a, b, atol=1e-3)

@@ -8,10 +8,8 @@ import re
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_causal_lm
+from fixtures import BOS_ID, build_tiny_causal_lm, make_tokenizer, save_tiny_model
 from tokenweight.cli import main
 from tokenweight.inspection import inspect_passage, render_html, write_inspection
 from tokenweight.weighting import Scheme, compute_weights
@@ -19,50 +17,18 @@ from tokenweight.weighting import Scheme, compute_weights
 HOSTILE = '<script>alert("x")</script>'
 
 
-def hostile_tokenizer(folder=None) -> PreTrainedTokenizerFast:
-    words = [
-        "<unk>",
-        "<s>",
-        "</s>",
-        "<pad>",
-        HOSTILE,
-        "&amp;",
-        "the",
-        "king",
-        "is",
-        "dead",
-        "long",
-        "live",
-        "queen",
-        "'",
-        '"',
-        "a",
-    ]
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-    if folder is not None:
-        fast.save_pretrained(folder)
-    return fast
+# the words of a "words" tokenizer (fixtures.make_tokenizer): hostile text among them
+WORDS = (HOSTILE, "&amp;", "the", "king", "is", "dead", "long", "live", "queen", "'", '"', "a")
 
 
 TEXT = " ".join(["the king is dead", HOSTILE, "long live the queen &amp; a king"] * 6)
 
 
 def test_numbers_equal_independent_computation():
-    tok = hostile_tokenizer()
-    model = build_tiny_causal_lm(
-        vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=3
-    )
+    tok = make_tokenizer(words=WORDS)
+    model = build_tiny_causal_lm(tokenizer=tok)
     result = inspect_passage(model, tok, TEXT, window=8, stride=5, scheme="dense:0.5")
-    ids = torch.tensor([[1, *tok(TEXT, add_special_tokens=False)["input_ids"]]])
+    ids = torch.tensor([[BOS_ID, *tok(TEXT, add_special_tokens=False)["input_ids"]]])
     assert result.token_ids == ids[0].tolist()
     with torch.no_grad():
         logits = model(ids).logits[0].float()
@@ -78,8 +44,8 @@ def test_numbers_equal_independent_computation():
 
 
 def test_html_escapes_hostile_tokens(tmp_path):
-    tok = hostile_tokenizer()
-    model = build_tiny_causal_lm(vocab_size=len(tok))
+    tok = make_tokenizer(words=WORDS)
+    model = build_tiny_causal_lm(tokenizer=tok)
     result = inspect_passage(model, tok, TEXT, window=8, scheme="sparse:0.2")
     page = render_html(result, title="<b>title</b>")
     assert "<script>" not in page.split("<script>\ndocument")[0]  # only our own script tag
@@ -97,9 +63,7 @@ def test_html_escapes_hostile_tokens(tmp_path):
 
 
 def test_cli_inspect(tmp_path, capsys):
-    tok = hostile_tokenizer(tmp_path / "model")
-    model = build_tiny_causal_lm(vocab_size=len(tok))
-    model.save_pretrained(tmp_path / "model")
+    save_tiny_model(tmp_path / "model", make_tokenizer(words=WORDS))
     (tmp_path / "passage.txt").write_text(TEXT)
     code = main(
         [

@@ -21,7 +21,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from helpers_data import build_tiny_llama, build_tokenizer
+from fixtures import save_tiny_model, save_tokenizer
 from tokenweight.errors import TokenWeightError
 from tokenweight.models import (
     GGUF_ALIASES,
@@ -40,11 +40,11 @@ from tokenweight.models import (
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    tok = build_tokenizer(root / "tok")
+    tok = save_tokenizer(root / "tok")
     return {
         "tok": tok,
-        "model": build_tiny_llama(root / "model", tok),
-        "bpe": build_tokenizer(root / "bpe", kind="bpe"),
+        "model": save_tiny_model(root / "model", tok, max_position_embeddings=256),
+        "bpe": save_tokenizer(root / "bpe", kind="bpe"),
     }
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_train_support import copy_model, full_logits_nll, tiny_llama, window_loop_short_nll
-from tokenweight import TokenWeightError
+from fixtures import build_tiny_causal_lm
+from test_train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
+from tokenweight import TokenWeightError, scoring
 from tokenweight.packed_batches import find_documents
-from tokenweight.scoring import ModelScorer, PrecomputedScorer, SelfScorer
+from tokenweight.scoring import SelfScorer
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.training.trainer import count_valid_targets
@@ -60,13 +61,8 @@ def reference(model, docs, scheme, kind, scorer_model=None, stored=None):
     for i, d in enumerate(docs):
         ids = d[None]
         long = full_logits_nll(model, ids)
-        if kind == "self":
-            short = window_loop_short_nll(model, ids, WINDOW, STRIDE, bos=BOS)
-            short[:, : WINDOW - 1] = long[:, : WINDOW - 1].detach()
-        elif kind == "model":
-            short = window_loop_short_nll(
-                scorer_model, ids, WINDOW, STRIDE, bos=BOS, first_window=True
-            )
+        if kind in ("self", "model"):
+            short = reference_short_nll(kind, model, ids, long, WINDOW, STRIDE, BOS, scorer_model)
         elif kind == "precomputed":
             short = stored[i][None]
         else:
@@ -81,13 +77,9 @@ def reference(model, docs, scheme, kind, scorer_model=None, stored=None):
 
 
 def make_scorer(kind, scorer_model=None):
-    if kind == "self":
-        return SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "model":
-        return ModelScorer(scorer_model, WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "precomputed":
-        return PrecomputedScorer()
-    return None
+    return scoring.build_scorer(
+        kind, window=WINDOW, stride=STRIDE, bos_token_id=BOS, scorer_model=scorer_model
+    )
 
 
 CASES = [
@@ -101,9 +93,9 @@ CASES = [
 
 @pytest.mark.parametrize(("scheme", "kind"), CASES)
 def test_packed_batch_equals_documents_run_one_by_one(scheme, kind):
-    model = tiny_llama(seed=1)
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     ref_model = copy_model(model)
-    scorer_model = tiny_llama(seed=2).eval() if kind == "model" else None
+    scorer_model = build_tiny_causal_lm(seed=2, vocab_size=VOCAB) if kind == "model" else None
     docs = make_docs()
     batch = packed_batch(docs)
     stored = None
@@ -137,7 +129,7 @@ def test_packed_batch_equals_documents_run_one_by_one(scheme, kind):
 
 def test_packed_equals_padded_unpacked_batch():
     """The same documents as a right-padded batch (one per row) give the same numbers."""
-    model = tiny_llama(seed=3)
+    model = build_tiny_causal_lm(seed=3, vocab_size=VOCAB).train()
     docs = make_docs(1)
     scorer = SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
     packed = token_weighted_loss(model, packed_batch(docs), "dense:0.75", scorer)
@@ -175,7 +167,7 @@ def test_unlabelled_packed_batch_masks_document_starts(attention):
     """Without labels (or with a first label that is not -100) the target that would be
     predicted across a document boundary is still dropped; attention stays inside each
     document with either attention implementation."""
-    model = tiny_llama(seed=4).eval()
+    model = build_tiny_causal_lm(seed=4, vocab_size=VOCAB)
     model.set_attn_implementation(attention)
     assert model.config._attn_implementation == attention
     docs = make_docs(2)
@@ -192,7 +184,7 @@ def test_unlabelled_packed_batch_masks_document_starts(attention):
 def test_trailing_padding_in_a_packed_row():
     """pad_to_multiple_of style padding after the last document: padding is no target and
     changes nothing else; left padding is refused."""
-    model = tiny_llama(seed=5).eval()
+    model = build_tiny_causal_lm(seed=5, vocab_size=VOCAB)
     docs = make_docs(3)
     batch = packed_batch(docs, with_cu=False)
     plain = token_weighted_loss(model, batch, "uniform")
@@ -217,8 +209,8 @@ def test_trailing_padding_in_a_packed_row():
 
 @pytest.mark.parametrize("kind", ["self", "model", "precomputed"])
 def test_scorers_called_directly_score_each_document_alone(kind):
-    model = tiny_llama(seed=6).eval()
-    scorer_model = tiny_llama(seed=7).eval()
+    model = build_tiny_causal_lm(seed=6, vocab_size=VOCAB)
+    scorer_model = build_tiny_causal_lm(seed=7, vocab_size=VOCAB)
     docs = make_docs(4)
     batch = packed_batch(docs)
     long = torch.rand(1, sum(LENGTHS) - 1, generator=torch.Generator().manual_seed(1))
@@ -229,13 +221,9 @@ def test_scorers_called_directly_score_each_document_alone(kind):
     for i, (d, part, lg) in enumerate(
         zip(docs, split_targets(got, docs), split_targets(long, docs))
     ):
-        if kind == "self":
-            want = window_loop_short_nll(model, d[None], WINDOW, STRIDE, bos=BOS)[0]
-            want[: WINDOW - 1] = lg[: WINDOW - 1]
-        elif kind == "model":
-            want = window_loop_short_nll(
-                scorer_model, d[None], WINDOW, STRIDE, bos=BOS, first_window=True
-            )[0]
+        if kind in ("self", "model"):
+            args = (WINDOW, STRIDE, BOS, scorer_model)
+            want = reference_short_nll(kind, model, d[None], lg[None], *args)[0]
         else:
             want = split_targets(batch["short_nll"], docs)[i]
         torch.testing.assert_close(part, want, rtol=0, atol=ATOL)
@@ -246,7 +234,7 @@ def test_scorers_called_directly_score_each_document_alone(kind):
 def test_completion_mask_is_respected():
     """A collator that sends ``completion_mask`` instead of folding it into the labels:
     prompt tokens are no targets, in the loss and in the step's count."""
-    model = tiny_llama(seed=8)
+    model = build_tiny_causal_lm(seed=8, vocab_size=VOCAB).train()
     ref = copy_model(model)
     ids = make_docs(5)[2][None]
     completion = torch.zeros_like(ids)
@@ -264,7 +252,7 @@ def test_completion_mask_is_respected():
 
 
 def test_raise_on_nonfinite():
-    model = tiny_llama(seed=9)
+    model = build_tiny_causal_lm(seed=9, vocab_size=VOCAB).train()
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")
     batch = {"input_ids": make_docs()[0][None]}

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from fixtures import build_tiny_causal_lm, make_tokenizer
 from helpers_data import CORPUS_DIR
-from test_eval_support import make_model, make_tokenizer
+from test_eval_support import EVAL_BPE, EVAL_INIT_STD
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.pipeline import load_pipeline_config, run_pipeline
@@ -16,9 +17,11 @@ from tokenweight.pipeline import load_pipeline_config, run_pipeline
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
-    tok = make_tokenizer()
+    tok = make_tokenizer("bpe", **EVAL_BPE)
     tok.save_pretrained(folder)
-    make_model(len(tok), max_positions=512).save_pretrained(folder)
+    build_tiny_causal_lm(
+        tokenizer=tok, init_std=EVAL_INIT_STD, max_position_embeddings=512
+    ).save_pretrained(folder)
     return folder
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from helpers_data import CORPUS_DIR, JSONL_FILE, build_tokenizer, corpus_files
+from fixtures import PAD_ID, save_tokenizer
+from helpers_data import CORPUS_DIR, JSONL_FILE, corpus_files
 from tokenweight.cli import main
 from tokenweight.data.prepare import prepare_dataset
 from tokenweight.errors import TokenWeightError
@@ -27,8 +28,8 @@ N = 32
 def toks(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tok")
     return {
-        "bos": build_tokenizer(root / "bos"),
-        "nobos": build_tokenizer(root / "nobos", bos=False),
+        "bos": save_tokenizer(root / "bos"),
+        "nobos": save_tokenizer(root / "nobos", bos=False),
     }
 
 
@@ -150,7 +151,7 @@ def test_keep_tail_pads_with_a_mask_and_covers_every_token(tmp_path, toks, doc_t
     )
     rows, m, L = _rows(out), _manifest(tmp_path / "tail"), N - 1
     pad = m["pad_token_id"]
-    assert pad == 3
+    assert pad == PAD_ID
     got: dict[int, Counter] = {}
     for r in rows:
         n = sum(r["attention_mask"])

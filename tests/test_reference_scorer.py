@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from test_train_support import full_logits_nll, prepare, save_tiny_model, tiny_llama
+from fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
+from test_train_support import VOCAB, full_logits_nll, prepare
 from tokenweight.errors import TokenWeightError
 from tokenweight.reference_scorer import ReferenceScorer
 from tokenweight.training.config import load_config
@@ -18,7 +19,7 @@ from tokenweight.training.run import train
 
 
 def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
-    ref = tiny_llama(seed=5).eval()
+    ref = build_tiny_causal_lm(seed=5, vocab_size=VOCAB)
     ids = torch.randint(4, 60, (3, 20))
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
@@ -28,7 +29,7 @@ def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
         expected = full_logits_nll(ref, ids, mask)
     valid = mask[:, 1:].bool()
     torch.testing.assert_close(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
-    other = tiny_llama(seed=6)
+    other = build_tiny_causal_lm(seed=6, vocab_size=VOCAB).train()
     other.config.bos_token_id = 7
     with pytest.raises(TokenWeightError):
         ReferenceScorer(other, reference=ref)
@@ -36,13 +37,16 @@ def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
 
 def test_excess_loss_weighting_matches_an_independent_computation():
     torch.manual_seed(0)
-    model, ref = tiny_llama(seed=1), tiny_llama(seed=2)
+    model, ref = (
+        build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train(),
+        build_tiny_causal_lm(seed=2, vocab_size=VOCAB).train(),
+    )
     ids = torch.randint(4, 60, (2, 24))
     parts = token_weighted_loss(model, {"input_ids": ids}, "rho1:0.25", ReferenceScorer(ref))
     parts.loss.backward()
     got_grad = model.lm_head.weight.grad.clone()
 
-    twin = tiny_llama(seed=1)
+    twin = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     long = full_logits_nll(twin, ids)
     with torch.no_grad():
         s_ref = full_logits_nll(ref.eval(), ids)
@@ -60,8 +64,12 @@ def test_excess_loss_weighting_matches_an_independent_computation():
 
 
 def test_training_with_a_reference_scorer_config(tmp_path):
-    model_dir = save_tiny_model(tmp_path / "model", seed=0)
-    ref_dir = save_tiny_model(tmp_path / "ref", seed=3)
+    model_dir = save_tiny_model(
+        tmp_path / "model", make_tokenizer(), seed=0, max_position_embeddings=256
+    )
+    ref_dir = save_tiny_model(
+        tmp_path / "ref", make_tokenizer(), seed=3, max_position_embeddings=256
+    )
     prepared = prepare(tmp_path, model_dir, 32, docs=4, words=120)
     base = {
         "model": {"source": str(model_dir)},

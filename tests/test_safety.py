@@ -25,7 +25,8 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-from helpers_data import CORPUS_DIR, build_tiny_llama, build_tokenizer
+from fixtures import save_tiny_model, save_tokenizer
+from helpers_data import CORPUS_DIR
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.weighting import Scheme
@@ -38,13 +39,13 @@ def env(tmp_path_factory) -> dict[str, Path]:
     """Tokenizers, two tiny models (different tokenizers), a user corpus, prepared and
     scored data, all made with the real commands."""
     root = tmp_path_factory.mktemp("safety")
-    tok = build_tokenizer(root / "tok")
-    bpe = build_tokenizer(root / "bpe", kind="bpe")
+    tok = save_tokenizer(root / "tok")
+    bpe = save_tokenizer(root / "bpe", kind="bpe")
     paths = {
         "root": root,
         "tok": tok,
-        "model": build_tiny_llama(root / "model", tok),
-        "other": build_tiny_llama(root / "other", bpe),
+        "model": save_tiny_model(root / "model", tok, max_position_embeddings=256),
+        "other": save_tiny_model(root / "other", bpe, max_position_embeddings=256),
         "corpus": root / "corpus",
         "prep": root / "prep",
         "prep_bpe": root / "prep_bpe",

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from helpers_data import CORPUS_DIR, build_tiny_llama, build_tokenizer
+from fixtures import save_tiny_model, save_tokenizer
+from helpers_data import CORPUS_DIR
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset, score_dataset
 from tokenweight.data.store import verify_row, verify_rows
@@ -42,12 +43,12 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("score")
-    tok = build_tokenizer(root / "tok")
-    bpe = build_tokenizer(root / "bpe", kind="bpe")
+    tok = save_tokenizer(root / "tok")
+    bpe = save_tokenizer(root / "bpe", kind="bpe")
     paths = {
         "root": root,
-        "model": build_tiny_llama(root / "model", tok),
-        "other": build_tiny_llama(root / "other", bpe),
+        "model": save_tiny_model(root / "model", tok, max_position_embeddings=256),
+        "other": save_tiny_model(root / "other", bpe, max_position_embeddings=256),
         "prep": root / "prep",
         "tail": root / "tail",
         "many": root / "many",

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny_causal_lm
+from fixtures import build_tiny_causal_lm
 from tokenweight import TokenWeightError
 from tokenweight.scoring import (
     ModelScorer,
@@ -23,16 +23,7 @@ from tokenweight.scoring import (
 VOCAB = 97
 
 
-def tiny_llama(seed: int = 0, vocab: int = VOCAB, layers: int = 2, hidden: int = 32):
-    return build_tiny_causal_lm(
-        seed=seed,
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
+SHAPE = dict(vocab_size=VOCAB, max_position_embeddings=512, tie_word_embeddings=False)
 
 
 def context_start(t: int, n: int, window: int, stride: int) -> int:
@@ -71,7 +62,7 @@ def full_nll(model, ids):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_llama()
+    return build_tiny_causal_lm(**SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +191,7 @@ def test_bad_window_and_stride():
 
 # ------------------------------------------------------------------ scorers
 def test_self_scorer_reuses_long_nll_and_leaves_no_gradient(ids):
-    model = tiny_llama(seed=1).train()
+    model = build_tiny_causal_lm(seed=1, **SHAPE).train()
     long = full_nll(model.eval(), ids)
     model.train()
     scorer = SelfScorer(window=12, stride=7)
@@ -220,7 +211,9 @@ def test_self_scorer_short_sequences_equal_long(model, ids):
 
 
 def test_model_scorer_with_smaller_model(model, ids):
-    small = tiny_llama(seed=5, layers=1, hidden=16)
+    small = build_tiny_causal_lm(
+        seed=5, **SHAPE, num_hidden_layers=1, hidden_size=16, intermediate_size=32
+    )
     scorer = ModelScorer(small, window=12, stride=7, reference=model)
     long = full_nll(model, ids)
     got = scorer({"input_ids": ids}, long, model=model)
@@ -229,7 +222,7 @@ def test_model_scorer_with_smaller_model(model, ids):
 
 
 def test_model_scorer_refuses_other_vocabulary_before_compute(model, ids):
-    other = tiny_llama(seed=5, vocab=VOCAB + 3)
+    other = build_tiny_causal_lm(seed=5, **{**SHAPE, "vocab_size": VOCAB + 3})
     calls = []
     other.register_forward_pre_hook(lambda *a: calls.append(1))
     with pytest.raises(TokenWeightError, match=rf"vocabulary size {VOCAB + 3} vs {VOCAB}"):
@@ -241,7 +234,7 @@ def test_model_scorer_refuses_other_vocabulary_before_compute(model, ids):
 
 
 def test_model_scorer_refuses_other_special_tokens(model):
-    other = tiny_llama(seed=5)
+    other = build_tiny_causal_lm(seed=5, **SHAPE)
     other.config.bos_token_id = 7
     with pytest.raises(TokenWeightError, match="bos_token_id 7 vs 1"):
         ModelScorer(other, window=12, reference=model.config)

@@ -11,7 +11,8 @@ import datasets
 import numpy as np
 import pytest
 
-from helpers_data import CORPUS_DIR, build_tiny_llama, build_tokenizer
+from fixtures import save_tiny_model, save_tokenizer
+from helpers_data import CORPUS_DIR
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset
 from tokenweight.errors import TokenWeightError
@@ -65,8 +66,8 @@ def test_choose_top_threshold_and_short_share():
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("select")
-    tok = build_tokenizer(root / "tok")
-    model = build_tiny_llama(root / "model", tok)
+    tok = save_tokenizer(root / "tok")
+    model = save_tiny_model(root / "model", tok, max_position_embeddings=256)
     prep = root / "prep"
     prepare_dataset([str(CORPUS_DIR)], tokenizer=str(tok), seq_len=N, out=prep)
     argv = ["score", str(prep), "--scorer", str(model), "--window", str(W), "--batch-size", "8"]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers_data import build_tiny_llama, build_tokenizer
+from fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.study import load_study_config
@@ -18,7 +18,9 @@ from tokenweight.study import load_study_config
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    return build_tiny_llama(root / "model", build_tokenizer(root / "tok"))
+    return save_tiny_model(
+        root / "model", save_tokenizer(root / "tok"), max_position_embeddings=256
+    )
 
 
 def _overrides(model, work):

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from helpers_data import build_tokenizer
+from fixtures import save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import read_manifest
 from tokenweight.errors import TokenWeightError
@@ -85,7 +85,7 @@ def test_same_seed_same_data_and_bad_settings():
 
 
 def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
-    tok = build_tokenizer(tmp_path / "tok")
+    tok = save_tokenizer(tmp_path / "tok")
     out = tmp_path / "synth"
     argv = [
         "synth",

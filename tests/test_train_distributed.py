@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_support import prepare, save_tiny_model
+from fixtures import make_tokenizer, save_tiny_model
+from test_train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -49,7 +50,9 @@ def _config(model_dir: Path, data: Path, out: Path, accumulation: int) -> dict:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-dist")
-    model_dir = save_tiny_model(root / "model", seed=4)
+    model_dir = save_tiny_model(
+        root / "model", make_tokenizer(), seed=4, max_position_embeddings=256
+    )
     # short documents with kept tails: many padded rows of different valid lengths
     data = prepare(root, model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
     return root, model_dir, data

@@ -25,7 +25,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_train_support import prepare, save_tiny_model
+from fixtures import make_tokenizer, save_tiny_model
+from test_train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -48,7 +49,9 @@ def assets(tmp_path_factory):
     from tokenweight.data import score_dataset
 
     root = tmp_path_factory.mktemp("engines")
-    model_dir = save_tiny_model(root / "model", seed=4)
+    model_dir = save_tiny_model(
+        root / "model", make_tokenizer(), seed=4, max_position_embeddings=256
+    )
     prepared = prepare(root, model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
     scored = root / "scored"
     score_dataset(

@@ -11,15 +11,16 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
+from fixtures import PAD_ID, build_tiny_causal_lm, training_args
 from test_train_support import (
+    VOCAB,
     clone_params,
     copy_model,
     full_logits_nll,
-    tiny_llama,
-    window_loop_short_nll,
+    reference_short_nll,
 )
-from tokenweight import TokenWeightError
-from tokenweight.scoring import ModelScorer, PrecomputedScorer, SelfScorer
+from tokenweight import TokenWeightError, scoring
+from tokenweight.scoring import PrecomputedScorer
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.trainer import TokenWeightTrainer
 from tokenweight.weighting import compute_weights
@@ -28,18 +29,8 @@ N, WINDOW, STRIDE, BOS = 48, 16, 8, 1
 
 
 def make_args(tmp_path, **kwargs) -> TrainingArguments:
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        max_grad_norm=0.0,
-    )
-    base.update(kwargs)
-    return TrainingArguments(**base)
+    base = dict(logging_steps=1, remove_unused_columns=False, max_grad_norm=0.0)
+    return training_args(tmp_path / "out", **{**base, **kwargs})
 
 
 def make_batch(seed: int = 0, padded: bool = True) -> dict[str, torch.Tensor]:
@@ -51,9 +42,9 @@ def make_batch(seed: int = 0, padded: bool = True) -> dict[str, torch.Tensor]:
     if padded:
         mask = [1] * 37 + [0] * (N - 37)
         examples[1]["attention_mask"] = mask
-        examples[1]["input_ids"] = [t if m else 0 for t, m in zip(ids[1].tolist(), mask)]
+        examples[1]["input_ids"] = [t if m else PAD_ID for t, m in zip(ids[1].tolist(), mask)]
         examples[0]["attention_mask"] = [1] * N
-    return TokenWeightCollator(pad_token_id=0)(examples)
+    return TokenWeightCollator(pad_token_id=PAD_ID)(examples)
 
 
 def hand_loss(model, batch, scheme, short_source, scorer_model=None):
@@ -61,11 +52,10 @@ def hand_loss(model, batch, scheme, short_source, scorer_model=None):
     ids, am = batch["input_ids"], batch.get("attention_mask")
     long = full_logits_nll(model, ids, am)
     mask = am[:, 1:].bool() if am is not None else torch.ones_like(long, dtype=torch.bool)
-    if short_source == "self":
-        short = window_loop_short_nll(model, ids, WINDOW, STRIDE, bos=BOS)
-        short[:, : WINDOW - 1] = long[:, : WINDOW - 1].detach()
-    elif short_source == "model":
-        short = window_loop_short_nll(scorer_model, ids, WINDOW, STRIDE, bos=BOS, first_window=True)
+    if short_source in ("self", "model"):
+        short = reference_short_nll(
+            short_source, model, ids, long, WINDOW, STRIDE, BOS, scorer_model
+        )
     elif short_source == "precomputed":
         short = batch["short_nll"]
     else:
@@ -77,13 +67,9 @@ def hand_loss(model, batch, scheme, short_source, scorer_model=None):
 
 
 def build_scorer(kind, scorer_model=None):
-    if kind == "self":
-        return SelfScorer(WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "model":
-        return ModelScorer(scorer_model, WINDOW, STRIDE, bos_token_id=BOS)
-    if kind == "precomputed":
-        return PrecomputedScorer()
-    return None
+    return scoring.build_scorer(
+        kind, window=WINDOW, stride=STRIDE, bos_token_id=BOS, scorer_model=scorer_model
+    )
 
 
 CASES = [
@@ -100,9 +86,9 @@ CASES = [
 
 @pytest.mark.parametrize(("scheme", "kind"), CASES)
 def test_loss_and_gradients_equal_hand_computation(tmp_path, scheme, kind):
-    model = tiny_llama(seed=1).train()
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     reference = copy_model(model)
-    scorer_model = tiny_llama(seed=2).eval() if kind == "model" else None
+    scorer_model = build_tiny_causal_lm(seed=2, vocab_size=VOCAB) if kind == "model" else None
     batch = make_batch()
     if kind == "precomputed":
         g = torch.Generator().manual_seed(5)
@@ -136,7 +122,7 @@ def test_loss_and_gradients_equal_hand_computation(tmp_path, scheme, kind):
 
 
 def test_self_scoring_leaves_the_model_in_training_mode_and_gets_no_gradient(tmp_path):
-    model = tiny_llama(seed=1).train()
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     trainer = TokenWeightTrainer(
         model=model, args=make_args(tmp_path), scheme="dense:0.75", scorer=build_scorer("self")
     )
@@ -148,7 +134,7 @@ def test_self_scoring_leaves_the_model_in_training_mode_and_gets_no_gradient(tmp
 
 
 def _sgd_train(tmp_path, rows, *, batch, accumulation, scheme="dense:0.75", kind="self"):
-    model = tiny_llama(seed=3)
+    model = build_tiny_causal_lm(seed=3, vocab_size=VOCAB).train()
     args = make_args(
         tmp_path,
         per_device_train_batch_size=batch,
@@ -189,7 +175,7 @@ def test_accumulation_two_by_one_equals_batch_two_and_the_global_mean(tmp_path, 
     b, tb = _sgd_train(tmp_path / "b", rows, batch=1, accumulation=2, scheme=scheme, kind=kind)
 
     # hand: one SGD step on sum(w*l) over both sequences / total valid targets
-    reference = tiny_llama(seed=3).train()
+    reference = build_tiny_causal_lm(seed=3, vocab_size=VOCAB).train()
     start = clone_params(reference)
     expected, _ = hand_loss(reference, batch, scheme, kind)
     expected.backward()
@@ -226,7 +212,7 @@ def test_log_line_has_the_weighting_figures(tmp_path):
 
 
 def test_nan_in_scores_stops_with_step_and_rows(tmp_path):
-    model = tiny_llama(seed=1)
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     trainer = TokenWeightTrainer(
         model=model, args=make_args(tmp_path), scheme="dense:0.75", scorer=PrecomputedScorer()
     )
@@ -239,4 +225,8 @@ def test_nan_in_scores_stops_with_step_and_rows(tmp_path):
 
 def test_uniform_needs_no_scorer_but_weighted_schemes_do(tmp_path):
     with pytest.raises(TokenWeightError, match="needs a short-context scorer"):
-        TokenWeightTrainer(model=tiny_llama(), args=make_args(tmp_path), scheme="dense:0.75")
+        TokenWeightTrainer(
+            model=build_tiny_causal_lm(vocab_size=VOCAB).train(),
+            args=make_args(tmp_path),
+            scheme="dense:0.75",
+        )

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from test_train_support import full_logits_nll, prepare, save_tiny_model
+from fixtures import make_tokenizer, save_tiny_model
+from test_train_support import full_logits_nll, prepare
 from tokenweight import TokenWeightError
 from tokenweight.cli import main as cli_main
 from tokenweight.training.config import load_config
@@ -26,7 +27,9 @@ def assets(tmp_path_factory):
     from tokenweight.data import score_dataset
 
     root = tmp_path_factory.mktemp("train-run")
-    model_dir = save_tiny_model(root / "model", seed=0)
+    model_dir = save_tiny_model(
+        root / "model", make_tokenizer(), seed=0, max_position_embeddings=256
+    )
     prepared = prepare(root, model_dir, SEQ, keep_tail=True, docs=6, words=150)
     scored = root / "scored"
     score_dataset(

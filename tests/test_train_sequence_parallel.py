@@ -20,8 +20,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from fixtures import make_tokenizer, save_tiny_model
 from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file, _env, _losses
-from test_train_support import make_tokenizer, prepare, save_tiny_model
+from test_train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -45,7 +46,9 @@ def assets(tmp_path_factory):
     from tokenweight.data import score_dataset
 
     root = tmp_path_factory.mktemp("sp")
-    model_dir = save_tiny_model(root / "model", seed=5)
+    model_dir = save_tiny_model(
+        root / "model", make_tokenizer(), seed=5, max_position_embeddings=256
+    )
     tail = prepare(root / "tail", model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
     scored = root / "scored"
     score_dataset(tail, scored, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False)

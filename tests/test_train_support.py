@@ -1,5 +1,6 @@
-"""Shared helpers for the training tests (tiny random Llama, word-level tokenizer, corpus),
-plus checks that the helpers themselves behave (so a broken helper fails loudly here).
+"""Shared helpers for the training tests (a learnable word corpus over ``fixtures``'
+``"words"`` tokenizer, reference NLLs), plus checks that the helpers themselves behave (so a
+broken helper fails loudly here).
 
 Everything is built offline from configs: no downloads.
 """
@@ -12,44 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import build_tiny_causal_lm
+from fixtures import SPECIALS, build_tiny_causal_lm, make_tokenizer
 
-WORDS = 56  # vocabulary: 4 special tokens + WORDS words
-SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over ``w0 .. w{WORDS-1}`` with pad/bos/eos/unk = 0/1/2/3."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
-    vocab.update({f"w{i}": len(SPECIAL) + i for i in range(WORDS)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A tiny random Llama over :func:`make_tokenizer`'s vocabulary, fp32, in training mode."""
-    return build_tiny_causal_lm(
-        seed=seed, vocab_size=WORDS + len(SPECIAL), max_position_embeddings=256
-    ).train()
-
-
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A local model folder (safetensors + config + tokenizer) of a tiny random Llama."""
-    folder = Path(folder)
-    tiny_llama(seed).save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
+VOCAB = len(make_tokenizer())  # 4 special tokens + the words w0 .. w55
+WORDS = VOCAB - len(SPECIALS)
 
 
 def markov_words(n: int, rng: random.Random) -> list[str]:
@@ -120,6 +88,19 @@ def window_loop_short_nll(model, input_ids, window, stride, bos=None, first_wind
     return out
 
 
+def reference_short_nll(kind, model, ids, long, window, stride, bos, scorer_model=None):
+    """``(B, N-1)`` short NLL of scorer ``kind`` by :func:`window_loop_short_nll`: ``self``
+    scores with ``model`` and takes window 0 from ``long``; ``model`` scores every target
+    with ``scorer_model``."""
+    if kind == "self":
+        short = window_loop_short_nll(model, ids, window, stride, bos=bos)
+        short[:, : window - 1] = long[:, : window - 1].detach()
+        return short
+    if kind == "model":
+        return window_loop_short_nll(scorer_model, ids, window, stride, bos=bos, first_window=True)
+    raise ValueError(f"no reference for scorer {kind!r}")
+
+
 def clone_params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -129,15 +110,8 @@ def copy_model(model):
 
 
 # ---------------------------------------------------------------- checks of the helpers
-def test_tokenizer_round_trip():
-    tok = make_tokenizer()
-    ids = tok("w0 w5 w55")["input_ids"]
-    assert ids == [4, 9, 59]
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
-
-
 def test_window_loop_matches_full_context_inside_window_zero():
-    model = tiny_llama().eval()
+    model = build_tiny_causal_lm(vocab_size=VOCAB)
     ids = torch.randint(4, 60, (2, 24), generator=torch.Generator().manual_seed(0))
     short = window_loop_short_nll(model, ids, window=8, stride=8, first_window=True)
     with torch.no_grad():

@@ -17,23 +17,17 @@ import inspect
 import transformers
 from transformers import Trainer, TrainingArguments
 
-from test_train_support import tiny_llama
+from fixtures import build_tiny_causal_lm, training_args
+from test_train_support import VOCAB
 from tokenweight.training.trainer import TokenWeightTrainer
 
 
 def _args(tmp_path) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        gradient_accumulation_steps=4,
-        disable_tqdm=True,
-    )
+    return training_args(tmp_path / "out", gradient_accumulation_steps=4)
 
 
 def _no_loss_kwargs_model():
-    model = tiny_llama(seed=0)
+    model = build_tiny_causal_lm(seed=0, vocab_size=VOCAB).train()
     model.accepts_loss_kwargs = False  # what the Trainer reads to set model_accepts_loss_kwargs
     return model
 

@@ -18,10 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
-from test_train_support import copy_model, make_tokenizer, markov_words, tiny_llama
+from fixtures import build_tiny_causal_lm, make_tokenizer, training_args
+from test_train_support import VOCAB, copy_model, markov_words
 from tokenweight import make_compute_loss_func
 from tokenweight.scoring import ModelScorer
 from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
@@ -119,9 +120,9 @@ def hand_loss(model, scorer_model, batch) -> torch.Tensor:
     [(False, "text"), ("wrapped", "text"), ("bfd", "text"), ("bfd", "prompt-completion")],
 )
 def test_sft_trainer_step_equals_hand_computation(tmp_path, packing, data):
-    model = tiny_llama(seed=1)
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
     reference = copy_model(model)
-    scorer_model = tiny_llama(seed=2).eval()
+    scorer_model = build_tiny_causal_lm(seed=2, vocab_size=VOCAB)
     rows = prompt_completion() if data == "prompt-completion" else None
     trainer = sft_trainer(tmp_path, model, scorer_model, packing, rows)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -147,9 +148,9 @@ def test_sft_trainer_step_equals_hand_computation(tmp_path, packing, data):
 def test_sft_trainer_padding_free_trains_with_the_step_gradient(tmp_path):
     """A whole optimizer step under bfd packing (the case that used to crash): with SGD the
     update is exactly ``-lr`` times the hand gradient of the step's batch."""
-    model = tiny_llama(seed=3)
+    model = build_tiny_causal_lm(seed=3, vocab_size=VOCAB).train()
     reference = copy_model(model)
-    scorer_model = tiny_llama(seed=4).eval()
+    scorer_model = build_tiny_causal_lm(seed=4, vocab_size=VOCAB)
     lr = 0.5
     trainer = sft_trainer(
         tmp_path,
@@ -177,19 +178,15 @@ def test_sft_trainer_padding_free_trains_with_the_step_gradient(tmp_path):
 def test_plain_trainer_compute_loss_func_step(tmp_path):
     """``Trainer(compute_loss_func=make_compute_loss_func(...))``: one SGD step with two
     accumulated micro-batches equals ``-lr`` times the hand gradient over both."""
-    model = tiny_llama(seed=5)
+    model = build_tiny_causal_lm(seed=5, vocab_size=VOCAB).train()
     reference = copy_model(model)
-    scorer_model = tiny_llama(seed=6).eval()
+    scorer_model = build_tiny_causal_lm(seed=6, vocab_size=VOCAB)
     tok = make_tokenizer()
     rows = [{"input_ids": tok(t)["input_ids"][:MAX_LEN]} for t in texts(4, seed=1)]
     collate = TokenWeightCollator(pad_token_id=tok.pad_token_id)
     lr = 0.5
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
+    args = training_args(
+        tmp_path / "out",
         max_grad_norm=0.0,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,

@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tokenweight.errors import TokenWeightError
 
@@ -55,7 +56,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class _VersionAction(argparse.Action):
     """``--version``, reading the installed version only when asked."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:

@@ -137,6 +137,7 @@ def resolve_config_paths(data: Mapping[str, Any]) -> dict[str, Any]:
             continue
         packaged = find_packaged(value)
         if packaged is not None:
+            assert isinstance(node, dict)  # value was read from it above
             node[key] = str(packaged)
     return out
 

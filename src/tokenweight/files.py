@@ -132,7 +132,7 @@ def clean_stale_siblings(
     """Remove the temporary siblings of ``path`` (:func:`temp_sibling` names with one of
     ``tags``) left by a process that no longer runs, e.g. a killed run; returns them."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for entry in path.parent.iterdir():

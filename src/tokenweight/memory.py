@@ -29,6 +29,7 @@ All figures in bytes; :func:`estimate_memory` returns them by part.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,7 +93,9 @@ MODEL_SHAPES: dict[str, ModelShape] = {
 
 def shape_from_config(config: Any) -> ModelShape:
     """A :class:`ModelShape` from a transformers config (object or ``config.json`` dict)."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    get: Callable[..., Any] = (
+        config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    )
     try:
         heads = int(get("num_attention_heads"))
         return ModelShape(

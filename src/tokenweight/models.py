@@ -225,7 +225,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def _strip_gguf_quantization(model: PreTrainedModel) -> None:
+def _strip_gguf_quantization(model: Any) -> None:
     """A GGUF checkpoint loads as dequantized fp32 weights but stays flagged as "quantized",
     which blocks ``save_pretrained`` and Trainer fine-tuning; the flags are stale, drop them."""
     model.hf_quantizer = None
@@ -280,7 +280,7 @@ def load_model(
     if src.kind == "gguf":
         _strip_gguf_quantization(model)
     if device is not None:
-        model.to(resolve_device(device))
+        model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers' @wraps(Module.to) types self as the device
     return model.eval()
 
 

@@ -218,7 +218,9 @@ def _findings(entries: dict[str, Any], labels: list[str]) -> str:
         ("perplexity", "perplexity", "Perplexity"),
         ("longppl", "longppl", "LongPPL"),
     ):
-        values = {lab: (entries.get(lab, {}).get(metric) or {}).get(key) for lab in labels}
+        values: dict[str, Any] = {
+            lab: (entries.get(lab, {}).get(metric) or {}).get(key) for lab in labels
+        }
         if any(v is None for v in values.values()):
             continue
         text = f"{name}: " + ", ".join(f"{lab} {values[lab]:.2f}" for lab in labels)

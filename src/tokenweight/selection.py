@@ -463,7 +463,7 @@ def _snippet(prep: Any, pman: dict[str, Any], row: int, chars: int = 90) -> str:
         text = load_tokenizer(source).decode(ids, skip_special_tokens=True) if source else None
     except Exception:  # a moved or hub tokenizer: show ids instead
         text = None
-    text = text if text is not None else " ".join(map(str, ids[:16]))
+    text = text if isinstance(text, str) else " ".join(map(str, ids[:16]))
     return " ".join(text.split())[:chars]
 
 

@@ -670,7 +670,7 @@ def _evaluate(
     tok = load_tokenizer(models["start"])
     seqs = load_eval_sequences(str(eval_data), tok, seq_len=0, max_sequences=config.eval_sequences)
     _save_array(out / "target_mask.npy", seqs.target_mask.numpy())
-    rope = {
+    rope: dict[str, Any] = {
         "rope_theta": config.rope_theta,
         "max_position_embeddings": config.max_position_embeddings,
     }

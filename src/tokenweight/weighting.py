@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -116,10 +116,10 @@ class Transform:
                 f"cannot read transform {value!r}; allowed: absolute, minus, exp, max, shift C"
             )
         name, arg = match.groups()
-        return cls(name, arg)
+        return cls(name, cast(Any, arg))  # text: __post_init__ reads and checks it
 
     def __str__(self) -> str:
-        return f"shift({_fmt(self.c)})" if self.name == "shift" else self.name
+        return f"shift({_fmt(self.c)})" if self.c is not None else self.name  # only shift has c
 
 
 # Example scheme texts, one per preset (rho1, meant for a reference-model scorer, left out):
@@ -171,7 +171,7 @@ class Scheme:
                 )
         object.__setattr__(self, "comparison", comparison)
 
-        transforms = self.transforms
+        transforms: Any = self.transforms  # text, a mapping or a list until parsed here
         if isinstance(transforms, str):
             transforms = _split_transforms(transforms)
         elif isinstance(transforms, (Transform, Mapping)):
@@ -241,7 +241,7 @@ class Scheme:
                 lo, hi = math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
             elif t.name == "max":
                 lo, hi = max(lo, 0.0), max(hi, 0.0)
-            else:
+            elif t.c is not None:  # shift (the only transform with a constant)
                 lo, hi = lo - math.log(t.c), hi - math.log(t.c)
         if self.truncation is not None:
             gamma = self.truncation
@@ -295,24 +295,24 @@ class Scheme:
     @classmethod
     def dense(cls, lam: float) -> Scheme:
         """Dense lambda: ``|l - s|``, L1-normalized, interpolated with uniform by ``lam``."""
-        return cls("difference", ("absolute",), normalization="l1", interpolation=lam)
+        return cls("difference", (Transform("absolute"),), normalization="l1", interpolation=lam)
 
     @classmethod
     def sparse(cls, kappa: float) -> Scheme:
         """Sparse kappa: the top ``kappa`` fraction by ``|l - s|`` share the loss."""
-        return cls("difference", ("absolute",), sparsification=kappa, normalization="l1")
+        return cls("difference", (Transform("absolute"),), sparsification=kappa, normalization="l1")
 
     @classmethod
     def longce(cls, gamma: float = 5.0) -> Scheme:
         """LongCE (Fang et al. 2025): ``min(p_long / p_short, gamma)``."""
-        return cls("difference", ("minus", "exp"), truncation=gamma)
+        return cls("difference", (Transform("minus"), Transform("exp")), truncation=gamma)
 
     @classmethod
     def ppmi(cls, c: float, kappa: float) -> Scheme:
         """PPMI c: ``max(s - l - log c, 0)``, top ``kappa`` kept, L1-normalized."""
         return cls(
             "difference",
-            ("minus", Transform("shift", c), "max"),
+            (Transform("minus"), Transform("shift", c), Transform("max")),
             sparsification=kappa,
             normalization="l1",
         )
@@ -321,7 +321,10 @@ class Scheme:
     def npmi(cls, c: float, kappa: float) -> Scheme:
         """NPMI c: ``max(l - s - log c, 0)``, top ``kappa`` kept, L1-normalized."""
         return cls(
-            "difference", (Transform("shift", c), "max"), sparsification=kappa, normalization="l1"
+            "difference",
+            (Transform("shift", c), Transform("max")),
+            sparsification=kappa,
+            normalization="l1",
         )
 
     @classmethod
@@ -351,7 +354,7 @@ class Scheme:
                     return f"sparse:{_fmt(kappa)}"
                 if self == Scheme.rho1(kappa):
                     return f"rho1:{_fmt(kappa)}"
-                shifts = [t.c for t in self.transforms if t.name == "shift"]
+                shifts = [t.c for t in self.transforms if t.c is not None]  # only shift has c
                 if len(shifts) == 1:
                     c = shifts[0]
                     if self == Scheme.ppmi(c, kappa):
@@ -603,7 +606,7 @@ def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Sche
             d = d.exp_()
         elif t.name == "max":
             d = d.clamp_(min=0)
-        else:  # shift
+        elif t.c is not None:  # shift (the only transform with a constant)
             d = d.sub_(math.log(t.c))
     if scheme.truncation is not None:
         d = d.clamp_(max=scheme.truncation)
@@ -753,7 +756,7 @@ def weighted_nll_loss(
     mask = _check_mask(mask, long_nll)
     if mask is not None:
         terms = torch.where(mask, weights * long_nll, torch.zeros_like(long_nll))
-        count = mask.sum()
+        count: int | float | torch.Tensor = mask.sum()
     else:
         terms = weights * long_nll
         count = long_nll.numel()

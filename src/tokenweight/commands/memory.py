@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload-params", action="store_true")
 
 
-def _shape(model: str):  # type: ignore[no-untyped-def]
+def _shape(model: str):
     import json
     from pathlib import Path
 

@@ -79,7 +79,7 @@ class Packing:
         for start in self.starts(len(tokens)):
             chunk = tokens[start : start + self.content_len]
             seq = np.full(self.seq_len, self.pad_token_id, dtype=np.int32)
-            if prefix:
+            if self.bos_token_id is not None:
                 seq[0] = self.bos_token_id
             seq[prefix : prefix + len(chunk)] = chunk
             sequences.append(seq)

@@ -204,7 +204,7 @@ def prepare_dataset(
         )
     local_inputs = [] if hf_split else list(inputs)
     if isinstance(tokenizer, (str, os.PathLike)):
-        local_inputs.append(tokenizer)
+        local_inputs.append(os.fspath(tokenizer))
     check_output_dir(
         out,
         "tokenweight prepare output",
@@ -219,9 +219,10 @@ def prepare_dataset(
         raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
     files = None if hf_split else find_input_files(inputs, glob)
 
-    tok = tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    else:
+        tok = tokenizer
     identity = tokenizer_identity(tok)
     bos = tok.bos_token_id
     pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
@@ -237,6 +238,7 @@ def prepare_dataset(
             docs = _write_documents(files, scratch / "documents.arrow", text_field, encoding_errors)
             input_entries = [f.as_manifest() for f in files]
         else:
+            assert hf_split  # no input files: a hub split is read
             docs, input_entries = load_hub_documents(inputs, hf_split, text_field)
         if len(docs) == 0:
             raise TokenWeightError(f"empty corpus: no documents in {', '.join(inputs)}")

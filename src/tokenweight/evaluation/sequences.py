@@ -13,7 +13,7 @@ At most ``max_sequences`` sequences are kept, the first ones in order (determini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,7 @@ def _from_corpus(
 
     if corpus.hf_split:
         docs, _ = load_hub_documents(paths, corpus.hf_split, corpus.text_field)
-        texts = (row["text"] for row in docs)
+        texts: Iterator[str] = (row["text"] for row in docs)
     else:
         texts = iter_documents(
             find_input_files(list(paths), corpus.glob),

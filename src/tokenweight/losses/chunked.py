@@ -322,7 +322,7 @@ def _backward(
             if narrow:  # matmuls in the input dtype, as autograd through the lm_head would
                 low = buffers.raw[: stop - start]
                 low.copy_(g)
-            if need_h:
+            if grad_h is not None:  # allocated when need_h
                 rows.put(grad_h, start, stop, low @ weight)
             if grad_w is not None:
                 if product is None:

@@ -103,7 +103,8 @@ def select_head(head: nn.Module, model: nn.Module, requested: str = "auto") -> s
 
 
 def _decoder(inner: nn.Module) -> nn.Module:
-    decoder = inner.get_decoder() if callable(getattr(inner, "get_decoder", None)) else None
+    get_decoder = getattr(inner, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
     if decoder is None or decoder is inner:
         decoder = getattr(inner, "base_model", None)
     if not isinstance(decoder, nn.Module) or decoder is inner:
@@ -115,16 +116,17 @@ def _decoder(inner: nn.Module) -> nn.Module:
 
 
 @functools.cache
-def _takes_logits_to_keep(cls: type) -> bool:
+def _takes_logits_to_keep(cls: type[nn.Module]) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _vocab_size(head: nn.Module, inner: nn.Module) -> int:
-    if isinstance(getattr(head, "out_features", None), int):
-        return head.out_features
+def _vocab_size(head: nn.Module, inner: Any) -> int:
+    out_features = getattr(head, "out_features", None)
+    if isinstance(out_features, int):
+        return out_features
     weight = getattr(head, "weight", None)
     ds_shape = getattr(weight, "ds_shape", None)
     if ds_shape is not None:
@@ -137,7 +139,9 @@ def _vocab_size(head: nn.Module, inner: nn.Module) -> int:
 
 def _check_ids(input_ids: Any, labels: Any, attention_mask: Any) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+        shape: object = (
+            tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+        )
         raise TokenWeightError(f"input_ids must be a (batch, seq) tensor, got {shape}")
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise TokenWeightError(f"input_ids must be integer token ids, got {input_ids.dtype}")
@@ -245,12 +249,12 @@ def model_token_nll(
     for key in ("logits_to_keep", "labels", "output_hidden_states", "return_dict"):
         if key in forward_kwargs:
             raise TokenWeightError(f"model_token_nll sets {key!r} itself; do not pass it")
-    inner = unwrap_model(model)
+    inner: Any = unwrap_model(model)  # a transformers model: config and heads read as found
     model_type = getattr(inner.config, "model_type", "?")
     lm_head = inner.get_output_embeddings()
     if not isinstance(lm_head, nn.Module):
         raise TokenWeightError(f"model type {model_type!r} has no output embedding (lm_head)")
-    if not _takes_logits_to_keep(type(inner)):
+    if not _takes_logits_to_keep(type(inner)):  # type: ignore[arg-type]  # classes are hashable; mypy misreads type[...] as not Hashable
         raise TokenWeightError(
             f"{type(inner).__name__} (model type {model_type!r}) has no `logits_to_keep` "
             "argument, so it would compute full logits; this model type is not supported"
@@ -296,6 +300,7 @@ def model_token_nll(
         )
     if mode == "module":
         return _module_nll(lm_head, hidden, targets, transform, ignore_index, chunk_size)
+    assert isinstance(lm_head, nn.Linear)  # select_head chose "fused": a plain nn.Linear
     return token_nll(
         hidden,
         lm_head.weight,

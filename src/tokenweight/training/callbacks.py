@@ -103,14 +103,14 @@ class StepStats:
         steps, self.steps = self.steps, 0
         if accelerator is not None and accelerator.num_processes > 1:
             device = accelerator.device
-            if sums is None:  # keep the collective shape identical on every process
+            if sums is None or wmax is None:  # keep the collective shape identical on every process
                 sums = torch.zeros(8, dtype=torch.float64)
                 wmax = torch.tensor(-torch.inf, dtype=torch.float64)
             packed = torch.cat([sums.to(device), scoring.to(device).view(1)])
             packed = accelerator.reduce(packed, reduction="sum")
             wmax = accelerator.gather(wmax.to(device).view(1)).amax()
             sums, scoring = packed[:8], packed[8] / accelerator.num_processes
-        if sums is None:
+        if sums is None or wmax is None:  # both are set together
             return {}
         s = sums.cpu().tolist()
         n = s[_N]
@@ -160,7 +160,7 @@ class TokenWeightProgressCallback(ProgressCallback):
         ("grad_norm", "grad {:.3g}"),
     )
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
         if "loss" not in logs:
@@ -212,7 +212,7 @@ class JsonlLogCallback(TrainerCallback):
         self.path = Path(path)
         self._fresh = True
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         entry = {"step": state.global_step, **logs}
@@ -239,7 +239,7 @@ class CheckpointMarkerCallback(TrainerCallback):
     """Writes :data:`CHECKPOINT_MARKER` into each checkpoint folder once the Trainer has
     saved every file of it: a checkpoint without the marker was cut off while saving."""
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args, state, control, **kwargs):
         from tokenweight.files import atomic_write_json
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

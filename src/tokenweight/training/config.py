@@ -373,7 +373,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return Scheme.coerce(value)
         except TokenWeightError as exc:
             raise TokenWeightError(f"{key}: {exc}") from None
-    if dataclasses.is_dataclass(inner):
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
         return build_dataclass(inner, value, key)
     if inner is Any:
         return value

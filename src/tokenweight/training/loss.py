@@ -42,6 +42,15 @@ class LossParts:
     problem: str | None = None
     where: tuple[int, int, float] | None = None
 
+    def flag_nonfinite_nll(self) -> bool:
+        """Record the first non-finite long, then short NLL of a valid target in ``problem``
+        and ``where``; ``True`` when there is one."""
+        for name, nll in (("long", self.long_nll), ("short", self.short_nll)):
+            if nll is not None and (where := first_nonfinite(nll, self.mask)) is not None:
+                self.problem, self.where = f"the {name}-context NLL", where
+                return True
+        return False
+
 
 def _timed_score(
     scorer: Any, model: Any, batch: dict[str, Any], long_nll: torch.Tensor
@@ -178,11 +187,7 @@ def weigh_nll(
             short_nll = docs.scatter_targets(short_docs)
 
     parts = LossParts(None, long_nll, short_nll, torch.zeros_like(long_nll), mask, seconds)
-    if (where := first_nonfinite(long_nll, mask)) is not None:
-        parts.problem, parts.where = "the long-context NLL", where
-        return parts
-    if short_nll is not None and (where := first_nonfinite(short_nll, mask)) is not None:
-        parts.problem, parts.where = "the short-context NLL", where
+    if parts.flag_nonfinite_nll():
         return parts
     try:
         parts.weights = _weights(long_nll.detach(), short_nll, scheme, mask, generator, docs)

@@ -129,6 +129,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
     from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
 
+    assert config.data.path  # required by Config.validate
     path = Path(config.data.path)
     manifest_file = path / SCORED_MANIFEST  # the same file name as a prepared manifest
     if not manifest_file.is_file():
@@ -181,7 +182,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
         ) from None
     peft_config = peft.LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by it
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
@@ -199,6 +200,7 @@ def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     from tokenweight.models import load_tokenizer
 
     source = config.scorer.model or config.model.source
+    assert source  # model.source is required by Config.validate
     path = _model_path(source, config.model.cache_dir)
     model = _load_model(config, path, config.scorer.dtype)
     return model, load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
@@ -336,7 +338,7 @@ def train(
             "or choose another train.output_dir"
         )
     if resume:
-        last_step = _step_of(Path(last)) if last is not None else -1
+        last_step = (_step_of(Path(last)) or 0) if last is not None else -1  # a checkpoint-N
         for partial in [
             p for p in saved if (_step_of(p) or 0) > last_step
         ]:  # a save cut off by a kill: the Trainer will write it again
@@ -356,7 +358,9 @@ def train(
     if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
         from tokenweight.scoring import require_short_window
 
+        assert config.scorer.window is not None  # required for these scorers by Config.validate
         require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
+    assert config.model.source  # required by Config.validate
     model_path = _model_path(config.model.source, config.model.cache_dir)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     check_data_tokenizer(manifest, tokenizer, "model.source")

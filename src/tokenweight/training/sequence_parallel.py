@@ -39,7 +39,7 @@ import torch
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score
-from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
+from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
     "SequenceParallelCollator",
@@ -185,11 +185,7 @@ def sequence_parallel_loss(
         short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
 
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
-    if (where := first_nonfinite(long_full, mask)) is not None:
-        parts.problem, parts.where = "the long-context NLL", where
-        return parts
-    if short_full is not None and (where := first_nonfinite(short_full, mask)) is not None:
-        parts.problem, parts.where = "the short-context NLL", where
+    if parts.flag_nonfinite_nll():
         return parts
     try:
         parts.weights = compute_weights(

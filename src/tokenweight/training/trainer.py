@@ -36,6 +36,7 @@ Used as a library::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import token_weighted_loss
+from tokenweight.training.loss import LossParts, token_weighted_loss
 from tokenweight.weighting import Scheme
 
 __all__ = ["TokenWeightTrainer", "count_valid_targets"]
@@ -172,9 +173,9 @@ class TokenWeightTrainer(Trainer):
         if self.sequence_parallel > 1:
             from tokenweight.training.sequence_parallel import count_valid_targets as count_slice
 
-            count = sum(count_slice(b).to(device) for b in batches)
+            count = torch.stack([count_slice(b).to(device) for b in batches]).sum()
         else:
-            count = sum(count_valid_targets(b).to(device) for b in batches)
+            count = torch.stack([count_valid_targets(b).to(device) for b in batches]).sum()
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             count = self.accelerator.gather(count.view(1)).sum()
         return batches, count
@@ -221,7 +222,7 @@ class TokenWeightTrainer(Trainer):
         if self._micro_for_step != self.state.global_step:
             self._micro_for_step, self._micro_step = self.state.global_step, 0
         self.step_stats.start()
-        loss_fn = token_weighted_loss
+        loss_fn: Callable[..., LossParts] = token_weighted_loss
         if self.sequence_parallel > 1:
             from tokenweight.training.sequence_parallel import sequence_parallel_loss as loss_fn
         parts = loss_fn(
@@ -315,5 +316,7 @@ class _GradientGuard(TrainerCallback):
     def __init__(self, trainer: TokenWeightTrainer) -> None:
         self.trainer = trainer
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
-        self.trainer.check_gradients(model if model is not None else self.trainer.model)
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model = model if model is not None else self.trainer.model
+        assert model is not None  # the Trainer has its model at an optimizer step
+        self.trainer.check_gradients(model)

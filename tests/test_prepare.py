@@ -375,3 +375,24 @@ def test_one_manifest_reader_tells_prepared_and_scored_folders_apart(tmp_path, t
         read_manifest(tmp_path / "empty")
     with pytest.raises(ValueError, match="kind must be one of"):
         read_manifest(out, "trained")
+
+
+def test_column_features_spell_arrow_types():
+    """The compact column spelling gives the Arrow types a reader of the table sees."""
+    import pyarrow as pa
+
+    from tokenweight.data.prepare import column_features
+
+    features = column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
+    assert list(features) == ["input_ids", "doc_id", "row"]
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": [[1, 2, 3], [4]], "doc_id": [0, 0], "row": [0, 1]}, features=features
+    )
+    schema = ds.data.schema
+    assert pa.types.is_list(schema.field("input_ids").type) or pa.types.is_large_list(
+        schema.field("input_ids").type
+    )
+    assert schema.field("input_ids").type.value_type == pa.int32()
+    assert schema.field("doc_id").type == pa.int64()
+    assert schema.field("row").type == pa.int64()
+    assert ds["input_ids"] == [[1, 2, 3], [4]]

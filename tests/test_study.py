@@ -106,3 +106,64 @@ def test_shipped_study_configs_validate(name):
     schemes = {r.scheme.split(":")[0] for r in config.run_specs}
     assert {"dense", "sparse", "longce", "ppmi", "npmi"} <= schemes
     assert {r.scorer for r in config.run_specs} >= {"self", "frozen"}
+
+
+def test_study_report_sections_from_hand_made_results(tmp_path):
+    """The report of a hand-made result: the context table with the extended-RoPE column,
+    every difference as a row, and the per-run sentence counting better/worse metrics."""
+    from tokenweight.study import write_study_report
+
+    def diff(metric, run, d, verdict):
+        return {
+            "metric": metric,
+            "run": run,
+            "targets": 10,
+            "baseline": 2.0,
+            "diff": d,
+            "low": d - 0.1,
+            "high": d + 0.1,
+            "verdict": verdict,
+            "inside_noise": verdict == "inside the noise",
+        }
+
+    results = {
+        "config": {"confidence": 0.9, "window": 16},
+        "baseline": "uniform",
+        "runs": ["uniform", "dense"],
+        "seeds": [0, 1],
+        "held_out_sequences": 4,
+        "context_check": {
+            "start_nll_beyond": 3.0,
+            "start_short_nll_beyond": 3.5,
+            "start_gain_beyond": 0.5,
+            "key_share": 0.25,
+            "start_by_metric": {"all targets": 2.5, "beyond [16, 64)": None},
+            "start_extended_by_metric": {"all targets": 2.75, "beyond [16, 64)": 3.25},
+        },
+        "differences": [
+            diff("all targets", "dense", -0.5, "better"),
+            diff("beyond [16, 64)", "dense", 0.5, "worse"),
+        ],
+        "seconds": 120.0,
+        "step_seconds": 60.0,
+    }
+    path = write_study_report(results, tmp_path)
+    text = path.read_text()
+    assert json.loads((tmp_path / "study.json").read_text()) == results
+    assert (tmp_path / "study.png").stat().st_size > 0
+    assert "| all targets | 2.500 | 2.750 |" in text
+    assert "| beyond [16, 64) | - | 3.250 |" in text
+    assert "| 90% interval |" in text
+    assert "| all targets | dense | 10 | 2.000 | -0.500 | [-0.600, -0.400] | better |" in text
+    assert (
+        "- **dense**: all targets -0.500 nats [-0.600, -0.400], better; over all 2 metrics: "
+        "better on 1 (all targets), worse on 1, inside the noise on 0." in text
+    )
+    assert "Every difference is inside the noise" not in text
+    assert "this invocation: 2.0 min." in text
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == [
+        "## Does the start model use its context?",
+        "## Paired differences against the baseline",
+        "## In words",
+    ]

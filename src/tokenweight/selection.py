@@ -175,6 +175,8 @@ class SelectionResult:
 
 
 def _load_scores(scored: Path, prepared: Path) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """The scored rows, the prepared rows and both manifests; refuses a scored folder without
+    long NLL, or one scored from other prepared data."""
     import datasets
 
     from tokenweight.data.manifest import MANIFEST, read_manifest
@@ -192,12 +194,133 @@ def _load_scores(scored: Path, prepared: Path) -> tuple[Any, Any, dict[str, Any]
             f"{scored} was not scored from {prepared} (the prepared manifest differs); give the "
             "prepared folder that was scored"
         )
-    return (
-        load_scored_dataset(scored, verify=True),
-        datasets.load_from_disk(str(prepared)),
-        sman,
-        pman,
+    ds = load_scored_dataset(scored, verify=True)
+    prep = datasets.load_from_disk(str(prepared))
+    if len(prep) != len(ds):
+        raise TokenWeightError(f"{prepared} holds {len(prep)} rows but {scored} scored {len(ds)}")
+    return ds, prep, sman, pman
+
+
+@dataclass
+class _Scores:
+    """The scored arrays: ``short``/``long`` ``(rows, N - 1)`` nats, ``mask`` ``(rows, N)``
+    or ``None``, ``hashes`` the stored hash of each row's tokens."""
+
+    short: np.ndarray
+    long: np.ndarray
+    mask: np.ndarray | None
+    hashes: list[str]
+
+
+def _read_scores(ds: Any, prep: Any, scored: Path, prepared: Path) -> _Scores:
+    """The NLL arrays of ``ds``, after checking that its rows are ``prep``'s rows in order
+    (by the stored hash of the tokens each was scored on)."""
+    from tokenweight.data.store import input_ids_hash
+
+    cols = ["short_nll", "long_nll", "input_hash", "row"] + (
+        ["attention_mask"] if "attention_mask" in ds.column_names else []
     )
+    data = ds.with_format("numpy", columns=cols)[:]
+    scores = _Scores(
+        short=np.stack(data["short_nll"]).astype(np.float32),
+        long=np.stack(data["long_nll"]).astype(np.float32),
+        mask=np.stack(data["attention_mask"]) if "attention_mask" in data else None,
+        hashes=list(data["input_hash"]),
+    )
+    if not np.array_equal(np.asarray(data["row"]), np.arange(len(ds))):
+        raise TokenWeightError(f"{scored}: rows are not in prepared order; rescore it")
+    prep_ids = prep.with_format("numpy", columns=["input_ids"])[:]["input_ids"]
+    for r, ids in enumerate(prep_ids):
+        if input_ids_hash(ids) != scores.hashes[r]:
+            raise TokenWeightError(
+                f"row {r} of {prepared} does not match the tokens {scored} scored; rescore it"
+            )
+    return scores
+
+
+def _check_choice(by: str, level: str) -> None:
+    if by not in STATISTICS:
+        raise TokenWeightError(f"--by must be one of {', '.join(STATISTICS)}, got {by!r}")
+    if level not in ("sequence", "document"):
+        raise TokenWeightError(f"--level must be sequence or document, got {level!r}")
+
+
+def _doc_ids(prep: Any) -> np.ndarray:
+    """``(rows,)`` document id of every prepared row (the row index where none is stored)."""
+    return np.asarray(prep["doc_id"]) if "doc_id" in prep.column_names else np.arange(len(prep))
+
+
+def _kept_rows(
+    keep_unit: np.ndarray, units: dict[str, np.ndarray], doc_ids: np.ndarray, level: str, by: str
+) -> np.ndarray:
+    """Indices of the prepared rows whose unit is kept; refuses an empty choice."""
+    unit_of_row = (
+        np.arange(len(doc_ids)) if level == "sequence" else np.searchsorted(units["unit"], doc_ids)
+    )
+    rows = np.nonzero(keep_unit[unit_of_row])[0]
+    if len(rows) == 0:
+        raise TokenWeightError(
+            f"nothing selected ({by} max {np.max(units[by]):.4f}); lower --threshold or use --top"
+        )
+    return rows
+
+
+def _selected_manifest(
+    pman: dict[str, Any], settings: dict[str, Any], rows: np.ndarray, mask: np.ndarray | None
+) -> dict[str, Any]:
+    """The prepared manifest of the kept ``rows``: counts updated, the selection recorded."""
+    manifest = dict(pman)
+    counts = dict(pman["counts"])
+    counts["sequences_before_selection"] = counts["sequences"]
+    counts["sequences"] = len(rows)
+    counts["sequence_tokens"] = int(
+        len(rows) * pman["seq_len"] if mask is None else mask[rows].sum()
+    )
+    manifest["counts"] = counts
+    manifest["selection"] = {k: v for k, v in settings.items()}
+    manifest["selection"]["file"] = SELECTION_FILE
+    return manifest
+
+
+def _verify_written(folder: Path, rows: np.ndarray, hashes: list[str]) -> None:
+    """Every row written to ``folder`` holds the tokens of the input row it was chosen as."""
+    import datasets
+
+    from tokenweight.data.store import input_ids_hash
+
+    back = datasets.load_from_disk(str(folder)).with_format("numpy", columns=["input_ids"])
+    for k, ids in enumerate(back[:]["input_ids"]):
+        if input_ids_hash(ids) != hashes[rows[k]]:
+            raise TokenWeightError(f"written row {k} differs from input row {rows[k]}")
+
+
+def _settings(
+    scored: Path,
+    prepared: Path,
+    sman: dict[str, Any],
+    by: str,
+    level: str,
+    top: float | None,
+    threshold: float | None,
+    keep_short: float,
+    seed: int,
+    bucket: int,
+) -> dict[str, Any]:
+    """What a selection was made from and how (kept in the summary and the manifest)."""
+    return {
+        "scored": str(scored),
+        "prepared": str(prepared),
+        "scored_manifest_shards": [s["sha256"] for s in sman["shards"]],
+        "by": by,
+        "level": level,
+        "top": top,
+        "threshold": threshold,
+        "keep_short": keep_short,
+        "seed": seed,
+        "bucket": bucket,
+        "window": sman["window"],
+        "scorer": sman["scorer"]["source"],
+    }
 
 
 def select_dataset(
@@ -223,88 +346,35 @@ def select_dataset(
     ``threshold`` and ``keep_short``.
     """
     from tokenweight.data.prepare import MANIFEST
-    from tokenweight.data.store import input_ids_hash
     from tokenweight.files import atomic_dir, atomic_write_json
 
     scored, prepared, out = Path(scored), Path(prepared), Path(out)
-    if by not in STATISTICS:
-        raise TokenWeightError(f"--by must be one of {', '.join(STATISTICS)}, got {by!r}")
-    if level not in ("sequence", "document"):
-        raise TokenWeightError(f"--level must be sequence or document, got {level!r}")
+    _check_choice(by, level)
     _check_out(out, overwrite)
     ds, prep, sman, pman = _load_scores(scored, prepared)
-    if len(prep) != len(ds):
-        raise TokenWeightError(f"{prepared} holds {len(prep)} rows but {scored} scored {len(ds)}")
     bucket = bucket or int(sman["window"])
-    cols = ["short_nll", "long_nll", "input_hash", "row"] + (
-        ["attention_mask"] if "attention_mask" in ds.column_names else []
-    )
-    data = ds.with_format("numpy", columns=cols)[:]
-    short = np.stack(data["short_nll"]).astype(np.float32)
-    long = np.stack(data["long_nll"]).astype(np.float32)
-    mask = np.stack(data["attention_mask"]) if "attention_mask" in data else None
-    hashes = list(data["input_hash"])
-    if not np.array_equal(np.asarray(data["row"]), np.arange(len(ds))):
-        raise TokenWeightError(f"{scored}: rows are not in prepared order; rescore it")
-    prep_ids = prep.with_format("numpy", columns=["input_ids"])[:]["input_ids"]
-    for r, ids in enumerate(prep_ids):
-        if input_ids_hash(ids) != hashes[r]:
-            raise TokenWeightError(
-                f"row {r} of {prepared} does not match the tokens {scored} scored; rescore it"
-            )
-    doc_ids = np.asarray(prep["doc_id"]) if "doc_id" in prep.column_names else np.arange(len(prep))
-    stats = target_stats(short, long, mask, bucket=bucket)
+    scores = _read_scores(ds, prep, scored, prepared)
+    doc_ids = _doc_ids(prep)
+    stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
     per_seq = aggregate(stats)
     units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
     selected, extra = choose(
         units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
     )
     keep_unit = selected | extra
-    unit_of_row = (
-        np.arange(len(prep)) if level == "sequence" else np.searchsorted(units["unit"], doc_ids)
-    )
-    rows = np.nonzero(keep_unit[unit_of_row])[0]
-    if len(rows) == 0:
-        raise TokenWeightError(
-            f"nothing selected ({by} max {np.max(units[by]):.4f}); lower --threshold or use --top"
-        )
+    rows = _kept_rows(keep_unit, units, doc_ids, level, by)
 
     summary = _summary(units, per_seq, selected, extra, rows, by, level, bucket, stats)
-    summary["settings"] = {
-        "scored": str(scored),
-        "prepared": str(prepared),
-        "scored_manifest_shards": [s["sha256"] for s in sman["shards"]],
-        "by": by,
-        "level": level,
-        "top": top,
-        "threshold": threshold,
-        "keep_short": keep_short,
-        "seed": seed,
-        "bucket": bucket,
-        "window": sman["window"],
-        "scorer": sman["scorer"]["source"],
-    }
-    chosen = prep.select(rows.tolist())
-    manifest = dict(pman)
-    counts = dict(pman["counts"])
-    counts["sequences_before_selection"] = counts["sequences"]
-    counts["sequences"] = len(rows)
-    counts["sequence_tokens"] = int(
-        len(rows) * pman["seq_len"] if mask is None else mask[rows].sum()
+    summary["settings"] = _settings(
+        scored, prepared, sman, by, level, top, threshold, keep_short, seed, bucket
     )
-    manifest["counts"] = counts
-    manifest["selection"] = {k: v for k, v in summary["settings"].items()}
-    manifest["selection"]["file"] = SELECTION_FILE
+    chosen = prep.select(rows.tolist())
+    manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             chosen.save_to_disk(str(tmp))
             atomic_write_json(tmp / MANIFEST, manifest)
-            import datasets
-
-            back = datasets.load_from_disk(str(tmp)).with_format("numpy", columns=["input_ids"])
-            for k, ids in enumerate(back[:]["input_ids"]):
-                if input_ids_hash(ids) != hashes[rows[k]]:
-                    raise TokenWeightError(f"written row {k} differs from input row {rows[k]}")
+            _verify_written(tmp, rows, scores.hashes)
             summary["rows"] = rows.tolist()
             summary["hashes_verified"] = len(rows)
             _write_report(tmp, summary, units, keep_unit, by, level, show, prep, pman)
@@ -414,36 +484,71 @@ def _write_report(
     prep: Any,
     pman: dict[str, Any],
 ) -> None:
-    from tokenweight.evaluation.plots import save_png
-    from tokenweight.evaluation.report import markdown_table
+    """``selection.md`` (summary, score and gain tables, top and bottom units),
+    ``selection.json`` (the summary and every unit's statistics) and ``selection.png``."""
     from tokenweight.files import atomic_write_json, atomic_write_text
 
-    values = units[by]
-    order = np.argsort(-values, kind="stable")
-    first_row: dict[int, int] = {}
-    if level == "document":
-        docs = np.asarray(prep["doc_id"]) if "doc_id" in prep.column_names else None
-        for r, d in enumerate(docs if docs is not None else []):
-            first_row.setdefault(int(d), r)
     name = "document" if level == "document" else "row"
+    order = np.argsort(-units[by], kind="stable")
+    first_row = _first_rows(prep) if level == "document" else {}
 
     def table(idx: np.ndarray) -> list[str]:
-        rows = []
-        for i in idx:
-            u = int(units["unit"][i])
-            row = first_row.get(u, u) if level == "document" else u
-            rows.append(
-                [
-                    str(u),
-                    str(int(units["rows"][i])),
-                    f"{units['key_share'][i]:.2%}",
-                    f"{units['mean_gain'][i]:.3f}",
-                    _escape(_snippet(prep, pman, row)),
-                ]
-            )
-        return markdown_table([name, "sequences", "key share", "mean gain", "text"], rows)
+        return _units_table(idx, units, name, first_row, prep, pman)
 
-    s = summary
+    lines = _report_head(summary, by, level, name)
+    lines += ["", f"## Top {name}s", "", *table(order[:show])]
+    lines += ["", f"## Bottom {name}s", "", *table(order[::-1][:show])]
+    atomic_write_text(folder / "selection.md", "\n".join(lines) + "\n")
+    detail = {
+        **summary,
+        "units_table": {
+            k: units[k].tolist() for k in ("unit", "rows", "targets", "key_share", "mean_gain")
+        },
+    }
+    atomic_write_json(folder / SELECTION_FILE, json.loads(json.dumps(detail)))
+    _histogram(units[by], kept, by, name, folder / "selection.png")
+
+
+def _first_rows(prep: Any) -> dict[int, int]:
+    """Document id -> index of its first prepared row (empty without ``doc_id``)."""
+    first_row: dict[int, int] = {}
+    docs = np.asarray(prep["doc_id"]) if "doc_id" in prep.column_names else None
+    for r, d in enumerate(docs if docs is not None else []):
+        first_row.setdefault(int(d), r)
+    return first_row
+
+
+def _units_table(
+    idx: np.ndarray,
+    units: dict[str, np.ndarray],
+    name: str,
+    first_row: dict[int, int],
+    prep: Any,
+    pman: dict[str, Any],
+) -> list[str]:
+    """Markdown rows of the units ``idx``: statistics and the start of their text."""
+    from tokenweight.evaluation.report import markdown_table
+
+    rows = []
+    for i in idx:
+        u = int(units["unit"][i])
+        row = first_row.get(u, u) if name == "document" else u
+        rows.append(
+            [
+                str(u),
+                str(int(units["rows"][i])),
+                f"{units['key_share'][i]:.2%}",
+                f"{units['mean_gain'][i]:.3f}",
+                _escape(_snippet(prep, pman, row)),
+            ]
+        )
+    return markdown_table([name, "sequences", "key share", "mean gain", "text"], rows)
+
+
+def _report_head(s: dict[str, Any], by: str, level: str, name: str) -> list[str]:
+    """The report's summary paragraph, score table and gain-by-position table."""
+    from tokenweight.evaluation.report import markdown_table
+
     lines = [
         f"# Selection by {by} ({level} level)",
         "",
@@ -483,22 +588,14 @@ def _write_report(
             for b in s["gain_by_distance"]
         ],
     )
-    lines += ["", f"## Top {name}s", "", *table(order[:show])]
-    lines += ["", f"## Bottom {name}s", "", *table(order[::-1][:show])]
-    atomic_write_text(folder / "selection.md", "\n".join(lines) + "\n")
-    detail = {
-        **s,
-        "units_table": {
-            "unit": units["unit"].tolist(),
-            "rows": units["rows"].tolist(),
-            "targets": units["targets"].tolist(),
-            "key_share": units["key_share"].tolist(),
-            "mean_gain": units["mean_gain"].tolist(),
-        },
-    }
-    atomic_write_json(folder / SELECTION_FILE, json.loads(json.dumps(detail)))
+    return lines
 
+
+def _histogram(values: np.ndarray, kept: np.ndarray, by: str, name: str, path: Path) -> None:
+    """Stacked histogram of the score ``values`` of the kept and the dropped units."""
     from matplotlib.figure import Figure
+
+    from tokenweight.evaluation.plots import save_png
 
     fig = Figure(figsize=(6, 3.2), layout="constrained")
     ax = fig.subplots()
@@ -513,4 +610,4 @@ def _write_report(
     ax.set_ylabel(f"{name}s")
     ax.set_title(f"{by.replace('_', ' ')} per {name}")
     ax.legend()
-    save_png(fig, folder / "selection.png")
+    save_png(fig, path)

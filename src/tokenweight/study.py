@@ -337,10 +337,28 @@ def _load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+@dataclass
+class _Study:
+    """What every step of a running study needs: its settings, its folder, the start model,
+    the device, the step bookkeeping and the log."""
+
+    config: StudyConfig
+    work: Path
+    model_dir: Path
+    device: str
+    steps: _Steps
+    log: Callable[[str], None]
+
+
 def run_study(
     config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
 ) -> Path | None:
-    """Run (or with ``dry_run`` only print the plan of) the study; returns ``study.md``."""
+    """Run (or with ``dry_run`` only print the plan of) the study; returns ``study.md``.
+
+    The steps: (0. build and pretrain the tiny start model,) 1. data, 2. frozen scores of
+    the training data, 3. selection, 4. train every run with every seed, 5. evaluate every
+    model on the same held-out sequences, 6. report. 2 and 3 run only when a run needs them.
+    """
     from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
 
     config.validate()
@@ -350,22 +368,40 @@ def run_study(
     model_dir = (
         work / "start" / "model" if tiny else Path(str(ensure_local_model(config.model, cache)))
     )
-    if dry_run:
-        log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
-        return None
     log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+    if dry_run:
+        return None
     work.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(config.device))
+    study = _Study(config, work, model_dir, device, _Steps(total=_step_count(config), log=log), log)
+    t_start = time.perf_counter()
+    if tiny:
+        _pretrain_tiny(config, work / "start", model_dir, device, study.steps)
+    train_data, eval_data, data_fp = _study_data(study)
+    scored, selected = work / "scored", work / "selected"
+    specs = config.run_specs
+    if any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+        _score_training_data(study, train_data, scored, data_fp)
+    if any(r.data == "selected" for r in specs):
+        _select_training_data(study, scored, train_data, selected)
+    runs = _train_runs(study, train_data, scored, selected, data_fp)
+    eval_dir = _evaluate_models(study, runs, eval_data, data_fp)
+    return _report(study, eval_dir, eval_data, t_start)
+
+
+def _step_count(config: StudyConfig) -> int:
+    """How many steps :func:`run_study` logs (for the ``[k/total]`` prefix)."""
     specs = config.run_specs
     needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
     needs_select = any(r.data == "selected" for r in specs)
-    total = 2 + tiny + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
-    steps = _Steps(total=total, log=log)
-    t_start = time.perf_counter()
-    if tiny:
-        _pretrain_tiny(config, work / "start", model_dir, device, steps)
+    tiny = config.model == "tiny"
+    return 2 + tiny + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
 
-    # 1. data ------------------------------------------------------------------------
+
+def _study_data(study: _Study) -> tuple[Path, Path, str]:
+    """Step 1: the training and held-out data (synthetic unless ``data`` is given) and a
+    fingerprint of the training data."""
+    config, work, steps = study.config, study.work, study.steps
     if config.data is None:
         train_data, eval_data = work / "data" / "train", work / "data" / "heldout"
 
@@ -373,91 +409,97 @@ def run_study(
             from tokenweight.synth import SynthConfig, write_synth
 
             sc = SynthConfig(**config.synth)
-            write_synth(sc, model_dir, train_data, overwrite=True)
+            write_synth(sc, study.model_dir, train_data, overwrite=True)
             held = dataclasses.replace(sc, sequences=config.eval_sequences, seed=sc.seed + 1000)
-            write_synth(held, model_dir, eval_data, overwrite=True)
+            write_synth(held, study.model_dir, eval_data, overwrite=True)
             return f"{sc.sequences} training and {held.sequences} held-out synthetic sequences"
 
         steps.run(
             "synthetic data",
             work / "data",
-            {"synth": config.synth, "model": str(model_dir), "n": config.eval_sequences},
+            {"synth": config.synth, "model": str(study.model_dir), "n": config.eval_sequences},
             do_synth,
         )
-    else:
-        train_data, eval_data = Path(config.data), Path(config.eval_data or "")
-        steps.index += 1
-        log(f"[{steps.index}/{steps.total}] data {train_data}, held out {eval_data}")
-    data_fp = _fingerprint(_stamp(work / "data")) if config.data is None else str(train_data)
+        return train_data, eval_data, _fingerprint(_stamp(work / "data"))
+    train_data, eval_data = Path(config.data), Path(config.eval_data or "")
+    steps.index += 1
+    study.log(f"[{steps.index}/{steps.total}] data {train_data}, held out {eval_data}")
+    return train_data, eval_data, str(train_data)
 
-    # 2. frozen scores (short and long) of the training data --------------------------
-    scored = work / "scored"
-    if needs_scores:
 
-        def do_score() -> str:
-            from tokenweight.data import score_dataset
+def _score_training_data(study: _Study, train_data: Path, scored: Path, data_fp: str) -> None:
+    """Step 2: short- and long-context NLL of the training data by the frozen start model."""
+    config = study.config
 
-            r = score_dataset(
-                train_data,
-                scored,
-                scorer=str(model_dir),
-                window=config.window,
-                stride=config.stride,
-                batch_size=1,
-                device=device,
-                with_long=True,
-                progress=False,
-            )
-            return f"{r.rows} sequences scored"
+    def do_score() -> str:
+        from tokenweight.data import score_dataset
 
-        steps.run(
-            "score the training data (start model, short and long)",
+        r = score_dataset(
+            train_data,
             scored,
-            {
-                "data": data_fp,
-                "window": config.window,
-                "stride": config.stride,
-                "model": str(model_dir),
-            },
-            do_score,
-            resumable=True,
+            scorer=str(study.model_dir),
+            window=config.window,
+            stride=config.stride,
+            batch_size=1,
+            device=study.device,
+            with_long=True,
+            progress=False,
         )
+        return f"{r.rows} sequences scored"
 
-    # 3. selection --------------------------------------------------------------------
-    selected = work / "selected"
-    if needs_select:
+    study.steps.run(
+        "score the training data (start model, short and long)",
+        scored,
+        {
+            "data": data_fp,
+            "window": config.window,
+            "stride": config.stride,
+            "model": str(study.model_dir),
+        },
+        do_score,
+        resumable=True,
+    )
 
-        def do_select() -> str:
-            from tokenweight.selection import select_dataset
 
-            r = select_dataset(
-                scored,
-                train_data,
-                selected,
-                by=config.select_by,
-                level="document",
-                top=config.select_top,
-                overwrite=True,
-            )
-            return f"{r.summary['sequences_kept']} of {r.summary['sequences']} sequences kept"
+def _select_training_data(study: _Study, scored: Path, train_data: Path, selected: Path) -> None:
+    """Step 3: the top ``select_top`` of the documents by ``select_by``."""
+    config = study.config
 
-        steps.run(
-            "select long-range data",
+    def do_select() -> str:
+        from tokenweight.selection import select_dataset
+
+        r = select_dataset(
+            scored,
+            train_data,
             selected,
-            {
-                "scored": _fingerprint(_stamp(scored)),
-                "top": config.select_top,
-                "by": config.select_by,
-            },
-            do_select,
+            by=config.select_by,
+            level="document",
+            top=config.select_top,
+            overwrite=True,
         )
+        return f"{r.summary['sequences_kept']} of {r.summary['sequences']} sequences kept"
 
-    # 4. train every run with every seed -------------------------------------------------
+    study.steps.run(
+        "select long-range data",
+        selected,
+        {
+            "scored": _fingerprint(_stamp(scored)),
+            "top": config.select_top,
+            "by": config.select_by,
+        },
+        do_select,
+    )
+
+
+def _train_runs(
+    study: _Study, train_data: Path, scored: Path, selected: Path, data_fp: str
+) -> dict[tuple[int, int], Path]:
+    """Step 4: train every run with every seed; ``(run index, seed)`` -> output folder."""
     runs: dict[tuple[int, int], Path] = {}
-    for i, spec in enumerate(specs):
-        for seed in config.seeds:
+    for i, spec in enumerate(study.config.run_specs):
+        for seed in study.config.seeds:
             out = (
-                work
+                study.work
                 / "runs"
                 / f"{i:02d}-{_run_name(spec.label()).replace(' ', '_')}"
                 / f"seed{seed}"
@@ -468,21 +510,35 @@ def run_study(
                 if spec.data == "selected"
                 else (scored if spec.scorer == "frozen" else train_data)
             )
-            tc = _train_config(config, spec, seed, model_dir, data, out, device)
+            _train_one(study, spec, seed, data, out, data_fp)
+    return runs
 
-            def do_train(tc=tc) -> str:
-                from tokenweight.training.run import find_last_checkpoint, train
 
-                result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
-                loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
-                return f"{result.global_step} steps, mean training loss {loss}"
+def _train_one(
+    study: _Study, spec: RunSpec, seed: int, data: Path, out: Path, data_fp: str
+) -> None:
+    """Train one run with one seed into ``out`` (continuing an interrupted training)."""
+    tc = _train_config(study.config, spec, seed, study.model_dir, data, out, study.device)
 
-            settings = {**tc.to_dict(), "data_fp": data_fp}
-            steps.run(f"train {spec.label()} seed {seed}", out, settings, do_train, resumable=True)
+    def do_train(tc=tc) -> str:
+        from tokenweight.training.run import find_last_checkpoint, train
 
-    # 5. evaluate: per-target NLL of every model on the same held-out sequences -----------
-    eval_dir = work / "eval"
-    models = {"start": model_dir} | {f"{i}-{s}": p for (i, s), p in runs.items()}
+        result = train(tc, resume=find_last_checkpoint(tc.train.output_dir) is not None)
+        loss = f"{result.train_loss:.3f}" if result.train_loss is not None else "-"
+        return f"{result.global_step} steps, mean training loss {loss}"
+
+    settings = {**tc.to_dict(), "data_fp": data_fp}
+    study.steps.run(f"train {spec.label()} seed {seed}", out, settings, do_train, resumable=True)
+
+
+def _evaluate_models(
+    study: _Study, runs: dict[tuple[int, int], Path], eval_data: Path, data_fp: str
+) -> Path:
+    """Step 5: per-target NLL of every model on the same held-out sequences; returns the
+    folder of the arrays."""
+    config = study.config
+    eval_dir = study.work / "eval"
+    models = {"start": study.model_dir} | {f"{i}-{s}": p for (i, s), p in runs.items()}
     eval_settings = {
         "models": {
             k: (str(p) if k == "start" else _fingerprint(_stamp(p))) for k, p in models.items()
@@ -495,20 +551,26 @@ def run_study(
     }
 
     def do_eval() -> str:
-        _evaluate(config, models, eval_data, eval_dir, device, log)
+        _evaluate(config, models, eval_data, eval_dir, study.device, study.log)
         return f"{len(models)} models on {config.eval_sequences} held-out sequences"
 
-    steps.run("evaluate every model on the held-out sequences", eval_dir, eval_settings, do_eval)
+    study.steps.run(
+        "evaluate every model on the held-out sequences", eval_dir, eval_settings, do_eval
+    )
+    return eval_dir
 
-    # 6. report ------------------------------------------------------------------------
+
+def _report(study: _Study, eval_dir: Path, eval_data: Path, t_start: float) -> Path:
+    """Step 6: the paired differences and the report; returns ``study.md``."""
+    steps = study.steps
     steps.index += 1
-    log(f"[{steps.index}/{steps.total}] report ...")
-    results = study_results(config, eval_dir, eval_data)
+    study.log(f"[{steps.index}/{steps.total}] report ...")
+    results = study_results(study.config, eval_dir, eval_data)
     results["seconds"] = time.perf_counter() - t_start
     results["step_seconds"] = sum(r.seconds for r in steps.records)  # cached steps included
     results["steps"] = [dataclasses.asdict(r) for r in steps.records]
-    report = write_study_report(results, work)
-    log(f"[{steps.index}/{steps.total}] report: {report}")
+    report = write_study_report(results, study.work)
+    study.log(f"[{steps.index}/{steps.total}] report: {report}")
     return report
 
 
@@ -674,20 +736,30 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
 
 def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, Any]:
     """Paired differences of every run against the baseline for every metric."""
-    from tokenweight.paired import paired_difference
-
     specs = config.run_specs
     masks = _metric_masks(config, eval_dir, eval_data)
-    nll = {
-        (i, s): _load_array(eval_dir / f"{i}-{s}.npy")
-        for i in range(len(specs))
-        for s in config.seeds
+    return {
+        "format": STUDY_FORMAT,
+        "config": dataclasses.asdict(config),
+        "baseline": specs[config.baseline].label(),
+        "runs": [r.label() for r in specs],
+        "seeds": list(config.seeds),
+        "held_out_sequences": int(masks["all targets"].shape[0]),
+        "context_check": _context_check(config, eval_dir, masks),
+        "metrics": list(masks),
+        "differences": _differences(config, eval_dir, masks),
     }
+
+
+def _context_check(
+    config: StudyConfig, eval_dir: Path, masks: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """How the start model does inside and beyond the original context, with whole
+    sequences and with windows of it (mean NLL, nats), and per metric."""
     start = _load_array(eval_dir / "start.npy")
     short = _load_array(eval_dir / "start-short.npy")
     valid = masks["all targets"]
-    w = config.window
-    beyond = valid & (np.arange(1, valid.shape[1] + 1)[None, :] >= w)
+    beyond = valid & (np.arange(1, valid.shape[1] + 1)[None, :] >= config.window)
     check = {
         "start_nll_inside": float(start[valid & ~beyond].mean()),
         "start_nll_beyond": float(start[beyond].mean()) if beyond.any() else None,
@@ -703,6 +775,22 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         check["start_extended_by_metric"] = {
             k: float(ext[m].mean()) if m.any() else None for k, m in masks.items()
         }
+    return check
+
+
+def _differences(
+    config: StudyConfig, eval_dir: Path, masks: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """One row per metric and non-baseline run: the paired difference against the baseline
+    over the seeds and held-out sequences (:func:`tokenweight.paired.paired_difference`)."""
+    from tokenweight.paired import paired_difference
+
+    specs = config.run_specs
+    nll = {
+        (i, s): _load_array(eval_dir / f"{i}-{s}.npy")
+        for i in range(len(specs))
+        for s in config.seeds
+    }
     table = []
     for metric, m in masks.items():
         counts = m.sum(axis=1)
@@ -723,17 +811,7 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
             row = d.to_dict()
             row["run_nll"] = row.pop("run")
             table.append({"metric": metric, "run": spec.label(), **row})
-    return {
-        "format": STUDY_FORMAT,
-        "config": dataclasses.asdict(config),
-        "baseline": specs[config.baseline].label(),
-        "runs": [r.label() for r in specs],
-        "seeds": list(config.seeds),
-        "held_out_sequences": int(valid.shape[0]),
-        "context_check": check,
-        "metrics": list(masks),
-        "differences": table,
-    }
+    return table
 
 
 def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
@@ -744,10 +822,7 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
 
 def write_study_report(results: dict[str, Any], work: Path) -> Path:
     """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown."""
-    from tokenweight.evaluation.report import markdown_table
-
     atomic_write_json(work / "study.json", results)
-    c = results["context_check"]
     conf = results["config"]["confidence"]
     lines = [
         "# Study",
@@ -758,6 +833,35 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         f"(nats; negative = better), paired over the same targets and seeds, with "
         f"{conf:.0%} bootstrap intervals over seeds and held-out sequences.",
         "",
+        *_context_section(results["context_check"]),
+        "",
+        "## Paired differences against the baseline",
+        "",
+        *_differences_table(results["differences"], conf),
+        "",
+        "## In words",
+        "",
+        *_in_words(results),
+        "",
+        "![differences by position bucket](study.png)",
+        "",
+    ]
+    if "seconds" in results:
+        lines.append(
+            f"Time of all steps (when they ran): {results.get('step_seconds', 0) / 60:.1f} min; "
+            f"this invocation: {results['seconds'] / 60:.1f} min."
+        )
+    path = atomic_write_text(work / "study.md", "\n".join(lines) + "\n")
+    _plot(results, work / "study.png")
+    return path
+
+
+def _context_section(c: dict[str, Any]) -> list[str]:
+    """Markdown: does the start model use its context (:func:`_context_check`)?"""
+    from tokenweight.evaluation.report import markdown_table
+
+    extended = "start_extended_by_metric" in c
+    lines = [
         "## Does the start model use its context?",
         "",
         f"Start model, held-out targets beyond the original context: NLL "
@@ -766,16 +870,19 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         f"LongPPL key tokens: {c['key_share']:.2%} of targets.",
         "",
     ]
-    lines += markdown_table(
-        ["targets", "start model NLL"]
-        + (["start, extended RoPE, untrained"] if "start_extended_by_metric" in c else []),
+    return lines + markdown_table(
+        ["targets", "start model NLL"] + (["start, extended RoPE, untrained"] if extended else []),
         [
-            [k, _fmt(v)]
-            + ([_fmt(c["start_extended_by_metric"][k])] if "start_extended_by_metric" in c else [])
+            [k, _fmt(v)] + ([_fmt(c["start_extended_by_metric"][k])] if extended else [])
             for k, v in c["start_by_metric"].items()
         ],
     )
-    lines += ["", "## Paired differences against the baseline", ""]
+
+
+def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[str]:
+    """Markdown table of every paired difference (:func:`_differences`)."""
+    from tokenweight.evaluation.report import markdown_table
+
     rows = [
         [
             d["metric"],
@@ -786,21 +893,15 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
             f"[{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}]",
             d["verdict"],
         ]
-        for d in results["differences"]
+        for d in differences
     ]
-    lines += markdown_table(
-        [
-            "targets",
-            "run",
-            "count",
-            "baseline NLL",
-            "difference",
-            f"{conf:.0%} interval",
-            "verdict",
-        ],
-        rows,
-    )
-    lines += ["", "## In words", ""]
+    header = ["targets", "run", "count", "baseline NLL", "difference", f"{conf:.0%} interval"]
+    return markdown_table([*header, "verdict"], rows)
+
+
+def _in_words(results: dict[str, Any]) -> list[str]:
+    """One bullet per run: its first metric and how many metrics it is better or worse on."""
+    lines = []
     diffs = [d for d in results["differences"] if d["targets"]]
     for run in results["runs"]:
         mine = [d for d in diffs if d["run"] == run]
@@ -821,15 +922,7 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
             "- Every difference is inside the noise: no run is distinguishable from the "
             "baseline at this size (steps, seeds, held-out sequences)."
         )
-    lines += ["", "![differences by position bucket](study.png)", ""]
-    if "seconds" in results:
-        lines.append(
-            f"Time of all steps (when they ran): {results.get('step_seconds', 0) / 60:.1f} min; "
-            f"this invocation: {results['seconds'] / 60:.1f} min."
-        )
-    path = atomic_write_text(work / "study.md", "\n".join(lines) + "\n")
-    _plot(results, work / "study.png")
-    return path
+    return lines
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

@@ -218,7 +218,7 @@ def write_synth(
     import datasets
 
     from tokenweight import __version__
-    from tokenweight.data.prepare import FORMAT, MANIFEST, _features
+    from tokenweight.data.prepare import FORMAT, MANIFEST, column_features
     from tokenweight.files import atomic_dir, atomic_write_json
     from tokenweight.models import load_tokenizer, tokenizer_identity
 
@@ -243,7 +243,7 @@ def write_synth(
         "row": np.arange(n, dtype=np.int64),
     }
     ds = datasets.Dataset.from_dict(
-        table, features=_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
+        table, features=column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
     )
     pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     tokens = n * config.seq_len

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MANIFEST",
     "PrepareResult",
+    "column_features",
     "format_summary",
     "load_prepared",
     "prepare_dataset",
@@ -87,8 +88,14 @@ class _Tokenize:
         }
 
 
-def _features(columns: dict[str, str]) -> datasets.Features:
-    """``{"input_ids": "[int32]", "row": "int64"}`` -> ``datasets.Features``."""
+def column_features(columns: dict[str, str]) -> datasets.Features:
+    """The Arrow schema of a table of prepared rows, from a compact spelling.
+
+    ``columns`` maps a column name to a ``datasets`` value type (``"int64"``) or, in
+    brackets, a list of that type (``"[int32]"``), e.g.
+    ``{"input_ids": "[int32]", "row": "int64"}``; returns the ``datasets.Features``
+    (``datasets.List`` where the installed release has it, else ``datasets.Sequence``).
+    """
     import datasets
 
     list_type = getattr(datasets, "List", None) or datasets.Sequence
@@ -236,7 +243,7 @@ def _tokenize_and_cut(
         batch_size=16,
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=["text"],
-        features=_features({"doc_id": "int64", "tokens": "[int32]", "n_tokens": "int64"}),
+        features=column_features({"doc_id": "int64", "tokens": "[int32]", "n_tokens": "int64"}),
         cache_file_name=str(scratch / "tokens.arrow"),
         new_fingerprint=f"tokens-{tag}",
         desc="tokenizing",
@@ -249,7 +256,7 @@ def _tokenize_and_cut(
         batch_size=16,
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=tokenized.column_names,
-        features=_features(_sequence_columns(packing.keep_tail)),
+        features=column_features(_sequence_columns(packing.keep_tail)),
         cache_file_name=str(scratch / "sequences.arrow"),
         new_fingerprint=f"sequences-{tag}",
         desc="cutting into sequences",
@@ -265,7 +272,7 @@ def _shuffle(
         lambda batch, idx: {"row": idx},
         batched=True,
         with_indices=True,
-        features=_features({**_sequence_columns(keep_tail), "row": "int64"}),
+        features=column_features({**_sequence_columns(keep_tail), "row": "int64"}),
         cache_file_name=str(scratch / "shuffled.arrow"),
         new_fingerprint=f"shuffled-{tag}",
         desc="shuffling",

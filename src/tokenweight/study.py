@@ -580,6 +580,37 @@ def _tiny_params(config: StudyConfig) -> int:
     return layers * 12 * h * h + v * h
 
 
+def _build_tiny_llama(config: StudyConfig, init: Path) -> Any:
+    """Step: a randomly initialised small Llama (sizes from ``tiny``) and its word
+    tokenizer, saved in ``init``; returns the model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenweight.synth import build_word_tokenizer
+
+    t = config.tiny
+    build_word_tokenizer(init, int(t["words"]))
+    torch.manual_seed(int(config.pretrain.get("seed", 0)))
+    h = int(t["hidden"])
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=int(t["words"]) + 4,
+            hidden_size=h,
+            intermediate_size=4 * h,
+            num_hidden_layers=int(t["layers"]),
+            num_attention_heads=int(t["heads"]),
+            num_key_value_heads=int(t["heads"]),
+            max_position_embeddings=config.window,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+            tie_word_embeddings=True,
+        )
+    )
+    model.save_pretrained(init)
+    return model
+
+
 def _pretrain_tiny(
     config: StudyConfig, folder: Path, model_dir: Path, device: str, steps: _Steps
 ) -> None:
@@ -589,31 +620,9 @@ def _pretrain_tiny(
     init, data = folder / "init", folder / "data"
 
     def do_build() -> str:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from tokenweight.synth import SynthConfig, write_synth
 
-        from tokenweight.synth import SynthConfig, build_word_tokenizer, write_synth
-
-        build_word_tokenizer(init, int(t["words"]))
-        import torch
-
-        torch.manual_seed(int(p.get("seed", 0)))
-        h = int(t["hidden"])
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=int(t["words"]) + 4,
-                hidden_size=h,
-                intermediate_size=4 * h,
-                num_hidden_layers=int(t["layers"]),
-                num_attention_heads=int(t["heads"]),
-                num_key_value_heads=int(t["heads"]),
-                max_position_embeddings=config.window,
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=3,
-                tie_word_embeddings=True,
-            )
-        )
-        model.save_pretrained(init)
+        model = _build_tiny_llama(config, init)
         sc = SynthConfig(
             seq_len=config.window,
             sequences=int(p["steps"]) * int(p["batch"]),

@@ -217,25 +217,16 @@ def write_synth(
     returns the prepared manifest. ``overwrite`` replaces only an earlier synth output."""
     import datasets
 
-    from tokenweight import __version__
-    from tokenweight.data.prepare import FORMAT, MANIFEST, column_features
+    from tokenweight.data.prepare import MANIFEST, column_features
     from tokenweight.files import atomic_dir, atomic_write_json
-    from tokenweight.models import load_tokenizer, tokenizer_identity
+    from tokenweight.models import load_tokenizer
 
     out = Path(out)
     config.validate()
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
-        if not (out / DEPENDENCIES).is_file():
-            raise TokenWeightError(
-                f"{out} was not written by `tokenweight synth`; it is left alone - choose "
-                "another --out"
-            )
+    _check_synth_out(out, overwrite)
     tok = load_tokenizer(tokenizer)
     words = word_tokens(tok, config.words, config.grammar_seed)
-    bos = tok.bos_token_id
-    ids, successors, copies = generate(config, words, bos)
+    ids, successors, copies = generate(config, words, tok.bos_token_id)
     n = config.sequences
     table = {
         "input_ids": [row for row in ids],
@@ -245,9 +236,53 @@ def write_synth(
     ds = datasets.Dataset.from_dict(
         table, features=column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
     )
+    manifest = _synth_manifest(config, tok, tokenizer, sorted(ds.column_names))
+    record = {
+        "format": SYNTH_FORMAT,
+        "config": asdict(config),
+        "columns": ["row", "start", "length", "distance"],
+        "copies": [list(c) for c in copies],
+        "words": words.tolist(),
+        "successors": successors.tolist(),
+    }
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            ds.save_to_disk(str(tmp))
+            atomic_write_json(tmp / MANIFEST, manifest)
+            atomic_write_json(tmp / DEPENDENCIES, record)
+    except FileExistsError:
+        raise TokenWeightError(
+            f"output folder {out} appeared meanwhile; choose another --out"
+        ) from None
+    return manifest
+
+
+def _check_synth_out(out: Path, overwrite: bool) -> None:
+    """Step: an existing ``out`` is replaced only with ``overwrite`` and only when it is an
+    earlier synth output (it holds the side record)."""
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")
+        if not (out / DEPENDENCIES).is_file():
+            raise TokenWeightError(
+                f"{out} was not written by `tokenweight synth`; it is left alone - choose "
+                "another --out"
+            )
+
+
+def _synth_manifest(
+    config: SynthConfig, tok: Any, tokenizer: str | os.PathLike[str], columns: list[str]
+) -> dict[str, Any]:
+    """Step: the prepared-dataset manifest of the synthetic rows (one document per row,
+    no padding, nothing dropped)."""
+    from tokenweight import __version__
+    from tokenweight.data.prepare import FORMAT
+    from tokenweight.models import tokenizer_identity
+
+    bos = tok.bos_token_id
     pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
-    tokens = n * config.seq_len
-    manifest = {
+    n, tokens = config.sequences, config.sequences * config.seq_len
+    return {
         "format": FORMAT,
         "format_version": 1,
         "tokenweight_version": __version__,
@@ -273,27 +308,9 @@ def write_synth(
             "padding_tokens": 0,
             "dropped_tokens": 0,
         },
-        "columns": sorted(ds.column_names),
+        "columns": columns,
         "synth": asdict(config),
     }
-    record = {
-        "format": SYNTH_FORMAT,
-        "config": asdict(config),
-        "columns": ["row", "start", "length", "distance"],
-        "copies": [list(c) for c in copies],
-        "words": words.tolist(),
-        "successors": successors.tolist(),
-    }
-    try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            ds.save_to_disk(str(tmp))
-            atomic_write_json(tmp / MANIFEST, manifest)
-            atomic_write_json(tmp / DEPENDENCIES, record)
-    except FileExistsError:
-        raise TokenWeightError(
-            f"output folder {out} appeared meanwhile; choose another --out"
-        ) from None
-    return manifest
 
 
 def word_list(count: int) -> list[str]:

@@ -5,6 +5,7 @@ cached steps on a rerun, and the dry-run plan."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,14 +24,24 @@ def model(tmp_path_factory):
     )
 
 
-def _overrides(model, work):
+def _overrides(model, work, facts=False):
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
         " {scheme: 'sparse:0.5', scorer: frozen}, {scheme: uniform, data: selected}]"
     )
     synth = (
-        "synth={seq_len: 64, sequences: 8, distances: [8, 24, 40], span: 4, copies: 1,"
+        "synth={seq_len: 64, sequences: 8, distances: [8, 24, 40], span: 2, copies: 1,"
+        " words: 40, content: facts, keys: 4, values: 2, filler: document, doc_words: 8,"
+        " seed: 0}"
+        if facts
+        else "synth={seq_len: 64, sequences: 8, distances: [8, 24, 40], span: 4, copies: 1,"
         " words: 40, branching: 3, seed: 0}"
+    )
+    pretrain = (
+        "pretrain={steps: 3, batch: 2, distances: [[4, 12]], copies: 1, learning_rate: 0.003}"
+        if facts
+        else "pretrain={steps: 3, batch: 2, distances: [5], copies: 1, span: 3, "
+        "learning_rate: 0.003}"
     )
     return [
         f"model={model}",
@@ -40,7 +51,7 @@ def _overrides(model, work):
         "seeds=[0, 1]",
         "window=16",
         "tiny={layers: 1, hidden: 16, heads: 2, words: 40}",
-        "pretrain={steps: 3, batch: 2, distances: [5], copies: 1, span: 3, learning_rate: 0.003}",
+        pretrain,
         "max_steps=2",
         "eval_sequences=4",
         "bootstrap_samples=200",
@@ -51,13 +62,19 @@ def _overrides(model, work):
 @pytest.mark.parametrize("start", ["tiny", "given"])
 def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys, start):
     work = tmp_path / "study"
-    argv = ["study", *_overrides("tiny" if start == "tiny" else model, work)]
+    # the tiny start model learns from facts over document vocabularies; the given model
+    # from spans over the bigram grammar
+    argv = ["study", *_overrides("tiny" if start == "tiny" else model, work, start == "tiny")]
+    if start == "given":  # its tokenizer reads text: every model also answers passkey probes
+        argv += ["probes=[passkey]", "probe_lengths=[200]", "probe_depths=[0.5]", "probe_trials=2"]
     assert main([*argv, "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "4 runs x 2 seeds (0, 1) = 8 trainings" in plan and not work.exists()
 
     assert main(argv) == 0
     out = capsys.readouterr().out
+    # the step counter ends exactly at its total: "[k/k] report: ..."
+    assert re.search(r"\[(\d+)/\1\] report: ", out), out[-400:]
     results = json.loads((work / "study.json").read_text())
     assert results["baseline"] == "uniform" and len(results["runs"]) == 4
     for name in ("study.md", "study.png"):
@@ -77,6 +94,33 @@ def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, c
     assert row["diff"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert row["low"] <= row["diff"] <= row["high"]
     assert row["baseline"] == pytest.approx(float((base * valid).sum() / (2 * valid.sum())))
+    # the inside-the-window check, recomputed from the saved arrays: the start model with
+    # its whole context vs only the last window // 8 = 2 tokens, on targets inside [0, 16)
+    check = results["context_check"]
+    assert check["local_window"] == 2
+    start_nll, local = np.load(ev / "start.npy"), np.load(ev / "start-local.npy")
+    inside = valid.astype(bool) & (np.arange(1, valid.shape[1] + 1)[None, :] < 16)
+    row_in = check["inside_check"]["all targets inside"]
+    assert row_in["targets"] == int(inside.sum())
+    assert row_in["whole"] == pytest.approx(float(start_nll[inside].mean()), rel=1e-6)
+    assert row_in["local"] == pytest.approx(float(local[inside].mean()), rel=1e-6)
+    # the first target sees the same context (BOS) both ways, later ones do not
+    np.testing.assert_allclose(local[:, :1], start_nll[:, :1], atol=1e-5)
+    assert not np.allclose(local[:, 2:16], start_nll[:, 2:16])
+    assert "## Does the start model use its context?" in (work / "study.md").read_text()
+    if start == "given":  # the probe rows, recomputed from the saved answers
+        assert len(json.loads((ev / "probes.json").read_text())) == 2
+        b = np.stack([np.load(ev / f"0-{s}-probes.npy") for s in (0, 1)]).astype(float)
+        r = np.stack([np.load(ev / f"1-{s}-probes.npy") for s in (0, 1)]).astype(float)
+        row = next(
+            d
+            for d in results["differences"]
+            if d["metric"] == "probe passkey (accuracy)" and d["run"] == "dense:0.75 (self)"
+        )
+        assert row["targets"] == 2 and row["diff"] == pytest.approx(float((r - b).mean()))
+        assert row["baseline"] == pytest.approx(float(b.mean()))
+        assert "probe passkey (accuracy)" in results["metrics"]
+    assert "2-token windows" in (work / "study.md").read_text()
     # seeds differ, the runs trained on different weights: the saved NLL are not copies
     assert not np.array_equal(base[0], base[1]) and not np.array_equal(base, run)
 
@@ -94,6 +138,8 @@ def test_bad_study_configs():
         load_study_config(None, ["runs=[{scheme: uniform}, {scheme: uniform}]"])
     with pytest.raises(TokenWeightError, match="eval_data"):
         load_study_config(None, ["data=x"])
+    with pytest.raises(TokenWeightError, match=r"must equal synth\.words"):
+        load_study_config(None, ["tiny={layers: 1, hidden: 16, heads: 2, words: 40}"])
 
 
 @pytest.mark.parametrize("name", ["cpu.yaml", "smollm2_gpu.yaml"])
@@ -167,3 +213,25 @@ def test_study_report_sections_from_hand_made_results(tmp_path):
         "## Paired differences against the baseline",
         "## In words",
     ]
+
+
+def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
+    from tokenweight.study import _probe_differences
+
+    config = load_study_config(
+        None, ["runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self}]", "seeds=[0, 1]"]
+    )
+    tasks = ["passkey"] * 4 + ["needle"] * 2
+    (tmp_path / "probes.json").write_text(json.dumps([{"task": t} for t in tasks]))
+    for seed in (0, 1):
+        # the baseline answers no passkey and every needle; the run every passkey, no needle
+        np.save(tmp_path / f"0-{seed}-probes.npy", np.array([0, 0, 0, 0, 1, 1], np.int8))
+        np.save(tmp_path / f"1-{seed}-probes.npy", np.array([1, 1, 1, 1, 0, 0], np.int8))
+    rows = {r["metric"]: r for r in _probe_differences(config, tmp_path)}
+    passkey, needle = rows["probe passkey (accuracy)"], rows["probe needle (accuracy)"]
+    assert passkey["targets"] == 4 and passkey["diff"] == 1.0 and passkey["baseline"] == 0.0
+    assert passkey["verdict"] == "better than baseline"
+    assert needle["diff"] == -1.0 and needle["verdict"] == "worse than baseline"
+    assert passkey["low"] == passkey["high"] == 1.0  # every resample agrees
+    with pytest.raises(TokenWeightError, match="probes: unknown"):
+        load_study_config(None, ["probes=[passkeyy]"])

@@ -84,6 +84,80 @@ def test_same_seed_same_data_and_bad_settings():
             SynthConfig(**{**vars(cfg), **bad}).validate()
 
 
+def test_distance_ranges_draw_each_copy_its_own_distance():
+    cfg = SynthConfig(
+        seq_len=256, sequences=20, distances=[[10, 100], 150], span=4, copies=3, words=30, seed=3
+    )
+    ids, _, copies = generate(cfg, np.arange(100, 130), bos_token_id=1)
+    ranged = [d for _, _, _, d in copies if d != 150]
+    assert len(ranged) == 20 * 3 and len([d for *_, d in copies if d == 150]) == 20 * 3
+    assert min(ranged) >= 10 and max(ranged) <= 100
+    assert len(set(ranged)) > 20  # not a handful of fixed look-backs
+    for row, start, length, d in copies:
+        assert (ids[row, start : start + length] == ids[row, start - d : start - d + length]).all()
+    dep = dependency_map(copies, 20, 256)
+    nll = np.where((dep >= 10) & (dep <= 100), 2.0, np.where(dep == 150, 4.0, 6.0))
+    by = nll_by_distance(nll, dep, cfg.distance_classes())
+    assert list(by) == ["d=10-100", "d=150", "other"]
+    assert by["d=10-100"] == {"targets": 60 * 3, "mean_nll": 2.0}
+    assert by["d=150"]["mean_nll"] == 4.0 and by["other"]["mean_nll"] == 6.0
+    for bad in ([[50, 10]], [[2, 10]], [[10, 300]], [[1, 2, 3]], ["x"]):
+        with pytest.raises(TokenWeightError, match="distances"):
+            SynthConfig(**{**vars(cfg), "distances": bad}).validate()
+
+
+def test_facts_recur_with_their_row_value_over_a_document_vocabulary():
+    cfg = SynthConfig(
+        seq_len=300,
+        sequences=8,
+        distances=[[20, 60], 150],
+        span=2,
+        copies=3,
+        words=120,
+        content="facts",
+        keys=10,
+        values=4,
+        filler="document",
+        doc_words=12,
+        seed=5,
+    )
+    words = np.arange(1000, 1120)
+    ids, _, copies = generate(cfg, words, bos_token_id=1)
+    keys, values = set(words[:10].tolist()), words[10:50]
+    filler = set(words[50:].tolist())
+    fact_pos = np.zeros(ids.shape, dtype=bool)
+    for row in range(8):
+        mine = [c for c in copies if c[0] == row]
+        assert len(mine) == 6
+        seen = []
+        for _, start, length, d in mine:
+            assert length == 2 and (d == 150 or 20 <= d <= 60)
+            key, value = ids[row, start], ids[row, start + 1]
+            assert [key, value] == ids[row, start - d : start - d + 2].tolist()
+            k = int(key) - 1000
+            assert int(key) in keys and int(value) in values[k * 4 : k * 4 + 4].tolist()
+            seen.append(int(key))
+            fact_pos[row, [start - d, start - d + 1, start, start + 1]] = True
+        assert len(set(seen)) == 6  # every fact of a row has its own key
+        rest = set(ids[row, 1:][~fact_pos[row, 1:]].tolist())
+        assert rest <= filler and len(rest) <= 12  # the row's own vocabulary
+    assert len({frozenset(ids[r, 1:][~fact_pos[r, 1:]].tolist()) for r in range(8)}) > 1
+    dep = dependency_map(copies, 8, 300)
+    assert (dep > 0).sum() == len(copies)  # only the value of each recurring fact depends
+    for row, start, _, d in copies:
+        assert dep[row, start] == d and dep[row, start - 1] == 0
+    base = {**vars(cfg)}
+    for bad, match in (
+        ({"span": 3}, "span: 2"),
+        ({"keys": 5}, "own key"),
+        ({"words": 60}, "doc_words"),
+        ({"content": "x"}, "content"),
+        ({"filler": "x"}, "filler"),
+    ):
+        with pytest.raises(TokenWeightError, match=match):
+            SynthConfig(**{**base, **bad}).validate()
+
+
 def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
     tok = save_tokenizer(tmp_path / "tok")
     out = tmp_path / "synth"
@@ -98,7 +172,7 @@ def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
         "--sequences",
         "3",
         "--distances",
-        "16,48",
+        "16,30-60",
         "--span",
         "4",
         "--copies",
@@ -113,7 +187,9 @@ def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
     assert len(ds) == 3 and manifest["seq_len"] == 128 and manifest["counts"]["sequences"] == 3
     record = json.loads((out / "dependencies.json").read_text())
     ids = np.array(ds["input_ids"])
+    assert record["config"]["distances"] == [16, [30, 60]]
     for row, start, length, d in record["copies"]:
+        assert d == 16 or 30 <= d <= 60
         assert (ids[row, start : start + length] == ids[row, start - d : start - d + length]).all()
     assert main(argv) == 2  # exists
     assert main([*argv, "--overwrite"]) == 0

@@ -13,7 +13,6 @@ changed, and continues an interrupted scoring or training run where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +21,6 @@ from typing import Any
 
 from tokenweight.config_files import load_raw_config
 from tokenweight.errors import TokenWeightError
-from tokenweight.files import (
-    atomic_write_json,
-    check_output_dir,
-    json_text,
-    remove_path,
-    sha256_bytes,
-)
 from tokenweight.schema import (
     apply_overrides,
     at_least_two,
@@ -39,10 +31,9 @@ from tokenweight.schema import (
     positive,
     seed_range,
 )
+from tokenweight.steps import StepRecord, Steps, folder_fingerprint, run_dir_name
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
-
-STEP_FILE = "step.json"
 
 
 @dataclass
@@ -133,79 +124,6 @@ def load_pipeline_config(
     return config
 
 
-# ------------------------------------------------------------------ step bookkeeping
-def _fingerprint(settings: dict[str, Any]) -> str:
-    return sha256_bytes(json_text(settings).encode("utf-8"))[:16]
-
-
-@dataclass
-class StepRecord:
-    name: str
-    seconds: float
-    cached: bool
-    detail: str = ""
-
-
-class _Steps:
-    """Runs named steps once per settings fingerprint, printing progress and timings."""
-
-    def __init__(self, total: int, log: Callable[[str], None]) -> None:
-        self.total = total
-        self.index = 0
-        self.log = log
-        self.records: list[StepRecord] = []
-
-    def run(
-        self,
-        name: str,
-        folder: Path,
-        settings: dict[str, Any],
-        fn: Callable[[], str],
-        *,
-        resumable: bool = False,
-        markers: Sequence[str] = (),
-    ) -> None:
-        """``fn`` builds ``folder`` and returns a one-line detail. A finished folder with the
-        same fingerprint is reused; one with other settings is removed first; an unfinished
-        one is kept when the step can resume (``resumable``), else removed. Only a folder
-        this pipeline made (its ``step.json``, or the record the step's command writes,
-        ``markers``) is ever removed; anything else there is an error."""
-        self.index += 1
-        head = f"[{self.index}/{self.total}] {name}"
-        stamp = folder / STEP_FILE
-        fp = _fingerprint(settings)
-        check_output_dir(folder, f"folder of the demo's {name} step", markers=(STEP_FILE, *markers))
-        if stamp.is_file():
-            saved = _stamp(folder)
-            if saved.get("fingerprint") == fp:
-                self.log(f"{head}: cached in {folder} (settings unchanged), reusing it")
-                self.records.append(
-                    StepRecord(name, saved.get("seconds", 0.0), True, saved.get("detail", ""))
-                )
-                return
-            self.log(f"{head}: settings changed since the cached run, redoing it")
-            remove_path(folder)
-        elif folder.exists() and not resumable:
-            remove_path(folder)  # an interrupted step that cannot resume
-        elif folder.exists():
-            self.log(f"{head}: continuing the interrupted run in {folder}")
-        self.log(f"{head} ...")
-        t0 = time.perf_counter()
-        detail = fn()
-        seconds = time.perf_counter() - t0
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            stamp,
-            {"fingerprint": fp, "settings": settings, "seconds": seconds, "detail": detail},
-        )
-        self.log(f"{head}: done in {seconds:.0f} s{': ' + detail if detail else ''}")
-        self.records.append(StepRecord(name, seconds, False, detail))
-
-
-def _run_name(scheme: str) -> str:
-    return scheme.replace(":", "-").replace(",", "_").replace("=", "")
-
-
 # ------------------------------------------------------------------ the pipeline
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> Path:
     """Run every step (reusing cached ones) and write ``report.md``; returns its path."""
@@ -218,7 +136,7 @@ class _Pipeline:
 
     State shared by the steps (the local model, the corpus split, the step log) lives on
     the instance; each step method builds its own settings fingerprint and hands its work
-    to :meth:`_Steps.run`, which reuses a cached result when the settings are unchanged.
+    to :meth:`Steps.run`, which reuses a cached result when the settings are unchanged.
     """
 
     def __init__(self, config: PipelineConfig, log: Callable[[str], None]) -> None:
@@ -230,7 +148,7 @@ class _Pipeline:
         self.work.mkdir(parents=True, exist_ok=True)
         self.device = str(resolve_device(config.device))
         self.eval_len = config.eval_seq_len or config.seq_len
-        self.steps = _Steps(total=6 + len(config.schemes), log=log)
+        self.steps = Steps(total=6 + len(config.schemes), log=log, owner="demo")
         self.prepared = self.work / "prepared"
         self.scored = self.work / "scored"
         self.runs: dict[str, Path] = {}
@@ -251,9 +169,8 @@ class _Pipeline:
 
         config, steps = self.config, self.steps
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        steps.index += 1
         t0 = time.perf_counter()
-        self.log(f"[{steps.index}/{steps.total}] model and corpus ...")
+        head = steps.announce("model and corpus ...")
         self.model_dir = Path(str(ensure_local_model(config.model, cache)))
         if config.corpus:
             corpus = Path(config.corpus)
@@ -277,7 +194,7 @@ class _Pipeline:
         seconds = time.perf_counter() - t0
         steps.records.append(StepRecord("model and corpus", seconds, False, str(self.model_dir)))
         self.log(
-            f"[{steps.index}/{steps.total}] model {self.model_dir}; corpus {corpus}: "
+            f"{head} model {self.model_dir}; corpus {corpus}: "
             f"{len(self.train_docs)} training and {len(self.held)} held-out documents "
             f"({seconds:.0f} s)"
         )
@@ -333,7 +250,7 @@ class _Pipeline:
             return f"{result.rows} sequences scored"
 
         settings = {
-            "prepared": _fingerprint(_stamp(self.prepared)),
+            "prepared": folder_fingerprint(self.prepared),
             "window": config.window,
             "stride": config.stride,
             "model": str(self.model_dir),
@@ -352,7 +269,7 @@ class _Pipeline:
         from tokenweight.training.run import TRAIN_MARKERS
 
         for scheme in self.config.schemes:
-            out = self.work / "runs" / _run_name(scheme)
+            out = self.work / "runs" / run_dir_name(scheme)
             self.runs[scheme] = out
             train_config = _train_config(
                 self.config, scheme, self.model_dir, self.scored, out, self.device
@@ -386,7 +303,7 @@ class _Pipeline:
         models = [("start", model_dir)] + [(s, self.runs[s]) for s in config.schemes]
         eval_settings = {
             "models": {
-                label: _fingerprint(_stamp(p)) if p != model_dir else str(p) for label, p in models
+                label: folder_fingerprint(p) if p != model_dir else str(p) for label, p in models
             },
             "held": [d.name for d in self.held],
             "len": eval_len,
@@ -487,8 +404,7 @@ class _Pipeline:
         from tokenweight.pipeline_report import write_report
 
         steps = self.steps
-        steps.index += 1
-        self.log(f"[{steps.index}/{steps.total}] report ...")
+        head = steps.announce("report ...")
         report = write_report(
             config=self.config,
             work=self.work,
@@ -499,14 +415,8 @@ class _Pipeline:
             model_dir=self.model_dir,
             corpus=self.corpus,
         )
-        self.log(f"[{steps.index}/{steps.total}] report: {report}")
+        self.log(f"{head} report: {report}")
         return report
-
-
-def _stamp(folder: Path) -> dict[str, Any]:
-    """The saved fingerprint of a finished step (so later steps redo when it changes)."""
-    stamp = folder / STEP_FILE
-    return json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
 
 
 def _train_config(

@@ -28,7 +28,6 @@ import numpy as np
 from tokenweight.config_files import load_raw_config
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from tokenweight.pipeline import _fingerprint, _run_name, _stamp, _Steps
 from tokenweight.schema import (
     apply_overrides,
     at_least_two,
@@ -37,6 +36,7 @@ from tokenweight.schema import (
     one_of,
     positive,
 )
+from tokenweight.steps import Steps, folder_fingerprint, run_dir_name
 
 __all__ = ["RunSpec", "StudyConfig", "load_study_config", "plan_text", "run_study"]
 
@@ -73,15 +73,16 @@ class StudyConfig:
     # here and trained on short-range synthetic data first (``tiny``, ``pretrain``)
     model: str = "tiny"
     tiny: dict[str, Any] = field(
-        default_factory=lambda: {"layers": 2, "hidden": 128, "heads": 4, "words": 256}
+        default_factory=lambda: {"layers": 2, "hidden": 128, "heads": 2, "words": 256}
     )
+    # the tiny model's pretraining: ``steps`` x ``batch`` synthetic sequences of ``window``
+    # tokens, like ``synth`` but with ``copies`` per class at ``distances`` inside the window
     pretrain: dict[str, Any] = field(
         default_factory=lambda: {
-            "steps": 600,
+            "steps": 2000,
             "batch": 16,
-            "distances": [8, 32, 96],
-            "copies": 1,
-            "span": 8,
+            "distances": [[4, 120]],
+            "copies": 6,
             "learning_rate": 3e-3,
             "seed": 0,
         }
@@ -92,12 +93,16 @@ class StudyConfig:
     synth: dict[str, Any] = field(
         default_factory=lambda: {
             "seq_len": 512,
-            "sequences": 32,
+            "sequences": 48,
             "distances": [48, 200, 400],
-            "span": 8,
+            "span": 2,
             "copies": 3,
             "words": 256,
-            "branching": 4,
+            "content": "facts",
+            "keys": 12,
+            "values": 8,
+            "filler": "document",
+            "doc_words": 32,
             "seed": 0,
         }
     )
@@ -124,6 +129,13 @@ class StudyConfig:
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
+    # retrieval probes (``tokenweight eval``'s tasks) answered by every model; paired
+    # differences of accuracy over seeds and prompts. Off by default: they need a model
+    # that reads natural-language instructions
+    probes: list[str] = field(default_factory=list)
+    probe_lengths: list[int] = field(default_factory=list)  # default: the sequence length
+    probe_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    probe_trials: int = field(default=4, metadata=checked(positive))
     bootstrap_samples: int = field(default=2000, metadata=checked(positive))
     confidence: float = 0.95
     flops_per_second: float = 2e10  # for --dry-run's time estimate only
@@ -160,6 +172,27 @@ class StudyConfig:
                 raise TokenWeightError(f"runs[{i}].data: all or selected, got {r.data!r}")
         if self.data is not None and self.eval_data is None:
             raise TokenWeightError("eval_data: give held-out prepared data beside data")
+        if (
+            self.model == "tiny"
+            and self.data is None
+            and int(self.tiny.get("words", 0)) != int(self.synth.get("words", 256))
+        ):
+            raise TokenWeightError(
+                f"tiny.words ({self.tiny.get('words')}) must equal synth.words "
+                f"({self.synth.get('words', 256)}): the start model's vocabulary is the "
+                "synthetic data's words"
+            )
+        from tokenweight.evaluation.probes import TASKS
+
+        unknown = [t for t in self.probes if t not in TASKS]
+        if unknown:
+            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(TASKS)}")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.probe_lengths):
+            raise TokenWeightError(
+                f"probe_lengths: positive token counts, got {self.probe_lengths}"
+            )
+        if any(not 0 <= float(d) <= 1 for d in self.probe_depths) or not self.probe_depths:
+            raise TokenWeightError(f"probe_depths: fractions in [0, 1], got {self.probe_depths}")
         if not 0 < self.confidence < 1:
             raise TokenWeightError(f"confidence: must be in (0, 1), got {self.confidence}")
 
@@ -316,7 +349,7 @@ def _train_config(
                 "seed": seed,
                 "save_steps": p["steps"] if pretrain else config.max_steps,
                 "save_total_limit": 1,
-                "logging_steps": 1,
+                "logging_steps": max(1, p["steps"] // 20) if pretrain else 1,
                 "bf16": config.bf16,
                 "use_cpu": device == "cpu",
                 "training_arguments": {"disable_tqdm": True},
@@ -346,7 +379,7 @@ class _Study:
     work: Path
     model_dir: Path
     device: str
-    steps: _Steps
+    steps: Steps
     log: Callable[[str], None]
 
 
@@ -373,7 +406,14 @@ def run_study(
         return None
     work.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(config.device))
-    study = _Study(config, work, model_dir, device, _Steps(total=_step_count(config), log=log), log)
+    study = _Study(
+        config,
+        work,
+        model_dir,
+        device,
+        Steps(total=_step_count(config), log=log, owner="study"),
+        log,
+    )
     t_start = time.perf_counter()
     if tiny:
         _pretrain_tiny(config, work / "start", model_dir, device, study.steps)
@@ -395,7 +435,8 @@ def _step_count(config: StudyConfig) -> int:
     needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
     needs_select = any(r.data == "selected" for r in specs)
     tiny = config.model == "tiny"
-    return 2 + tiny + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
+    # (pretrain) data (score) (select) trainings evaluate report
+    return tiny + 1 + needs_scores + needs_select + len(specs) * len(config.seeds) + 2
 
 
 def _study_data(study: _Study) -> tuple[Path, Path, str]:
@@ -420,10 +461,9 @@ def _study_data(study: _Study) -> tuple[Path, Path, str]:
             {"synth": config.synth, "model": str(study.model_dir), "n": config.eval_sequences},
             do_synth,
         )
-        return train_data, eval_data, _fingerprint(_stamp(work / "data"))
+        return train_data, eval_data, folder_fingerprint(work / "data")
     train_data, eval_data = Path(config.data), Path(config.eval_data or "")
-    steps.index += 1
-    study.log(f"[{steps.index}/{steps.total}] data {train_data}, held out {eval_data}")
+    steps.announce(f"data {train_data}, held out {eval_data}")
     return train_data, eval_data, str(train_data)
 
 
@@ -483,7 +523,7 @@ def _select_training_data(study: _Study, scored: Path, train_data: Path, selecte
         "select long-range data",
         selected,
         {
-            "scored": _fingerprint(_stamp(scored)),
+            "scored": folder_fingerprint(scored),
             "top": config.select_top,
             "by": config.select_by,
         },
@@ -498,12 +538,7 @@ def _train_runs(
     runs: dict[tuple[int, int], Path] = {}
     for i, spec in enumerate(study.config.run_specs):
         for seed in study.config.seeds:
-            out = (
-                study.work
-                / "runs"
-                / f"{i:02d}-{_run_name(spec.label()).replace(' ', '_')}"
-                / f"seed{seed}"
-            )
+            out = study.work / "runs" / f"{i:02d}-{run_dir_name(spec.label())}" / f"seed{seed}"
             runs[(i, seed)] = out
             data = (
                 selected
@@ -541,12 +576,14 @@ def _evaluate_models(
     models = {"start": study.model_dir} | {f"{i}-{s}": p for (i, s), p in runs.items()}
     eval_settings = {
         "models": {
-            k: (str(p) if k == "start" else _fingerprint(_stamp(p))) for k, p in models.items()
+            k: (str(p) if k == "start" else folder_fingerprint(p)) for k, p in models.items()
         },
         "data": str(eval_data),
         "data_fp": data_fp,
         "n": config.eval_sequences,
         "window": config.window,
+        "local_window": _local_window(config),
+        "probes": [config.probes, config.probe_lengths, config.probe_depths, config.probe_trials],
         "rope": [config.rope_theta, config.max_position_embeddings],
     }
 
@@ -563,21 +600,20 @@ def _evaluate_models(
 def _report(study: _Study, eval_dir: Path, eval_data: Path, t_start: float) -> Path:
     """Step 6: the paired differences and the report; returns ``study.md``."""
     steps = study.steps
-    steps.index += 1
-    study.log(f"[{steps.index}/{steps.total}] report ...")
+    head = steps.announce("report ...")
     results = study_results(study.config, eval_dir, eval_data)
     results["seconds"] = time.perf_counter() - t_start
     results["step_seconds"] = sum(r.seconds for r in steps.records)  # cached steps included
     results["steps"] = [dataclasses.asdict(r) for r in steps.records]
     report = write_study_report(results, study.work)
-    study.log(f"[{steps.index}/{steps.total}] report: {report}")
+    study.log(f"{head} report: {report}")
     return report
 
 
 def _tiny_params(config: StudyConfig) -> int:
     t = config.tiny
     h, layers, v = int(t["hidden"]), int(t["layers"]), int(t["words"]) + 4
-    return layers * 12 * h * h + v * h
+    return layers * 16 * h * h + v * h  # attention 4h^2, gated MLP 3 x h x 4h; tied embeddings
 
 
 def _build_tiny_llama(config: StudyConfig, init: Path) -> Any:
@@ -611,8 +647,28 @@ def _build_tiny_llama(config: StudyConfig, init: Path) -> Any:
     return model
 
 
+def _pretrain_synth(config: StudyConfig) -> Any:
+    """The pretraining corpus: ``synth`` (its words, content and filler, so the word
+    roles match the study's data) in sequences of ``window`` tokens, with the
+    ``pretrain`` distances, copies and seed."""
+    from tokenweight.synth import SynthConfig
+
+    p = config.pretrain
+    return SynthConfig(
+        **{
+            **config.synth,
+            "seq_len": config.window,
+            "sequences": int(p["steps"]) * int(p["batch"]),
+            "distances": list(p["distances"]),
+            "copies": int(p["copies"]),
+            "span": int(p.get("span", config.synth.get("span", 8))),
+            "seed": int(p.get("seed", 0)) + 2000,
+        }
+    )
+
+
 def _pretrain_tiny(
-    config: StudyConfig, folder: Path, model_dir: Path, device: str, steps: _Steps
+    config: StudyConfig, folder: Path, model_dir: Path, device: str, steps: Steps
 ) -> None:
     """Build a small Llama over a synthetic word vocabulary and train it on short-range
     synthetic data (sequences of ``window`` tokens, copies at ``pretrain.distances``)."""
@@ -620,20 +676,10 @@ def _pretrain_tiny(
     init, data = folder / "init", folder / "data"
 
     def do_build() -> str:
-        from tokenweight.synth import SynthConfig, write_synth
+        from tokenweight.synth import write_synth
 
         model = _build_tiny_llama(config, init)
-        sc = SynthConfig(
-            seq_len=config.window,
-            sequences=int(p["steps"]) * int(p["batch"]),
-            distances=list(p["distances"]),
-            span=int(p["span"]),
-            copies=int(p["copies"]),
-            words=int(t["words"]),
-            branching=int(config.synth.get("branching", 4)),
-            seed=int(p.get("seed", 0)) + 2000,
-        )
-        write_synth(sc, init, data, overwrite=True)
+        write_synth(_pretrain_synth(config), init, data, overwrite=True)
         tc = _train_config(
             config, RunSpec(), int(p.get("seed", 0)), init, data, model_dir, device, pretrain=True
         )
@@ -649,12 +695,7 @@ def _pretrain_tiny(
     steps.run(
         "build and pretrain the tiny start model (short-range synthetic data)",
         folder,
-        {
-            "tiny": t,
-            "pretrain": p,
-            "window": config.window,
-            "branching": config.synth.get("branching", 4),
-        },
+        {"tiny": t, "pretrain": p, "window": config.window, "synth": config.synth},
         do_build,
     )
 
@@ -683,6 +724,9 @@ def _evaluate(
         "rope_theta": config.rope_theta,
         "max_position_embeddings": config.max_position_embeddings,
     }
+    probes = _make_probes(config, tok, int(seqs.input_ids.shape[1]))
+    if probes:
+        atomic_write_json(out / "probes.json", [p.summary() for p in probes])
     for k, (key, path) in enumerate(models.items()):
         t0 = time.perf_counter()
         # the start model at its own settings; trained checkpoints carry the extended RoPE
@@ -691,10 +735,15 @@ def _evaluate(
         )
         long = long_context_nll(model, seqs)
         _save_array(out / f"{key}.npy", long.numpy())
+        if probes:
+            _save_array(out / f"{key}-probes.npy", _answer_probes(model, tok, probes))
         if key == "start":
             stride = config.stride or max(1, config.window // 4)
             short = short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
             _save_array(out / "start-short.npy", short.numpy())
+            local = _local_window(config)  # does it use its context inside the window?
+            near = short_context_nll_of(model, seqs, long, window=local, stride=max(1, local // 4))
+            _save_array(out / "start-local.npy", near.numpy())
             if any(rope.values()):  # the start model with the extended RoPE, untrained
                 ext = load_model(
                     path,
@@ -709,6 +758,40 @@ def _evaluate(
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         log(f"    evaluated {key} ({k + 1}/{len(models)}) in {time.perf_counter() - t0:.0f} s")
+
+
+def _make_probes(config: StudyConfig, tok: Any, seq_len: int) -> list[Any]:
+    """The probe prompts every model answers (none unless ``probes`` lists tasks)."""
+    if not config.probes:
+        return []
+    from tokenweight.evaluation.probes import make_probes
+
+    return make_probes(
+        tok,
+        config.probes,
+        config.probe_lengths or [seq_len],
+        config.probe_depths,
+        trials=config.probe_trials,
+        seed=0,
+    )
+
+
+def _answer_probes(model: Any, tok: Any, probes: list[Any]) -> np.ndarray:
+    """``(P,)`` int8: 1 where the model's greedy answer to probe ``p`` is right."""
+    from tokenweight.evaluation.generate import greedy_generate
+
+    outputs = greedy_generate(
+        model,
+        tok,
+        [p.input_ids for p in probes],
+        max_new_tokens=[p.max_new_tokens for p in probes],
+    )
+    return np.array([p.score(o) for p, o in zip(probes, outputs)], dtype=np.int8)
+
+
+def _local_window(config: StudyConfig) -> int:
+    """The short context of the inside-the-window check: an eighth of ``window``."""
+    return max(2, config.window // 8)
 
 
 def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, np.ndarray]:
@@ -731,12 +814,12 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
     short = _load_array(eval_dir / "start-short.npy")
     masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
     try:
-        from tokenweight.synth import dependency_map, read_dependencies
+        from tokenweight.synth import SynthConfig, class_label, dependency_map, read_dependencies
 
         record = read_dependencies(eval_data)
         dep = dependency_map(record["copies"], s, n1 + 1)[:s]
-        for d in sorted(set(np.unique(dep).tolist()) - {0}):
-            masks[f"copied at distance {d}"] = valid & (dep == d)
+        for lo, hi in SynthConfig(**record["config"]).distance_classes():
+            masks[f"copied at distance {class_label(lo, hi)}"] = valid & (dep >= lo) & (dep <= hi)
         masks["not copied"] = valid & (dep == 0)
     except TokenWeightError:
         pass
@@ -747,6 +830,7 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
     """Paired differences of every run against the baseline for every metric."""
     specs = config.run_specs
     masks = _metric_masks(config, eval_dir, eval_data)
+    differences = _differences(config, eval_dir, masks)
     return {
         "format": STUDY_FORMAT,
         "config": dataclasses.asdict(config),
@@ -755,8 +839,8 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         "seeds": list(config.seeds),
         "held_out_sequences": int(masks["all targets"].shape[0]),
         "context_check": _context_check(config, eval_dir, masks),
-        "metrics": list(masks),
-        "differences": _differences(config, eval_dir, masks),
+        "metrics": list(dict.fromkeys([*masks, *(d["metric"] for d in differences)])),
+        "differences": differences,
     }
 
 
@@ -769,7 +853,7 @@ def _context_check(
     short = _load_array(eval_dir / "start-short.npy")
     valid = masks["all targets"]
     beyond = valid & (np.arange(1, valid.shape[1] + 1)[None, :] >= config.window)
-    check = {
+    check: dict[str, Any] = {
         "start_nll_inside": float(start[valid & ~beyond].mean()),
         "start_nll_beyond": float(start[beyond].mean()) if beyond.any() else None,
         "start_short_nll_beyond": float(short[beyond].mean()) if beyond.any() else None,
@@ -779,6 +863,26 @@ def _context_check(
             k: float(start[m].mean()) if m.any() else None for k, m in masks.items()
         },
     }
+    if (eval_dir / "start-local.npy").is_file():
+        # inside the window the start model sees everything it was trained to see; compare
+        # it with only the last ``window / 8`` tokens, on the targets inside the window
+        local = _load_array(eval_dir / "start-local.npy")
+        inside = valid & ~beyond
+        rows = {"all targets inside": inside} | {
+            f"{k}, inside": m & inside
+            for k, m in masks.items()
+            if k.startswith("copied at") or k == "not copied"
+        }
+        check["local_window"] = _local_window(config)
+        check["inside_check"] = {
+            k: {
+                "targets": int(m.sum()),
+                "whole": float(start[m].mean()),
+                "local": float(local[m].mean()),
+            }
+            for k, m in rows.items()
+            if m.any()
+        }
     if (eval_dir / "start-extended.npy").is_file():
         ext = _load_array(eval_dir / "start-extended.npy")
         check["start_extended_by_metric"] = {
@@ -820,6 +924,43 @@ def _differences(
             row = d.to_dict()
             row["run_nll"] = row.pop("run")
             table.append({"metric": metric, "run": spec.label(), **row})
+    return table + _probe_differences(config, eval_dir)
+
+
+def _probe_differences(config: StudyConfig, eval_dir: Path) -> list[dict[str, Any]]:
+    """One row per probe task and non-baseline run: the paired difference in accuracy
+    (run minus baseline; positive = better) over seeds and prompts."""
+    from tokenweight.paired import paired_difference
+
+    if not (eval_dir / "probes.json").is_file():
+        return []
+    tasks = [p["task"] for p in json.loads((eval_dir / "probes.json").read_text("utf-8"))]
+    specs = config.run_specs
+    correct = {
+        (i, s): _load_array(eval_dir / f"{i}-{s}-probes.npy").astype(np.float64)
+        for i in range(len(specs))
+        for s in config.seeds
+    }
+    table = []
+    for task in dict.fromkeys(tasks):
+        m = np.array([t == task for t in tasks])
+        base = np.stack([correct[(config.baseline, s)][m] for s in config.seeds])
+        for i, spec in enumerate(specs):
+            if i == config.baseline:
+                continue
+            run = np.stack([correct[(i, s)][m] for s in config.seeds])
+            d = paired_difference(
+                run,
+                base,
+                np.ones(int(m.sum())),
+                samples=config.bootstrap_samples,
+                confidence=config.confidence,
+                seed=0,
+            )
+            row = d.to_dict()
+            row["run_nll"] = row.pop("run")
+            row["verdict"] = d.verdict(lower_is_better=False)
+            table.append({"metric": f"probe {task} (accuracy)", "run": spec.label(), **row})
     return table
 
 
@@ -840,7 +981,9 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         f"{results['held_out_sequences']} held-out sequences; original context "
         f"{results['config']['window']} tokens. Differences are run minus baseline in mean NLL "
         f"(nats; negative = better), paired over the same targets and seeds, with "
-        f"{conf:.0%} bootstrap intervals over seeds and held-out sequences.",
+        f"{conf:.0%} bootstrap intervals over seeds and held-out sequences. Probe rows give "
+        "accuracy instead (the share of prompts answered right; positive = better), paired "
+        "over seeds and prompts.",
         "",
         *_context_section(results["context_check"]),
         "",
@@ -879,6 +1022,28 @@ def _context_section(c: dict[str, Any]) -> list[str]:
         f"LongPPL key tokens: {c['key_share']:.2%} of targets.",
         "",
     ]
+    inside = c.get("inside_check")
+    if inside:
+        lines += [
+            f"Inside the original context, the start model with everything before each target "
+            f"vs with windows of {c['local_window']} tokens (NLL, nats; a lower 'whole' "
+            "means it uses its context):",
+            "",
+            *markdown_table(
+                ["targets", "count", "whole context", f"{c['local_window']}-token windows", "gain"],
+                [
+                    [
+                        k,
+                        f"{v['targets']:,}",
+                        _fmt(v["whole"]),
+                        _fmt(v["local"]),
+                        _fmt(v["local"] - v["whole"], sign=True),
+                    ]
+                    for k, v in inside.items()
+                ],
+            ),
+            "",
+        ]
     return lines + markdown_table(
         ["targets", "start model NLL"] + (["start, extended RoPE, untrained"] if extended else []),
         [

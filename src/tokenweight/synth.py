@@ -1,12 +1,26 @@
 """Synthetic long-range data (``tokenweight synth``): controlled dependency distances.
 
-Each sequence is BOS followed by *filler* from a sparse bigram grammar over ``words``
-single-token words of a tokenizer (every word has ``branching`` possible successors, so
-the filler has local structure a small model can learn), into which spans of ``span``
-tokens are *copied* from exactly ``d`` tokens earlier, for each ``d`` in ``distances``.
-Copies and their sources never overlap each other, so a copied token depends on the
-context ``d`` tokens back and nothing else explains it; the filler after a copy continues
-the grammar from the copy's last token.
+Each sequence is BOS followed by *filler*, into which content *recurs* exactly ``d``
+tokens after its first appearance. Each entry of ``distances`` is a *distance class*: a
+fixed distance ``d``, or a range ``[lo, hi]`` from which every copy draws its own distance
+uniformly (varied distances teach a model to look things up by content rather than by a
+fixed look-back). ``copies`` recurrences are planted per class and row; copies and their
+sources never overlap, so a dependent token depends on the context ``d`` back and nothing
+else explains it.
+
+What recurs (``content``):
+
+- ``spans``: ``span`` tokens of filler copied from ``d`` tokens earlier;
+- ``facts``: ``[key, value]`` pairs (``span`` 2). Each of ``keys`` key words owns a group
+  of ``values`` value words; a row gives each of its keys one value from the key's group,
+  and a fact's value is predictable only by finding the key's earlier appearance (a
+  key-value retrieval in the spirit of RULER's needle tasks). Every fact of a row has its
+  own key.
+
+The filler (``filler``): ``bigram``, a sparse grammar over the filler words (every word has
+``branching`` possible successors, local structure a small model can learn; it continues
+from a copied span's last token), or ``document``: each row draws uniformly from its own
+``doc_words`` words, a topic vocabulary.
 
 The output is a prepared dataset (the same folder layout as ``tokenweight prepare``, so
 ``score``, ``select``, ``train`` and ``study`` take it) plus ``dependencies.json``, the side
@@ -14,12 +28,13 @@ record: one ``[row, start, length, distance]`` per copy, meaning tokens
 ``start .. start + length - 1`` of that row equal the tokens ``distance`` earlier. The
 first token of a copy cannot be predicted (where a copy starts is random); targets
 ``start + 1 .. start + length - 1`` are the *dependent targets* at that distance
-(:func:`dependency_map`).
+(:func:`dependency_map`): for a fact, its value.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +46,7 @@ from tokenweight.errors import TokenWeightError
 __all__ = [
     "DEPENDENCIES",
     "SynthConfig",
+    "class_label",
     "dependency_map",
     "generate",
     "nll_by_distance",
@@ -49,33 +65,104 @@ class SynthConfig:
 
     seq_len: int = 1024
     sequences: int = 64
-    distances: list[int] = field(default_factory=lambda: [32, 128, 512])
+    # distance classes: a fixed distance, or [lo, hi] (each copy draws its distance)
+    distances: list[Any] = field(default_factory=lambda: [32, 128, 512])
     span: int = 8
-    copies: int = 4  # per distance per sequence
+    copies: int = 4  # per distance class per sequence
     words: int = 256
     branching: int = 4
+    # what recurs: "spans" of filler, or "facts": [key, value] pairs (span 2), where each of
+    # ``keys`` key words has a group of ``values`` value words and a row picks one per key
+    content: str = "spans"
+    keys: int = 16
+    values: int = 8
+    # the filler: "bigram" (the grammar above) or "document": each row draws uniformly
+    # from its own ``doc_words`` words (a topic vocabulary)
+    filler: str = "bigram"
+    doc_words: int = 32
     seed: int = 0  # the sequences and copies
     grammar_seed: int = 0  # the bigram grammar (share it to continue training on new data)
 
+    def distance_classes(self) -> list[tuple[int, int]]:
+        """``(lo, hi)`` per entry of ``distances`` (``lo == hi`` for a fixed distance)."""
+        if not isinstance(self.distances, list) or not self.distances:
+            raise TokenWeightError(
+                f"distances: a list of distances or [lo, hi] ranges, got {self.distances!r}"
+            )
+        out = []
+        for d in self.distances:
+            pair = d if isinstance(d, (list, tuple)) else [d, d]
+            if (
+                len(pair) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)
+                or pair[0] > pair[1]
+            ):
+                raise TokenWeightError(
+                    f"distances: {d!r} is neither a distance nor a [lo, hi] range with lo <= hi"
+                )
+            out.append((int(pair[0]), int(pair[1])))
+        return out
+
+    def _validate_roles(self) -> None:
+        if self.content not in ("spans", "facts"):
+            raise TokenWeightError(f"content: spans or facts, got {self.content!r}")
+        if self.filler not in ("bigram", "document"):
+            raise TokenWeightError(f"filler: bigram or document, got {self.filler!r}")
+        n_keys, n_values = _roles(self)
+        if self.content == "facts":
+            if self.span != 2:
+                raise TokenWeightError(
+                    f"span: facts are [key, value] pairs, set span: 2 (got {self.span})"
+                )
+            if self.keys < self.copies * len(self.distances):
+                raise TokenWeightError(
+                    f"keys: every fact of a row needs its own key; {self.copies} copies x "
+                    f"{len(self.distances)} distance classes need at least "
+                    f"{self.copies * len(self.distances)} keys, got {self.keys}"
+                )
+        pool = self.words - n_keys - n_values
+        need = self.doc_words if self.filler == "document" else self.branching
+        if pool < need:
+            raise TokenWeightError(
+                f"words: {self.words} words leave {pool} filler words after {n_keys} keys and "
+                f"{n_values} values, fewer than "
+                + (
+                    f"doc_words {self.doc_words}"
+                    if self.filler == "document"
+                    else f"branching {self.branching}"
+                )
+            )
+
     def validate(self) -> None:
-        for name in ("seq_len", "sequences", "span", "copies", "words", "branching"):
+        for name in (
+            "seq_len",
+            "sequences",
+            "span",
+            "copies",
+            "words",
+            "branching",
+            "keys",
+            "values",
+            "doc_words",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TokenWeightError(f"{name}: must be a positive integer, got {value!r}")
         if self.span < 2:
             raise TokenWeightError(f"span: a copy needs at least 2 tokens, got {self.span}")
-        if not self.distances or any(int(d) < self.span for d in self.distances):
+        classes = self.distance_classes()
+        if any(lo < self.span for lo, _ in classes):
             raise TokenWeightError(
                 f"distances: give distances of at least span={self.span} tokens (a copy must "
                 f"not overlap its source), got {self.distances}"
             )
-        if max(self.distances) + self.span >= self.seq_len:
+        longest = max(hi for _, hi in classes)
+        if longest + self.span >= self.seq_len:
             raise TokenWeightError(
-                f"distances: {max(self.distances)} + span {self.span} does not fit in a "
+                f"distances: {longest} + span {self.span} does not fit in a "
                 f"{self.seq_len}-token sequence after BOS; use a longer seq_len"
             )
-        if self.branching > self.words:
-            raise TokenWeightError(f"branching {self.branching} exceeds words {self.words}")
+        self._validate_roles()
         room = (self.seq_len - 1) // (2 * self.span)
         if self.copies * len(self.distances) > room:
             raise TokenWeightError(
@@ -111,9 +198,10 @@ def _plan_copies(
         busy = np.zeros(n, dtype=bool)
         busy[0] = True  # BOS
         copies = []
-        for d in sorted(config.distances, reverse=True):  # long distances first
+        for lo, hi in sorted(config.distance_classes(), reverse=True):  # long ones first
             for _ in range(config.copies):
                 for _attempt in range(200):
+                    d = lo if lo == hi else int(rng.integers(lo, hi + 1))
                     start = int(rng.integers(1 + d, n - span + 1))
                     src = slice(start - d, start - d + span)
                     dst = slice(start, start + span)
@@ -131,38 +219,90 @@ def _plan_copies(
     )
 
 
+def _roles(config: SynthConfig) -> tuple[int, int]:
+    """``(key words, value words)`` reserved at the start of the word list (facts only)."""
+    if config.content != "facts":
+        return 0, 0
+    return config.keys, config.keys * config.values
+
+
 def generate(
     config: SynthConfig, words: np.ndarray, bos_token_id: int | None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]:
-    """``(input_ids (sequences, seq_len) int32, successors (words, branching), copies)``.
+    """``(input_ids (sequences, seq_len) int32, successors (filler words, branching),
+    copies)``; ``successors`` lists the bigram grammar of the filler words by token id.
 
     Token 0 of every row is ``bos_token_id`` (or a filler word when ``None``).
     """
     config.validate()
-    grammar = np.random.default_rng(config.grammar_seed)
     words = np.asarray(words)
-    w = len(words)
-    succ = np.stack([grammar.choice(w, size=config.branching, replace=False) for _ in range(w)])
+    n_keys, n_values = _roles(config)
+    pool = np.arange(n_keys + n_values, len(words))  # word indices of the filler
+    grammar = np.random.default_rng(config.grammar_seed)
+    succ = np.stack(
+        [pool[grammar.choice(len(pool), size=config.branching, replace=False)] for _ in pool]
+    )  # successors of pool[i], as word indices
     rng = np.random.default_rng(config.seed)
     ids = np.empty((config.sequences, config.seq_len), dtype=np.int64)
     copies: list[tuple[int, int, int, int]] = []
     for r in range(config.sequences):
         plan = _plan_copies(rng, config, r)
         copies += plan
-        source = np.zeros(config.seq_len, dtype=np.int64)  # distance of a copied token
-        for _, start, length, d in plan:
-            source[start : start + length] = d
-        state = np.empty(config.seq_len, dtype=np.int64)  # word index of each token
-        state[0] = rng.integers(w)
-        for t in range(1, config.seq_len):
-            if source[t]:
-                state[t] = state[t - source[t]]
-            else:
-                state[t] = succ[state[t - 1], rng.integers(config.branching)]
+        if config.content == "facts":
+            state = _filler(rng, config, pool, succ, np.zeros(config.seq_len, dtype=np.int64))
+            _write_facts(rng, config, state, plan)
+        else:
+            source = np.zeros(config.seq_len, dtype=np.int64)  # distance of a copied token
+            for _, start, length, d in plan:
+                source[start : start + length] = d
+            state = _filler(rng, config, pool, succ, source)
         ids[r] = words[state]
         if bos_token_id is not None:
             ids[r, 0] = bos_token_id
     return ids.astype(np.int32), words[succ], copies
+
+
+def _filler(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    pool: np.ndarray,
+    succ: np.ndarray,
+    source: np.ndarray,
+) -> np.ndarray:
+    """Word indices of one row: filler (the bigram grammar, or uniform draws from the
+    row's own ``doc_words`` words), where ``source[t] > 0`` copies the word that many
+    tokens back; the grammar continues from a copy's last word."""
+    n = config.seq_len
+    state = np.empty(n, dtype=np.int64)
+    where = np.empty(int(pool.max()) + 1, dtype=np.int64)
+    where[pool] = np.arange(len(pool))  # word index -> row of succ
+    document = config.filler == "document"
+    vocab = rng.choice(pool, size=config.doc_words, replace=False) if document else pool
+    state[0] = vocab[rng.integers(len(vocab))]
+    for t in range(1, n):
+        if source[t]:
+            state[t] = state[t - source[t]]
+        elif document:
+            state[t] = vocab[rng.integers(len(vocab))]
+        else:
+            state[t] = succ[where[state[t - 1]], rng.integers(config.branching)]
+    return state
+
+
+def _write_facts(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    state: np.ndarray,
+    plan: list[tuple[int, int, int, int]],
+) -> None:
+    """Write one fact ``[key, value]`` per planned copy at its source and again at the
+    copy: every copy of a row has its own key; the row's value of key ``k`` is one of the
+    ``values`` words of ``k``'s group."""
+    keys = rng.choice(config.keys, size=len(plan), replace=False)
+    for k, (_, start, _, d) in zip(keys, plan):
+        value = config.keys + int(k) * config.values + int(rng.integers(config.values))
+        for at in (start - d, start):
+            state[at], state[at + 1] = int(k), value
 
 
 def dependency_map(copies: Any, rows: int, seq_len: int) -> np.ndarray:
@@ -175,17 +315,30 @@ def dependency_map(copies: Any, rows: int, seq_len: int) -> np.ndarray:
     return out
 
 
-def nll_by_distance(nll: np.ndarray, dep: np.ndarray) -> dict[str, dict[str, float]]:
-    """Mean NLL of the dependent targets at each distance and of all other targets.
+def class_label(lo: int, hi: int) -> str:
+    """``"48"`` for a fixed distance, ``"8-120"`` for a range."""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
-    ``nll``, ``dep``: ``(rows, N - 1)``. Keys: ``"d=<distance>"`` and ``"other"``;
-    values ``{"targets": count, "mean_nll": nats}``.
+
+def nll_by_distance(
+    nll: np.ndarray, dep: np.ndarray, classes: Sequence[tuple[int, int]] | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean NLL of the dependent targets in each distance class and of all other targets.
+
+    ``nll``, ``dep``: ``(rows, N - 1)``; ``classes``: ``(lo, hi)`` pairs
+    (:meth:`SynthConfig.distance_classes`), by default every distance in ``dep`` alone.
+    Keys: ``"d=<class>"`` and ``"other"``; values ``{"targets": count, "mean_nll": nats}``.
     """
     nll = np.asarray(nll, dtype=np.float64)
+    if classes is None:
+        classes = [(d, d) for d in sorted(set(np.unique(dep).tolist()) - {0})]
     out = {}
-    for d in sorted(set(np.unique(dep).tolist()) - {0}):
-        sel = dep == d
-        out[f"d={d}"] = {"targets": int(sel.sum()), "mean_nll": float(nll[sel].mean())}
+    for lo, hi in classes:
+        sel = (dep >= lo) & (dep <= hi)
+        out[f"d={class_label(lo, hi)}"] = {
+            "targets": int(sel.sum()),
+            "mean_nll": float(nll[sel].mean()) if sel.any() else float("nan"),
+        }
     sel = dep == 0
     out["other"] = {"targets": int(sel.sum()), "mean_nll": float(nll[sel].mean())}
     return out

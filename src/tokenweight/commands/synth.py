@@ -7,13 +7,21 @@ import argparse
 HELP = "generate a synthetic long-range dataset (spans recur at given distances; side record)"
 
 
-def _ints(text: str) -> list[int]:
+def _distances(text: str) -> list[int | list[int]]:
+    """``32,128,512`` or ranges ``8-120`` (each copy draws its distance), mixed freely."""
+    out: list[int | list[int]] = []
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        for part in (x.strip() for x in text.split(",")):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.append([int(lo), int(hi)])
+            elif part:
+                out.append(int(part))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
+            f"expected comma-separated distances or lo-hi ranges, got {text!r}"
         ) from None
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +32,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (1024)")
     parser.add_argument("--sequences", type=int, default=64, help="sequences (64)")
     parser.add_argument(
-        "--distances", type=_ints, default=[32, 128, 512], help="copy distances (32,128,512)"
+        "--distances",
+        type=_distances,
+        default=[32, 128, 512],
+        help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or "
+        "8-120 (32,128,512)",
     )
     parser.add_argument("--span", type=int, default=8, help="tokens per copy (8)")
-    parser.add_argument("--copies", type=int, default=4, help="copies per distance per row (4)")
+    parser.add_argument(
+        "--copies", type=int, default=4, help="copies per distance class per row (4)"
+    )
     parser.add_argument("--words", type=int, default=256, help="filler vocabulary (256 words)")
-    parser.add_argument("--branching", type=int, default=4, help="successors per word (4)")
+    parser.add_argument(
+        "--branching", type=int, default=4, help="successors per word of the bigram filler (4)"
+    )
+    parser.add_argument(
+        "--content",
+        choices=("spans", "facts"),
+        default="spans",
+        help="what recurs: spans of filler, or facts, [key, value] pairs whose value a "
+        "document picks from the key's group (needs --span 2) (spans)",
+    )
+    parser.add_argument("--keys", type=int, default=16, help="key words of facts (16)")
+    parser.add_argument("--values", type=int, default=8, help="value words per key (8)")
+    parser.add_argument(
+        "--filler",
+        choices=("bigram", "document"),
+        default="bigram",
+        help="filler: the bigram grammar, or uniform draws from each document's own "
+        "--doc-words words (bigram)",
+    )
+    parser.add_argument(
+        "--doc-words", type=int, default=32, help="words per document for --filler document (32)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier `synth` output at --out"
@@ -38,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.models import default_cache_dir, ensure_local_model
-    from tokenweight.synth import SynthConfig, write_synth
+    from tokenweight.synth import SynthConfig, class_label, write_synth
 
     config = SynthConfig(
         seq_len=args.seq_len,
@@ -48,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         copies=args.copies,
         words=args.words,
         branching=args.branching,
+        content=args.content,
+        keys=args.keys,
+        values=args.values,
+        filler=args.filler,
+        doc_words=args.doc_words,
         seed=args.seed,
     )
     config.validate()
@@ -56,9 +96,14 @@ def run(args: argparse.Namespace) -> int:
     per_row = len(config.distances) * config.copies
     print(
         f"wrote {config.sequences} sequences of {config.seq_len} tokens to {args.out}: "
-        f"{per_row} copies of {config.span} tokens per row at distances "
-        f"{', '.join(map(str, config.distances))}; filler: {config.words} words, "
-        f"{config.branching} successors each"
+        f"{per_row} {'facts' if config.content == 'facts' else 'copies'} of {config.span} "
+        "tokens per row at distances "
+        f"{', '.join(class_label(lo, hi) for lo, hi in config.distance_classes())}; filler: "
+        + (
+            f"{config.doc_words} words per document"
+            if config.filler == "document"
+            else f"bigram grammar, {config.branching} successors per word"
+        )
     )
     print(f"side record: {args.out}/dependencies.json ([row, start, length, distance] per copy)")
     return 0

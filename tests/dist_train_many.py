@@ -11,6 +11,7 @@ closed at exit (``tokenweight.training.distributed.end_process_group``).
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -46,4 +47,13 @@ def _reset_accelerate_state() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # every run is saved: meet, close the group and leave without interpreter teardown, where
+    # a DeepSpeed or gloo helper thread can abort a rank ("terminate called without an
+    # active exception") after the work is done
+    from tokenweight.training.distributed import end_process_group
+
+    end_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -70,6 +70,8 @@ def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, c
     assert main([*argv, "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "4 runs x 2 seeds (0, 1) = 8 trainings" in plan and not work.exists()
+    if start == "given":
+        assert "= 2 prompts per model" in plan
 
     assert main(argv) == 0
     out = capsys.readouterr().out

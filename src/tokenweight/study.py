@@ -283,6 +283,14 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
         f"  evaluation: {models} models x {config.eval_sequences} held-out sequences; "
         f"start model also at windows of {config.window} (LongPPL key tokens)"
     )
+    if config.probes:
+        lengths = config.probe_lengths or [n]
+        count = len(config.probes) * len(lengths) * len(config.probe_depths)
+        lines.append(
+            f"  probes: {', '.join(config.probes)} at {lengths} tokens, depths "
+            f"{config.probe_depths}, {config.probe_trials} trials = "
+            f"{count * config.probe_trials} prompts per model (generation not in the estimate)"
+        )
     if params:
         flops = 6 * params * tokens * total_fwd + 2 * params * n * config.eval_sequences * (
             models + 2

@@ -542,3 +542,27 @@ def test_config_and_keywords_give_the_same_results(tok):
     keyword_probes = by_keywords["models"][0]["probes"]["passkey"]
     config_probes = by_config["models"][0]["probes"]["passkey"]
     assert keyword_probes["samples"] == config_probes["samples"]
+
+
+def test_an_eval_cut_off_while_plotting_can_be_rerun_into_the_same_folder(
+    run, tmp_path, monkeypatch
+):
+    """results.json is written before the figures: a folder left by a write cut off while
+    plotting carries the record that lets a rerun replace it."""
+    from tokenweight.evaluation import report
+    from tokenweight.evaluation.runner import _check_out_dir
+
+    _, results, _ = run
+    out = tmp_path / "cut"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tokenweight.evaluation.plots.plot_probe_heatmap", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_outputs(json.loads(json.dumps(results)), out)
+    assert (out / "results.json").is_file() and not (out / "results.md").exists()
+    _check_out_dir(out)  # accepted: an earlier evaluation
+    monkeypatch.undo()
+    files = report.write_outputs(json.loads(json.dumps(results)), out)
+    assert {p.name for p in out.iterdir()} == set(files)

@@ -120,3 +120,36 @@ def test_window_loop_matches_full_context_inside_window_zero():
     torch.testing.assert_close(short[:, :7], long[:, :7], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(short[:, 8:], long[:, 8:], atol=1e-3)
     assert torch.isfinite(short).all()
+
+
+def test_log_after_a_resume_drops_the_interrupted_lines_and_never_half_writes(
+    tmp_path, monkeypatch
+):
+    import json
+    import os
+    from types import SimpleNamespace
+
+    import pytest
+
+    from tokenweight.training.callbacks import JsonlLogCallback
+
+    path = tmp_path / "train_log.jsonl"
+    old = "".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in range(1, 6))
+    path.write_text(old)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3)
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        JsonlLogCallback(path).on_log(None, state, None, logs={"loss": 9.0})
+    assert path.read_text() == old  # the rewrite failed, the old log is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]  # no temp left
+    monkeypatch.undo()
+
+    cb = JsonlLogCallback(path)
+    cb.on_log(None, state, None, logs={"loss": 9.0})
+    cb.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None, {"loss": 8.0})
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # 3..5 of the interrupted run replaced by the new 3, 4

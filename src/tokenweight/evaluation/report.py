@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,9 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
-    """Write the PNG figures, ``results.json`` and ``results.md`` (each atomically) into
-    ``out_dir``; returns the file names written."""
+    """Write ``results.json``, the PNG figures and ``results.md`` (each atomically) into
+    ``out_dir``; returns the file names written. ``results.json`` goes first: it is the
+    record that lets a rerun replace a folder an interrupted write left behind."""
     from tokenweight.evaluation.plots import HeatmapPanel, plot_nll_by_position, plot_probe_heatmap
     from tokenweight.files import atomic_write_json, atomic_write_text
 
@@ -182,6 +184,7 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     settings = results["settings"]
     entries = results["models"]
     files: list[str] = []
+    plots: list[Callable[[], Any]] = []
     for task in (t for t in settings["tasks"] if t in PROBE_TASKS):
         panels = []
         for e in entries:
@@ -202,7 +205,7 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
                 )
             )
         name = f"probe_{task}.png"
-        plot_probe_heatmap(task, panels, out / name)
+        plots.append(partial(plot_probe_heatmap, task, panels, out / name))
         files.append(name)
     if "ppl" in settings["tasks"]:
         curves = [
@@ -213,14 +216,19 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
             )
             for e in entries
         ]
-        plot_nll_by_position(
-            curves,
-            out / "nll_by_position.png",
-            native_context=[e.get("max_position_embeddings") for e in entries],
+        plots.append(
+            partial(
+                plot_nll_by_position,
+                curves,
+                out / "nll_by_position.png",
+                native_context=[e.get("max_position_embeddings") for e in entries],
+            )
         )
         files.append("nll_by_position.png")
-    files += ["results.json", "results.md"]
+    files = ["results.json", *files, "results.md"]
     results["files"] = files
     atomic_write_json(out / "results.json", results)
+    for plot in plots:
+        plot()
     atomic_write_text(out / "results.md", results_markdown(results))
     return files

@@ -227,7 +227,10 @@ class JsonlLogCallback(TrainerCallback):
                             kept.append(line)
                     except json.JSONDecodeError:
                         continue
-            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            from tokenweight.files import atomic_write_text
+
+            # atomic: a kill here keeps the old log whole rather than half-written
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry, default=float) + "\n")
 

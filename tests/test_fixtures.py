@@ -55,3 +55,21 @@ def test_saved_model_folder_loads(tmp_path):
     built = build_tiny_causal_lm(tokenizer=tok, seed=1)
     for a, b in zip(model.parameters(), built.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_parameter_comparison_fails_on_a_difference_and_on_an_untrained_run():
+    import pytest
+    import torch
+
+    from fixtures import assert_same_parameters
+
+    start = {"w": torch.zeros(3)}
+    ref = {"w": torch.tensor([0.5, 0.0, 0.0])}
+    tol = dict(rtol=1e-5, atol=1e-6)
+    assert assert_same_parameters({"w": ref["w"].clone()}, ref, start, tol, "ok") == 0.0
+    with pytest.raises(AssertionError):
+        assert_same_parameters({"w": ref["w"] + 1e-3}, ref, start, tol, "off")
+    with pytest.raises(AssertionError):  # equal, but nothing trained
+        assert_same_parameters(dict(start), dict(start), start, tol, "still")
+    with pytest.raises(AssertionError):  # a missing tensor
+        assert_same_parameters({}, ref, start, tol, "missing")

@@ -15,17 +15,19 @@ trains the four schemes one after another through the real command line.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import make_tokenizer, save_tiny_model
+from fixtures import (
+    assert_runs_match_one_process,
+    logged_losses,
+    make_tokenizer,
+    save_tiny_model,
+    torchrun_trainings,
+)
 from test_train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
@@ -104,12 +106,6 @@ def _engine(name: str, folder: Path) -> dict:
     return {"deepspeed": _deepspeed_file(f"{name}.json", folder)}
 
 
-def _losses(out: Path) -> list[float]:
-    lines = (out / "train_log.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    return [r["loss"] for r in rows if "loss" in r and "learning_rate" in r]
-
-
 @pytest.fixture(scope="module")
 def single(assets, tmp_path_factory):
     """The one-process reference of every scheme: final parameters and step losses."""
@@ -117,16 +113,8 @@ def single(assets, tmp_path_factory):
     for name in SCHEMES:
         out = tmp_path_factory.mktemp(f"single-{name}") / "out"
         train(load_config(base=_config(assets, name, out, accumulation=2, engine={})))
-        results[name] = (load_file(str(out / "model.safetensors")), _losses(out))
+        results[name] = (load_file(str(out / "model.safetensors")), logged_losses(out))
     return results
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
-    return env
 
 
 @pytest.mark.slow
@@ -139,33 +127,9 @@ def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_pa
         config = _config(assets, name, outs[name], accumulation=1, engine=settings)
         files.append(tmp_path / f"{name}.yaml")
         files[-1].write_text(yaml.safe_dump(config))
-    driver = Path(__file__).with_name("dist_train_many.py")
-    command = [
-        sys.executable,
-        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-        str(driver),
-        *map(str, files),
-    ]
-    proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
+    torchrun_trainings(files)
     start = load_file(str(assets[1] / "model.safetensors"))
-    for name in SCHEMES:
-        reference, reference_losses = single[name]
-        losses = _losses(outs[name])
-        assert len(losses) == STEPS == len(reference_losses), name
-        torch.testing.assert_close(
-            torch.tensor(losses), torch.tensor(reference_losses), **LOSS_TOL, msg=name
-        )
-        multi = load_file(str(outs[name] / "model.safetensors"))
-        assert set(multi) == set(reference), name
-        moved, diff = 0.0, 0.0
-        for key, value in reference.items():
-            torch.testing.assert_close(multi[key], value, **PARAM_TOL, msg=f"{name} {key}")
-            moved = max(moved, float((value - start[key]).abs().max()))
-            diff = max(diff, float((multi[key] - value).abs().max()))
-        print(f"{engine} {name}: max parameter difference {diff:.2e}")
-        assert moved > 1e-3, name  # the runs trained; equality is not the untouched start
+    assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, engine)
 
 
 def test_fsdp_on_cpu_processes_is_refused(monkeypatch):

@@ -11,17 +11,20 @@ wrong weight moves them). One ``torchrun`` launch per ZeRO stage trains all sche
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import make_tokenizer, save_tiny_model
-from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file, _env, _losses
+from fixtures import (
+    assert_runs_match_one_process,
+    logged_losses,
+    make_tokenizer,
+    save_tiny_model,
+    torchrun_trainings,
+)
+from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file
 from test_train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
@@ -88,7 +91,7 @@ def single(assets, tmp_path_factory):
     for name in RUNS:
         out = tmp_path_factory.mktemp(f"single-{name}") / "out"
         train(load_config(base=_config(assets, name, out, engine={})))
-        results[name] = (load_file(str(out / "model.safetensors")), _losses(out))
+        results[name] = (load_file(str(out / "model.safetensors")), logged_losses(out))
     return results
 
 
@@ -104,32 +107,9 @@ def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_pat
         outs[name] = tmp_path / f"out-{name}"
         files.append(tmp_path / f"{name}.yaml")
         files[-1].write_text(yaml.safe_dump(_config(assets, name, outs[name], engine)))
-    driver = Path(__file__).with_name("dist_train_many.py")
-    command = [
-        sys.executable,
-        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-        str(driver),
-        *map(str, files),
-    ]
-    proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
+    torchrun_trainings(files)
     start = load_file(str(assets[0] / "model.safetensors"))
-    for name in RUNS:
-        reference, reference_losses = single[name]
-        losses = _losses(outs[name])
-        assert len(losses) == STEPS == len(reference_losses), name
-        torch.testing.assert_close(
-            torch.tensor(losses), torch.tensor(reference_losses), **LOSS_TOL, msg=name
-        )
-        multi = load_file(str(outs[name] / "model.safetensors"))
-        moved, diff = 0.0, 0.0
-        for key, value in reference.items():
-            torch.testing.assert_close(multi[key], value, **PARAM_TOL, msg=f"{name} {key}")
-            moved = max(moved, float((value - start[key]).abs().max()))
-            diff = max(diff, float((multi[key] - value).abs().max()))
-        print(f"sp2 {stage} {name}: max parameter difference {diff:.2e}")
-        assert moved > 1e-3, name
+    assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 {stage}")
 
 
 def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):

@@ -35,6 +35,22 @@ def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
         ReferenceScorer(other, reference=ref)
 
 
+def test_a_packed_batch_is_scored_one_document_at_a_time():
+    """Packed documents (restarting positions, as TRL's padding-free collator gives them):
+    each document's reference NLL equals that of the document alone, from position 0."""
+    from test_packed_batches import packed_batch, split_targets
+
+    ref = build_tiny_causal_lm(seed=5, vocab_size=VOCAB)
+    g = torch.Generator().manual_seed(3)
+    docs = [torch.randint(4, 60, (n,), generator=g) for n in (9, 14, 7)]
+    batch = packed_batch(docs, with_cu=False)
+    got = ReferenceScorer(ref)(batch, torch.zeros(1, batch["input_ids"].shape[1] - 1))
+    for doc, part in zip(docs, split_targets(got, docs)):
+        with torch.no_grad():
+            alone = full_logits_nll(ref, doc[None], torch.ones(1, len(doc), dtype=torch.long))
+        torch.testing.assert_close(part, alone[0], rtol=1e-5, atol=1e-5)
+
+
 def test_excess_loss_weighting_matches_an_independent_computation():
     torch.manual_seed(0)
     model, ref = (

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.scoring import ModelScorer
+from tokenweight.scoring import ModelScorer, per_document
 
 __all__ = ["ReferenceScorer"]
 
@@ -27,13 +28,12 @@ class ReferenceScorer(ModelScorer):
     window settings are unused (``window`` is kept only for the shared interface).
     """
 
-    name = "reference"
-
     def __init__(self, model: Any, **kwargs: Any) -> None:
         for unused in ("window", "stride", "bos_token_id", "windows_per_batch"):
             kwargs.pop(unused, None)
         super().__init__(model, 2, **kwargs)
 
+    @per_document  # a packed batch: each document scored on its own, from position 0
     def __call__(
         self, batch: Mapping[str, Any], long_nll: torch.Tensor, model: Any = None
     ) -> torch.Tensor:
@@ -49,7 +49,7 @@ class ReferenceScorer(ModelScorer):
         labels = None
         if mask is not None:
             mask = mask.to(device)
-            labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+            labels = torch.where(mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
         with torch.no_grad():
             nll = model_token_nll(self.model, ids, labels=labels, attention_mask=mask)
         return nll.float().to(long_nll.device)

@@ -138,7 +138,7 @@ class StudyConfig:
     probe_trials: int = field(default=4, metadata=checked(positive))
     bootstrap_samples: int = field(default=2000, metadata=checked(positive))
     confidence: float = 0.95
-    flops_per_second: float = 2e10  # for --dry-run's time estimate only
+    flops_per_second: float = 5e10  # for --dry-run's time estimate only
 
     def validate(self) -> None:
         from tokenweight.weighting import Scheme

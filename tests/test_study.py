@@ -237,3 +237,14 @@ def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
     assert passkey["low"] == passkey["high"] == 1.0  # every resample agrees
     with pytest.raises(TokenWeightError, match="probes: unknown"):
         load_study_config(None, ["probes=[passkeyy]"])
+
+
+def test_settings_after_an_option_still_count(capsys):
+    assert main(["study", "seeds=[0, 1, 2]", "--dry-run", "max_steps=3"]) == 0
+    plan = capsys.readouterr().out
+    assert "x 3 seeds (0, 1, 2)" in plan and "each training: 3 steps" in plan
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--dry-run", "--no-such-flag"])
+    assert exc.value.code == 2 and "unrecognized arguments: --no-such-flag" in (
+        capsys.readouterr().err
+    )

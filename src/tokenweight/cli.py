@@ -91,11 +91,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# the positional list of key=value settings, per command that takes one
+_OVERRIDES = ("overrides", "settings")
+
+
+def _take_late_overrides(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]
+) -> None:
+    """``key=value`` settings given after an option (``study CONFIG --dry-run seeds=[0]``)
+    join the command's settings list; anything else unknown is an argparse error."""
+    dest = next((d for d in _OVERRIDES if isinstance(getattr(args, d, None), list)), None)
+    late = [x for x in extra if dest and "=" in x and not x.startswith("-")]
+    unknown = [x for x in extra if x not in late]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if late and dest:
+        getattr(args, dest).extend(late)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    _take_late_overrides(parser, args, extra)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0

@@ -197,3 +197,18 @@ def test_cli_writes_a_prepared_dataset_with_its_side_record(tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     assert main([*argv[:4], str(other), *argv[5:], "--overwrite"]) == 2
+
+
+def test_cli_facts_take_span_two_by_default(tmp_path, capsys):
+    tok = save_tokenizer(tmp_path / "tok")
+    out = tmp_path / "facts"
+    argv = ["synth", "--tokenizer", str(tok), "--out", str(out), "--seq-len", "96"]
+    argv += ["--sequences", "2", "--distances", "4-40", "--copies", "3", "--words", "40"]
+    argv += ["--content", "facts", "--keys", "4", "--values", "2", "--filler", "document"]
+    assert main([*argv, "--doc-words", "8"]) == 0
+    assert "3 facts of 2 tokens per row" in capsys.readouterr().out
+    record = json.loads((out / "dependencies.json").read_text())
+    assert record["config"]["span"] == 2 and record["config"]["content"] == "facts"
+    assert all(length == 2 and 4 <= d <= 40 for _, _, length, d in record["copies"])
+    assert main([*argv, "--span", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "span: facts are [key, value] pairs" in capsys.readouterr().err

@@ -151,6 +151,7 @@ class SynthConfig:
         if self.span < 2:
             raise TokenWeightError(f"span: a copy needs at least 2 tokens, got {self.span}")
         classes = self.distance_classes()
+        self._validate_roles()
         if any(lo < self.span for lo, _ in classes):
             raise TokenWeightError(
                 f"distances: give distances of at least span={self.span} tokens (a copy must "
@@ -162,7 +163,6 @@ class SynthConfig:
                 f"distances: {longest} + span {self.span} does not fit in a "
                 f"{self.seq_len}-token sequence after BOS; use a longer seq_len"
             )
-        self._validate_roles()
         room = (self.seq_len - 1) // (2 * self.span)
         if self.copies * len(self.distances) > room:
             raise TokenWeightError(

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or "
         "8-120 (32,128,512)",
     )
-    parser.add_argument("--span", type=int, default=8, help="tokens per copy (8)")
+    parser.add_argument(
+        "--span", type=int, default=None, help="tokens per copy (8; 2 for --content facts)"
+    )
     parser.add_argument(
         "--copies", type=int, default=4, help="copies per distance class per row (4)"
     )
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         sequences=args.sequences,
         distances=args.distances,
-        span=args.span,
+        span=args.span if args.span is not None else (2 if args.content == "facts" else 8),
         copies=args.copies,
         words=args.words,
         branching=args.branching,

@@ -22,7 +22,9 @@ from tokenweight.training.run import train
 SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
 
 
-def _config(model_dir: Path, data: Path, out: Path, accumulation: int) -> dict:
+def _config(
+    model_dir: Path, data: Path, out: Path, accumulation: int, save_steps: int = 100
+) -> dict:
     return {
         "model": {"source": str(model_dir)},
         "data": {"path": str(data)},
@@ -37,7 +39,7 @@ def _config(model_dir: Path, data: Path, out: Path, accumulation: int) -> dict:
             "micro_batch_size": 1,
             "gradient_accumulation_steps": accumulation,
             "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
-            "save_steps": 100,
+            "save_steps": save_steps,
             "seed": 0,
             # plain SGD: parameters move by exactly lr * gradient
             "training_arguments": {"optim": "sgd", "disable_tqdm": True},
@@ -94,7 +96,10 @@ def test_two_processes_equal_one_process_with_double_accumulation(
     _, model_dir, data = assets
     out = tmp_path / "multi"
     config_file = tmp_path / "multi.yaml"
-    config_file.write_text(yaml.safe_dump(_config(model_dir, data, out, accumulation=1)))
+    # a checkpoint every step: its completeness marker waits for both processes
+    config_file.write_text(
+        yaml.safe_dump(_config(model_dir, data, out, accumulation=1, save_steps=1))
+    )
     command = [
         sys.executable,
         *LAUNCHERS[launcher],
@@ -109,6 +114,11 @@ def test_two_processes_equal_one_process_with_double_accumulation(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("done: 3 steps") == 1  # reported once, by the main process
 
+    from tokenweight.training.callbacks import CHECKPOINT_MARKER
+
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == [f"checkpoint-{k}" for k in range(1, STEPS + 1)]
+    assert all((c / CHECKPOINT_MARKER).is_file() for c in checkpoints)
     multi = load_file(str(out / "model.safetensors"))
     start = load_file(str(model_dir / "model.safetensors"))
     tol = dict(rtol=1e-5, atol=1e-6)

@@ -243,8 +243,12 @@ class CheckpointMarkerCallback(TrainerCallback):
     saved every file of it: a checkpoint without the marker was cut off while saving."""
 
     def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
         from tokenweight.files import atomic_write_json
 
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every process has written its part (RNG state, ZeRO shards)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and folder.is_dir():
             atomic_write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step})

@@ -29,43 +29,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", required=True, metavar="T", help="tokenizer or model folder, or 'smollm2'"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output prepared dataset")
-    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (1024)")
-    parser.add_argument("--sequences", type=int, default=64, help="sequences (64)")
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence")
+    parser.add_argument("--sequences", type=int, default=64, help="sequences")
     parser.add_argument(
         "--distances",
         type=_distances,
         default=[32, 128, 512],
-        help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or "
-        "8-120 (32,128,512)",
+        help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or 8-120",
     )
     parser.add_argument(
-        "--span", type=int, default=None, help="tokens per copy (8; 2 for --content facts)"
+        "--span",
+        type=int,
+        default=None,
+        help="tokens per copy (default: 8, or 2 for --content facts)",
+    )
+    parser.add_argument("--copies", type=int, default=4, help="copies per distance class per row")
+    parser.add_argument(
+        "--words",
+        type=int,
+        default=256,
+        help="single-token words drawn from the tokenizer (keys, values and filler)",
     )
     parser.add_argument(
-        "--copies", type=int, default=4, help="copies per distance class per row (4)"
-    )
-    parser.add_argument("--words", type=int, default=256, help="filler vocabulary (256 words)")
-    parser.add_argument(
-        "--branching", type=int, default=4, help="successors per word of the bigram filler (4)"
+        "--branching", type=int, default=4, help="successors per word of the bigram filler"
     )
     parser.add_argument(
         "--content",
         choices=("spans", "facts"),
         default="spans",
         help="what recurs: spans of filler, or facts, [key, value] pairs whose value a "
-        "document picks from the key's group (needs --span 2) (spans)",
+        "document picks from the key's group (span 2)",
     )
-    parser.add_argument("--keys", type=int, default=16, help="key words of facts (16)")
-    parser.add_argument("--values", type=int, default=8, help="value words per key (8)")
+    parser.add_argument("--keys", type=int, default=16, help="key words of facts")
+    parser.add_argument("--values", type=int, default=8, help="value words per key")
     parser.add_argument(
         "--filler",
         choices=("bigram", "document"),
         default="bigram",
         help="filler: the bigram grammar, or uniform draws from each document's own "
-        "--doc-words words (bigram)",
+        "--doc-words words",
     )
     parser.add_argument(
-        "--doc-words", type=int, default=32, help="words per document for --filler document (32)"
+        "--doc-words", type=int, default=32, help="words per document for --filler document"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -32,12 +32,16 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return sha256_bytes(json_text(settings).encode("utf-8"))[:16]
 
 
+def _saved_record(folder: Path) -> dict[str, Any]:
+    """The ``step.json`` of a finished step folder, ``{}`` when there is none."""
+    stamp = folder / STEP_FILE
+    return json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
+
+
 def folder_fingerprint(folder: Path) -> str:
     """The fingerprint of a step folder's saved record (changes whenever the step is
     redone with other settings), so later steps that read it redo too."""
-    stamp = folder / STEP_FILE
-    saved = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
-    return fingerprint(saved)
+    return fingerprint(_saved_record(folder))
 
 
 def run_dir_name(label: str) -> str:
@@ -95,7 +99,7 @@ class Steps:
             folder, f"folder of the {self.owner} step {name!r}", markers=(STEP_FILE, *markers)
         )
         if stamp.is_file():
-            saved = json.loads(stamp.read_text(encoding="utf-8"))
+            saved = _saved_record(folder)
             if saved.get("fingerprint") == fp:
                 self.log(f"{head}: cached in {folder} (settings unchanged), reusing it")
                 self.records.append(

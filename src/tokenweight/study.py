@@ -899,76 +899,73 @@ def _context_check(
     return check
 
 
+def _paired_rows(
+    config: StudyConfig,
+    metric: str,
+    sums: dict[tuple[int, int], np.ndarray],
+    counts: np.ndarray,
+    lower_is_better: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per non-baseline run: the paired difference against the baseline
+    (:func:`tokenweight.paired.paired_difference`) of ``sums[(run index, seed)]``, the
+    ``(units,)`` per-unit sums of the metric, over ``counts`` targets per unit."""
+    from tokenweight.paired import paired_difference
+
+    base = np.stack([sums[(config.baseline, s)] for s in config.seeds])
+    rows = []
+    for i, spec in enumerate(config.run_specs):
+        if i == config.baseline:
+            continue
+        run = np.stack([sums[(i, s)] for s in config.seeds])
+        d = paired_difference(
+            run,
+            base,
+            counts,
+            samples=config.bootstrap_samples,
+            confidence=config.confidence,
+            seed=0,
+        )
+        row = d.to_dict()
+        row["run_nll"] = row.pop("run")
+        row["verdict"] = d.verdict(lower_is_better=lower_is_better)
+        rows.append({"metric": metric, "run": spec.label(), **row})
+    return rows
+
+
 def _differences(
     config: StudyConfig, eval_dir: Path, masks: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
     """One row per metric and non-baseline run: the paired difference against the baseline
-    over the seeds and held-out sequences (:func:`tokenweight.paired.paired_difference`)."""
-    from tokenweight.paired import paired_difference
-
-    specs = config.run_specs
+    over the seeds and held-out sequences (:func:`_paired_rows`), then the probe rows."""
     nll = {
         (i, s): _load_array(eval_dir / f"{i}-{s}.npy")
-        for i in range(len(specs))
+        for i in range(len(config.run_specs))
         for s in config.seeds
     }
     table = []
     for metric, m in masks.items():
-        counts = m.sum(axis=1)
         sums = {key: np.where(m, a.astype(np.float64), 0.0).sum(axis=1) for key, a in nll.items()}
-        base = np.stack([sums[(config.baseline, s)] for s in config.seeds])
-        for i, spec in enumerate(specs):
-            if i == config.baseline:
-                continue
-            run = np.stack([sums[(i, s)] for s in config.seeds])
-            d = paired_difference(
-                run,
-                base,
-                counts,
-                samples=config.bootstrap_samples,
-                confidence=config.confidence,
-                seed=0,
-            )
-            row = d.to_dict()
-            row["run_nll"] = row.pop("run")
-            table.append({"metric": metric, "run": spec.label(), **row})
+        table += _paired_rows(config, metric, sums, m.sum(axis=1))
     return table + _probe_differences(config, eval_dir)
 
 
 def _probe_differences(config: StudyConfig, eval_dir: Path) -> list[dict[str, Any]]:
     """One row per probe task and non-baseline run: the paired difference in accuracy
     (run minus baseline; positive = better) over seeds and prompts."""
-    from tokenweight.paired import paired_difference
-
     if not (eval_dir / "probes.json").is_file():
         return []
     tasks = [p["task"] for p in json.loads((eval_dir / "probes.json").read_text("utf-8"))]
-    specs = config.run_specs
     correct = {
         (i, s): _load_array(eval_dir / f"{i}-{s}-probes.npy").astype(np.float64)
-        for i in range(len(specs))
+        for i in range(len(config.run_specs))
         for s in config.seeds
     }
     table = []
     for task in dict.fromkeys(tasks):
         m = np.array([t == task for t in tasks])
-        base = np.stack([correct[(config.baseline, s)][m] for s in config.seeds])
-        for i, spec in enumerate(specs):
-            if i == config.baseline:
-                continue
-            run = np.stack([correct[(i, s)][m] for s in config.seeds])
-            d = paired_difference(
-                run,
-                base,
-                np.ones(int(m.sum())),
-                samples=config.bootstrap_samples,
-                confidence=config.confidence,
-                seed=0,
-            )
-            row = d.to_dict()
-            row["run_nll"] = row.pop("run")
-            row["verdict"] = d.verdict(lower_is_better=False)
-            table.append({"metric": f"probe {task} (accuracy)", "run": spec.label(), **row})
+        sums = {key: a[m] for key, a in correct.items()}
+        metric = f"probe {task} (accuracy)"
+        table += _paired_rows(config, metric, sums, np.ones(int(m.sum())), lower_is_better=False)
     return table
 
 

@@ -242,6 +242,8 @@ def generate(
     succ = np.stack(
         [pool[grammar.choice(len(pool), size=config.branching, replace=False)] for _ in pool]
     )  # successors of pool[i], as word indices
+    successors = np.zeros((len(words), config.branching), dtype=np.int64)
+    successors[pool] = succ  # the same, looked up by word index
     rng = np.random.default_rng(config.seed)
     ids = np.empty((config.sequences, config.seq_len), dtype=np.int64)
     copies: list[tuple[int, int, int, int]] = []
@@ -249,13 +251,14 @@ def generate(
         plan = _plan_copies(rng, config, r)
         copies += plan
         if config.content == "facts":
-            state = _filler(rng, config, pool, succ, np.zeros(config.seq_len, dtype=np.int64))
+            zeros = np.zeros(config.seq_len, dtype=np.int64)
+            state = _filler(rng, config, pool, successors, zeros)
             _write_facts(rng, config, state, plan)
         else:
             source = np.zeros(config.seq_len, dtype=np.int64)  # distance of a copied token
             for _, start, length, d in plan:
                 source[start : start + length] = d
-            state = _filler(rng, config, pool, succ, source)
+            state = _filler(rng, config, pool, successors, source)
         ids[r] = words[state]
         if bos_token_id is not None:
             ids[r, 0] = bos_token_id
@@ -266,16 +269,15 @@ def _filler(
     rng: np.random.Generator,
     config: SynthConfig,
     pool: np.ndarray,
-    succ: np.ndarray,
+    successors: np.ndarray,
     source: np.ndarray,
 ) -> np.ndarray:
-    """Word indices of one row: filler (the bigram grammar, or uniform draws from the
-    row's own ``doc_words`` words), where ``source[t] > 0`` copies the word that many
-    tokens back; the grammar continues from a copy's last word."""
+    """Word indices of one row: filler (the bigram grammar ``successors``, by word index,
+    or uniform draws from the row's own ``doc_words`` words of ``pool``), where
+    ``source[t] > 0`` copies the word that many tokens back; the grammar continues from a
+    copy's last word."""
     n = config.seq_len
     state = np.empty(n, dtype=np.int64)
-    where = np.empty(int(pool.max()) + 1, dtype=np.int64)
-    where[pool] = np.arange(len(pool))  # word index -> row of succ
     document = config.filler == "document"
     vocab = rng.choice(pool, size=config.doc_words, replace=False) if document else pool
     state[0] = vocab[rng.integers(len(vocab))]
@@ -285,7 +287,7 @@ def _filler(
         elif document:
             state[t] = vocab[rng.integers(len(vocab))]
         else:
-            state[t] = succ[where[state[t - 1]], rng.integers(config.branching)]
+            state[t] = successors[state[t - 1], rng.integers(config.branching)]
     return state
 
 

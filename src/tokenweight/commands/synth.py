@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         sequences=args.sequences,
         distances=args.distances,
-        span=args.span if args.span is not None else (2 if args.content == "facts" else 8),
+        span=args.span
+        if args.span is not None
+        else (2 if args.content == "facts" else SynthConfig.span),
         copies=args.copies,
         words=args.words,
         branching=args.branching,

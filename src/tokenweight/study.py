@@ -561,6 +561,8 @@ def _train_one(
     study: _Study, spec: RunSpec, seed: int, data: Path, out: Path, data_fp: str
 ) -> None:
     """Train one run with one seed into ``out`` (continuing an interrupted training)."""
+    from tokenweight.training.run import TRAIN_MARKERS
+
     tc = _train_config(study.config, spec, seed, study.model_dir, data, out, study.device)
 
     def do_train(tc=tc) -> str:
@@ -571,7 +573,14 @@ def _train_one(
         return f"{result.global_step} steps, mean training loss {loss}"
 
     settings = {**tc.to_dict(), "data_fp": data_fp}
-    study.steps.run(f"train {spec.label()} seed {seed}", out, settings, do_train, resumable=True)
+    study.steps.run(
+        f"train {spec.label()} seed {seed}",
+        out,
+        settings,
+        do_train,
+        resumable=True,
+        markers=TRAIN_MARKERS,  # a training cut off before its first checkpoint resumes too
+    )
 
 
 def _evaluate_models(

@@ -1,4 +1,4 @@
-"""Pytest fixtures over ``fixtures.py`` (the one module of tiny tokenizers and models).
+"""Pytest fixtures over ``helpers/fixtures.py`` (the one module of tiny tokenizers and models).
 
 ``tiny_llama(**overrides)`` and ``tiny_causal_lm(family, **overrides)`` are factories:
 each call is :func:`fixtures.build_tiny_causal_lm` (a fresh, seeded float32 model in eval
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fixtures import build_tiny_causal_lm
+from helpers.fixtures import build_tiny_causal_lm
 
 # Tiny models are dominated by per-op overhead; with several threads per process (and
 # `make test` running two xdist workers on shared cores) OpenMP contention makes them up to

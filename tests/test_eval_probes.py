@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from fixtures import make_tokenizer
-from test_eval_support import EVAL_BPE, smollm2_tokenizer
+from helpers.eval_support import EVAL_BPE, smollm2_tokenizer
+from helpers.fixtures import make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.probes import (
     FILLER,

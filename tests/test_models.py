@@ -21,7 +21,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from fixtures import save_tiny_model, save_tokenizer
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.errors import TokenWeightError
 from tokenweight.models import (
     GGUF_ALIASES,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from fixtures import build_tiny_causal_lm, make_tokenizer
-from helpers_data import CORPUS_DIR
-from test_eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.corpus import CORPUS_DIR
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.pipeline import load_pipeline_config, run_pipeline

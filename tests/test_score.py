@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from fixtures import save_tiny_model, save_tokenizer
-from helpers_data import CORPUS_DIR
+from helpers.corpus import CORPUS_DIR
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset, score_dataset
 from tokenweight.data.store import verify_row, verify_rows

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from fixtures import save_tiny_model, save_tokenizer
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.study import load_study_config

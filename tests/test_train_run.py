@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from fixtures import make_tokenizer, save_tiny_model
-from test_train_support import full_logits_nll, prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import full_logits_nll, prepare
 from tokenweight import TokenWeightError
 from tokenweight.cli import main as cli_main
 from tokenweight.training.config import load_config

@@ -287,6 +287,7 @@ def smol_tokenizer():
     return load_tokenizer("smollm2", cache_gguf=False)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_tokenizer_identity(smol_tokenizer):
     tok = smol_tokenizer
     ident = tokenizer_identity(tok)

@@ -48,6 +48,7 @@ def settings(model_dir, work, **extra):
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_report_file_and_reuses_cached_steps(model_dir, tmp_path):
     work = tmp_path / "work"
     lines: list[str] = []

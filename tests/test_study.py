@@ -59,6 +59,7 @@ def _overrides(model, work, facts=False):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["tiny", "given"])
 def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys, start):
     work = tmp_path / "study"

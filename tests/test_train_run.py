@@ -103,6 +103,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_reaches_the_uninterrupted_parameters(assets, tmp_path):
     # random data order, sparse tie-breaking and warm-up all depend on restored state
     common = ("scheme=sparse:0.25", "train.save_steps=1", "train.shuffle=true")

@@ -267,9 +267,13 @@ def _smollm2_gguf() -> Path:
 
 def build(bundle: Path, gguf: Path | None = None) -> dict[str, Any]:
     """Gather wheels and data into ``bundle/base``, split the model, write the manifest."""
-    strangers = sorted(p.name for p in bundle.iterdir() if p.name not in OURS) if bundle.is_dir() else []
+    strangers = (
+        sorted(p.name for p in bundle.iterdir() if p.name not in OURS) if bundle.is_dir() else []
+    )
     if strangers:
-        raise BundleError(f"{bundle} holds {strangers}, not made by this script; pick another folder")
+        raise BundleError(
+            f"{bundle} holds {strangers}, not made by this script; pick another folder"
+        )
     scratch = bundle / ".base.tmp"  # built here, renamed to base at the end
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -356,7 +360,9 @@ def check(bundle: Path) -> list[str]:
             *map(str, wheels),
         )
         if proc.returncode:
-            problems.append(f"pip cannot install the wheels on Python {PYTHON}: {proc.stderr[-400:]}")
+            problems.append(
+                f"pip cannot install the wheels on Python {PYTHON}: {proc.stderr[-400:]}"
+            )
     return problems + _unmet(wheels) + _imports(wheels)
 
 

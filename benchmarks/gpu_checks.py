@@ -67,7 +67,7 @@ class Setting:
     device: str  # "cuda" or "cpu"
     call_limit_s: int  # the whole call, start of the driver to its last file
     nll: tuple[int, int, int]  # (N, H, V) of the loss-head checks
-    cce_dtypes: tuple[str, ...]
+    loss_head: tuple[int, int, int]  # (N, H, V) of the loss-head timing
     parity_seq_len: int
     perf: dict[str, Any]
     study: dict[str, Any]
@@ -85,6 +85,10 @@ class Setting:
 
 CUDA_ONLY = {
     "nll_bf16": "bf16 CUDA kernels (matrix products and reductions differ on the CPU)",
+    "cce_bf16": (
+        "cut-cross-entropy's backward needs bf16 or fp16 embeddings, and Triton's "
+        "interpreter computes its bf16 kernels wrongly on the CPU"
+    ),
     "perf_memory": "CUDA memory statistics (torch.cuda.max_memory_allocated)",
 }
 
@@ -94,7 +98,7 @@ SETTINGS = {
         device="cuda",
         call_limit_s=330,
         nll=(8192, 2048, 128256),
-        cce_dtypes=("fp32", "bf16"),
+        loss_head=(32768, 2048, 128256),
         parity_seq_len=512,
         perf={
             "model_shape": "llama-1b",
@@ -132,7 +136,7 @@ SETTINGS = {
         device="cpu",
         call_limit_s=420,
         nll=(515, 64, 1000),
-        cce_dtypes=("fp32",),
+        loss_head=(2048, 64, 4096),
         parity_seq_len=128,
         perf={
             "model_shape": "tiny",
@@ -172,6 +176,7 @@ SETTINGS = {
             "nll_fp32": 10,
             "cce": 25,
             "parity": 15,
+            "loss_head": 20,
             "perf_time": 40,
             "model": 45,
             "study": 150,
@@ -211,8 +216,10 @@ PARTS = (
     Part("env", 1, "machine, card, library versions"),
     Part("nll_fp32", 1, "token_nll values and gradients against full-logit cross-entropy, fp32"),
     Part("nll_bf16", 1, "the same in bf16"),
-    Part("cce", 1, "the cut-cross-entropy backend against full-logit cross-entropy"),
+    Part("cce", 1, "the cut-cross-entropy backend against full-logit cross-entropy, fp32"),
+    Part("cce_bf16", 1, "the same in bf16 with gradients; whether auto picks it"),
     Part("parity", 1, "one training step of each loss path against its CPU result"),
+    Part("loss_head", 1, "token_nll against full logits and checkpointed chunks: time, memory"),
     Part("perf_time", 1, "step time per path, scoring against one forward, release emulation"),
     Part("perf_memory", 1, "peak GPU memory per path"),
     Part("model", 2, "join the model's halves, check its sha256, convert the GGUF"),
@@ -306,12 +313,16 @@ def budgets(setting: Setting) -> dict[str, float]:
     )
     nll_n, nll_h, nll_v = setting.nll
     nll_flops = 14.0 * nll_n * nll_h * nll_v  # ours (4 products) and the reference (3)
+    lh_n, lh_h, lh_v = setting.loss_head
     return {
         "env": PROCESS_START_S,
         "nll_fp32": PROCESS_START_S + nll_flops / GPU_RATES["fp32"],
         "nll_bf16": PROCESS_START_S + nll_flops / GPU_RATES["bf16"],
-        "cce": PROCESS_START_S + 10 + 2 * nll_flops / GPU_RATES["fp32"],  # Triton compiles
+        "cce": PROCESS_START_S + 10 + nll_flops / GPU_RATES["fp32"],  # Triton compiles
+        "cce_bf16": PROCESS_START_S + 10 + 2 * nll_flops / GPU_RATES["bf16"],
         "parity": PROCESS_START_S + 10,
+        # four paths in a process each (full, ours, sketch, cce), 2 warm-ups and 3 timed
+        "loss_head": 4 * PROCESS_START_S + 5 * 4 * 7.0 * lh_n * lh_h * lh_v / rate,
         "perf_time": PROCESS_START_S + 10 + perf_flops / rate,
         "perf_memory": PROCESS_START_S + 10 + memory_flops / rate,
         # GGUF to safetensors: 23 s measured on the CPU (dequantization, no GPU work)
@@ -391,7 +402,9 @@ def tree_bytes() -> int:
     out = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout
-    return sum((ROOT / f).stat().st_size for f in out.decode().split("\0") if f and (ROOT / f).is_file())
+    return sum(
+        (ROOT / f).stat().st_size for f in out.decode().split("\0") if f and (ROOT / f).is_file()
+    )
 
 
 def plan_lines(setting: Setting, bundle: Path = BUNDLE, *, need_bundle: bool = True) -> list[str]:
@@ -509,9 +522,13 @@ def expected_rows(part: str, setting: Setting) -> list[str]:
     if part in ("nll_fp32", "nll_bf16"):
         return [f"chunked {part[4:]}", f"auto {part[4:]}"]
     if part == "cce":
-        return [f"cce {d}" for d in setting.cce_dtypes]
+        return ["cce fp32"]
+    if part == "cce_bf16":
+        return ["cce bf16", "auto bf16 picks cce"]
     if part == "parity":
         return list(TRAIN_PATHS)
+    if part == "loss_head":
+        return ["full", "ours", "sketch"] + (["cce"] if setting.device == "cuda" else [])
     if part == "perf_time":
         return [*TRAIN_PATHS, "forward", "short_context_nll", RELEASE_PATH]
     if part == "perf_memory":
@@ -519,7 +536,11 @@ def expected_rows(part: str, setting: Setting) -> list[str]:
     if part == "model":
         return ["gguf"]
     if part == "study":
-        return ["context check", "dense:0.75 (self) / all targets", "dense:0.75 (frozen) / all targets"]
+        return [
+            "context check",
+            "dense:0.75 (self) / all targets",
+            "dense:0.75 (frozen) / all targets",
+        ]
     raise KeyError(part)
 
 
@@ -557,6 +578,25 @@ def _child_env(c: Call) -> dict[str, str]:
     return env
 
 
+def run_with_deadline(
+    cmd: list[str], env: dict[str, str], limit: float, log_file: Path
+) -> int | None:
+    """Run ``cmd`` with its output appended to ``log_file``; at ``limit`` seconds stop it
+    and every process it started. Returns the exit status, ``None`` when stopped."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as sink:
+        # a session of its own, so that the deadline stops the commands it runs too
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+
+
 def run_part(c: Call, part: Part, budget: float) -> dict[str, Any]:
     """Run one part in its own process under its deadline; returns its status entry."""
     done = result_path(c.state, part.name)
@@ -586,23 +626,8 @@ def run_part(c: Call, part: Part, budget: float) -> dict[str, Any]:
         str(c.bundle),
     ]
     log_file = c.state / "logs" / f"{part.name}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with log_file.open("ab") as sink:
-        # a session of its own, so that the deadline stops the commands it runs too
-        proc = subprocess.Popen(
-            cmd,
-            env=_child_env(c),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            rc = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
+    rc = run_with_deadline(cmd, _child_env(c), limit, log_file)
     seconds = time.monotonic() - start
     tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
     if done.is_file():
@@ -629,9 +654,7 @@ def install_wheels(c: Call) -> None:
     from gpu_bundle import install_missing
 
     installed = install_missing(c.bundle / "base", c.state / "site")
-    c.log(
-        "installed from the bundle: " + (", ".join(installed) if installed else "nothing needed")
-    )
+    c.log("installed from the bundle: " + (", ".join(installed) if installed else "nothing needed"))
 
 
 def collect(c: Call, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -674,13 +697,17 @@ def run_call(c: Call) -> int:
         report = c.state / "study" / "study.md"
         if c.call == 2 and report.is_file():
             (c.out / "study.md").write_bytes(report.read_bytes())
-        (c.out / f"log-call{c.call}.txt").write_text("\n".join(c.log_lines) + "\n", encoding="utf-8")
+        (c.out / f"log-call{c.call}.txt").write_text(
+            "\n".join(c.log_lines) + "\n", encoding="utf-8"
+        )
     ok = all(
         results["parts"][p.name].get("status") in ("done", "not rehearsed")
         for p in PARTS
         if p.call == c.call
     )
-    c.log(f"call {c.call}: {'every part done' if ok else 'some parts did not finish'}; files in {c.out}")
+    c.log(
+        f"call {c.call}: {'every part done' if ok else 'some parts did not finish'}; files in {c.out}"
+    )
     return 0 if ok else 1
 
 
@@ -706,11 +733,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         results = json.loads(args.results.read_text(encoding="utf-8"))
+        from gpu_tables import missing_rows
+
         problems = check_results(results, SETTINGS[args.setting])
+        problems += [f"{row}: not in the rendered tables" for row in missing_rows(results)]
         for p in problems:
             print(f"error: {p}")
         if not problems:
-            print(f"{args.results}: every part present, every row present and finite")
+            print(
+                f"{args.results}: every part present, every row present, finite and in "
+                "the rendered tables"
+            )
         return 1 if problems else 0
     setting = SETTINGS[args.setting]
     if args.command == "part":

@@ -50,7 +50,9 @@ def run_one(name: str, setting: Setting, state: Path, bundle: Path) -> Result:
         "nll_fp32": lambda: nll(setting, "fp32"),
         "nll_bf16": lambda: nll(setting, "bf16"),
         "cce": lambda: cce(setting),
+        "cce_bf16": lambda: cce_bf16(setting),
         "parity": lambda: parity(setting),
+        "loss_head": lambda: loss_head(setting),
         "perf_time": lambda: perf_time(setting),
         "perf_memory": lambda: perf_memory(setting),
         "model": lambda: model(state, bundle),
@@ -168,10 +170,10 @@ def nll(setting: Setting, dtype_name: str) -> Result:
 
 def cce(setting: Setting) -> Result:
     """cut-cross-entropy through the package's wrapper (``cce_backend.linear_nll``) against
-    full-logit cross-entropy: fp32 values; on CUDA also bf16 values and gradients, and
-    whether ``backend="auto"`` passes its check and picks it. Its backward needs bf16 or
-    fp16 embeddings (cut-cross-entropy 25.1), so fp32 is checked forward only."""
-    from tokenweight.losses import cce_backend, token_nll
+    full-logit cross-entropy in fp32, values only: its backward needs bf16 or fp16
+    embeddings (cut-cross-entropy 25.1). On the CPU its Triton kernels run under
+    ``TRITON_INTERPRET=1``."""
+    from tokenweight.losses import cce_backend
 
     if not cce_backend.available():
         raise SystemExit("error: cut-cross-entropy is not installed (the bundle carries it)")
@@ -180,24 +182,31 @@ def cce(setting: Setting) -> Result:
         from cce_interpret import patch
 
         patch()
-    rows = []
-    for dtype_name in setting.cce_dtypes:
-        dtype = DTYPES[dtype_name]
-        hidden, weight, labels, upstream = _head_case(setting, dtype, device, seed=1)
-        ref = _reference(hidden, weight, labels, upstream)
-        tol = NLL_TOL[dtype_name] if dtype_name == "bf16" else 1e-5
-        if dtype_name == "fp32":
-            with torch.no_grad():
-                got = cce_backend.linear_nll(hidden, weight, labels, None, -100, None)
-            value = _rel(got, ref[0])
-            rows.append({"name": "cce fp32", "value_err": value, "tol": tol, "ok": value <= tol})
-            continue
+    hidden, weight, labels, upstream = _head_case(setting, torch.float32, device, seed=1)
+    ref = _reference(hidden, weight, labels, upstream)
+    with torch.no_grad():
         got = cce_backend.linear_nll(hidden, weight, labels, None, -100, None)
-        grads = torch.autograd.grad((got.float() * upstream).sum(), (hidden, weight))
-        rows.append(_compare(f"cce {dtype_name}", got, grads, ref, tol))
-        token_nll(hidden, weight, labels, backend="auto")
-        picked = bool(cce_backend._VERIFIED.get((hidden.device, dtype, False, None), False))
-        rows.append({"name": f"auto {dtype_name} picks cce", "picked": picked, "ok": picked})
+    value, tol = _rel(got, ref[0]), NLL_TOL["fp32"]
+    row = {"name": "cce fp32", "value_err": value, "tol": tol, "ok": value <= tol}
+    return {"rows": [row], "info": {"version": _version("cut-cross-entropy")}}
+
+
+def cce_bf16(setting: Setting) -> Result:
+    """cut-cross-entropy in bf16: values and gradients against full-logit cross-entropy,
+    and whether ``token_nll(backend="auto")`` passes its one-time check and picks it."""
+    from tokenweight.losses import cce_backend, token_nll
+
+    if not cce_backend.available():
+        raise SystemExit("error: cut-cross-entropy is not installed (the bundle carries it)")
+    dtype = torch.bfloat16
+    hidden, weight, labels, upstream = _head_case(setting, dtype, torch.device(setting.device), 1)
+    ref = _reference(hidden, weight, labels, upstream)
+    got = cce_backend.linear_nll(hidden, weight, labels, None, -100, None)
+    grads = torch.autograd.grad((got.float() * upstream).sum(), (hidden, weight))
+    rows = [_compare("cce bf16", got, grads, ref, NLL_TOL["bf16"])]
+    token_nll(hidden, weight, labels, backend="auto")
+    picked = bool(cce_backend._VERIFIED.get((hidden.device, dtype, False, None), False))
+    rows.append({"name": "auto bf16 picks cce", "picked": picked, "ok": picked})
     return {"rows": rows, "info": {"version": _version("cut-cross-entropy")}}
 
 
@@ -222,7 +231,6 @@ def _parity_model(device: torch.device):
 def _one_step(path: str, device: torch.device, batch: dict, window: int) -> dict[str, Any]:
     """Loss, gradients and parameter update of one AdamW step of ``path`` on ``device``."""
     from bench_train_step import PATHS
-
     from tokenweight.scoring import PrecomputedScorer, SelfScorer, plan_stride
     from tokenweight.training.loss import token_weighted_loss
 
@@ -282,9 +290,47 @@ def parity(setting: Setting) -> Result:
 
 
 # ---------------------------------------------------------------------- performance
+def loss_head(setting: Setting) -> Result:
+    """``bench_token_nll.py``'s paths at ``setting.loss_head``, each in a fresh process:
+    full logits + cross-entropy, ``token_nll``, checkpointed 4096-token chunks (and
+    cut-cross-entropy on CUDA): forward+backward time and peak memory above the inputs."""
+    import statistics
+
+    from bench_token_nll import _run_child
+
+    cuda = setting.device == "cuda"
+    args = argparse.Namespace(
+        device=setting.device,
+        dtype=setting.dtype,
+        warmup=2 if cuda else 0,
+        chunk_size=None,
+    )
+    paths = ["full", "ours", "sketch"] + (["cce"] if cuda else [])
+    got = {p: _run_child(p, setting.loss_head, args, 3 if cuda else 1) for p in paths}
+    base_t = statistics.median(got["full"]["times"])
+    base_m = got["full"]["peak"]
+    rows = []
+    for path in paths:
+        t, peak = statistics.median(got[path]["times"]), got[path]["peak"]
+        rows.append(
+            {
+                "name": path,
+                "time_s": t,
+                "x_full": t / base_t,
+                "peak_gib": peak / 2**30,
+                "peak_x_full": peak / base_m,
+            }
+        )
+    n, h, v = setting.loss_head
+    memory = "torch.cuda.max_memory_allocated" if cuda else "peak resident set (VmHWM)"
+    return {
+        "rows": rows,
+        "info": {"shape": f"N={n}, H={h}, V={v}", "dtype": setting.dtype, "memory": memory},
+    }
+
+
 def _perf_setup(setting: Setting):
     from bench_train_step import build_model
-
     from tokenweight.scoring import plan_stride
 
     p = setting.perf
@@ -318,7 +364,6 @@ def perf_time(setting: Setting) -> Result:
     from bench_scoring import window_loop
     from bench_train_step import make_step
     from common import median_time
-
     from tokenweight.losses import model_token_nll
     from tokenweight.scoring import short_context_nll
 
@@ -326,8 +371,7 @@ def perf_time(setting: Setting) -> Result:
     args, model, batch, device, stride = _perf_setup(setting)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95))
     steps = {
-        path: make_step(path, model, optimizer, batch, args, device, stride)
-        for path in TRAIN_PATHS
+        path: make_step(path, model, optimizer, batch, args, device, stride) for path in TRAIN_PATHS
     }
     for step in steps.values():
         for _ in range(p["warmup"]):
@@ -428,7 +472,6 @@ def model(state: Path, bundle: Path) -> Result:
     """Join the parked first half with the carried second half, check the sha256 of the
     whole, and convert the GGUF once (the study reuses the conversion)."""
     from gpu_bundle import join
-
     from tokenweight.models import ensure_local_model
 
     t0 = time.perf_counter()

@@ -20,9 +20,26 @@ from typing import Any
 
 BEGIN, END = "<!-- gpu-tables:begin -->", "<!-- gpu-tables:end -->"
 NOT_MEASURED = (
-    "No GPU figure of this package has been measured yet: the script below has run only as "
+    "No GPU figure of this package has been measured yet: `gpu_checks.sh` has run only as "
     "its CPU rehearsal."
 )
+
+
+LOSS_HEAD_LABELS = {
+    "full": "full logits + `F.cross_entropy`",
+    "ours": "`token_nll`",
+    "sketch": "checkpointed 4096-token chunks",
+    "cce": '`token_nll(backend="cce")`',
+}
+SCORING_LABELS = {
+    "forward": "one full-sequence forward to per-token NLL",
+    "short_context_nll": "`short_context_nll` (batched windows, no full logits)",
+    "release emulation": "emulation of the authors' release (window loop, full logits, entropy)",
+    "windows agree": "`short_context_nll` agrees with the window loop to",
+}
+
+
+MODEL_LABELS = {"gguf": "joined from its two halves"}
 
 
 def _esc(text: Any) -> str:
@@ -73,7 +90,7 @@ def correctness(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---|",
     ]
     notes = []
-    for part in ("nll_fp32", "nll_bf16", "cce"):
+    for part in ("nll_fp32", "nll_bf16", "cce", "cce_bf16"):
         rows = _rows(results, part)
         if rows is None:
             notes.append(_missing(results, part))
@@ -153,13 +170,36 @@ def performance(results: dict[str, Any]) -> list[str]:
         "| path | time | x one forward |",
         "|---|---:|---:|",
     ]
-    for name, label in (
-        ("forward", "one full-sequence forward to per-token NLL"),
-        ("short_context_nll", "`short_context_nll` (batched windows, no full logits)"),
-        ("release emulation", "emulation of the authors' release (window loop, full logits, entropy)"),
-    ):
+    for name in ("forward", "short_context_nll", "release emulation"):
         r = perf[name]
-        lines.append(f"| {label} | {r['seconds']:.3f} s | {r['x_forward']:.2f} |")
+        lines.append(f"| {SCORING_LABELS[name]} | {r['seconds']:.3f} s | {r['x_forward']:.2f} |")
+    agree = perf["windows agree"]
+    lines += [
+        "",
+        f"{SCORING_LABELS['windows agree']} {agree['max_abs_nats']:.1e} nats "
+        f"({_verdict(agree['ok'])}).",
+    ]
+    return lines
+
+
+def loss_head(results: dict[str, Any]) -> list[str]:
+    rows = _rows(results, "loss_head")
+    if rows is None:
+        return [_missing(results, "loss_head")]
+    info = results["parts"]["loss_head"]["info"]
+    labels = LOSS_HEAD_LABELS
+    lines = [
+        f"Forward + backward at {info['shape']}, {info['dtype']}, each path in a fresh "
+        f"process; peak memory above the inputs ({info['memory']}).",
+        "",
+        "| path | time | x full | peak extra memory | x full |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {labels.get(name, _esc(name))} | {r['time_s']:.3f} s | {r['x_full']:.2f} | "
+            f"{r['peak_gib']:.2f} GiB | {r['peak_x_full']:.3f} |"
+        )
     return lines
 
 
@@ -173,7 +213,18 @@ def study(results: dict[str, Any]) -> list[str]:
         return [_missing(results, "study")]
     info = results["parts"]["study"]["info"]
     check = rows.pop("context check")
+    model = _rows(results, "model")
+    joined = []
+    if model:
+        m, minfo = model["gguf"], results["parts"]["model"]["info"]
+        joined = [
+            f"The model: {_esc(Path(minfo['gguf']).name)} ({m['bytes']:,} bytes, sha256 "
+            f"{minfo['sha256'][:16]}...), {MODEL_LABELS['gguf']} in {m['join_s']:.1f} s, "
+            f"converted to safetensors in {m['convert_s']:.0f} s.",
+            "",
+        ]
     lines = [
+        *joined,
         f"SmolLM2-135M extended 4x to {info['tokens']} tokens (original context "
         f"{info['window']}), {info['steps']} steps per run on Gutenberg plays, one seed; "
         f"{info['held_out_sequences']} held-out sequences from {len(info['held_out_plays'])} "
@@ -190,14 +241,14 @@ def study(results: dict[str, Any]) -> list[str]:
         )
         + f"LongPPL key tokens: {check['key_share']:.2%} of targets.",
         "",
-        "| run | metric | uniform | run | difference [95%] | |",
-        "|---|---|---:|---:|---|---|",
+        "| run | metric | targets | uniform | run | difference [95%] | |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for name, r in rows.items():
         run, metric = name.split(" / ", 1)
         mark = "inside the noise" if r["inside_noise"] else "outside the noise"
         lines.append(
-            f"| {_esc(run)} | {_esc(metric)} | {_num(r['baseline'], '{:.3f}')} | "
+            f"| {_esc(run)} | {_esc(metric)} | {r['targets']:,} | {_num(r['baseline'], '{:.3f}')} | "
             f"{_num(r['run_value'], '{:.3f}')} | {_num(r['diff'], '{:+.3f}')} "
             f"[{_num(r['low'], '{:+.3f}')}, {_num(r['high'], '{:+.3f}')}] | {mark} |"
         )
@@ -210,9 +261,28 @@ def render(results: dict[str, Any]) -> str:
     if results.get("setting") != "gpu":
         out += [f"*CPU rehearsal ({_esc(results.get('setting'))} setting): not GPU figures.*", ""]
     out += ["#### CUDA correctness", "", *correctness(results), ""]
+    out += ["#### Loss head", "", *loss_head(results), ""]
     out += ["#### Training step and scoring, reference setting", "", *performance(results), ""]
     out += ["#### Mini-study on SmolLM2-135M", "", *study(results)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def missing_rows(results: dict[str, Any]) -> list[str]:
+    """Rows of finished parts that the rendered tables do not show (should be none)."""
+    text = render(results)
+    labels = {"loss_head": LOSS_HEAD_LABELS, "perf_time": SCORING_LABELS, "model": MODEL_LABELS}
+    missing = []
+    for part, entry in results["parts"].items():
+        if entry.get("status") != "done" or part == "env":
+            continue
+        for row in entry["rows"]:
+            name = row["name"]
+            shown = labels.get(part, {}).get(name, name)
+            if part == "study":
+                shown = "Start model" if name == "context check" else name.split(" / ", 1)[1]
+            if _esc(shown) not in text:
+                missing.append(f"{part}: {name}")
+    return missing
 
 
 def replace_block(page: Path, body: str) -> None:

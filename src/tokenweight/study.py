@@ -42,6 +42,7 @@ __all__ = ["RunSpec", "StudyConfig", "load_study_config", "plan_text", "run_stud
 
 STUDY_FORMAT = "tokenweight.study"
 RUN_SCORERS = ("none", "self", "frozen", "reference")
+EVAL_MARKER = "target_mask.npy"  # the first file the evaluation step writes
 
 
 @dataclass
@@ -477,6 +478,8 @@ def _study_data(study: _Study) -> tuple[Path, Path, str]:
 
 def _score_training_data(study: _Study, train_data: Path, scored: Path, data_fp: str) -> None:
     """Step 2: short- and long-context NLL of the training data by the frozen start model."""
+    from tokenweight.data.manifest import RUN_FILE
+
     config = study.config
 
     def do_score() -> str:
@@ -506,6 +509,7 @@ def _score_training_data(study: _Study, train_data: Path, scored: Path, data_fp:
         },
         do_score,
         resumable=True,
+        markers=(RUN_FILE,),  # scoring cut off by a kill resumes from its finished shards
     )
 
 
@@ -609,7 +613,11 @@ def _evaluate_models(
         return f"{len(models)} models on {config.eval_sequences} held-out sequences"
 
     study.steps.run(
-        "evaluate every model on the held-out sequences", eval_dir, eval_settings, do_eval
+        "evaluate every model on the held-out sequences",
+        eval_dir,
+        eval_settings,
+        do_eval,
+        markers=(EVAL_MARKER,),  # an evaluation cut off by a kill is redone
     )
     return eval_dir
 
@@ -736,7 +744,7 @@ def _evaluate(
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(models["start"])
     seqs = load_eval_sequences(str(eval_data), tok, seq_len=0, max_sequences=config.eval_sequences)
-    _save_array(out / "target_mask.npy", seqs.target_mask.numpy())
+    _save_array(out / EVAL_MARKER, seqs.target_mask.numpy())
     rope: dict[str, Any] = {
         "rope_theta": config.rope_theta,
         "max_position_embeddings": config.max_position_embeddings,
@@ -815,7 +823,7 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
     """Named ``(S, N - 1)`` bool masks of the targets each metric pools."""
     from tokenweight.selection import KEY_GAIN, KEY_LONG
 
-    valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
+    valid = _load_array(eval_dir / EVAL_MARKER).astype(bool)
     s, n1 = valid.shape
     t = np.arange(1, n1 + 1)[None, :]
     w = config.window

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures import subprocess_env
+from helpers.fixtures import subprocess_env
 from tokenweight.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

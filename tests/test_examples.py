@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.fixtures import subprocess_env
+from helpers.distributed import subprocess_env
 from tokenweight.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +144,7 @@ def test_training_loop(run_example):
     assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), g["model"].parameters()))
 
 
+@pytest.mark.slow
 def test_trainer_compute_loss_func(run_example):
     out, g = run_example("trainer_compute_loss_func.py")
     m = re.fullmatch(r"trained 4 steps, mean weighted loss (\S+)", last_line(out))
@@ -153,6 +154,7 @@ def test_trainer_compute_loss_func(run_example):
     assert type(g["trainer"].compute_loss_func).__name__ == "TokenWeightLossFunc"
 
 
+@pytest.mark.slow
 def test_token_weight_trainer(run_example):
     out, g = run_example("token_weight_trainer.py")
     logged = [e for e in g["trainer"].state.log_history if "weighted_loss" in e]

@@ -29,7 +29,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import valid_target_mask
 
 # valid_target_mask is defined in tokenweight.packed_batches; importable from here as before
-__all__ = ["IGNORE_INDEX", "TokenWeightCollator", "valid_target_mask"]
+__all__ = ["TokenWeightCollator", "valid_target_mask"]
 
 
 def _as_list(value: Any, what: str, index: int) -> list:

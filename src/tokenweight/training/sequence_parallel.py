@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
+from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 

@@ -30,6 +30,7 @@ from gpu_checks import (
     Setting,
     result_path,
 )
+from tokenweight.constants import IGNORE_INDEX
 
 Result = dict[str, Any]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -122,7 +123,7 @@ def _head_case(setting: Setting, dtype: torch.dtype, device: torch.device, seed:
     hidden = torch.randn(n, h, generator=g).to(device, dtype).requires_grad_()
     weight = (torch.randn(v, h, generator=g) / math.sqrt(h)).to(device, dtype).requires_grad_()
     labels = torch.randint(0, v, (n,), generator=g)
-    labels[::7] = -100
+    labels[::7] = IGNORE_INDEX
     upstream = torch.rand(n, generator=g)
     return hidden, weight, labels.to(device), upstream.to(device)
 
@@ -131,7 +132,7 @@ def _reference(hidden, weight, labels, upstream):
     """Full logits in fp32 and ``F.cross_entropy``: NLL and gradients of ``sum(u * nll)``."""
     h = hidden.detach().float().requires_grad_()
     w = weight.detach().float().requires_grad_()
-    ref = F.cross_entropy(h @ w.T, labels, reduction="none", ignore_index=-100)
+    ref = F.cross_entropy(h @ w.T, labels, reduction="none", ignore_index=IGNORE_INDEX)
     dh, dw = torch.autograd.grad((ref * upstream).sum(), (h, w))
     return ref.detach(), dh, dw
 
@@ -185,7 +186,7 @@ def cce(setting: Setting) -> Result:
     hidden, weight, labels, upstream = _head_case(setting, torch.float32, device, seed=1)
     ref = _reference(hidden, weight, labels, upstream)
     with torch.no_grad():
-        got = cce_backend.linear_nll(hidden, weight, labels, None, -100, None)
+        got = cce_backend.linear_nll(hidden, weight, labels, None, IGNORE_INDEX, None)
     value, tol = _rel(got, ref[0]), NLL_TOL["fp32"]
     row = {"name": "cce fp32", "value_err": value, "tol": tol, "ok": value <= tol}
     return {"rows": [row], "info": {"version": _version("cut-cross-entropy")}}
@@ -201,7 +202,7 @@ def cce_bf16(setting: Setting) -> Result:
     dtype = torch.bfloat16
     hidden, weight, labels, upstream = _head_case(setting, dtype, torch.device(setting.device), 1)
     ref = _reference(hidden, weight, labels, upstream)
-    got = cce_backend.linear_nll(hidden, weight, labels, None, -100, None)
+    got = cce_backend.linear_nll(hidden, weight, labels, None, IGNORE_INDEX, None)
     grads = torch.autograd.grad((got.float() * upstream).sum(), (hidden, weight))
     rows = [_compare("cce bf16", got, grads, ref, NLL_TOL["bf16"])]
     token_nll(hidden, weight, labels, backend="auto")

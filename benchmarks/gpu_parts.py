@@ -36,6 +36,9 @@ Result = dict[str, Any]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # relative error limits (largest absolute error over the largest reference value)
 NLL_TOL = {"fp32": 1e-5, "bf16": 2e-2}
+# largest NLL difference (nats) between batched windows and the window loop: the same
+# products, chunked differently; bf16 logits of a random model near 12 nats round by ~0.05
+WINDOWS_TOL = {"fp32": 1e-3, "bf16": 0.25}
 
 
 def run_one(name: str, setting: Setting, state: Path, bundle: Path) -> Result:
@@ -403,6 +406,7 @@ def perf_time(setting: Setting) -> Result:
         return window_loop(model, ids, p["window"], stride, entropy=True)
 
     agree = float((ours() - window_loop(model, ids, p["window"], stride)).abs().max())
+    tol = WINDOWS_TOL[p["dtype"]]
     repeats = p["repeats"]
     forward()
     fwd = median_time(forward, repeats, device)
@@ -426,7 +430,7 @@ def perf_time(setting: Setting) -> Result:
         {"name": "forward", "seconds": fwd, "x_forward": 1.0},
         {"name": "short_context_nll", "seconds": ours_t, "x_forward": ours_t / fwd},
         {"name": RELEASE_PATH, "seconds": release_t, "x_forward": release_t / fwd},
-        {"name": "windows agree", "max_abs_nats": agree, "ok": agree <= 0.05},
+        {"name": "windows agree", "max_abs_nats": agree, "tol": tol, "ok": agree <= tol},
     ]
     params = sum(x.numel() for x in model.parameters())
     info = {

@@ -119,7 +119,7 @@ def test_a_rerun_skips_finished_parts_and_never_starts_without_needs_or_time(tmp
 
 def test_the_plan_fits_the_lease_and_bad_settings_are_refused():
     lines = "\n".join(gpu_checks.plan_lines(gpu_checks.SETTINGS["gpu"], need_bundle=False))
-    assert "call 1 (limit" in lines and "call 2 (limit" in lines and "lease:" in lines
+    assert "call 1 (limit" in lines and "call 2 (limit" in lines and "left to rerun" in lines
     plan = gpu_checks.budgets(gpu_checks.SETTINGS["gpu"])
     for call in (1, 2):
         total = sum(plan[p.name] for p in gpu_checks.PARTS if p.call == call)

@@ -37,3 +37,17 @@ def test_ignore_index_comes_from_constants_and_is_never_written_out():
         x for x in imported_from if x[1] != "tokenweight.constants"
     ]
     assert [x.split(":")[0] for x in literals] == ["constants.py"], literals
+
+
+def test_held_out_documents_are_named_once():
+    from tokenweight.corpora import HELD_OUT
+    from tokenweight.pipeline import PipelineConfig
+
+    assert PipelineConfig().held_out == list(HELD_OUT)
+    where = {
+        name
+        for name, tree in _sources().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in HELD_OUT
+    }
+    assert where == {"corpora.py"}

@@ -51,3 +51,16 @@ def test_held_out_documents_are_named_once():
         if isinstance(node, ast.Constant) and node.value in HELD_OUT
     }
     assert where == {"corpora.py"}
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A helper two modules share is public in one of them (e.g. ``training.loss.timed_score``)."""
+    private = [
+        f"{name}:{node.lineno} {node.module}.{alias.name}"
+        for name, tree in _sources().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tokenweight")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert private == []

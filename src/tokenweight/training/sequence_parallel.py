@@ -40,7 +40,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, _timed_score
+from tokenweight.training.loss import LossParts, timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
@@ -228,7 +228,7 @@ def _score_full(
     }
     if "short_nll" in inputs:
         full_batch["short_nll"] = _gather(inputs["short_nll"], group, size)[:, : width - 1]
-    return _timed_score(scorer, model, full_batch, long_full)
+    return timed_score(scorer, model, full_batch, long_full)
 
 
 def _weigh(parts: LossParts, scheme: Scheme, generator: torch.Generator | None) -> bool:

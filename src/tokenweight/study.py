@@ -33,6 +33,7 @@ from tokenweight.schema import (
     at_least_two,
     build_dataclass,
     checked,
+    non_negative,
     one_of,
     positive,
 )
@@ -138,6 +139,9 @@ class StudyConfig:
     probe_trials: int = field(default=4, metadata=checked(positive))
     bootstrap_samples: int = field(default=2000, metadata=checked(positive))
     confidence: float = 0.95
+    # the context check warns when the start model's largest gain from its whole context
+    # inside the original window (nats, over windows of window / 8) is below this
+    min_context_gain: float = field(default=0.05, metadata=checked(non_negative))
     flops_per_second: float = 5e10  # for --dry-run's time estimate only
 
     def validate(self) -> None:
@@ -802,9 +806,13 @@ def _local_window(config: StudyConfig) -> int:
     return max(2, config.window // 8)
 
 
-def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, np.ndarray]:
-    """Named ``(S, N - 1)`` bool masks of the targets each metric pools."""
+def _metric_masks(
+    config: StudyConfig, eval_dir: Path, eval_data: Path
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Named ``(S, N - 1)`` bool masks of the targets each metric pools, and the family
+    of each metric (:mod:`tokenweight.study_verdict`: long-range or other targets)."""
     from tokenweight.selection import KEY_GAIN, KEY_LONG
+    from tokenweight.study_verdict import LONG_RANGE, OTHER
 
     valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
     s, n1 = valid.shape
@@ -815,30 +823,43 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         f"inside [0, {w})": valid & (t < w),
         f"beyond [{w}, {n1 + 1})": valid & (t >= w),
     }
+    families = dict.fromkeys(masks, OTHER) | {f"beyond [{w}, {n1 + 1})": LONG_RANGE}
     for b in range(0, n1 + 1, w):
         if b + w <= n1 + 1 and n1 + 1 > 2 * w:
             masks[f"bucket [{b}, {b + w})"] = valid & (t >= b) & (t < b + w)
+            families[f"bucket [{b}, {b + w})"] = LONG_RANGE if b >= w else OTHER
     long = _load_array(eval_dir / "start.npy")
     short = _load_array(eval_dir / "start-short.npy")
     masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
+    families["LongPPL key tokens"] = LONG_RANGE
     try:
         from tokenweight.synth import SynthConfig, class_label, dependency_map, read_dependencies
 
         record = read_dependencies(eval_data)
         dep = dependency_map(record["copies"], s, n1 + 1)[:s]
         for lo, hi in SynthConfig(**record["config"]).distance_classes():
-            masks[f"copied at distance {class_label(lo, hi)}"] = valid & (dep >= lo) & (dep <= hi)
+            name = f"copied at distance {class_label(lo, hi)}"
+            masks[name] = valid & (dep >= lo) & (dep <= hi)
+            families[name] = LONG_RANGE if lo >= w else OTHER
         masks["not copied"] = valid & (dep == 0)
+        families["not copied"] = OTHER
     except TokenWeightError:
         pass
-    return masks
+    return masks, families
 
 
 def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, Any]:
     """Paired differences of every run against the baseline for every metric."""
+    from tokenweight.study_verdict import PROBES, apply_holm, context_verdict
+
     specs = config.run_specs
-    masks = _metric_masks(config, eval_dir, eval_data)
+    masks, families = _metric_masks(config, eval_dir, eval_data)
     differences = _differences(config, eval_dir, masks)
+    metrics = list(dict.fromkeys([*masks, *(d["metric"] for d in differences)]))
+    for d in differences:
+        d["family"] = families.get(d["metric"], PROBES)
+    check = _context_check(config, eval_dir, masks)
+    check["verdict"] = context_verdict(check, config.min_context_gain)
     return {
         "format": STUDY_FORMAT,
         "config": dataclasses.asdict(config),
@@ -846,8 +867,10 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         "runs": [r.label() for r in specs],
         "seeds": list(config.seeds),
         "held_out_sequences": int(masks["all targets"].shape[0]),
-        "context_check": _context_check(config, eval_dir, masks),
-        "metrics": list(dict.fromkeys([*masks, *(d["metric"] for d in differences)])),
+        "context_check": check,
+        "metrics": metrics,
+        "families": {m: families.get(m, PROBES) for m in metrics},
+        "correction": apply_holm(differences, 1 - config.confidence),
         "differences": differences,
     }
 
@@ -977,8 +1000,11 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
 
 def write_study_report(results: dict[str, Any], work: Path) -> Path:
     """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown."""
+    from tokenweight.study_verdict import bottom_line, context_warning
+
     atomic_write_json(work / "study.json", results)
     conf = results["config"]["confidence"]
+    check = results["context_check"]
     lines = [
         "# Study",
         "",
@@ -990,13 +1016,18 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         "accuracy instead (the share of prompts answered right; positive = better), paired "
         "over seeds and prompts.",
         "",
-        *_context_section(results["context_check"]),
+        *(context_warning(check, check["verdict"]) if "verdict" in check else []),
+        *(["## Bottom line", "", *bottom_line(results), ""] if "correction" in results else []),
+        *_context_section(check),
         "",
         "## Paired differences against the baseline",
         "",
         *_differences_table(results["differences"], conf),
         "",
         "## In words",
+        "",
+        f"Each comparison read on its own at {conf:.0%} (no correction; the bottom line "
+        "gives what holds after it):",
         "",
         *_in_words(results),
         "",
@@ -1071,11 +1102,13 @@ def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[s
             _fmt(d["diff"], sign=True),
             f"[{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}]",
             d["verdict"],
+            *([_fmt(d["p_holm"]), d["holds"] or "-"] if "p_holm" in d else []),
         ]
         for d in differences
     ]
     header = ["targets", "run", "count", "baseline NLL", "difference", f"{conf:.0%} interval"]
-    return markdown_table([*header, "verdict"], rows)
+    holm = ["p (Holm)", "holds after Holm"] if any("p_holm" in d for d in differences) else []
+    return markdown_table([*header, "verdict", *holm], rows)
 
 
 def _in_words(results: dict[str, Any]) -> list[str]:

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import ModelCard
 
-from fixtures import make_tokenizer, save_tiny_model
-from test_train_support import prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight import TokenWeightError
 from tokenweight.training.card import (
     CARD_FALLBACK,
@@ -59,6 +59,7 @@ def make_config(assets, out: Path, *overrides: str):
     return load_config(base=base, overrides=list(overrides))
 
 
+@pytest.mark.slow
 def test_train_writes_a_hub_model_card_with_the_runs_facts(assets, tmp_path):
     out = tmp_path / "run"
     result = train(make_config(assets, out))
@@ -85,6 +86,7 @@ def test_train_writes_a_hub_model_card_with_the_runs_facts(assets, tmp_path):
     assert "@inproceedings{helm2025tokenweighting" in text and "arXiv" not in text.split("---")[1]
 
 
+@pytest.mark.slow
 def test_a_users_readme_is_never_replaced(assets, tmp_path):
     out = tmp_path / "run"
     train(make_config(assets, out))
@@ -188,6 +190,7 @@ class FakeHub:
         return SimpleNamespace(commit_url="fake")
 
 
+@pytest.mark.slow
 def test_push_to_hub_reaches_the_upload_with_the_card(assets, tmp_path, monkeypatch):
     import transformers.trainer
 
@@ -205,6 +208,7 @@ def test_push_to_hub_reaches_the_upload_with_the_card(assets, tmp_path, monkeypa
     assert "model.safetensors" in upload["files"]
 
 
+@pytest.mark.slow
 def test_push_to_hub_failures_are_named_before_training(assets, tmp_path, monkeypatch):
     import transformers.trainer
     from huggingface_hub.errors import LocalTokenNotFoundError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import save_tiny_model, save_tokenizer
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.paired import holm, normal_p_value, paired_difference
 from tokenweight.study import (
     _context_check,
@@ -175,6 +175,7 @@ def test_bottom_line_from_constructed_evaluations(tmp_path):
     assert not high["context_check"]["verdict"]["uses_context"]
 
 
+@pytest.mark.slow
 def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
     """A start model with every attention output set to zero predicts each token from
     itself alone: its whole-context and short-window NLL are the same, its gain is 0."""
@@ -205,3 +206,126 @@ def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
     assert lines[0].startswith("> **Warning: the start model barely uses its context.**")
     assert "under the threshold of 0.05 nats (`min_context_gain`)" in lines[0]
     assert "over windows of 2 tokens" in lines[0]
+
+
+# ------------------------------------------------------------------ the cost estimate
+def _timings(**kw):
+    from tokenweight.study_cost import Timings
+
+    base = dict(
+        train_start=2.0,
+        train_step={"none": 0.5, "self": 0.8},
+        eval_load=1.0,
+        eval_per_sequence=0.1,
+        start_per_sequence=0.3,
+        pretrain_start=3.0,
+        pretrain_step=0.2,
+        synth_per_token=0.001,
+        score_start=1.5,
+        score_per_sequence=0.25,
+        probe_per_prompt=0.05,
+    )
+    return Timings(**{**base, **kw})
+
+
+def test_estimate_counts_every_part_of_the_study():
+    from tokenweight.study_cost import estimate
+
+    runs = (
+        "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
+        " {scheme: 'sparse:0.5', scorer: frozen}, {scheme: uniform, data: selected}]"
+    )
+    config = load_study_config(
+        None,
+        [
+            runs,
+            "seeds=[0, 1]",
+            "window=16",
+            "tiny={layers: 1, hidden: 16, heads: 2, words: 40}",
+            "synth={seq_len: 64, sequences: 8, words: 40}",
+            "pretrain={steps: 10, batch: 2, distances: [[4, 12]], copies: 1, learning_rate: 0.003}",
+            "eval_sequences=4",
+            "max_steps=5",
+            "gradient_accumulation_steps=2",
+        ],
+    )
+    parts = {p.name: p.seconds for p in estimate(config, _timings(), train_sequences=8, seq_len=64)}
+    assert parts == pytest.approx(
+        {
+            "pretraining the start model": 3 + 10 * 0.2 + 10 * 2 * 16 * 0.001,
+            "synthetic data": (8 + 4) * 64 * 0.001,
+            "scoring the training data": 1.5 + 8 * 0.25,
+            # uniform, frozen and selected step like uniform; self at its own rate
+            "training": 2 * (2 + 5 * 0.5) * 3 + 2 * (2 + 5 * 0.8),
+            "evaluation": 9 * (1 + 4 * 0.1) + 4 * 0.3,
+        }
+    )
+    probes = load_study_config(
+        None,
+        [
+            "runs=[{scheme: uniform}, {scheme: x, scorer: reference, reference_model: m}]".replace(
+                "x", "'dense:0.75'"
+            ),
+            "seeds=[0]",
+            "model=some/model",
+            "data=d",
+            "eval_data=e",
+            "probes=[passkey]",
+            "probe_lengths=[100, 200]",
+            "probe_depths=[0.5]",
+            "probe_trials=2",
+            "max_steps=5",
+            "gradient_accumulation_steps=2",
+            "eval_sequences=4",
+        ],
+    )
+    got = {p.name: p.seconds for p in estimate(probes, _timings(), train_sequences=8, seq_len=64)}
+    assert set(got) == {"training", "evaluation", "probes"}  # no pretraining, synth, scores
+    # the reference scorer's step adds one evaluation forward per sequence of the step
+    assert got["training"] == pytest.approx((2 + 5 * 0.5) + (2 + 5 * (0.5 + 2 * 0.1)))
+    assert got["probes"] == pytest.approx(3 * (1 * 2 * 1 * 2) * 0.05)
+
+
+def test_timed_training_splits_start_up_from_steps(monkeypatch):
+    """A stand-in for train() with known durations: 0.3 s before training, a first step of
+    0.25 s, two of 0.1 s, 0.2 s after."""
+    import time
+
+    import tokenweight.training.run as run
+    from tokenweight.study_cost import _timed_training
+
+    def fake_train(tc, callbacks):
+        (clock,) = callbacks
+        time.sleep(0.3)
+        clock.on_train_begin(None, None, None)
+        for seconds in (0.25, 0.1, 0.1):
+            time.sleep(seconds)
+            clock.on_step_end(None, None, None)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(run, "train", fake_train)
+    start, step = _timed_training(None)
+    assert step == pytest.approx(0.1, abs=0.03)
+    assert start == pytest.approx(0.3 + 0.25 + 0.2 - 0.1, abs=0.06)  # first step's excess too
+
+
+def test_dry_run_checks_settings_before_calibrating(tmp_path, monkeypatch, capsys):
+    import tokenweight.study_cost as cost
+    from tokenweight.cli import main
+    from tokenweight.errors import TokenWeightError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("calibrated before the settings were checked")
+
+    monkeypatch.setattr(cost, "calibrate", refuse)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text('{"format": "tokenweight.prepared", "seq_len": 64}')
+    with pytest.raises(TokenWeightError, match=r"^eval_data: "):
+        cost.dry_run(
+            load_study_config(None, [f"data={prepared}", f"eval_data={tmp_path / 'none'}"])
+        )
+    # no CUDA here: the plan, and a line saying why there is no estimate
+    assert main(["study", "device=cuda", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cost: not estimated on this machine (device 'cuda' is not available" in out

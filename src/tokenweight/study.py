@@ -39,7 +39,15 @@ from tokenweight.schema import (
 )
 from tokenweight.steps import Steps, folder_fingerprint, run_dir_name
 
-__all__ = ["RunSpec", "StudyConfig", "load_study_config", "plan_text", "run_study"]
+__all__ = [
+    "CheckedStudy",
+    "RunSpec",
+    "StudyConfig",
+    "check_study",
+    "load_study_config",
+    "plan_text",
+    "run_study",
+]
 
 STUDY_FORMAT = "tokenweight.study"
 RUN_SCORERS = ("none", "self", "frozen", "reference")
@@ -142,7 +150,6 @@ class StudyConfig:
     # the context check warns when the start model's largest gain from its whole context
     # inside the original window (nats, over windows of window / 8) is below this
     min_context_gain: float = field(default=0.05, metadata=checked(non_negative))
-    flops_per_second: float = 5e10  # for --dry-run's time estimate only
 
     def validate(self) -> None:
         from tokenweight.weighting import Scheme
@@ -232,20 +239,9 @@ def _seq_len(config: StudyConfig) -> int:
     return int(manifest["seq_len"] if "seq_len" in manifest else manifest["prepared"]["seq_len"])
 
 
-def _param_count(model_dir: Path | str) -> int | None:
-    try:
-        from transformers import AutoConfig
-
-        c = AutoConfig.from_pretrained(str(model_dir))
-        h, layers, v = c.hidden_size, c.num_hidden_layers, c.vocab_size
-        inter = getattr(c, "intermediate_size", 4 * h)
-        return int(layers * (4 * h * h + 3 * h * inter) + v * h)
-    except Exception:  # a dry run never fails on an estimate
-        return None
-
-
-def plan_text(config: StudyConfig, params: int | None = None) -> str:
-    """The plan and a cost estimate (``--dry-run``)."""
+def plan_text(config: StudyConfig) -> str:
+    """The plan: runs, data, steps and what each step does (the cost estimate of
+    ``--dry-run`` follows it, :mod:`tokenweight.study_cost`)."""
     n = _seq_len(config)
     specs = config.run_specs
     tokens = config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * n
@@ -271,10 +267,7 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
             f"{p['batch']} synthetic sequences of {config.window} tokens (copies at "
             f"{p['distances']})"
         )
-    total_fwd = 0.0
     for i, r in enumerate(specs):
-        extra = 1 / 3 if r.scorer in ("self", "reference") else 0.0  # a forward without grad
-        total_fwd += (1 + extra) * len(config.seeds)
         tag = " (baseline)" if i == config.baseline else ""
         lines.append(f"  run {i}: {r.label()}{tag}")
     needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
@@ -293,20 +286,7 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
         lines.append(
             f"  probes: {', '.join(config.probes)} at {lengths} tokens, depths "
             f"{config.probe_depths}, {config.probe_trials} trials = "
-            f"{count * config.probe_trials} prompts per model (generation not in the estimate)"
-        )
-    if params:
-        flops = 6 * params * tokens * total_fwd + 2 * params * n * config.eval_sequences * (
-            models + 2
-        )
-        if config.model == "tiny":
-            p = config.pretrain
-            flops += 6 * params * p["steps"] * p["batch"] * config.window
-        secs = flops / config.flops_per_second
-        lines.append(
-            f"  cost: ~{flops:.2e} FLOPs ({params / 1e6:.1f}M parameters); at "
-            f"{config.flops_per_second:.1e} FLOP/s about {secs / 60:.0f} min (model loading "
-            "and scoring not included)"
+            f"{count * config.probe_trials} prompts per model"
         )
     return "\n".join(lines)
 
@@ -395,29 +375,60 @@ class _Study:
     log: Callable[[str], None]
 
 
-def run_study(
-    config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
-) -> Path | None:
-    """Run (or with ``dry_run`` only print the plan of) the study; returns ``study.md``.
+@dataclass(frozen=True)
+class CheckedStudy:
+    """A study whose settings passed every check: the start model's folder, and the
+    device (``None`` when this machine lacks it, ``device_error`` saying why)."""
 
-    The steps: (0. build and pretrain the tiny start model,) 1. data, 2. frozen scores of
-    the training data, 3. selection, 4. train every run with every seed, 5. evaluate every
-    model on the same held-out sequences, 6. report. 2 and 3 run only when a run needs them.
-    """
+    model_dir: Path
+    device: str | None
+    device_error: str | None = None
+
+
+def check_study(config: StudyConfig, log: Callable[[str], None] = print) -> CheckedStudy:
+    """Check every setting (the config, the start model, the data folders, the device)
+    and print the plan; nothing is written."""
     from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
 
     config.validate()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     work = Path(config.work_dir)
-    tiny = config.model == "tiny"
     model_dir = (
-        work / "start" / "model" if tiny else Path(str(ensure_local_model(config.model, cache)))
+        work / "start" / "model"
+        if config.model == "tiny"
+        else Path(str(ensure_local_model(config.model, cache)))
     )
-    log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+    _check_data(config)
+    log(plan_text(config))
+    try:
+        return CheckedStudy(model_dir, str(resolve_device(config.device)))
+    except TokenWeightError as exc:
+        return CheckedStudy(model_dir, None, str(exc))
+
+
+def run_study(
+    config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
+) -> Path | None:
+    """Run (or with ``dry_run`` only check and print the plan of) the study; returns
+    ``study.md``. The calibrated cost estimate of ``--dry-run`` is
+    :func:`tokenweight.study_cost.dry_run`.
+
+    The steps: (0. build and pretrain the tiny start model,) 1. data, 2. frozen scores of
+    the training data, 3. selection, 4. train every run with every seed, 5. evaluate every
+    model on the same held-out sequences, 6. report. 2 and 3 run only when a run needs them.
+    """
+    checked = check_study(config, log)
     if dry_run:
         return None
+    if checked.device is None:
+        raise TokenWeightError(str(checked.device_error))
+    work, model_dir, device, tiny = (
+        Path(config.work_dir),
+        checked.model_dir,
+        checked.device,
+        config.model == "tiny",
+    )
     work.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(config.device))
     study = _Study(
         config,
         work,
@@ -439,6 +450,23 @@ def run_study(
     runs = _train_runs(study, train_data, scored, selected, data_fp)
     eval_dir = _evaluate_models(study, runs, eval_data, data_fp)
     return _report(study, eval_dir, eval_data, t_start)
+
+
+def _check_data(config: StudyConfig) -> None:
+    """``data`` and ``eval_data``, when given, are prepared (or scored) folders."""
+    from tokenweight.data import read_manifest
+
+    for key in ("data", "eval_data"):
+        folder = getattr(config, key)
+        if folder is None:
+            continue
+        try:
+            read_manifest(folder)
+        except TokenWeightError as exc:
+            try:
+                read_manifest(folder, "scored")
+            except TokenWeightError:
+                raise TokenWeightError(f"{key}: {exc}") from None
 
 
 def _step_count(config: StudyConfig) -> int:
@@ -620,12 +648,6 @@ def _report(study: _Study, eval_dir: Path, eval_data: Path, t_start: float) -> P
     report = write_study_report(results, study.work)
     study.log(f"{head} report: {report}")
     return report
-
-
-def _tiny_params(config: StudyConfig) -> int:
-    t = config.tiny
-    h, layers, v = int(t["hidden"]), int(t["layers"]), int(t["words"]) + 4
-    return layers * 16 * h * h + v * h  # attention 4h^2, gated MLP 3 x h x 4h; tied embeddings
 
 
 def _build_tiny_llama(config: StudyConfig, init: Path) -> Any:

@@ -5,6 +5,7 @@ start model that cannot use its context (attention switched off)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -260,6 +261,10 @@ def test_estimate_counts_every_part_of_the_study():
             "evaluation": 9 * (1 + 4 * 0.1) + 4 * 0.3,
         }
     )
+    # with RoPE settings the start model is loaded once more, extended, for evaluation
+    extended = dataclasses.replace(config, max_position_embeddings=64)
+    got = {p.name: p.seconds for p in estimate(extended, _timings(), train_sequences=8, seq_len=64)}
+    assert got["evaluation"] == pytest.approx(parts["evaluation"] + 1.0)
     probes = load_study_config(
         None,
         [

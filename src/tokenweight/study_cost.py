@@ -149,13 +149,16 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
     )
     models = len(specs) * seeds + 1
     n = config.eval_sequences
+    extended = " (and extended RoPE, one more load)" if _extended(config) else ""
     parts.append(
         Part(
             "evaluation",
             f"{models} models x ({t.eval_load:.1f} s load + {n} sequences x "
-            f"{t.eval_per_sequence:.3f} s) + start model's windows {n} x "
+            f"{t.eval_per_sequence:.3f} s) + the start model's windows{extended} {n} x "
             f"{t.start_per_sequence:.3f} s",
-            models * (t.eval_load + n * t.eval_per_sequence) + n * t.start_per_sequence,
+            models * (t.eval_load + n * t.eval_per_sequence)
+            + _extended(config) * t.eval_load
+            + n * t.start_per_sequence,
         )
     )
     if config.probes:
@@ -173,6 +176,11 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
             )
         )
     return parts
+
+
+def _extended(config: StudyConfig) -> bool:
+    """Whether the evaluation also loads the start model with the extended RoPE."""
+    return bool(config.rope_theta or config.max_position_embeddings)
 
 
 def _duration(seconds: float) -> str:
@@ -386,9 +394,8 @@ def _time_evaluation(config: StudyConfig, start: Path, data: Path, device: str) 
         stride = config.stride or max(1, config.window // 4)
         short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
         short_context_nll_of(model, seqs, long, window=local, stride=max(1, local // 4))
-    start_extra = extra() + (
-        fwd() + load() if config.rope_theta or config.max_position_embeddings else 0.0
-    )
+    # with RoPE settings the start model is also evaluated extended (loaded again)
+    start_extra = extra() + (fwd() if _extended(config) else 0.0)
     probe = 0.0
     if config.probes:
         one = dataclasses.replace(config, probe_depths=config.probe_depths[:1], probe_trials=1)

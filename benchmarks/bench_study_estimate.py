@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", default=None)
     parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--keep", help="copy the study's report files here afterwards")
     args = parser.parse_args()
 
     from tokenweight.study import load_study_config, run_study
@@ -76,6 +77,12 @@ def main() -> None:
         import json
 
         results = json.loads((Path(tmp) / "study" / "study.json").read_text())
+        if args.keep:
+            import shutil
+
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for name in ("study.md", "study.json", "study.png"):
+                shutil.copy(Path(tmp) / "study" / name, Path(args.keep) / name)
     actual: dict[str, float] = {}
     for step in results["steps"]:
         part = next((p for k, p in PARTS.items() if step["name"].startswith(k)), "other steps")

@@ -833,7 +833,7 @@ def _metric_masks(
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Named ``(S, N - 1)`` bool masks of the targets each metric pools, and the family
     of each metric (:mod:`tokenweight.study_verdict`: long-range or other targets)."""
-    from tokenweight.selection import KEY_GAIN, KEY_LONG
+    from tokenweight.evaluation.metrics import is_key_token
     from tokenweight.study_verdict import LONG_RANGE, OTHER
 
     valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
@@ -852,7 +852,7 @@ def _metric_masks(
             families[f"bucket [{b}, {b + w})"] = LONG_RANGE if b >= w else OTHER
     long = _load_array(eval_dir / "start.npy")
     short = _load_array(eval_dir / "start-short.npy")
-    masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
+    masks["LongPPL key tokens"] = valid & is_key_token(long, short)
     families["LongPPL key tokens"] = LONG_RANGE
     try:
         from tokenweight.synth import SynthConfig, class_label, dependency_map, read_dependencies

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures import build_tiny_causal_lm
-from test_train_support import VOCAB
+from helpers.fixtures import build_tiny_causal_lm
+from helpers.train_support import VOCAB
 from tokenweight import scoring
 from tokenweight.training.loss import LossParts, token_weighted_loss
 

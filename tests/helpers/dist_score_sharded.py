@@ -1,4 +1,4 @@
-"""Driver for ``test_scoring_sharded.py``, run by ``torchrun --nproc_per_node 2``.
+"""Driver for ``tests/distributed/test_scoring_sharded.py``, run by ``torchrun --nproc_per_node 2``.
 
 Every process holds a tiny Llama sharded with FSDP2 (``fully_shard`` on each decoder
 layer and the root, gloo on the CPU) and a batch of its own: process 0 long rows that
@@ -14,12 +14,16 @@ batches (what FSDP's reduce-scatter averages).
 from __future__ import annotations
 
 import datetime
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from fixtures import build_tiny_causal_lm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.*
+
+from helpers.fixtures import build_tiny_causal_lm
 from tokenweight.scoring import SelfScorer
 from tokenweight.training.loss import token_weighted_loss
 

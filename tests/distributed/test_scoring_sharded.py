@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fixtures import subprocess_env
+from helpers.distributed import subprocess_env
 
 
 def test_processes_with_different_windows_score_in_step_under_fsdp2():
-    driver = Path(__file__).with_name("dist_score_sharded.py")
+    driver = Path(__file__).parents[1] / "helpers" / "dist_score_sharded.py"
     command = [
         sys.executable,
         *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),

@@ -804,7 +804,7 @@ def _local_window(config: StudyConfig) -> int:
 
 def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, np.ndarray]:
     """Named ``(S, N - 1)`` bool masks of the targets each metric pools."""
-    from tokenweight.selection import KEY_GAIN, KEY_LONG
+    from tokenweight.evaluation.metrics import is_key_token
 
     valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
     s, n1 = valid.shape
@@ -820,7 +820,7 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
             masks[f"bucket [{b}, {b + w})"] = valid & (t >= b) & (t < b + w)
     long = _load_array(eval_dir / "start.npy")
     short = _load_array(eval_dir / "start-short.npy")
-    masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
+    masks["LongPPL key tokens"] = valid & is_key_token(long, short)
     try:
         from tokenweight.synth import SynthConfig, class_label, dependency_map, read_dependencies
 

@@ -22,7 +22,7 @@ process holding the whole sequence):
    (L1 sums, top-kappa with its ties, LongCE: exactly the one-process values), then the
    local slice of them;
 5. loss = local ``sum w * l`` over the valid targets of the whole optimizer step (every
-   SP slice, data-parallel rank and accumulation step: :func:`count_valid_targets`).
+   SP slice, data-parallel rank and accumulation step: :func:`count_slice_targets`).
 
 The batch is trimmed back to its one-process width before scoring, so the padding the
 SP collator adds (to make the width divisible by ``S``) changes nothing.
@@ -31,19 +31,21 @@ SP collator adds (to make the width divisible by ``S``) changes nothing.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
-from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
+from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score, tie_seeds
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
     "SequenceParallelCollator",
-    "count_valid_targets",
+    "count_slice_targets",
     "gradient_scale",
     "parallelism_config",
     "sequence_parallel_loss",
@@ -120,10 +122,23 @@ def _gather(t: torch.Tensor, group: Any, size: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
+def count_slice_targets(batch: dict[str, Any]) -> torch.Tensor:
     """Valid targets of this process's slice (sum it over all processes for the step's
-    count: the SP slices of one sequence add up to its whole)."""
+    count: the SP slices of one sequence add up to its whole). Not
+    :func:`tokenweight.training.count_valid_targets`, which counts a whole collated batch."""
     return (batch["shift_labels"] != IGNORE_INDEX).sum()
+
+
+def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
+    """Deprecated: the old name of :func:`count_slice_targets` in this module."""
+    warnings.warn(
+        "tokenweight.training.sequence_parallel.count_valid_targets is now "
+        "count_slice_targets (tokenweight.training.count_valid_targets counts a whole "
+        "collated batch)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return count_slice_targets(batch)
 
 
 def gradient_scale(accelerator: Any, degree: int) -> int:

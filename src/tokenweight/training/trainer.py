@@ -175,9 +175,9 @@ class TokenWeightTrainer(Trainer):
         if not batches:
             return batches, None
         if self.sequence_parallel > 1:
-            from tokenweight.training.sequence_parallel import count_valid_targets as count_slice
+            from tokenweight.training.sequence_parallel import count_slice_targets
 
-            count = torch.stack([count_slice(b).to(device) for b in batches]).sum()
+            count = torch.stack([count_slice_targets(b).to(device) for b in batches]).sum()
         else:
             count = torch.stack([count_valid_targets(b).to(device) for b in batches]).sum()
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.folder_lock import LOCK_PATTERN
 
 __all__ = [
     "atomic_dir",
@@ -173,7 +174,7 @@ def check_output_dir(
     ``out`` may be used when it does not exist, is an empty folder, or is recognisably an
     earlier output of the same command: it holds one of the ``markers`` (its manifest or
     run record) and, when ``known`` glob patterns are given, nothing else (hidden
-    temporary files of an interrupted write aside). It may never be the current directory
+    temporary files of an interrupted write and the tool's lock files aside). It may never be the current directory
     or one of its parents, and never equal, contain or lie inside one of ``inputs``.
     ``what`` names the command's output (``"tokenweight prepare output"``).
 
@@ -184,8 +185,11 @@ def check_output_dir(
     _check_output_place(out, inputs, option)
     if not out.exists():
         return False
-    # temporary siblings of an interrupted (or concurrent) atomic write do not count
-    entries = sorted(p.name for p in out.iterdir() if not _SIBLING.match(p.name))
+    # temporary siblings of an interrupted (or concurrent) atomic write and the lock files
+    # of output folders inside (tokenweight.folder_lock) do not count
+    entries = sorted(
+        p.name for p in out.iterdir() if not (_SIBLING.match(p.name) or LOCK_PATTERN.match(p.name))
+    )
     if not entries:
         return False
     _check_earlier_output(out, entries, what, markers, known, option)

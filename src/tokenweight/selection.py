@@ -345,8 +345,11 @@ def select_dataset(
     ``bucket`` (tokens) defaults to the scoring window. See :func:`choose` for ``top``,
     ``threshold`` and ``keep_short``.
     """
+    from tokenweight.data.manifest import FINGERPRINT
     from tokenweight.data.prepare import MANIFEST
+    from tokenweight.data.store import rows_fingerprint
     from tokenweight.files import atomic_dir, atomic_write_json
+    from tokenweight.folder_lock import output_lock
 
     scored, prepared, out = Path(scored), Path(prepared), Path(out)
     _check_choice(by, level)
@@ -370,8 +373,10 @@ def select_dataset(
     )
     chosen = prep.select(rows.tolist())
     manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
+    manifest[FINGERPRINT] = rows_fingerprint(chosen)
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with output_lock(out, "--out"), atomic_dir(out, overwrite=overwrite) as tmp:
+            _check_out(out, overwrite)  # again under the lock: another run may have written
             chosen.save_to_disk(str(tmp))
             atomic_write_json(tmp / MANIFEST, manifest)
             _verify_written(tmp, rows, scores.hashes)

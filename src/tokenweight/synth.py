@@ -372,8 +372,11 @@ def write_synth(
     returns the prepared manifest. ``overwrite`` replaces only an earlier synth output."""
     import datasets
 
+    from tokenweight.data.manifest import FINGERPRINT
     from tokenweight.data.prepare import MANIFEST, column_features
+    from tokenweight.data.store import rows_fingerprint
     from tokenweight.files import atomic_dir, atomic_write_json
+    from tokenweight.folder_lock import output_lock
     from tokenweight.models import load_tokenizer
 
     out = Path(out)
@@ -400,8 +403,10 @@ def write_synth(
         "words": words.tolist(),
         "successors": successors.tolist(),
     }
+    manifest[FINGERPRINT] = rows_fingerprint(ds)
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with output_lock(out, "--out"), atomic_dir(out, overwrite=overwrite) as tmp:
+            _check_synth_out(out, overwrite)  # again under the lock
             ds.save_to_disk(str(tmp))
             atomic_write_json(tmp / MANIFEST, manifest)
             atomic_write_json(tmp / DEPENDENCIES, record)

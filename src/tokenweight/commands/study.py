@@ -25,7 +25,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, config_path)
         config_path = None
     config = load_study_config(config_path, overrides)
-    report = run_study(config, dry_run=args.dry_run)
+    if args.dry_run:
+        run_study(config, dry_run=True)
+        return 0
+    from tokenweight.folder_lock import output_lock
+
+    with output_lock(config.work_dir, "work_dir"):  # one study per folder
+        report = run_study(config)
     if report is not None:
         print(f"study report: {report}")
     return 0

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenweight.data.corpus import InputFile, find_input_files, iter_documents, load_hub_documents
-from tokenweight.data.manifest import MANIFEST, PREPARED_FORMAT, read_manifest
+from tokenweight.data.manifest import FINGERPRINT, MANIFEST, PREPARED_FORMAT, read_manifest
 from tokenweight.data.packing import Packing
+from tokenweight.data.store import rows_fingerprint
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_dir,
@@ -32,6 +33,8 @@ from tokenweight.files import (
     remove_path,
     temp_sibling,
 )
+from tokenweight.folder_lock import output_lock
+from tokenweight.schema import require, seed_range
 
 if TYPE_CHECKING:
     import datasets
@@ -152,7 +155,13 @@ def load_prepared(folder: str | Path) -> datasets.Dataset:
 
 
 def _check_output(
-    out: Path, seq_len: int, tokenizer: Any, local_inputs: list[Any], overwrite: bool, num_proc: int
+    out: Path,
+    seq_len: int,
+    tokenizer: Any,
+    local_inputs: list[Any],
+    overwrite: bool,
+    num_proc: int,
+    seed: int,
 ) -> None:
     """Step: refuse bad options and an output folder the tool may not replace
     (``local_inputs``: the input files, which the output must not overlap)."""
@@ -175,6 +184,7 @@ def _check_output(
     clean_stale_siblings(out)  # scratch and half-moved folders of a killed earlier run
     if num_proc < 1:
         raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
+    require(seed, seed_range, "--seed")
 
 
 def _tokenizer_and_packing(
@@ -336,6 +346,7 @@ def _manifest(
     inputs: list[dict[str, Any]],
     counts: dict[str, int],
     columns: Sequence[str],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """The content of ``manifest.json``: how the folder was made and what it holds."""
     from tokenweight import __version__
@@ -357,6 +368,7 @@ def _manifest(
         "inputs": inputs,
         "counts": counts,
         "columns": sorted(columns),
+        FINGERPRINT: fingerprint,
     }
 
 
@@ -389,13 +401,16 @@ def prepare_dataset(
 
     start = time.perf_counter()
     out = Path(out)
-    _check_output(out, seq_len, tokenizer, [] if hf_split else list(inputs), overwrite, num_proc)
+    local_inputs = [] if hf_split else list(inputs)
+    _check_output(out, seq_len, tokenizer, local_inputs, overwrite, num_proc, seed)
     files = None if hf_split else find_input_files(inputs, glob)
     tok, packing = _tokenizer_and_packing(
         tokenizer, seq_len, stride=stride, keep_tail=keep_tail, trust_remote_code=trust_remote_code
     )
     identity = tokenizer_identity(tok)
-    with _scratch_folder(out) as (scratch, tag):
+    with output_lock(out, "--out"), _scratch_folder(out) as (scratch, tag):
+        # again under the lock: another run may have finished into ``out`` meanwhile
+        _check_output(out, seq_len, tokenizer, local_inputs, overwrite, num_proc, seed)
         docs, input_entries = _read_documents(
             inputs, files, hf_split, scratch, text_field, encoding_errors
         )
@@ -414,6 +429,7 @@ def prepare_dataset(
             inputs=input_entries,
             counts=counts,
             columns=shuffled.column_names,
+            fingerprint=rows_fingerprint(shuffled),
         )
         _save(out, shuffled, manifest, overwrite)
     seconds = time.perf_counter() - start

@@ -117,7 +117,9 @@ def next_segments(
 
 def close_segments(segments: Sequence[Mapping[str, Any]], last_step: int) -> list[dict[str, Any]]:
     """``segments`` with the open one ending at ``last_step``."""
-    out = [{"steps": list(s["steps"]), "settings": dict(s["settings"])} for s in segments]
+    out: list[dict[str, Any]] = [
+        {"steps": list(s["steps"]), "settings": dict(s["settings"])} for s in segments
+    ]
     if out:
         out[-1]["steps"] = [out[-1]["steps"][0], last_step]
     return out

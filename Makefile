@@ -4,7 +4,8 @@
 # Both create .venv idempotently; nothing is downloaded at run time except from the
 # Python package index during set-up.
 # For maintainers:
-#   make docs          the API reference from the docstrings, in docs/api/ (not committed)
+#   make docs          the documentation site (docs/*.md and the API reference from the
+#                      docstrings) in site/ (not committed), offline; broken links fail
 #   make wheel-check   build the wheel, install it in a fresh virtualenv, then outside the
 #                      repository copy a packaged config, train a tiny run and evaluate it
 
@@ -45,10 +46,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tokenweight demo
 
 docs: $(STAMP)
-	$(PY) docs/build_api.py docs/api
+	$(VENV)/bin/mkdocs build --strict --quiet
+	@echo "documentation: site/index.html"
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh $(PY) $(PYTHON) "$(TORCH_SPEC)"
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache docs/api
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache docs/api site

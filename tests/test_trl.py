@@ -34,7 +34,7 @@ WINDOW = 64  # >= every document: the scorer model sees each document whole
 
 
 class TokenWeightSFTTrainer(TokenWeightTrainer, SFTTrainer):
-    """The recipe of the README: token weighting with TRL's data handling."""
+    """The recipe of docs/python-api.md: token weighting with TRL's data handling."""
 
 
 def texts(count: int = 6, seed: int = 0) -> list[str]:

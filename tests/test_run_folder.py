@@ -321,3 +321,75 @@ def test_prepared_and_scored_manifests_carry_a_content_fingerprint(assets, tmp_p
     other = prepare(tmp_path, assets["model"], SEQ, docs=4, words=90)
     other_fp = json.loads((other / "manifest.json").read_text())["fingerprint"]
     assert other_fp == _independent_rows_fingerprint(other) != manifest["fingerprint"]
+
+
+# ------------------------------------------------------------------ reports
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "![pixel](http://example.com/p.png)",
+    "[click](javascript:alert(1))",
+    "[ref]: http://example.com",
+    "<http://example.com>",
+    "a|b",
+    "`code` and ``more``",
+    "*bold* and _it_",
+    "two\nlines",
+    "&lt;b&gt; & co",
+    "back\\slash\\|",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_the_markdown_escaper_keeps_user_text_literal(text):
+    """Rendered by an independent markdown implementation, in a table cell and in prose:
+    no element other than the table, and the cell's text is the user's text."""
+    import html
+    import re
+
+    import markdown
+
+    from tokenweight.evaluation.report import md_escape
+
+    escaped = md_escape(text)
+    cell = markdown.markdown(f"| a | b |\n|---|---|\n| x | {escaped} |", extensions=["tables"])
+    tags = set(re.findall(r"<\s*([a-zA-Z]+)", cell))
+    assert tags <= {"table", "thead", "tbody", "tr", "th", "td"}, cell
+    cells = re.findall(r"<td>(.*?)</td>", cell, flags=re.S)
+    assert len(cells) == 2 and html.unescape(cells[1]) == text.replace("\n", "⏎"), cell
+    prose = markdown.markdown(f"- **run**: {escaped} is better")
+    assert set(re.findall(r"<\s*([a-zA-Z]+)", prose)) <= {"ul", "li", "strong"}, prose
+
+
+def test_study_report_escapes_run_names_in_prose_and_tables(tmp_path, monkeypatch):
+    from tokenweight import study
+    from tokenweight.study import write_study_report
+
+    # only the parts that show run names: no start-model section, no figure
+    monkeypatch.setattr(study, "_context_section", lambda c: [])
+    monkeypatch.setattr(study, "_plot", lambda results, path: None)
+
+    name = "<img src=x onerror=alert(1)>[a](javascript:x)"
+    diff = {
+        "metric": "all targets",
+        "run": name,
+        "targets": 10,
+        "count": 10,
+        "baseline": 1.0,
+        "diff": -0.1,
+        "low": -0.2,
+        "high": 0.0,
+        "verdict": "better",
+        "inside_noise": False,
+    }
+    results = {
+        "config": {"confidence": 0.95, "window": 8},
+        "baseline": "uniform",
+        "seeds": [0],
+        "held_out_sequences": 2,
+        "runs": ["uniform", name],
+        "differences": [diff],
+        "context_check": {},
+    }
+    md = write_study_report(results, tmp_path).read_text()
+    assert "<img" not in md and "](javascript:" not in md
+    assert "&lt;img src=x onerror=alert(1)&gt;\\[a\\](javascript:x)" in md

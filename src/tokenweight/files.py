@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_output_dir",
+    "check_output_place",
     "clean_stale_siblings",
     "json_text",
     "read_json",
@@ -182,7 +183,7 @@ def check_output_dir(
     saying what is in the way otherwise.
     """
     out = Path(out)
-    _check_output_place(out, inputs, option)
+    check_output_place(out, inputs, option)
     if not out.exists():
         return False
     # temporary siblings of an interrupted (or concurrent) atomic write and the lock files
@@ -196,9 +197,10 @@ def check_output_dir(
     return True
 
 
-def _check_output_place(out: Path, inputs: Sequence[str | Path], option: str) -> None:
+def check_output_place(out: str | Path, inputs: Sequence[str | Path], option: str) -> None:
     """Refuse an ``out`` that is the current directory or above it, overlaps an input, or
-    is not a folder."""
+    is not a folder (``option``: how the user named it)."""
+    out = Path(out)
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:

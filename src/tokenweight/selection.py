@@ -21,6 +21,7 @@ was scored on before and after writing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from tokenweight.errors import TokenWeightError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KEY_GAIN",
@@ -238,11 +241,18 @@ def _read_scores(ds: Any, prep: Any, scored: Path, prepared: Path) -> _Scores:
     return scores
 
 
-def _check_choice(by: str, level: str) -> None:
+def _check_choice(by: str, level: str, bucket: int | None, show: int, seed: int) -> None:
+    """Step: the options, named by their flags, before anything is read."""
+    from tokenweight.schema import non_negative, positive, require, seed_range
+
     if by not in STATISTICS:
         raise TokenWeightError(f"--by must be one of {', '.join(STATISTICS)}, got {by!r}")
     if level not in ("sequence", "document"):
         raise TokenWeightError(f"--level must be sequence or document, got {level!r}")
+    if bucket is not None:
+        require(bucket, positive, "--bucket")
+    require(show, non_negative, "--show")
+    require(seed, seed_range, "--seed")
 
 
 def _doc_ids(prep: Any) -> np.ndarray:
@@ -352,15 +362,22 @@ def select_dataset(
     from tokenweight.folder_lock import output_lock
 
     scored, prepared, out = Path(scored), Path(prepared), Path(out)
-    _check_choice(by, level)
-    _check_out(out, overwrite)
+    _check_choice(by, level, bucket, show, seed)
+    _check_out(out, overwrite, (scored, prepared))
     ds, prep, sman, pman = _load_scores(scored, prepared)
-    bucket = bucket or int(sman["window"])
+    bucket = bucket if bucket is not None else int(sman["window"])
     scores = _read_scores(ds, prep, scored, prepared)
     doc_ids = _doc_ids(prep)
     stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
     per_seq = aggregate(stats)
     units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
+    if not np.any(units[by]):
+        logger.warning(
+            "every %s has %s 0 (no target gains from the long context): the selection is "
+            "arbitrary (the first ones in order); check the scores or the scoring window",
+            level,
+            by,
+        )
     selected, extra = choose(
         units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
     )
@@ -376,7 +393,9 @@ def select_dataset(
     manifest[FINGERPRINT] = rows_fingerprint(chosen)
     try:
         with output_lock(out, "--out"), atomic_dir(out, overwrite=overwrite) as tmp:
-            _check_out(out, overwrite)  # again under the lock: another run may have written
+            _check_out(
+                out, overwrite, (scored, prepared)
+            )  # again under the lock: another run may have written
             chosen.save_to_disk(str(tmp))
             atomic_write_json(tmp / MANIFEST, manifest)
             _verify_written(tmp, rows, scores.hashes)
@@ -390,8 +409,12 @@ def select_dataset(
     return SelectionResult(out=out, summary=summary, units=units, kept=keep_unit)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """An existing ``out`` may only be replaced (``overwrite``) if ``select`` wrote it."""
+def _check_out(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """An existing ``out`` may only be replaced (``overwrite``) if ``select`` wrote it; the
+    output-folder rule of every command holds too."""
+    from tokenweight.files import check_output_dir
+
+    check_output_dir(out, "tokenweight select output", markers=(SELECTION_FILE,), inputs=inputs)
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -472,12 +495,6 @@ def _snippet(prep: Any, pman: dict[str, Any], row: int, chars: int = 90) -> str:
     return " ".join(text.split())[:chars]
 
 
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text).replace("|", "&#124;").replace("`", "&#96;")
-
-
 def _write_report(
     folder: Path,
     summary: dict[str, Any],
@@ -544,7 +561,7 @@ def _units_table(
                 str(int(units["rows"][i])),
                 f"{units['key_share'][i]:.2%}",
                 f"{units['mean_gain'][i]:.3f}",
-                _escape(_snippet(prep, pman, row)),
+                _snippet(prep, pman, row),  # escaped by markdown_table
             ]
         )
     return markdown_table([name, "sequences", "key share", "mean gain", "text"], rows)

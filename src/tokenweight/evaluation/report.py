@@ -25,19 +25,33 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+# markdown characters that user text may not use as markup, each shown as itself
+_MD_ESCAPES = str.maketrans(
+    {
+        "\\": "\\\\",  # first of all: no escape of the escapes below is undone
+        "&": "&amp;",  # no entity: the text shows as written
+        "<": "&lt;",  # no HTML tag, no <autolink>
+        ">": "&gt;",
+        "|": "\\|",  # no table cell break
+        "[": "\\[",  # no link, image or reference: [text](url), ![alt](url), [x]: url
+        "]": "\\]",
+        "`": "\\`",  # no code span across cells
+        "*": "\\*",  # no emphasis
+        "_": "\\_",
+        "\r": "",
+        "\n": "⏎",  # one line: a table row or a bullet stays whole
+    }
+)
+
+
 def md_escape(text: object) -> str:
-    """Text safe inside markdown (a label, a token, a path): ``<`` and ``>`` become
-    entities (no HTML), ``|`` and ``\\`` are escaped (no broken tables), a line break
-    shows as ``⏎``. Every markdown writer of the package passes user text through it."""
-    return (
-        str(text)
-        .replace("\\", "\\\\")
-        .replace("|", "\\|")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("\r", "")
-        .replace("\n", "⏎")
-    )
+    """User text (a label, a run name, a token, a file name) made safe inside any markdown
+    file the package writes, in a table cell or in prose: no HTML (``<``, ``>``, ``&`` as
+    entities), no table break (``|``), no link or image (``[``, ``]``), no code span or
+    emphasis (`````, ``*``, ``_``), one line (a line break shows as ``⏎``); it renders as
+    the text itself. The one markdown escaper of the package: every markdown writer passes
+    user text through it."""
+    return str(text).translate(_MD_ESCAPES)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -60,7 +74,7 @@ def _models_section(entries: list[dict[str, Any]]) -> list[str]:
         [
             [
                 e["label"],
-                f"`{e['source']}`" if e.get("source") else "(in memory)",
+                str(e["source"]) if e.get("source") else "(in memory)",
                 str(e.get("max_position_embeddings") or "-"),
                 f"{e['rope_theta']:g}" if e.get("rope_theta") else "-",
             ]

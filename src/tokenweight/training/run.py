@@ -313,9 +313,10 @@ def train(
     The output folder is locked (:mod:`tokenweight.folder_lock`) from before the first
     write to the end; in a multi-process launch rank 0 holds the lock for every rank.
     """
-    from tokenweight.training.distributed import is_distributed_launch
+    from tokenweight.training.distributed import check_sequence_parallel, is_distributed_launch
 
     out = Path(config.train.output_dir)
+    check_sequence_parallel(config.train.sequence_parallel)
     _check_output_dir(config)
     with contextlib.ExitStack() as held:
         # one process: the lock comes first; a launch: rank 0 takes it for every rank
@@ -481,9 +482,15 @@ def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) 
     import torch
     import transformers
 
-    from tokenweight.training.distributed import refuse_fsdp_on_cpu, start_process_group
+    from tokenweight.training.distributed import (
+        refuse_fsdp_on_cpu,
+        single_process_environment,
+        start_process_group,
+    )
 
     extra = dict(overrides or {})
+    if config.train.deepspeed:
+        single_process_environment()  # DeepSpeed needs a process group, also of one
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from fixtures import make_tokenizer, save_tiny_model
-from test_train_support import prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.folder_lock import acquire, lock_file, output_lock

@@ -8,42 +8,38 @@ accumulation 1 (the same 2 sequences per optimizer step, padded rows of differen
 lengths among them). Plain SGD without clipping, so any error in the gradient scale
 shows in the parameters. Compared: the loss of every step (the training log) and every
 final parameter. The engines are the shipped config files; the tests change only what a
-CPU run needs (see ``_deepspeed_file``). Each engine is one ``torchrun`` launch that
+CPU run needs (see ``helpers.distributed.deepspeed_file``). Each engine is one ``torchrun`` launch that
 trains the four schemes one after another through the real command line.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import (
+from helpers.distributed import (
+    LOSS_TOL,
+    PARAM_TOL,
     assert_runs_match_one_process,
+    deepspeed_file,
     logged_losses,
-    make_tokenizer,
-    save_tiny_model,
     torchrun_trainings,
 )
-from test_train_support import prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
 SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tokenweight" / "configs"
 SCHEMES = {
     "uniform": ("uniform", "none"),
     "dense_self": ("dense:0.75", "self"),
     "dense_precomputed": ("dense:0.75", "precomputed"),
     "sparse_self": ("sparse:0.25", "self"),
 }
-# float32 on the CPU; the engines sum the same gradients in another order (seen: up to
-# 2e-6 on the embedding after 3 steps at learning rate 0.5)
-LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
-PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +83,10 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
     }
 
 
-def _deepspeed_file(shipped: str, folder: Path) -> str:
-    """The shipped DeepSpeed file with the CPU test's changes: the torch SGD optimizer
-    (DeepSpeed calls it untested) and, for ZeRO-3, every parameter partitioned (the
-    default keeps a tiny model's small tensors whole)."""
-    data = json.loads((CONFIGS / "deepspeed" / shipped).read_text())
-    data["zero_allow_untested_optimizer"] = True
-    if data["zero_optimization"]["stage"] == 3:
-        data["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    path = folder / shipped
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
 def _engine(name: str, folder: Path) -> dict:
     if name == "ddp":
         return {}
-    return {"deepspeed": _deepspeed_file(f"{name}.json", folder)}
+    return {"deepspeed": deepspeed_file(f"{name}.json", folder)}
 
 
 @pytest.fixture(scope="module")
@@ -132,31 +115,6 @@ def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_pa
     assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, engine)
 
 
-def test_fsdp_on_cpu_processes_is_refused(monkeypatch):
-    from types import SimpleNamespace
-
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.training import distributed
-    from tokenweight.training.distributed import refuse_fsdp_on_cpu
-
-    monkeypatch.setattr(distributed, "_accelerator_present", lambda: False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(TokenWeightError, match="FSDP runs on GPUs only"):
-        refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))
-    refuse_fsdp_on_cpu(SimpleNamespace(fsdp=""))  # DDP goes ahead
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))  # one process: nothing to shard
-
-
-def test_eval_refuses_a_distributed_launch(monkeypatch, tmp_path, capsys):
-    from tokenweight.cli import main
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["eval", "x", "--out", str(tmp_path / "eval"), "--tasks", "ppl"]) == 2
-    assert "runs in one process" in capsys.readouterr().err
-    assert not (tmp_path / "eval").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["none", "torchrun"])
 def test_one_process_deepspeed_equals_one_process_without_it(assets, single, tmp_path, launcher):
@@ -167,19 +125,19 @@ def test_one_process_deepspeed_equals_one_process_without_it(assets, single, tmp
     import subprocess
     import sys
 
-    from fixtures import subprocess_env
+    from helpers.distributed import subprocess_env
 
     files, outs = [], {}
     for stage in ("zero2", "zero3"):
         outs[stage] = tmp_path / f"out-{stage}"
-        engine = {"deepspeed": _deepspeed_file(f"{stage}.json", tmp_path)}
+        engine = {"deepspeed": deepspeed_file(f"{stage}.json", tmp_path)}
         config = _config(assets, "dense_self", outs[stage], accumulation=2, engine=engine)
         files.append(tmp_path / f"{stage}.yaml")
         files[-1].write_text(yaml.safe_dump(config))
     env = subprocess_env()
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    driver = str(Path(__file__).with_name("dist_train_many.py"))
+    driver = str(Path(__file__).parents[1] / "helpers" / "dist_train_many.py")
     start = [sys.executable]
     if launcher == "torchrun":
         start += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]

@@ -17,15 +17,16 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import (
+from helpers.distributed import (
+    LOSS_TOL,
+    PARAM_TOL,
     assert_runs_match_one_process,
+    deepspeed_file,
     logged_losses,
-    make_tokenizer,
-    save_tiny_model,
     torchrun_trainings,
 )
-from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file
-from test_train_support import prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -99,7 +100,7 @@ def single(assets, tmp_path_factory):
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_path, stage):
     engine = {
-        "deepspeed": _deepspeed_file(f"{stage}.json", tmp_path),
+        "deepspeed": deepspeed_file(f"{stage}.json", tmp_path),
         "sequence_parallel": 2,
     }
     files, outs = [], {}
@@ -110,13 +111,3 @@ def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_pat
     torchrun_trainings(files)
     start = load_file(str(assets[0] / "model.safetensors"))
     assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 {stage}")
-
-
-def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
-    from tokenweight.errors import TokenWeightError
-
-    base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
-    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
-        load_config(base={**base, "train": {"sequence_parallel": 2}})
-    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
-        load_config(base={**base, "train": {"sequence_parallel": 0}})

@@ -1,0 +1,44 @@
+"""Single-process checks of the distributed set-up: what is refused before any process
+starts (FSDP on CPU processes, a distributed eval, sequence parallelism without DeepSpeed).
+The multi-process runs themselves are in ``tests/distributed/``."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenweight.training.config import load_config
+
+
+def test_fsdp_on_cpu_processes_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.training import distributed
+    from tokenweight.training.distributed import refuse_fsdp_on_cpu
+
+    monkeypatch.setattr(distributed, "_accelerator_present", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TokenWeightError, match="FSDP runs on GPUs only"):
+        refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))
+    refuse_fsdp_on_cpu(SimpleNamespace(fsdp=""))  # DDP goes ahead
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    refuse_fsdp_on_cpu(SimpleNamespace(fsdp="full_shard"))  # one process: nothing to shard
+
+
+def test_eval_refuses_a_distributed_launch(monkeypatch, tmp_path, capsys):
+    from tokenweight.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "x", "--out", str(tmp_path / "eval"), "--tasks", "ppl"]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
+    from tokenweight.errors import TokenWeightError
+
+    base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
+        load_config(base={**base, "train": {"sequence_parallel": 2}})
+    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
+        load_config(base={**base, "train": {"sequence_parallel": 0}})

@@ -225,7 +225,9 @@ class StudyConfig:
             raise TokenWeightError(
                 f"select_top: must be a fraction in (0, 1], got {self.select_top}"
             )
-        require_short_window(self.window, _seq_len(self), "window")
+        if self.data is None or (Path(self.data) / "manifest.json").is_file():
+            # (data not prepared yet: checked when the study starts, after it is)
+            require_short_window(self.window, _seq_len(self), "window")
 
     def _validate_folders(self) -> None:
         """``work_dir`` apart from every input and not a data folder; held-out data that

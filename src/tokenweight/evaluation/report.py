@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,25 +34,25 @@ _MD_ESCAPES = str.maketrans(
         "<": "&lt;",  # no HTML tag, no <autolink>
         ">": "&gt;",
         "|": "\\|",  # no table cell break
-        "[": "\\[",  # no link, image or reference: [text](url), ![alt](url), [x]: url
-        "]": "\\]",
-        "`": "\\`",  # no code span across cells
-        "*": "\\*",  # no emphasis
-        "_": "\\_",
+        "`": "\\`",  # no code span (inside one, the escapes here would show)
         "\r": "",
         "\n": "⏎",  # one line: a table row or a bullet stays whole
     }
 )
+# a link, image or reference needs "](", "][" or "]:" (images: "![...](...)"); a bracket
+# pair alone, e.g. a position range "[16, 64)", renders as itself and is left alone
+_MD_LINK = re.compile(r"\](?=[(\[:])")
 
 
 def md_escape(text: object) -> str:
     """User text (a label, a run name, a token, a file name) made safe inside any markdown
     file the package writes, in a table cell or in prose: no HTML (``<``, ``>``, ``&`` as
-    entities), no table break (``|``), no link or image (``[``, ``]``), no code span or
-    emphasis (`````, ``*``, ``_``), one line (a line break shows as ``⏎``); it renders as
-    the text itself. The one markdown escaper of the package: every markdown writer passes
-    user text through it."""
-    return str(text).translate(_MD_ESCAPES)
+    entities), no table break (``|``), no link, image or reference definition (``]``
+    escaped before ``(``, ``[`` or ``:``), no code span (`````), one line (a line break
+    shows as ``⏎``); it renders as the text itself. Emphasis characters (``*``, ``_``)
+    are left: they can only format, and snake_case names stay readable. The one markdown
+    escaper of the package: every markdown writer passes user text through it."""
+    return _MD_LINK.sub("\\\\]", str(text).translate(_MD_ESCAPES))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -30,6 +30,7 @@ __all__ = [
     "check_output_dir",
     "check_output_place",
     "clean_stale_siblings",
+    "file_in_folder",
     "json_text",
     "read_json",
     "remove_path",
@@ -143,6 +144,21 @@ def clean_stale_siblings(
             remove_path(entry)
             removed.append(entry)
     return removed
+
+
+def file_in_folder(folder: str | Path, name: Any, record: str | Path) -> Path:
+    """``folder / name`` for a file name that ``record`` (a manifest in ``folder``) lists.
+
+    A record may only name files of its own folder: a name with a path separator, ``..``,
+    or an absolute path raises :class:`TokenWeightError` (nothing outside is read)."""
+    text = str(name) if isinstance(name, str) else ""
+    if not text or text in (".", "..") or Path(text).is_absolute() or Path(text).name != text:
+        raise TokenWeightError(
+            f"{record} names {name!r}, which is not a file of {folder} (a manifest may only "
+            "name files in its own folder); the folder was changed by hand or comes from "
+            "elsewhere: make it again with the command that wrote it"
+        )
+    return Path(folder) / text
 
 
 def read_json(path: str | Path, fix: str) -> Any:

@@ -147,12 +147,7 @@ def choose(
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
-    if (top is None) == (threshold is None):
-        raise TokenWeightError("choose one of --top FRACTION or --threshold VALUE")
-    if top is not None and not 0 < top <= 1:
-        raise TokenWeightError(f"--top must be a fraction in (0, 1], got {top}")
-    if not 0 <= keep_short <= 1:
-        raise TokenWeightError(f"--keep-short must be a fraction in [0, 1], got {keep_short}")
+    _check_fractions(top, threshold, keep_short)
     selected = np.zeros(n, dtype=bool)
     if top is not None:
         order = np.argsort(-values, kind="stable")
@@ -239,6 +234,16 @@ def _read_scores(ds: Any, prep: Any, scored: Path, prepared: Path) -> _Scores:
                 f"row {r} of {prepared} does not match the tokens {scored} scored; rescore it"
             )
     return scores
+
+
+def _check_fractions(top: float | None, threshold: float | None, keep_short: float) -> None:
+    """``--top`` or ``--threshold`` (one of them), ``--keep-short``: in range."""
+    if (top is None) == (threshold is None):
+        raise TokenWeightError("choose one of --top FRACTION or --threshold VALUE")
+    if top is not None and not 0 < top <= 1:
+        raise TokenWeightError(f"--top must be a fraction in (0, 1], got {top}")
+    if not 0 <= keep_short <= 1:
+        raise TokenWeightError(f"--keep-short must be a fraction in [0, 1], got {keep_short}")
 
 
 def _check_choice(by: str, level: str, bucket: int | None, show: int, seed: int) -> None:
@@ -363,50 +368,50 @@ def select_dataset(
 
     scored, prepared, out = Path(scored), Path(prepared), Path(out)
     _check_choice(by, level, bucket, show, seed)
+    _check_fractions(top, threshold, keep_short)
     _check_out(out, overwrite, (scored, prepared))
-    ds, prep, sman, pman = _load_scores(scored, prepared)
-    bucket = bucket if bucket is not None else int(sman["window"])
-    scores = _read_scores(ds, prep, scored, prepared)
-    doc_ids = _doc_ids(prep)
-    stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
-    per_seq = aggregate(stats)
-    units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
-    if not np.any(units[by]):
-        logger.warning(
-            "every %s has %s 0 (no target gains from the long context): the selection is "
-            "arbitrary (the first ones in order); check the scores or the scoring window",
-            level,
-            by,
+    with output_lock(out, "--out"):  # one writer per folder, from here to the end
+        _check_out(out, overwrite, (scored, prepared))  # again: another run may have written
+        ds, prep, sman, pman = _load_scores(scored, prepared)
+        bucket = bucket if bucket is not None else int(sman["window"])
+        scores = _read_scores(ds, prep, scored, prepared)
+        doc_ids = _doc_ids(prep)
+        stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
+        per_seq = aggregate(stats)
+        units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
+        if not np.any(units[by]):
+            logger.warning(
+                "every %s has %s 0 (no target gains from the long context): the selection is "
+                "arbitrary (the first ones in order); check the scores or the scoring window",
+                level,
+                by,
+            )
+        selected, extra = choose(
+            units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
         )
-    selected, extra = choose(
-        units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
-    )
-    keep_unit = selected | extra
-    rows = _kept_rows(keep_unit, units, doc_ids, level, by)
+        keep_unit = selected | extra
+        rows = _kept_rows(keep_unit, units, doc_ids, level, by)
 
-    summary = _summary(units, per_seq, selected, extra, rows, by, level, bucket, stats)
-    summary["settings"] = _settings(
-        scored, prepared, sman, by, level, top, threshold, keep_short, seed, bucket
-    )
-    chosen = prep.select(rows.tolist())
-    manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
-    manifest[FINGERPRINT] = rows_fingerprint(chosen)
-    try:
-        with output_lock(out, "--out"), atomic_dir(out, overwrite=overwrite) as tmp:
-            _check_out(
-                out, overwrite, (scored, prepared)
-            )  # again under the lock: another run may have written
-            chosen.save_to_disk(str(tmp))
-            atomic_write_json(tmp / MANIFEST, manifest)
-            _verify_written(tmp, rows, scores.hashes)
-            summary["rows"] = rows.tolist()
-            summary["hashes_verified"] = len(rows)
-            _write_report(tmp, summary, units, keep_unit, by, level, show, prep, pman)
-    except FileExistsError:
-        raise TokenWeightError(
-            f"output folder {out} appeared meanwhile; choose another --out"
-        ) from None
-    return SelectionResult(out=out, summary=summary, units=units, kept=keep_unit)
+        summary = _summary(units, per_seq, selected, extra, rows, by, level, bucket, stats)
+        summary["settings"] = _settings(
+            scored, prepared, sman, by, level, top, threshold, keep_short, seed, bucket
+        )
+        chosen = prep.select(rows.tolist())
+        manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
+        manifest[FINGERPRINT] = rows_fingerprint(chosen)
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                chosen.save_to_disk(str(tmp))
+                atomic_write_json(tmp / MANIFEST, manifest)
+                _verify_written(tmp, rows, scores.hashes)
+                summary["rows"] = rows.tolist()
+                summary["hashes_verified"] = len(rows)
+                _write_report(tmp, summary, units, keep_unit, by, level, show, prep, pman)
+        except FileExistsError:
+            raise TokenWeightError(
+                f"output folder {out} appeared meanwhile; choose another --out"
+            ) from None
+        return SelectionResult(out=out, summary=summary, units=units, kept=keep_unit)
 
 
 def _check_out(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:

@@ -379,18 +379,40 @@ def write_synth(
 ) -> dict[str, Any]:
     """Generate the corpus and write it as a prepared dataset with ``dependencies.json``;
     returns the prepared manifest. ``overwrite`` replaces only an earlier synth output."""
-    import datasets
-
-    from tokenweight.data.manifest import FINGERPRINT
-    from tokenweight.data.prepare import MANIFEST, column_features
-    from tokenweight.data.store import rows_fingerprint
+    from tokenweight.data.prepare import MANIFEST
     from tokenweight.files import atomic_dir, atomic_write_json
     from tokenweight.folder_lock import output_lock
-    from tokenweight.models import load_tokenizer
 
     out = Path(out)
     config.validate()
     _check_synth_out(out, overwrite)
+    with output_lock(out, "--out"):  # one writer per folder, from here to the end
+        _check_synth_out(out, overwrite)  # again: another run may have written
+        ds, manifest, record = _generate_rows(config, tokenizer)
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                ds.save_to_disk(str(tmp))
+                atomic_write_json(tmp / MANIFEST, manifest)
+                atomic_write_json(tmp / DEPENDENCIES, record)
+        except FileExistsError:
+            raise TokenWeightError(
+                f"output folder {out} appeared meanwhile; choose another --out"
+            ) from None
+    return manifest
+
+
+def _generate_rows(
+    config: SynthConfig, tokenizer: str | os.PathLike[str]
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Step: the rows (a ``datasets.Dataset``), their prepared manifest (with its
+    fingerprint) and the side record of every copy."""
+    import datasets
+
+    from tokenweight.data.manifest import FINGERPRINT
+    from tokenweight.data.prepare import column_features
+    from tokenweight.data.store import rows_fingerprint
+    from tokenweight.models import load_tokenizer
+
     tok = load_tokenizer(tokenizer)
     words = word_tokens(tok, config.words, config.grammar_seed)
     ids, successors, copies = generate(config, words, tok.bos_token_id)
@@ -404,6 +426,7 @@ def write_synth(
         table, features=column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
     )
     manifest = _synth_manifest(config, tok, tokenizer, sorted(ds.column_names))
+    manifest[FINGERPRINT] = rows_fingerprint(ds)
     record = {
         "format": SYNTH_FORMAT,
         "config": asdict(config),
@@ -412,18 +435,7 @@ def write_synth(
         "words": words.tolist(),
         "successors": successors.tolist(),
     }
-    manifest[FINGERPRINT] = rows_fingerprint(ds)
-    try:
-        with output_lock(out, "--out"), atomic_dir(out, overwrite=overwrite) as tmp:
-            _check_synth_out(out, overwrite)  # again under the lock
-            ds.save_to_disk(str(tmp))
-            atomic_write_json(tmp / MANIFEST, manifest)
-            atomic_write_json(tmp / DEPENDENCIES, record)
-    except FileExistsError:
-        raise TokenWeightError(
-            f"output folder {out} appeared meanwhile; choose another --out"
-        ) from None
-    return manifest
+    return ds, manifest, record
 
 
 def _check_synth_out(out: Path, overwrite: bool) -> None:

@@ -121,14 +121,17 @@ def test_one_process_deepspeed_equals_one_process_without_it(assets, single, tmp
     """``tokenweight train`` with the shipped ZeRO-2 and ZeRO-3 files in one process, started
     without a launcher (nothing describes a process group: DeepSpeed would look for MPI)
     and under ``torchrun --nproc_per_node 1``: the same step losses and final parameters as
-    one process without DeepSpeed (same batch of 2 sequences per step)."""
+    one process without DeepSpeed (same batch of 2 sequences per step). Without a
+    launcher also ZeRO-3 with parameters and optimizer state offloaded to the CPU (once:
+    the slowest to start)."""
     import subprocess
     import sys
 
     from helpers.distributed import subprocess_env
 
     files, outs = [], {}
-    for stage in ("zero2", "zero3"):
+    stages = ("zero2", "zero3") + (("zero3_offload",) if launcher == "none" else ())
+    for stage in stages:
         outs[stage] = tmp_path / f"out-{stage}"
         engine = {"deepspeed": deepspeed_file(f"{stage}.json", tmp_path)}
         config = _config(assets, "dense_self", outs[stage], accumulation=2, engine=engine)

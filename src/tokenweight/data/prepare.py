@@ -30,6 +30,8 @@ from tokenweight.files import (
     atomic_write_json,
     check_output_dir,
     clean_stale_siblings,
+    file_in_folder,
+    read_json,
     remove_path,
     temp_sibling,
 )
@@ -144,6 +146,13 @@ def load_prepared(folder: str | Path) -> datasets.Dataset:
     Arrow file raises :class:`TokenWeightError` naming the folder and the fix."""
     import datasets
 
+    state = Path(folder) / "state.json"
+    if state.is_file():  # the Arrow files datasets will open: only this folder's
+        record = read_json(state, "prepare it again with `tokenweight prepare --overwrite`")
+        files = record.get("_data_files", []) if isinstance(record, dict) else []
+        for entry in files if isinstance(files, list) else []:
+            name = entry.get("filename") if isinstance(entry, dict) else entry
+            file_in_folder(folder, name, state)
     try:
         return datasets.load_from_disk(str(folder))
     except Exception as exc:  # pyarrow and datasets raise many types; all mean "unreadable"

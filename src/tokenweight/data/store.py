@@ -40,6 +40,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_write_bytes,
     atomic_write_json,
+    file_in_folder,
     json_text,
     remove_path,
     sha256_bytes,
@@ -333,7 +334,7 @@ def load_scored_dataset(out_dir: str | Path, verify: bool = True) -> datasets.Da
     manifest = read_manifest(out_dir, "scored")
     parts = []
     for entry in manifest["shards"]:
-        path = out_dir / entry["file"]
+        path = file_in_folder(out_dir, entry.get("file"), out_dir / SCORED_MANIFEST)
         if not path.is_file():
             raise TokenWeightError(
                 f"shard {path} listed in the manifest is missing; rerun `tokenweight score` "

@@ -13,7 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="setting overrides")
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan and a cost estimate only"
+        "--dry-run",
+        action="store_true",
+        help="check every setting, print the plan and a cost estimate calibrated on this "
+        "machine (times a few small steps)",
     )
 
 
@@ -26,12 +29,13 @@ def run(args: argparse.Namespace) -> int:
         config_path = None
     config = load_study_config(config_path, overrides)
     if args.dry_run:
-        run_study(config, dry_run=True)
+        from tokenweight.study_cost import dry_run
+
+        dry_run(config)
         return 0
     from tokenweight.folder_lock import output_lock
 
     with output_lock(config.work_dir, "work_dir"):  # one study per folder
         report = run_study(config)
-    if report is not None:
-        print(f"study report: {report}")
+    print(f"study report: {report}")
     return 0

@@ -30,13 +30,15 @@ import torch
 
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.metrics import (
+    LONGPPL_ALPHA,
+    LONGPPL_BETA,
     key_token_mask,
     longppl,
     position_bucket_nll,
     position_curve,
 )
+from tokenweight.evaluation.probes import DISTRACTORS, HOPS, Probe, make_probes
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
-from tokenweight.evaluation.probes import Probe, make_probes
 from tokenweight.models import rope_theta
 
 logger = logging.getLogger(__name__)
@@ -109,8 +111,8 @@ class EvalConfig:
     trials: int = 1
     seed: int = 0
     batch_size: int = 1
-    distractors: int = 3
-    hops: int = 4
+    distractors: int = DISTRACTORS
+    hops: int = HOPS
     data: tuple[str, ...] = ()
     seq_len: int | None = None
     max_sequences: int | None = 16
@@ -118,8 +120,8 @@ class EvalConfig:
     bucket_size: int = 1024
     longppl_window: int | None = None
     longppl_stride: int | None = None
-    longppl_alpha: float = 2.0
-    longppl_beta: float = 2.0
+    longppl_alpha: float = LONGPPL_ALPHA
+    longppl_beta: float = LONGPPL_BETA
     glob: str | None = None
     encoding_errors: str = "strict"
     hf_split: str | None = None

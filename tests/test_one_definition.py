@@ -146,3 +146,28 @@ def test_probe_settings_have_one_default():
         assert (params["distractors"].default, params["hops"].default) == (DISTRACTORS, HOPS)
     assert (EvalConfig().distractors, EvalConfig().hops) == (DISTRACTORS, HOPS)
     assert (options["distractors"], options["hops"]) == (DISTRACTORS, HOPS)
+
+
+def test_one_number_formatter_for_the_reports():
+    import math
+
+    import numpy as np
+
+    from tokenweight.evaluation.report import format_number
+
+    cases = [
+        ((1.23456,), "1.235"),
+        ((1.23456, 1), "1.2"),
+        ((2,), "2.000"),
+        ((np.float32(0.5), 2), "0.50"),
+        ((None,), "-"),
+        ((math.nan,), "-"),
+        ((math.inf, 2), "inf"),
+        ((0.25,), "0.250"),
+        (("n/a",), "n/a"),
+    ]
+    for args, text in cases:
+        assert format_number(*args) == text, args
+    assert format_number(0.25, sign=True) == "+0.250"
+    assert format_number(-0.25, 2, sign=True) == "-0.25"
+    assert format_number(None, sign=True) == "-"

@@ -225,6 +225,8 @@ def _timings(**kw):
         score_start=1.5,
         score_per_sequence=0.25,
         probe_per_prompt=0.05,
+        comparison=0.01,
+        report_start=0.5,
     )
     return Timings(**{**base, **kw})
 
@@ -259,6 +261,9 @@ def test_estimate_counts_every_part_of_the_study():
             # uniform, frozen and selected step like uniform; self at its own rate
             "training": 2 * (2 + 5 * 0.5) * 3 + 2 * (2 + 5 * 0.8),
             "evaluation": 9 * (1 + 4 * 0.1) + 4 * 0.3,
+            # 3 runs against the baseline x (all, inside, beyond, 4 buckets of 16 in 64,
+            # key tokens, the default synth's 3 distance classes, not copied)
+            "report": 3 * 12 * 0.01 + 0.5,
         }
     )
     # with RoPE settings the start model is loaded once more, extended, for evaluation
@@ -285,7 +290,7 @@ def test_estimate_counts_every_part_of_the_study():
         ],
     )
     got = {p.name: p.seconds for p in estimate(probes, _timings(), train_sequences=8, seq_len=64)}
-    assert set(got) == {"training", "evaluation", "probes"}  # no pretraining, synth, scores
+    assert set(got) == {"training", "evaluation", "probes", "report"}  # no pretraining ...
     # the reference scorer's step adds one evaluation forward per sequence of the step
     assert got["training"] == pytest.approx((2 + 5 * 0.5) + (2 + 5 * (0.5 + 2 * 0.1)))
     assert got["probes"] == pytest.approx(3 * (1 * 2 * 1 * 2) * 0.05)

@@ -67,7 +67,9 @@ class Timings:
     ``eval_load``: loading one model for evaluation; ``eval_per_sequence``: one
     held-out sequence's long-context NLL; ``start_per_sequence``: the start model's extra
     passes per held-out sequence (short windows, local windows, extended RoPE);
-    ``probe_per_prompt``: one probe prompt's greedy answer; ``seconds``: the calibration.
+    ``probe_per_prompt``: one probe prompt's greedy answer; ``comparison``: one paired
+    difference with its bootstrap; ``report_start``: writing a report's figure;
+    ``seconds``: the calibration.
     """
 
     train_start: float
@@ -81,6 +83,8 @@ class Timings:
     score_start: float = 0.0
     score_per_sequence: float = 0.0
     probe_per_prompt: float = 0.0
+    comparison: float = 0.0
+    report_start: float = 0.0
     seconds: float = 0.0
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
@@ -175,7 +179,30 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 models * prompts * t.probe_per_prompt,
             )
         )
+    comparisons = (len(specs) - 1) * (_metric_count(config, seq_len) + len(config.probes))
+    parts.append(
+        Part(
+            "report",
+            f"{comparisons} paired comparisons x {t.comparison:.3f} s + {t.report_start:.1f} s "
+            "for the figure",
+            comparisons * t.comparison + t.report_start,
+        )
+    )
     return parts
+
+
+def _metric_count(config: StudyConfig, seq_len: int) -> int:
+    """How many NLL metrics the report compares (``tokenweight.study._metric_masks``):
+    all, inside, beyond, the window-wide buckets, key tokens, and on synthetic data one
+    per distance class plus the targets that copy nothing."""
+    w = config.window
+    buckets = seq_len // w if seq_len > 2 * w else 0
+    synthetic = 0
+    if config.data is None:
+        from tokenweight.synth import SynthConfig
+
+        synthetic = len(SynthConfig(**config.synth).distance_classes()) + 1
+    return 4 + buckets + synthetic
 
 
 def _extended(config: StudyConfig) -> bool:
@@ -184,6 +211,8 @@ def _extended(config: StudyConfig) -> bool:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -331,6 +360,7 @@ def calibrate(
             notes.append("a reference-scorer step adds one evaluation forward per sequence")
         score = _time_scoring(config, start, data, tmp / "scored", device, specs)
         ev = _time_evaluation(config, start, data, device)
+        report = _time_report(config, tmp / "figure.png")
     return Timings(
         train_start=min(starts),  # the first run also paid for imports, once per process
         train_step=steps,
@@ -341,7 +371,34 @@ def calibrate(
         **extra,
         **score,
         **ev,
+        **report,
     )
+
+
+def _time_report(config: StudyConfig, png: Path) -> dict[str, float]:
+    """One paired comparison at the study's size (seeds x held-out sequences, bootstrap
+    samples) on random sums, and one figure written."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from tokenweight.evaluation.plots import save_png
+    from tokenweight.paired import paired_difference
+
+    rng = np.random.default_rng(0)
+    shape = (len(config.seeds), config.eval_sequences)
+    with _timer() as one:
+        paired_difference(
+            rng.random(shape),
+            rng.random(shape),
+            np.ones(shape[1]),
+            samples=config.bootstrap_samples,
+            confidence=config.confidence,
+        )
+    with _timer() as figure:
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        fig.subplots().errorbar([0, 1], [0, 1], yerr=[0.1, 0.1], fmt="o")
+        save_png(fig, png)
+    return {"comparison": one(), "report_start": figure()}
 
 
 def _time_scoring(

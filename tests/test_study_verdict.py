@@ -164,6 +164,9 @@ def test_bottom_line_from_constructed_evaluations(tmp_path):
     assert "inside [0, 16) +0.300 nats" in line
     assert "- **Better than uniform on the long-range targets:** **helps**." in text
     assert "- Worse than uniform on the long-range targets: **hurts**." in text
+    hurts = next(x for x in text.splitlines() if x.startswith("  - **hurts**"))
+    assert "LongPPL key tokens +0.400 nats" in hurts
+    assert "cost elsewhere: worse on all targets" in hurts  # the key tokens are among them
     assert "- No long-range difference holds for **noise**." in text
     assert f"Holm's correction over the {m} comparisons" in text
     assert f"about {m * 0.05:.1f} of them would fall outside the noise" in text
@@ -174,6 +177,25 @@ def test_bottom_line_from_constructed_evaluations(tmp_path):
     assert verdict["uses_context"] and verdict["gain"] == pytest.approx(0.5, abs=1e-6)
     high = study_results(_config(min_context_gain=0.6), ev, tmp_path / "no-synth")
     assert not high["context_check"]["verdict"]["uses_context"]
+
+
+def test_context_verdict_reads_groups_with_enough_targets():
+    check = {
+        "local_window": 2,
+        "key_share": 0.2,
+        "inside_check": {
+            "all targets inside": {"targets": 90, "whole": 3.5, "local": 3.51},
+            "copied at distance 8, inside": {"targets": 1, "whole": 0.1, "local": 3.0},
+        },
+    }
+    verdict = context_verdict(check, 0.05)
+    assert verdict["where"] == "all targets inside" and verdict["gain"] == pytest.approx(0.01)
+    assert not verdict["uses_context"]
+    assert "0.010 nats (all targets inside)" in context_warning(check, verdict)[0]
+    check["inside_check"]["copied at distance 8, inside"]["targets"] = 40
+    verdict = context_verdict(check, 0.05)
+    assert verdict["uses_context"] and verdict["gain"] == pytest.approx(2.9)
+    assert context_warning(check, verdict) == []
 
 
 @pytest.mark.slow

@@ -244,6 +244,7 @@ def _timings(**kw):
         pretrain_start=3.0,
         pretrain_step=0.2,
         synth_per_token=0.001,
+        synth_start=0.4,
         score_start=1.5,
         score_per_sequence=0.25,
         probe_per_prompt=0.05,
@@ -277,8 +278,8 @@ def test_estimate_counts_every_part_of_the_study():
     parts = {p.name: p.seconds for p in estimate(config, _timings(), train_sequences=8, seq_len=64)}
     assert parts == pytest.approx(
         {
-            "pretraining the start model": 3 + 10 * 0.2 + 10 * 2 * 16 * 0.001,
-            "synthetic data": (8 + 4) * 64 * 0.001,
+            "pretraining the start model": 3 + 10 * 0.2 + 0.4 + 10 * 2 * 16 * 0.001,
+            "synthetic data": 2 * 0.4 + (8 + 4) * 64 * 0.001,  # training and held-out
             "scoring the training data": 1.5 + 8 * 0.25,
             # uniform, frozen and selected step like uniform; self at its own rate
             "training": 2 * (2 + 5 * 0.5) * 3 + 2 * (2 + 5 * 0.8),

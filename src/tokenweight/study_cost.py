@@ -62,7 +62,8 @@ class Timings:
     ``train_start``: the fixed cost of one training run (loading, Trainer set-up, the
     final save); ``train_step``: one optimizer step of the study's size by scorer kind
     (``"none"``, ``"self"``); ``pretrain_*`` the same for the tiny start model's
-    pretraining; ``synth_per_token``: writing synthetic data; ``score_start`` /
+    pretraining; ``synth_per_token`` / ``synth_start``: writing synthetic data, per token
+    and per folder; ``score_start`` /
     ``score_per_sequence``: scoring (short and long NLL) with the start model;
     ``eval_load``: loading one model for evaluation; ``eval_per_sequence``: one
     held-out sequence's long-context NLL; ``start_per_sequence``: the start model's extra
@@ -80,6 +81,7 @@ class Timings:
     pretrain_start: float = 0.0
     pretrain_step: float = 0.0
     synth_per_token: float = 0.0
+    synth_start: float = 0.0
     score_start: float = 0.0
     score_per_sequence: float = 0.0
     probe_per_prompt: float = 0.0
@@ -120,12 +122,21 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 "pretraining the start model",
                 f"{steps} steps x {t.pretrain_step:.3f} s + {t.pretrain_start:.1f} s start-up "
                 f"+ {tokens:,} synthetic tokens",
-                t.pretrain_start + steps * t.pretrain_step + tokens * t.synth_per_token,
+                t.pretrain_start
+                + steps * t.pretrain_step
+                + t.synth_start
+                + tokens * t.synth_per_token,
             )
         )
     if config.data is None:
         tokens = (int(config.synth.get("sequences", 0)) + config.eval_sequences) * seq_len
-        parts.append(Part("synthetic data", f"{tokens:,} tokens", tokens * t.synth_per_token))
+        parts.append(
+            Part(
+                "synthetic data",
+                f"{tokens:,} tokens in 2 folders",
+                2 * t.synth_start + tokens * t.synth_per_token,
+            )
+        )
     if any(r.scorer == "frozen" or r.data == "selected" for r in specs):
         parts.append(
             Part(
@@ -281,9 +292,11 @@ def _timer() -> Iterator[Callable[[], float]]:
     end.append(time.perf_counter())
 
 
-def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tuple[Path, float]:
+def _small_data(
+    config: StudyConfig, start: Path, folder: Path, rows: int
+) -> tuple[Path, float, float]:
     """A prepared folder of ``rows`` training sequences like the study's, and the
-    seconds per token it took to write (synthetic data; 0 for given data)."""
+    seconds it took to write per token and per folder (synthetic data; 0 for given data)."""
     import json
 
     if config.data is None:
@@ -294,10 +307,12 @@ def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tu
             write_synth(SynthConfig(**{**config.synth, "sequences": n}), start, out)
             return time.perf_counter() - t0
 
-        # the slope between two sizes: loading the tokenizer and saving cost the same
+        # the slope between two sizes, and what is left of the small one per folder
+        # (loading the tokenizer, saving)
         small, large = seconds(rows, folder), seconds(4 * rows, folder.with_name("synth-4x"))
-        seq_len = int(config.synth.get("seq_len", 512))
-        return folder, max(0.0, large - small) / (3 * rows * seq_len)
+        tokens = rows * SynthConfig(**config.synth).seq_len
+        per_token = max(0.0, large - small) / (3 * tokens)
+        return folder, per_token, max(0.0, small - tokens * per_token)
     from tokenweight.data import read_manifest
     from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, load_scored_dataset
@@ -315,7 +330,7 @@ def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tu
     ds.save_to_disk(str(folder))
     counts = {**manifest.get("counts", {}), "sequences": len(ds)}
     atomic_write_json(folder / "manifest.json", {**manifest, "counts": counts})
-    return folder, 0.0
+    return folder, 0.0, 0.0
 
 
 def calibrate(
@@ -343,7 +358,7 @@ def calibrate(
             )
             extra["pretrain_start"], extra["pretrain_step"] = _timed_training(tc)
         rows = max(_SEQUENCES, k * config.micro_batch_size * config.gradient_accumulation_steps)
-        data, synth_per_token = _small_data(config, start, tmp / "data", rows)
+        data, synth_per_token, synth_start = _small_data(config, start, tmp / "data", rows)
         brief = dataclasses.replace(config, max_steps=k, warmup_steps=0)
         steps: dict[str, float] = {}
         starts = []
@@ -365,6 +380,7 @@ def calibrate(
         train_start=min(starts),  # the first run also paid for imports, once per process
         train_step=steps,
         synth_per_token=synth_per_token,
+        synth_start=synth_start,
         seconds=time.perf_counter() - t_all,
         device=device,
         notes=notes,

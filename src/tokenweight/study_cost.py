@@ -356,6 +356,7 @@ def calibrate(
             tc = _train_config(
                 small, RunSpec(), 0, start, tmp / "pre-data", tmp / "pre-out", device, pretrain=True
             )
+            log(f"    {k} pretraining steps ...")
             extra["pretrain_start"], extra["pretrain_step"] = _timed_training(tc)
         rows = max(_SEQUENCES, k * config.micro_batch_size * config.gradient_accumulation_steps)
         data, synth_per_token, synth_start = _small_data(config, start, tmp / "data", rows)
@@ -365,6 +366,7 @@ def calibrate(
         for kind in dict.fromkeys(_step_kind(r.scorer) for r in specs):
             spec = RunSpec("dense:0.75", "self") if kind == "self" else RunSpec()
             tc = _train_config(brief, spec, 0, start, data, tmp / f"train-{kind}", device)
+            log(f"    {k} training steps ({'self-scored' if kind == 'self' else 'uniform'}) ...")
             s, steps[kind] = _timed_training(tc)
             starts.append(s)
         if "self" not in steps:
@@ -373,6 +375,7 @@ def calibrate(
             notes.append("a frozen-scorer step is counted as a uniform one (scores read from disk)")
         if any(r.scorer == "reference" for r in specs):
             notes.append("a reference-scorer step adds one evaluation forward per sequence")
+        log("    scoring, evaluation and report ...")
         score = _time_scoring(config, start, data, tmp / "scored", device, specs)
         ev = _time_evaluation(config, start, data, device)
         report = _time_report(config, tmp / "figure.png")

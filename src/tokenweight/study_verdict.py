@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tokenweight.evaluation.report import md_escape
 from tokenweight.paired import holm
 
 __all__ = [
@@ -121,7 +122,8 @@ def _num(x: float, digits: int = 3) -> str:
 
 def _item(d: dict[str, Any]) -> str:
     unit = "" if d["metric"].startswith("probe") else " nats"
-    return f"{d['metric']} {_num(d['diff'])}{unit} [{_num(d['low'])}, {_num(d['high'])}]"
+    metric = md_escape(d["metric"])
+    return f"{metric} {_num(d['diff'])}{unit} [{_num(d['low'])}, {_num(d['high'])}]"
 
 
 def _listing(rows: Sequence[dict[str, Any]]) -> str:
@@ -129,7 +131,7 @@ def _listing(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _names(runs: Sequence[str]) -> str:
-    return ", ".join(f"**{r}**" for r in runs)
+    return ", ".join(f"**{md_escape(r)}**" for r in runs)
 
 
 def bottom_line(results: dict[str, Any]) -> list[str]:
@@ -137,6 +139,7 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
     cost elsewhere, the probes, and the correction used (``results``: ``study.json``
     with :func:`apply_holm` applied and ``families``: metric -> family)."""
     base, fam = results["baseline"], results["families"]
+    shown = md_escape(base)  # run names and metrics are user text
     corr = results["correction"]
     diffs = [d for d in results["differences"] if d.get("targets")]
     conf = 1 - corr["alpha"]
@@ -145,14 +148,14 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         f"comparisons of this study (metrics x runs; family-wise error {corr['alpha']:.0%}). "
         f"Read one by one at {conf:.0%}, about {corr['expected_false_uncorrected']:.1f} of "
         f"them would fall outside the noise by chance alone if no run differed from "
-        f"{base}; {corr['outside_noise_uncorrected']} do.",
+        f"{shown}; {corr['outside_noise_uncorrected']} do.",
         "",
     ]
     families = {f: [m for m in results["metrics"] if fam.get(m) == f] for f in (LONG_RANGE, OTHER)}
     # "no cost elsewhere" below means: no difference on the other targets holds
     lines.append(
-        f"- Long-range targets: {', '.join(families[LONG_RANGE]) or 'none in this study'}; "
-        f"other targets: {', '.join(families[OTHER]) or 'none'}."
+        f"- Long-range targets: {md_escape(', '.join(families[LONG_RANGE])) or 'none in this study'}; "
+        f"other targets: {md_escape(', '.join(families[OTHER])) or 'none'}."
     )
     runs = [r for r in results["runs"] if r != base]
     beat: list[str] = []
@@ -178,30 +181,34 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         return text + (f"; better elsewhere on {_listing(gain)}" if gain else "")
 
     if beat:
-        lines.append(f"- **Better than {base} on the long-range targets:** {_names(beat)}.")
-        lines += [f"  - **{r}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}." for r in beat]
+        lines.append(f"- **Better than {shown} on the long-range targets:** {_names(beat)}.")
+        lines += [
+            f"  - **{md_escape(r)}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}."
+            for r in beat
+        ]
     else:
         lines.append(
-            f"- **No run is better than {base} on the long-range targets** after the correction."
+            f"- **No run is better than {shown} on the long-range targets** after the correction."
         )
     for group, head in (
-        (worse, f"Worse than {base} on the long-range targets"),
+        (worse, f"Worse than {shown} on the long-range targets"),
         (mixed, "Better on some long-range targets, worse on others"),
     ):
         if group:
             lines.append(f"- {head}: {_names(group)}.")
             lines += [
-                f"  - **{r}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}." for r in group
+                f"  - **{md_escape(r)}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}."
+                for r in group
             ]
     if none:
         lines.append(f"- No long-range difference holds for {_names(none)}.")
-        lines += [f"  - **{r}**: {elsewhere(r)}." for r in none if held(r, OTHER)]
+        lines += [f"  - **{md_escape(r)}**: {elsewhere(r)}." for r in none if held(r, OTHER)]
     probes = [d for d in diffs if fam.get(d["metric"]) == PROBES and d["holds"]]
     if any(fam.get(d["metric"]) == PROBES for d in diffs):
         lines.append(
             "- Retrieval probes (accuracy, positive = better): "
             + (
-                "; ".join(f"**{d['run']}** {_item(d)}" for d in probes)
+                "; ".join(f"**{md_escape(d['run'])}** {_item(d)}" for d in probes)
                 if probes
                 else "no difference holds"
             )

@@ -94,6 +94,11 @@ def test_study_end_to_end_with_independent_paired_differences(
     for name in ("study.md", "study.png"):
         assert (work / name).stat().st_size > 0
     assert "copied at distance 40" in results["metrics"]
+    # the cost estimate counts the report's comparisons as the report makes them
+    from tokenweight.study_cost import _metric_count
+
+    nll_metrics = [m for m in results["metrics"] if not m.startswith("probe")]
+    assert _metric_count(load_study_config(None, argv[1:]), 64) == len(nll_metrics)
 
     ev = work / "eval"
     valid = np.load(ev / "target_mask.npy")

@@ -33,11 +33,11 @@ class TokenWeightSFTTrainer(TokenWeightTrainer, SFTTrainer):
 
 
 # ------------------------------------------------------------ a window that can never score
-@pytest.mark.parametrize("window", [POSITIONS, POSITIONS + 100])
-def test_self_scorer_window_at_or_above_the_models_positions_is_refused(tmp_path, window):
+@pytest.mark.parametrize("window", [POSITIONS + 1, POSITIONS + 100])
+def test_self_scorer_window_above_the_models_positions_is_refused(tmp_path, window):
     model = small_model()
     batch = {"input_ids": torch.randint(4, VOCAB, (1, 40))}
-    expected = rf"SelfScorer\(window={window}\).*{POSITIONS} positions.*window below"
+    expected = rf"SelfScorer\(window={window}\).*{POSITIONS} positions.*at most {POSITIONS}"
     with pytest.raises(TokenWeightError, match=expected):
         token_weighted_loss(model, batch, "dense:0.75", SelfScorer(window))
     with pytest.raises(TokenWeightError, match=expected):
@@ -53,6 +53,16 @@ def test_self_scorer_window_at_or_above_the_models_positions_is_refused(tmp_path
         )
     # the frozen scorer model reads whole documents legitimately (a reference model)
     ModelScorer(small_model(2), window, reference=model)
+
+
+def test_a_window_equal_to_the_positions_scores_sequences_trained_past_them():
+    """The method's setting when a RoPE model trains past its configured positions (the
+    window is the native context): legitimate, and it scores the targets past it."""
+    model = small_model()
+    batch = {"input_ids": torch.randint(4, VOCAB, (1, 3 * POSITIONS))}
+    parts = token_weighted_loss(model, batch, "dense:0.75", SelfScorer(POSITIONS))
+    assert parts.no_context_targets == 0
+    assert not torch.equal(parts.short_nll[0, POSITIONS:], parts.long_nll[0, POSITIONS:])
 
 
 def test_self_scorer_window_covering_every_training_row_is_refused(tmp_path):

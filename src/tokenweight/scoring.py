@@ -509,8 +509,9 @@ class SelfScorer:
     context in both passes, so they reuse the long NLL (score 0) and window 0 is not run.
 
     A row (or packed document) no longer than ``window`` has no shorter context: all its
-    scores are 0 and its weights uniform. A window at or above the model's positions can
-    never score anything and is refused (:meth:`check_model`, on the first call); rows
+    scores are 0 and its weights uniform. A window above the model's positions is refused
+    (:meth:`check_model`, on the first call), as is one covering every training sequence
+    (:meth:`check_sequence_length`, by ``TokenWeightTrainer``); rows
     shorter than the window are legitimate (SFT data) and reported once
     (:meth:`note_no_context`).
     """
@@ -531,22 +532,23 @@ class SelfScorer:
             self.check_model(model)
 
     def check_model(self, model: Any) -> None:
-        """Refuse a window at or above ``model``'s positions (``max_position_embeddings``):
-        no sequence the model handles is longer than the window, so every weight would
-        be uniform."""
+        """Refuse a window above ``model``'s positions (``max_position_embeddings``): the
+        short context would be longer than the context the model is made for, and on
+        sequences within its positions every weight would be uniform. (A window equal to
+        the positions is the method's own setting when training past them, e.g. a RoPE
+        model extended by its theta alone.)"""
         from tokenweight.losses import unwrap_model
         from tokenweight.models import max_positions
 
         positions = max_positions(unwrap_model(model))
         window = self.settings.window
-        if positions is not None and window >= positions:
+        if positions is not None and window > positions:
             raise TokenWeightError(
                 f"SelfScorer(window={window}): the model has {positions} positions "
-                "(max_position_embeddings), so no sequence it trains on is longer than the "
-                "window; every target would be scored with its whole context, and every "
-                f"weight would be uniform. Choose a window below {positions} (the model's "
-                "native context before any extension), or extend the model's context first "
-                "(RoPE theta and max_position_embeddings)"
+                "(max_position_embeddings), fewer than the window: on sequences within them "
+                "every target would be scored with its whole context and every weight "
+                f"would be uniform. Choose a window of at most {positions} (the model's "
+                "native context before any extension)"
             )
         self._checked_model = id(model)
 

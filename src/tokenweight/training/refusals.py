@@ -3,8 +3,8 @@
 - a trainer loss setting the token-weighted loss replaces (TRL's ``loss_type="dft"``,
   ``label_smoothing_factor``, a ``compute_loss_func``): the user asked for a loss that
   would never run;
-- a self scorer whose window covers every sequence of the run (at or above the model's
-  positions, or the longest training sequence): every weight would be uniform.
+- a self scorer whose window covers every sequence of the run (at or above the longest
+  training sequence) or exceeds the model's positions: every weight would be uniform.
 
 Rows shorter than the window among longer ones are legitimate (SFT data); those are
 reported, not refused (:meth:`tokenweight.scoring.SelfScorer.note_no_context`).
@@ -72,8 +72,9 @@ def longest_sequence(args: Any, dataset: Any) -> tuple[int, str] | None:
 
 
 def check_self_scorer(scorer: Any, model: Any, args: Any, dataset: Any) -> None:
-    """Refuse a :class:`~tokenweight.scoring.SelfScorer` whose window is at or above the
-    model's positions or the longest sequence the run trains on (other scorers pass)."""
+    """Refuse a :class:`~tokenweight.scoring.SelfScorer` whose window is above the model's
+    positions or at or above the longest sequence the run trains on (other scorers
+    pass)."""
     from tokenweight.scoring import SelfScorer
 
     if not isinstance(scorer, SelfScorer):

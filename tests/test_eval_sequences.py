@@ -122,10 +122,11 @@ def test_padded_nll_equals_references_on_real_tokens(tmp_path):
             ref = F.cross_entropy(model(real).logits[0, :-1], real[0, 1:], reduction="none")
             assert torch.allclose(long[row, : n - 1], ref, atol=1e-4)
             assert (long[row, n - 1 :] == 0).all() and (short[row, n - 1 :] == 0).all()
-            # windows of 16 at 0, 8, 16, 24 (last ends at 40): target t >= 16 is owned
-            # by the window starting at 8 * ((t - 16) // 8 + 1), first token -> BOS
+            # windows of 16 at 0, 8, 16, ... planned on the row's own n real tokens (the
+            # last one ends at n): target t >= 16 is owned by the window starting at
+            # min(8 * ((t - 16) // 8 + 1), n - 16), first token -> BOS
             for t in range(1, n):
-                start = 0 if t < 16 else 8 * ((t - 16) // 8 + 1)
+                start = 0 if t < 16 else min(8 * ((t - 16) // 8 + 1), n - 16)
                 ctx = real[0, start:t].clone()
                 if start:
                     ctx[0] = 1

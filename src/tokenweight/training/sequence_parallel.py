@@ -40,7 +40,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, _timed_score
+from tokenweight.training.loss import LossParts, _timed_score, tie_seeds
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
@@ -187,13 +187,16 @@ def sequence_parallel_loss(
     long_full = _gather(long_local, group, size)[:, :targets].float()
     mask = _gather(mask_local, group, size)[:, :targets]
 
-    short_full, seconds = None, 0.0
+    short_full, seconds, seeds = None, 0.0, None
     if not scheme.is_uniform:
-        short_full, seconds = _score_full(
-            scheme, scorer, model, inputs, attention, long_full, width, group, size
-        )
+        if scorer is None:
+            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+        full_batch = _full_batch(inputs, attention, width, group, size)
+        short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
+        if scheme.sparsification is not None:
+            seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
-    if not _weigh(parts, scheme, generator):
+    if not _weigh(parts, scheme, seeds):
         return parts
     # this slice's columns of the whole sequence's weights (padded to the slices' width)
     weights = torch.nn.functional.pad(parts.weights, (0, size * local_width - targets))
@@ -207,38 +210,29 @@ def sequence_parallel_loss(
     return parts
 
 
-def _score_full(
-    scheme: Scheme,
-    scorer: Any,
-    model: torch.nn.Module,
-    inputs: dict[str, Any],
-    attention: torch.Tensor,
-    long_full: torch.Tensor,
-    width: int,
-    group: Any,
-    size: int,
-) -> tuple[torch.Tensor, float]:
-    """The short-context NLL ``(B, width - 1)`` of the whole (gathered) sequence, and the
-    seconds the scorer took."""
-    if scorer is None:
-        raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+def _full_batch(
+    inputs: dict[str, Any], attention: torch.Tensor, width: int, group: Any, size: int
+) -> dict[str, Any]:
+    """The whole (gathered) sequences at their one-process ``width``: ``input_ids``,
+    ``attention_mask`` and, when stored, ``short_nll``."""
     full_batch: dict[str, Any] = {
         "input_ids": _gather(inputs["input_ids"], group, size)[:, :width],
         "attention_mask": attention[:, :width],
     }
     if "short_nll" in inputs:
         full_batch["short_nll"] = _gather(inputs["short_nll"], group, size)[:, : width - 1]
-    return _timed_score(scorer, model, full_batch, long_full)
+    return full_batch
 
 
-def _weigh(parts: LossParts, scheme: Scheme, generator: torch.Generator | None) -> bool:
-    """Set ``parts.weights`` from the whole sequence's NLLs; on a non-finite NLL or a
-    refused weighting, set ``parts.problem`` (and ``where``) and return ``False``."""
+def _weigh(parts: LossParts, scheme: Scheme, seeds: torch.Tensor | None) -> bool:
+    """Set ``parts.weights`` from the whole sequence's NLLs (``seeds``: each row's
+    tie-breaking seed); on a non-finite NLL or a refused weighting, set ``parts.problem``
+    (and ``where``) and return ``False``."""
     if parts.flag_nonfinite_nll():
         return False
     try:
         parts.weights = compute_weights(
-            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, generator=generator
+            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, tie_seeds=seeds
         )
     except TokenWeightError as exc:
         parts.problem = f"the weights ({exc})"

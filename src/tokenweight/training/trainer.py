@@ -57,8 +57,8 @@ __all__ = ["TokenWeightTrainer", "count_valid_targets"]
 
 # dataset columns the collator uses beyond the model's forward arguments
 EXTRA_COLUMNS = ("short_nll", "row", "input_hash")
-# tie-breaking seeds for sparsification: distinct per (seed, step, micro-batch, process)
-_SEED_MIX = (1_000_003, 10_007, 101)
+# tie-breaking seeds for sparsification: distinct per (run seed, optimizer step)
+_SEED_MIX = (1_000_003, 10_007)
 
 
 def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
@@ -202,12 +202,10 @@ class TokenWeightTrainer(Trainer):
         return 1
 
     def _tie_generator(self) -> torch.Generator:
-        seed = (
-            self.args.seed * _SEED_MIX[0]
-            + self.state.global_step * _SEED_MIX[1]
-            + self._micro_step * _SEED_MIX[2]
-            + self.accelerator.process_index // self.sequence_parallel  # data-parallel rank
-        )
+        """Tie-breaking randomness of this optimizer step: the run's seed and the step
+        only, so with each document's own seed (:func:`~tokenweight.training.loss.tie_seeds`)
+        a document's choice does not depend on its micro-batch, process or batch-mates."""
+        seed = self.args.seed * _SEED_MIX[0] + self.state.global_step * _SEED_MIX[1]
         return torch.Generator().manual_seed(seed % (2**63))
 
     def compute_loss(

@@ -126,3 +126,122 @@ def test_preset_and_transform_names_only_in_weighting():
         if f != "weighting.py" and (f, text) not in allowed
     ]
     assert hits == []
+
+
+# ----------------------------------------------------------------- scorer kinds
+def _half_scorer(inputs):
+    """The dummy kind's scorer: ``s = l / 2`` (so ``l - s = l / 2``)."""
+    return lambda batch, long_nll, model=None: long_nll.detach() / 2
+
+
+@pytest.fixture
+def half_kind(monkeypatch):
+    from tokenweight import scorer_kinds
+
+    monkeypatch.setattr(scorer_kinds, "SCORERS", dict(scorer_kinds.SCORERS))
+    monkeypatch.setattr(scorer_kinds, "_ALIASES", dict(scorer_kinds._ALIASES))
+    # modules that took the table by name at import see the copy too
+    for module in ("tokenweight.training.config",):
+        monkeypatch.setattr(f"{module}.SCORERS", scorer_kinds.SCORERS, raising=False)
+    return scorer_kinds.register_scorer_kind(
+        scorer_kinds.ScorerKind(
+            "half",
+            "half the long-context NLL (a test dummy)",
+            _half_scorer,
+            describe="half the long-context NLL",
+        )
+    )
+
+
+def _train_config(**scorer):
+    from tokenweight.training.config import Config
+
+    return Config.from_dict(
+        {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "dense:0.5", "scorer": scorer}
+    )
+
+
+def test_dummy_scorer_kind_in_config_validation_and_train(half_kind):
+    config = _train_config(kind="half")
+    assert config.used_scorer is half_kind and config.scorer_kind == "half"
+    from tokenweight.scorer_kinds import ScorerInputs
+
+    scorer = config.used_scorer.build(ScorerInputs())
+    long = torch.tensor([[2.0, 4.0]])
+    assert torch.equal(scorer({}, long), torch.tensor([[1.0, 2.0]]))
+    # the kind uses no model and no window: both refused / not required like `precomputed`
+    with pytest.raises(TokenWeightError, match=r"scorer\.model: only used with scorer\.kind"):
+        _train_config(kind="half", model="x")
+    with pytest.raises(TokenWeightError, match=r"expected one of .*precomputed, none, half"):
+        _train_config(kind="halve")
+
+
+def test_dummy_scorer_kind_in_help_errors_study_and_report(half_kind, capsys):
+    from tokenweight.pipeline import PipelineConfig
+    from tokenweight.pipeline_report import _summary_section
+    from tokenweight.scoring import build_scorer
+    from tokenweight.study import StudyConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "half the long-context NLL (a test dummy)" in capsys.readouterr().out
+    with pytest.raises(TokenWeightError, match=r"unknown scorer 'halve'; allowed: .*, half"):
+        build_scorer("halve")
+    study = StudyConfig(runs=[{"scheme": "uniform"}, {"scheme": "dense:0.75", "scorer": "half"}])
+    study.validate()
+    assert [r.label() for r in study.run_specs] == ["uniform", "dense:0.75 (half)"]
+    pipeline = PipelineConfig(scorer="half")
+    text = "\n".join(_summary_section(pipeline, Path("/nonexistent"), "cpu", Path("m"), Path("c")))
+    assert f"came from {pipeline.window}-token windows of half the long-context NLL." in text
+
+
+def test_scorer_kinds_table_and_old_name():
+    from tokenweight.scorer_kinds import SCORERS, scorer_kind
+
+    assert list(SCORERS) == ["self", "model", "reference", "precomputed", "none"]
+    with pytest.warns(FutureWarning, match="'frozen' is now called 'precomputed'"):
+        assert scorer_kind("frozen").name == "precomputed"
+    from tokenweight.study import StudyConfig
+
+    with pytest.warns(FutureWarning, match=r"runs\[1\]\.scorer: 'frozen'"):
+        study = StudyConfig(runs=[{"scheme": "uniform"}, {"scheme": "dense:1", "scorer": "frozen"}])
+        study.validate()
+    assert study.run_specs[1].scorer == "precomputed"
+
+
+def compared_literals(names: set[str]) -> list[tuple[str, int, str]]:
+    """``(file, line, text)`` of string constants equal to one of ``names`` used in a
+    comparison (``x == "self"``, ``x in ("self", "model")``): a dispatch on the name."""
+    hits = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for part in (node.left, *node.comparators):
+                for sub in ast.walk(part):
+                    text = sub.value if isinstance(sub, ast.Constant) else None
+                    if isinstance(text, str) and text.strip().lower() in names:
+                        hits.append((str(path.relative_to(SRC)), sub.lineno, text))
+    return hits
+
+
+def test_scorer_kind_names_only_in_their_table():
+    from tokenweight.scorer_kinds import SCORERS
+
+    names = set(SCORERS) | {a for k in SCORERS.values() for a in k.aliases}
+    # "self", "model" and "none" are ordinary words of other settings too (the "model"
+    # config section, reduction="none"): for them only a comparison is a dispatch on the
+    # kind; the other names may not appear at all.
+    words = {"self", "model", "none"}
+    allowed = {
+        ("training/run.py", "reference"),  # ModelScorer's keyword: the model being trained
+        ("evaluation/report.py", "self"),  # the LongPPL evaluator "self", not a scorer
+        ("weighting.py", "none"),  # "none": no normalization / no transforms
+    }
+    found = string_literals(names - words) + compared_literals(names)
+    hits = [
+        (f, line, text)
+        for f, line, text in found
+        if f != "scorer_kinds.py" and (f, text.strip().lower()) not in allowed
+    ]
+    assert hits == []

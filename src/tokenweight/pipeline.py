@@ -28,9 +28,11 @@ from tokenweight.schema import (
     checked,
     non_negative,
     one_of,
+    one_of_table,
     positive,
     seed_range,
 )
+from tokenweight.scorer_kinds import one_model_kinds, stored_scores_kind
 from tokenweight.steps import StepRecord, Steps, folder_fingerprint, run_dir_name
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
@@ -54,7 +56,10 @@ class PipelineConfig:
     score_batch_size: int = field(default=1, metadata=checked(positive))
     # training: the baseline first, then the weighted scheme(s), all from the same start
     schemes: list[str] = field(default_factory=lambda: ["uniform", "dense:0.75"])
-    scorer: str = field(default="precomputed", metadata=one_of("precomputed", "self"))
+    scorer: str = field(
+        default_factory=lambda: stored_scores_kind().name,
+        metadata=one_of_table(one_model_kinds),
+    )
     max_steps: int = field(default=8, metadata=checked(positive))
     micro_batch_size: int = field(default=1, metadata=checked(positive))
     gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))

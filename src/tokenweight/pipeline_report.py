@@ -19,6 +19,7 @@ from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
 from tokenweight.evaluation.report import markdown_table, md_escape
 from tokenweight.files import atomic_write_text
+from tokenweight.scorer_kinds import scorer_kind
 from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
 
 __all__ = ["config_table", "write_report"]
@@ -287,11 +288,7 @@ def _summary_section(
         f"({', '.join(f'`{s}`' for s in config.schemes)}), each for {config.max_steps} "
         f"optimizer steps from the same start. Short-context NLL came from "
         f"{config.window}-token windows of "
-        + (
-            "the frozen start model, computed once ahead of training"
-            if config.scorer == "precomputed"
-            else "the model being trained, at every step"
-        )
+        + scorer_kind(config.scorer, "scorer").describe
         + f". RoPE theta {'unchanged' if config.rope_theta is None else config.rope_theta}. "
         f"The start model and every trained model were then evaluated on the held-out "
         f"documents {', '.join(f'`{d}`' for d in config.held_out)}.",

@@ -41,7 +41,7 @@ def string_literals(names: set[str]) -> list[tuple[str, int, str]]:
 
 # ----------------------------------------------------------------- scheme presets
 @pytest.fixture
-def softcap(monkeypatch):
+def softcap():
     """A dummy preset ``softcap:GAMMA``: ``min(|l - s|, gamma)``, softmax-normalized."""
     preset = Preset(
         "softcap",
@@ -51,9 +51,8 @@ def softcap(monkeypatch):
         ("gamma",),
         example="softcap:3",
     )
-    monkeypatch.setattr("tokenweight.weighting.PRESETS", dict(PRESETS))
-    register_preset(preset)
-    return preset
+    yield register_preset(preset)
+    del PRESETS["softcap"]  # the table is global: leave it as it was
 
 
 def test_dummy_preset_parses_prints_and_computes(softcap):
@@ -135,15 +134,10 @@ def _half_scorer(inputs):
 
 
 @pytest.fixture
-def half_kind(monkeypatch):
+def half_kind():
     from tokenweight import scorer_kinds
 
-    monkeypatch.setattr(scorer_kinds, "SCORERS", dict(scorer_kinds.SCORERS))
-    monkeypatch.setattr(scorer_kinds, "_ALIASES", dict(scorer_kinds._ALIASES))
-    # modules that took the table by name at import see the copy too
-    for module in ("tokenweight.training.config",):
-        monkeypatch.setattr(f"{module}.SCORERS", scorer_kinds.SCORERS, raising=False)
-    return scorer_kinds.register_scorer_kind(
+    yield scorer_kinds.register_scorer_kind(
         scorer_kinds.ScorerKind(
             "half",
             "half the long-context NLL (a test dummy)",
@@ -151,6 +145,7 @@ def half_kind(monkeypatch):
             describe="half the long-context NLL",
         )
     )
+    del scorer_kinds.SCORERS["half"]  # the table is global: leave it as it was
 
 
 def _train_config(**scorer):
@@ -243,5 +238,61 @@ def test_scorer_kind_names_only_in_their_table():
         (f, line, text)
         for f, line, text in found
         if f != "scorer_kinds.py" and (f, text.strip().lower()) not in allowed
+    ]
+    assert hits == []
+
+
+# ----------------------------------------------------------------- probe tasks
+@pytest.fixture
+def echo_probe():
+    """A dummy probe ``echo``: the pass-key probe's prompt under another name."""
+    from tokenweight.evaluation import probes
+
+    task = probes.ProbeTask(
+        "echo", "the pass key again (a test dummy)", probes.PROBES["passkey"].spec
+    )
+    probes.PROBES["echo"] = task
+    yield task
+    del probes.PROBES["echo"]  # the table is global: leave it as it was
+
+
+def test_dummy_probe_in_eval_config_help_study_and_reports(echo_probe, capsys, tmp_path):
+    import json
+    import random
+
+    from tokenweight.evaluation.probes import _spec
+    from tokenweight.evaluation.runner import EvalConfig
+    from tokenweight.pipeline_report import _eval_section
+    from tokenweight.study import StudyConfig
+
+    # the probe's prompt comes from its table entry (the same draws as passkey's)
+    ours, theirs = _spec("echo", random.Random(3), 0, 0), _spec("passkey", random.Random(3), 0, 0)
+    assert ours == theirs
+    assert EvalConfig(tasks=("echo", "needle")).probe_tasks == ("echo", "needle")
+    with pytest.raises(TokenWeightError, match=r"choose from .*vartrack, echo"):
+        EvalConfig(tasks=("echoo",))
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "the pass key again (a test dummy)" in capsys.readouterr().out
+    StudyConfig(probes=["echo"]).validate()
+    # reports: the pipeline report shows it as a probe column, ppl/longppl are not probes
+    (tmp_path / "eval").mkdir()
+    results = {
+        "settings": {"tasks": ["ppl", "longppl", "echo"]},
+        "models": [
+            {"label": "start", "probes": {"echo": {"correct": 2, "total": 3}}},
+        ],
+    }
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    table = "\n".join(_eval_section(tmp_path, ["start"]))
+    assert "| echo (correct) |" in table and "2/3" in table
+    assert "ppl (correct)" not in table
+
+
+def test_probe_names_only_in_their_table():
+    from tokenweight.evaluation.probes import PROBES
+
+    hits = [
+        (f, line, t) for f, line, t in string_literals(set(PROBES)) if f != "evaluation/probes.py"
     ]
     assert hits == []

@@ -21,6 +21,7 @@ from typing import Any
 
 from tokenweight.config_files import load_raw_config
 from tokenweight.errors import TokenWeightError
+from tokenweight.evaluation.probes import DEFAULT_PROBE_TASKS
 from tokenweight.schema import (
     apply_overrides,
     at_least_two,
@@ -78,7 +79,7 @@ class PipelineConfig:
     eval_sequences: int = field(default=2, metadata=checked(positive))
     eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
     bucket_size: int | None = field(default=None, metadata=checked(positive))  # eval len / 8
-    probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
+    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBE_TASKS))
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
     probe_trials: int = field(default=1, metadata=checked(positive))

@@ -17,6 +17,7 @@ from typing import Any
 
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
+from tokenweight.evaluation.probes import PROBES
 from tokenweight.evaluation.report import markdown_table, md_escape
 from tokenweight.files import atomic_write_text
 from tokenweight.scorer_kinds import scorer_kind
@@ -171,7 +172,7 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
     if not results:
         return []
     entries = {e["label"]: e for e in results["models"]}
-    probe_tasks = [t for t in results["settings"].get("tasks", []) if t not in ("ppl", "longppl")]
+    probe_tasks = [t for t in results["settings"].get("tasks", []) if t in PROBES]
     out = ["## Evaluation on held-out text", ""]
     rows = []
     for label in labels:

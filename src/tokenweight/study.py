@@ -187,11 +187,11 @@ class StudyConfig:
                 f"({self.synth.get('words', 256)}): the start model's vocabulary is the "
                 "synthetic data's words"
             )
-        from tokenweight.evaluation.probes import TASKS
+        from tokenweight.evaluation.probes import PROBES
 
-        unknown = [t for t in self.probes if t not in TASKS]
+        unknown = [t for t in self.probes if t not in PROBES]
         if unknown:
-            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(TASKS)}")
+            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(PROBES)}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.probe_lengths):
             raise TokenWeightError(
                 f"probe_lengths: positive token counts, got {self.probe_lengths}"

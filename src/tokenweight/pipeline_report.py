@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
 from tokenweight.evaluation.probes import PROBES
-from tokenweight.evaluation.report import markdown_table, md_escape
+from tokenweight.evaluation.report import format_number, markdown_table, md_escape
 from tokenweight.files import atomic_write_text
 from tokenweight.scorer_kinds import scorer_kind
 from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
@@ -43,14 +42,6 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in rows if "nll" in r or "weighted_loss" in r]
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -73,15 +64,15 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
                 f"`{scheme}`",
                 str(summary.get("scorer", "-")),
                 str(summary.get("global_step", len(log))),
-                _fmt(nll[0] if nll else None),
-                _fmt(nll[-1] if nll else None),
-                _fmt(_mean(col("weight_mean"))),
-                _fmt(_mean(col("weight_std"))),
-                _fmt(max(col("weight_max"), default=None)),
-                _fmt(_mean(col("weight_nonzero"))),
-                _fmt(_mean(col("abs_score"))),
-                _fmt(_mean(col("step_time")), 1),
-                _fmt(_mean(col("scoring_share")), 2),
+                format_number(nll[0] if nll else None),
+                format_number(nll[-1] if nll else None),
+                format_number(_mean(col("weight_mean"))),
+                format_number(_mean(col("weight_std"))),
+                format_number(max(col("weight_max"), default=None)),
+                format_number(_mean(col("weight_nonzero"))),
+                format_number(_mean(col("abs_score"))),
+                format_number(_mean(col("step_time")), 1),
+                format_number(_mean(col("scoring_share")), 2),
             ]
         )
     out += markdown_table(
@@ -145,13 +136,13 @@ def _inspect_section(work: Path) -> list[str]:
         f"The start model read {s.get('targets', 0) + 1} tokens of the held-out "
         f"`{meta.get('document', '?')}` once with the whole passage as context and once in "
         f"{data['window']}-token windows (stride {data['stride']}). Mean NLL: "
-        f"{_fmt(s.get('mean_long_nll'))} nats with long context, "
-        f"{_fmt(s.get('mean_short_nll'))} with short; "
-        f"{_fmt(100 * s.get('share_gain_over_1_nat', 0), 1)}% of targets gain more than "
-        f"1 nat from the long context and {_fmt(100 * s.get('share_gain_over_2_nats', 0), 1)}% "
+        f"{format_number(s.get('mean_long_nll'))} nats with long context, "
+        f"{format_number(s.get('mean_short_nll'))} with short; "
+        f"{format_number(100 * s.get('share_gain_over_1_nat', 0), 1)}% of targets gain more than "
+        f"1 nat from the long context and {format_number(100 * s.get('share_gain_over_2_nats', 0), 1)}% "
         f"more than 2 nats. Under `{data['scheme']}` the weights have mean "
-        f"{_fmt(s.get('weight_mean'))}, std {_fmt(s.get('weight_std'))}, max "
-        f"{_fmt(s.get('weight_max'))}.",
+        f"{format_number(s.get('weight_mean'))}, std {format_number(s.get('weight_std'))}, max "
+        f"{format_number(s.get('weight_max'))}.",
         "",
         "Token heat map (open in a browser; hover for numbers): "
         "[inspect/inspect.html](inspect/inspect.html)",
@@ -187,8 +178,8 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
         rows.append(
             [
                 label,
-                _fmt(ppl.get("perplexity"), 2),
-                _fmt(lp.get("longppl"), 2),
+                format_number(ppl.get("perplexity"), 2),
+                format_number(lp.get("longppl"), 2),
                 str(lp.get("key_tokens", "-")),
                 *cells,
             ]

@@ -74,6 +74,8 @@ class ScorerKind:
         forward_per_step: costs a forward pass without gradient every training step.
         describe: how reports say where ``s`` came from (after "Short-context NLL came
             from").
+        card: how a model card states the scorer; ``{model}`` is ``scorer.model`` (or
+            "the start model") and ``{windows}`` the window settings (", window 8192").
         aliases: older spellings still accepted, with a deprecation message.
     """
 
@@ -85,6 +87,7 @@ class ScorerKind:
     stored_scores: bool = False
     forward_per_step: bool = False
     describe: str = ""
+    card: str = ""
     aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -133,6 +136,7 @@ for _kind in (
         window=True,
         forward_per_step=True,
         describe="the model being trained, at every step",
+        card="self: the model being trained{windows}",
     ),
     ScorerKind(
         "model",
@@ -142,6 +146,7 @@ for _kind in (
         model="optional",
         forward_per_step=True,
         describe="a frozen model, at every step",
+        card="model: frozen model {model}{windows}",
     ),
     ScorerKind(
         "reference",
@@ -150,6 +155,7 @@ for _kind in (
         model="required",
         forward_per_step=True,
         describe="a frozen reference model over the full sequence, at every step",
+        card="reference model {model} over the full sequence",
     ),
     ScorerKind(
         "precomputed",
@@ -157,9 +163,15 @@ for _kind in (
         "tokenweight.scoring:build_precomputed_scorer",
         stored_scores=True,
         describe="the frozen start model, computed once ahead of training",
+        card="precomputed (short-context NLL stored with the data by `tokenweight score`)",
         aliases=("frozen",),
     ),
-    ScorerKind("none", "no scorer: the uniform scheme only (plain cross-entropy)", None),
+    ScorerKind(
+        "none",
+        "no scorer: the uniform scheme only (plain cross-entropy)",
+        None,
+        card="none (uniform weights: plain cross-entropy)",
+    ),
 ):
     register_scorer_kind(_kind)
 

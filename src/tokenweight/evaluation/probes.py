@@ -31,7 +31,9 @@ from tokenweight.errors import TokenWeightError
 
 __all__ = [
     "DEFAULT_PROBE_TASKS",
+    "DISTRACTORS",
     "FILLER",
+    "HOPS",
     "PROBES",
     "PROBE_TASKS",
     "TASKS",
@@ -43,6 +45,11 @@ __all__ = [
     "match_first",
 ]
 
+
+# the defaults of every probe builder and of `tokenweight eval`: multikey distractor needles,
+# vartrack chain links
+DISTRACTORS = 3
+HOPS = 4
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -444,8 +451,8 @@ def make_probe(
     *,
     trial: int = 0,
     seed: int = 0,
-    distractors: int = 3,
-    hops: int = 4,
+    distractors: int = DISTRACTORS,
+    hops: int = HOPS,
 ) -> Probe:
     """Build one probe prompt of ``length`` tokens with the needle at ``depth``.
 
@@ -491,8 +498,8 @@ def make_probes(
     *,
     trials: int = 1,
     seed: int = 0,
-    distractors: int = 3,
-    hops: int = 4,
+    distractors: int = DISTRACTORS,
+    hops: int = HOPS,
 ) -> list[Probe]:
     """Every probe of ``tasks x lengths x depths x range(trials)``, in that order."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:

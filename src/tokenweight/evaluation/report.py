@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -11,7 +12,14 @@ from typing import Any
 
 from tokenweight.evaluation.probes import PROBES
 
-__all__ = ["EVAL_FILES", "markdown_table", "md_escape", "results_markdown", "write_outputs"]
+__all__ = [
+    "EVAL_FILES",
+    "format_number",
+    "markdown_table",
+    "md_escape",
+    "results_markdown",
+    "write_outputs",
+]
 
 # what an evaluation folder holds; results.json (first) marks an earlier evaluation
 EVAL_FILES = ("results.json", "results.md", "*.png")
@@ -21,8 +29,15 @@ def _pct(correct: int, total: int) -> str:
     return f"{correct / total:.0%} ({correct}/{total})" if total else "-"
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def format_number(x: Any, digits: int = 3, *, sign: bool = False) -> str:
+    """A number in a report: ``digits`` decimals (and a ``+`` on positive values with
+    ``sign``); ``-`` for a missing value (``None`` or NaN); anything but a number as text.
+    The one number formatter of the markdown reports."""
+    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return str(x)
+    return f"{x:{'+' if sign else ''}.{digits}f}"
 
 
 def md_escape(text: object) -> str:
@@ -112,12 +127,12 @@ def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
     for i, bucket in enumerate(first["buckets"]):
         rows.append(
             [_span(bucket["start"], bucket["end"])]
-            + [_num(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
+            + [format_number(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
         )
     rows.append(
         ["all"]
         + [
-            f"{_num(e['perplexity']['mean_nll'])} ({_num(e['perplexity']['perplexity'], 2)})"
+            f"{format_number(e['perplexity']['mean_nll'])} ({format_number(e['perplexity']['perplexity'], 2)})"
             for e in entries
         ]
     )
@@ -142,10 +157,10 @@ def _longppl_section(entries: list[dict[str, Any]]) -> list[str]:
         [
             [
                 e["label"],
-                _num(e["longppl"]["longppl"], 2),
+                format_number(e["longppl"]["longppl"], 2),
                 str(e["longppl"]["key_tokens"]),
                 str(e["longppl"]["tokens"]),
-                _num(e["longppl"]["perplexity"], 2),
+                format_number(e["longppl"]["perplexity"], 2),
             ]
             for e in entries
         ],

@@ -39,6 +39,8 @@ from tokenweight.evaluation.metrics import (
 )
 from tokenweight.evaluation.probes import (
     DEFAULT_PROBE_TASKS,
+    DISTRACTORS,
+    HOPS,
     PROBE_TASKS,
     PROBES,
     Probe,
@@ -115,8 +117,8 @@ class EvalConfig:
     trials: int = 1
     seed: int = 0
     batch_size: int = 1
-    distractors: int = 3
-    hops: int = 4
+    distractors: int = DISTRACTORS
+    hops: int = HOPS
     data: tuple[str, ...] = ()
     seq_len: int | None = None
     max_sequences: int | None = 16

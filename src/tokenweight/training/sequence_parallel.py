@@ -40,7 +40,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, _timed_score, tie_seeds
+from tokenweight.training.loss import LossParts, tie_seeds, timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
@@ -192,7 +192,7 @@ def sequence_parallel_loss(
         if scorer is None:
             raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
         full_batch = _full_batch(inputs, attention, width, group, size)
-        short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
+        short_full, seconds = timed_score(scorer, model, full_batch, long_full)
         if scheme.sparsification is not None:
             seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)

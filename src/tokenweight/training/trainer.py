@@ -105,6 +105,8 @@ class TokenWeightTrainer(Trainer):
     # Trainer must not divide by the accumulation steps again (transformers >= 5.19; older
     # releases are told the same through ``model_accepts_loss_kwargs`` in ``__init__``)
     loss_is_scaled_for_ga = True
+    # the model card text :meth:`create_model_card` writes (``None``: the parent's draft)
+    model_card: str | None = None
 
     def __init__(
         self,
@@ -297,6 +299,20 @@ class TokenWeightTrainer(Trainer):
             process=self.accelerator.process_index if multi else None,
             last_checkpoint=last,
         )
+
+    # ------------------------------------------------------------------ the model card
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """With :attr:`model_card` set (``tokenweight train`` sets it), write that card
+        (:func:`tokenweight.training.card.write_model_card`: never over a ``README.md``
+        the package did not write) instead of the Trainer's draft; ``push_to_hub`` calls
+        this before it uploads the output folder. Without it, the parent's card."""
+        if self.model_card is None:
+            super().create_model_card(*args, **kwargs)
+            return
+        if self.is_world_process_zero():
+            from tokenweight.training.card import write_model_card
+
+            write_model_card(str(self.args.output_dir), self.model_card)
 
     # ------------------------------------------------------------------ logging
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -38,6 +38,7 @@ __all__ = [
     "PROBE_TASKS",
     "TASKS",
     "Probe",
+    "ProbeSpec",
     "ProbeTask",
     "make_probe",
     "make_probes",
@@ -186,7 +187,11 @@ class Probe:
 
 
 @dataclass
-class _Spec:
+class ProbeSpec:
+    """One prompt's parts, drawn by a :class:`ProbeTask`'s ``spec``: the instruction
+    (``prefix``), the sentences placed in the filler, the question and the answers
+    (``match``: ``first`` or ``all`` of them must appear in the output)."""
+
     prefix: str
     target: list[str]  # sentences at the requested depth, in order
     extra: list[tuple[float, str]]  # (fraction of the remaining filler, sentence)
@@ -212,9 +217,9 @@ def _value(rng: random.Random, kind: str) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> _Spec:
+def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
     value = str(rng.randint(10_000, 99_999))
-    return _Spec(
+    return ProbeSpec(
         prefix=_PASSKEY_PREFIX,
         target=[_PASSKEY_NEEDLE.format(value=value)],
         extra=[],
@@ -225,11 +230,11 @@ def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> _Spec:
     )
 
 
-def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., _Spec]:
+def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., ProbeSpec]:
     """A needle probe whose value is a ``kind`` (number, word, uuid), among
     ``distractors`` needles with other keys when ``with_distractors``."""
 
-    def spec(rng: random.Random, distractors: int, hops: int) -> _Spec:
+    def spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
         kinds = kind + "s"
         taken: set[str] = set()
         key = _key(rng, taken)
@@ -238,7 +243,7 @@ def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., _Spec]:
         for _ in range(distractors if with_distractors else 0):
             sentence = _NEEDLE.format(kinds=kinds, key=_key(rng, taken), value=_value(rng, kind))
             extra.append((rng.random(), sentence))
-        return _Spec(
+        return ProbeSpec(
             prefix=_NEEDLE_PREFIX.format(kinds=kinds),
             target=[_NEEDLE.format(kinds=kinds, key=key, value=value)],
             extra=extra,
@@ -251,7 +256,7 @@ def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., _Spec]:
     return spec
 
 
-def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> _Spec:
+def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
     value = str(rng.randint(10_000, 99_999))
     names: list[str] = []
     while len(names) < hops + 1:
@@ -260,7 +265,7 @@ def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> _Spec:
             names.append(name)
     hop_sentences = [_VT_HOP.format(name=names[i + 1], previous=names[i]) for i in range(hops)]
     fractions = sorted(rng.random() for _ in range(hops))
-    return _Spec(
+    return ProbeSpec(
         prefix=_VT_PREFIX,
         target=[_VT_FIRST.format(name=names[0], value=value)],
         extra=list(zip(fractions, hop_sentences)),
@@ -280,7 +285,7 @@ class ProbeTask:
 
     name: str
     summary: str
-    spec: Callable[[random.Random, int, int], _Spec]
+    spec: Callable[[random.Random, int, int], ProbeSpec]
     default: bool = False
 
 
@@ -305,7 +310,7 @@ TASKS = PROBE_TASKS  # the old name of PROBE_TASKS
 DEFAULT_PROBE_TASKS = tuple(name for name, t in PROBES.items() if t.default)
 
 
-def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> _Spec:
+def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
     probe = PROBES.get(task)
     if probe is None:
         raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(PROBES)}")
@@ -343,7 +348,7 @@ def _filler_units(n: int) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
-def _assemble(spec: _Spec, units: list[str], counter: _Counter, depth: float):
+def _assemble(spec: ProbeSpec, units: list[str], counter: _Counter, depth: float):
     """Place the needles between filler ``units``; return (text, actual depth)."""
     n = len(units)
     before = [0]
@@ -391,7 +396,9 @@ def _check_probe_args(task: str, length: int, depth: float, distractors: int, ho
 _Fit = tuple[int, int, str, float, list[int]]
 
 
-def _filler_estimate(spec: _Spec, counter: _Counter, task: str, length: int) -> tuple[int, float]:
+def _filler_estimate(
+    spec: ProbeSpec, counter: _Counter, task: str, length: int
+) -> tuple[int, float]:
     """First guess of the filler units that make ``length`` tokens, and tokens per unit;
     refuses a length too short for the instruction, needles, question and some filler."""
     fixed, _ = _assemble(spec, [], counter, 0.0)
@@ -408,7 +415,7 @@ def _filler_estimate(spec: _Spec, counter: _Counter, task: str, length: int) -> 
     return max(1, round((length - fixed_tokens) / per_unit)), per_unit
 
 
-def _fit_filler(spec: _Spec, counter: _Counter, task: str, length: int, depth: float) -> _Fit:
+def _fit_filler(spec: ProbeSpec, counter: _Counter, task: str, length: int, depth: float) -> _Fit:
     """The prompt whose token count is nearest ``length`` (exact when reachable)."""
     n, per_unit = _filler_estimate(spec, counter, task, length)
     best: _Fit | None = None

@@ -61,7 +61,7 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
         nll = col("nll")
         rows.append(
             [
-                f"`{scheme}`",
+                scheme,  # escaped by markdown_table
                 str(summary.get("scorer", "-")),
                 str(summary.get("global_step", len(log))),
                 format_number(nll[0] if nll else None),
@@ -134,13 +134,13 @@ def _inspect_section(work: Path) -> list[str]:
         "## Which tokens get weight",
         "",
         f"The start model read {s.get('targets', 0) + 1} tokens of the held-out "
-        f"`{meta.get('document', '?')}` once with the whole passage as context and once in "
+        f"{md_escape(meta.get('document', '?'))} once with the whole passage as context and once in "
         f"{data['window']}-token windows (stride {data['stride']}). Mean NLL: "
         f"{format_number(s.get('mean_long_nll'))} nats with long context, "
         f"{format_number(s.get('mean_short_nll'))} with short; "
         f"{format_number(100 * s.get('share_gain_over_1_nat', 0), 1)}% of targets gain more than "
         f"1 nat from the long context and {format_number(100 * s.get('share_gain_over_2_nats', 0), 1)}% "
-        f"more than 2 nats. Under `{data['scheme']}` the weights have mean "
+        f"more than 2 nats. Under {md_escape(data['scheme'])} the weights have mean "
         f"{format_number(s.get('weight_mean'))}, std {format_number(s.get('weight_std'))}, max "
         f"{format_number(s.get('weight_max'))}.",
         "",
@@ -250,7 +250,7 @@ def write_report(
     lines += _training_section(runs, work)
     lines += _eval_section(work, ["start", *runs])
     lines += ["## Settings", ""]
-    lines += markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
+    lines += markdown_table(["setting", "value"], [[k, v] for k, v in config_table(config)])
     lines.append("")
     path = work / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -271,19 +271,20 @@ def _summary_section(
         "# tokenweight report",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by tokenweight {__version__} "
-        f"(torch {torch.__version__}, {platform.machine()}, device `{device}`, "
+        f"(torch {torch.__version__}, {platform.machine()}, device {md_escape(device)}, "
         f"{torch.get_num_threads()} CPU threads).",
         "",
-        f"**What ran.** The model `{config.model}` ({model_dir}) was trained on "
+        f"**What ran.** The model {md_escape(config.model)} ({md_escape(model_dir)}) was "
+        "trained on "
         f"{counts.get('sequences', '?')} sequences of {config.seq_len} tokens cut from "
-        f"{counts.get('documents', '?')} documents of `{corpus}`, once per scheme "
-        f"({', '.join(f'`{s}`' for s in config.schemes)}), each for {config.max_steps} "
+        f"{counts.get('documents', '?')} documents of {md_escape(corpus)}, once per scheme "
+        f"({md_escape(', '.join(config.schemes))}), each for {config.max_steps} "
         f"optimizer steps from the same start. Short-context NLL came from "
         f"{config.window}-token windows of "
         + scorer_kind(config.scorer, "scorer").describe
         + f". RoPE theta {'unchanged' if config.rope_theta is None else config.rope_theta}. "
         f"The start model and every trained model were then evaluated on the held-out "
-        f"documents {', '.join(f'`{d}`' for d in config.held_out)}.",
+        f"documents {md_escape(', '.join(config.held_out))}.",
         "",
     ]
 

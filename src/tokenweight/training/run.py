@@ -333,6 +333,10 @@ def train(
         return _finish(config, trainer, result, tokenizer, out, last, manifest, plan.segments)
 
 
+# train.report_to values that name no integration (nothing, or every one installed)
+_REPORT_TO_KEYWORDS = ("none", "all")
+
+
 def check_report_to(report_to: list[str] | str | None) -> None:
     """Refuse a ``train.report_to`` integration that is unknown or not installed, before
     any data or model is loaded (the Trainer would fail only after loading the model)."""
@@ -340,7 +344,7 @@ def check_report_to(report_to: list[str] | str | None) -> None:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    wanted = [str(n) for n in names if str(n) not in ("none", "all")]
+    wanted = [str(n) for n in names if str(n) not in _REPORT_TO_KEYWORDS]
     unknown = [n for n in wanted if n not in INTEGRATION_TO_CALLBACK]
     if unknown:
         raise TokenWeightError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -93,6 +94,11 @@ def test_study_end_to_end_with_independent_paired_differences(
     for name in ("study.md", "study.png"):
         assert (work / name).stat().st_size > 0
     assert "copied at distance 40" in results["metrics"]
+    # the cost estimate counts the report's comparisons as the report makes them
+    from tokenweight.study_cost import _metric_count
+
+    nll_metrics = [m for m in results["metrics"] if not m.startswith("probe")]
+    assert _metric_count(load_study_config(None, argv[1:]), 64) == len(nll_metrics)
 
     ev = work / "eval"
     valid = np.load(ev / "target_mask.npy")
@@ -142,6 +148,23 @@ def test_study_end_to_end_with_independent_paired_differences(
     assert again.count("reusing it") >= 8 + 3 + (start == "tiny")
     assert "train uniform seed 0 ..." not in again
     assert "train uniform seed 0 ..." in out
+    if start == "tiny":
+        return
+    # a kill during a training before its first checkpoint, or during the evaluation,
+    # leaves folders without step.json; a rerun continues or redoes them (no refusal)
+    seed0 = work / "runs" / "00-uniform" / "seed0"
+    for p in seed0.iterdir():
+        if p.name not in ("tokenweight_train.yaml", "train_log.jsonl"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in ev.iterdir():
+        if p.name not in ("target_mask.npy", "start.npy", "probes.json"):
+            p.unlink()
+    assert main(argv) == 0
+    resumed = capsys.readouterr().out
+    assert "train uniform seed 0: continuing the interrupted run" in resumed
+    assert "train uniform seed 1: cached" in resumed
+    assert "evaluate every model on the held-out sequences ..." in resumed
+    assert json.loads((work / "study.json").read_text())["runs"] == results["runs"]
 
 
 def test_bad_study_configs():

@@ -52,6 +52,7 @@ __all__ = [
 
 STUDY_FORMAT = "tokenweight.study"
 RUN_SCORERS = ("none", "self", "frozen", "reference")
+EVAL_MARKER = "target_mask.npy"  # the first file the evaluation step writes
 
 
 @dataclass
@@ -579,6 +580,8 @@ def _study_data(study: _Study) -> tuple[Path, Path, str]:
 
 def _score_training_data(study: _Study, train_data: Path, scored: Path, data_fp: str) -> None:
     """Step 2: short- and long-context NLL of the training data by the frozen start model."""
+    from tokenweight.data.manifest import RUN_FILE
+
     config = study.config
 
     def do_score() -> str:
@@ -608,6 +611,7 @@ def _score_training_data(study: _Study, train_data: Path, scored: Path, data_fp:
         },
         do_score,
         resumable=True,
+        markers=(RUN_FILE,),  # scoring cut off by a kill resumes from its finished shards
     )
 
 
@@ -663,6 +667,8 @@ def _train_one(
     study: _Study, spec: RunSpec, seed: int, data: Path, out: Path, data_fp: str
 ) -> None:
     """Train one run with one seed into ``out`` (continuing an interrupted training)."""
+    from tokenweight.training.run import TRAIN_MARKERS
+
     tc = _train_config(study.config, spec, seed, study.model_dir, data, out, study.device)
 
     def do_train(tc=tc) -> str:
@@ -673,7 +679,14 @@ def _train_one(
         return f"{result.global_step} steps, mean training loss {loss}"
 
     settings = {**tc.to_dict(), "data_fp": data_fp}
-    study.steps.run(f"train {spec.label()} seed {seed}", out, settings, do_train, resumable=True)
+    study.steps.run(
+        f"train {spec.label()} seed {seed}",
+        out,
+        settings,
+        do_train,
+        resumable=True,
+        markers=TRAIN_MARKERS,  # a training cut off before its first checkpoint resumes too
+    )
 
 
 def _evaluate_models(
@@ -702,7 +715,11 @@ def _evaluate_models(
         return f"{len(models)} models on {config.eval_sequences} held-out sequences"
 
     study.steps.run(
-        "evaluate every model on the held-out sequences", eval_dir, eval_settings, do_eval
+        "evaluate every model on the held-out sequences",
+        eval_dir,
+        eval_settings,
+        do_eval,
+        markers=(EVAL_MARKER,),  # an evaluation cut off by a kill is redone
     )
     return eval_dir
 
@@ -823,7 +840,7 @@ def _evaluate(
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(models["start"])
     seqs = load_eval_sequences(str(eval_data), tok, seq_len=0, max_sequences=config.eval_sequences)
-    _save_array(out / "target_mask.npy", seqs.target_mask.numpy())
+    _save_array(out / EVAL_MARKER, seqs.target_mask.numpy())
     rope: dict[str, Any] = {
         "rope_theta": config.rope_theta,
         "max_position_embeddings": config.max_position_embeddings,
@@ -906,7 +923,7 @@ def _metric_masks(
     from tokenweight.evaluation.metrics import is_key_token
     from tokenweight.study_verdict import LONG_RANGE, OTHER
 
-    valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
+    valid = _load_array(eval_dir / EVAL_MARKER).astype(bool)
     s, n1 = valid.shape
     t = np.arange(1, n1 + 1)[None, :]
     w = config.window

@@ -273,6 +273,7 @@ def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
         load_study_config(None, ["probes=[passkeyy]"])
 
 
+@pytest.mark.slow  # --dry-run times a few steps: 3 CPU seconds (tests/helpers/tiers.py)
 def test_settings_after_an_option_still_count(capsys):
     assert main(["study", "seeds=[0, 1, 2]", "--dry-run", "max_steps=3"]) == 0
     plan = capsys.readouterr().out

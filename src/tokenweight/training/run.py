@@ -157,12 +157,12 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any], str]:
         fingerprint = scored.get(FINGERPRINT) or shards_fingerprint(
             [x["sha256"] for x in scored["shards"]]
         )
-        if config.scorer_kind == "precomputed":
+        if config.used_scorer.stored_scores:
             _check_stored_scores(config, path, scored)
     else:
-        if config.scorer_kind == "precomputed":
+        if config.used_scorer.stored_scores:
             raise TokenWeightError(
-                f"data.path: {path} holds no scores, but scorer.kind is 'precomputed'; "
+                f"data.path: {path} holds no scores, but scorer.kind is {config.scorer_kind!r}; "
                 "score it first with `tokenweight score` and point data.path at the result"
             )
         manifest = read_manifest(path)
@@ -218,7 +218,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
 
 def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
-    if config.scorer_kind not in ("model", "reference"):
+    if not config.used_scorer.uses_model:
         return None
     from tokenweight.models import load_tokenizer
 
@@ -240,34 +240,18 @@ def _bos_token_id(manifest: dict[str, Any], dataset: Any) -> int | None:
 def _build_scorer(
     config: Config, frozen: tuple[Any, Any] | None, tokenizer: Any, model: Any, bos: int | None
 ) -> Any:
-    from tokenweight.scoring import build_scorer
+    from tokenweight.scorer_kinds import ScorerInputs
 
-    kind = config.scorer_kind
     s = config.scorer
+    scorer_model = None
     kwargs: dict[str, Any] = {}
-    if kind in ("model", "reference"):
-        assert frozen is not None
+    if frozen is not None:  # the kind uses a model of its own (_build_frozen_scorer_model)
         scorer_model, scorer_tok = frozen
-        kwargs = {
-            "scorer_model": scorer_model,
-            "tokenizer": scorer_tok,
-            "reference": model,
-            "reference_tokenizer": tokenizer,
-        }
+        kwargs = {"tokenizer": scorer_tok, "reference": model, "reference_tokenizer": tokenizer}
         if s.device is not None:
             kwargs["device"] = s.device
-    if kind == "reference":
-        from tokenweight.reference_scorer import ReferenceScorer
-
-        return ReferenceScorer(kwargs.pop("scorer_model"), **kwargs)
-    return build_scorer(
-        kind,
-        window=s.window,
-        stride=s.stride,
-        bos_token_id=bos,
-        windows_per_batch=s.windows_per_batch,
-        **kwargs,
-    )
+    inputs = ScorerInputs(s.window, s.stride, bos, s.windows_per_batch, scorer_model, kwargs)
+    return config.used_scorer.build(inputs)
 
 
 def _save_merged(model: Any, tokenizer: Any, folder: Path, config: Config) -> None:
@@ -316,6 +300,7 @@ def train(
     from tokenweight.training.distributed import check_sequence_parallel, is_distributed_launch
 
     out = Path(config.train.output_dir)
+    check_report_to(config.train.report_to)
     check_sequence_parallel(config.train.sequence_parallel)
     _check_output_dir(config)
     with contextlib.ExitStack() as held:
@@ -348,6 +333,33 @@ def train(
         return _finish(config, trainer, result, tokenizer, out, last, manifest, plan.segments)
 
 
+# train.report_to values that name no integration (nothing, or every one installed)
+_REPORT_TO_KEYWORDS = ("none", "all")
+
+
+def check_report_to(report_to: list[str] | str | None) -> None:
+    """Refuse a ``train.report_to`` integration that is unknown or not installed, before
+    any data or model is loaded (the Trainer would fail only after loading the model)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    wanted = [str(n) for n in names if str(n) not in _REPORT_TO_KEYWORDS]
+    unknown = [n for n in wanted if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise TokenWeightError(
+            f"train.report_to: unknown integration(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none"
+        )
+    available = set(get_available_reporting_integrations())
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise TokenWeightError(
+            f"train.report_to: {', '.join(missing)} is not installed in this environment; "
+            f"install it (e.g. pip install {missing[0]}) or remove it from train.report_to"
+        )
+
+
 def _output_lock(out: Path, shared: bool = False) -> Any:
     """The lock of ``train.output_dir`` (``shared``: rank 0's, for every rank)."""
     from tokenweight.folder_lock import output_lock, shared_output_lock
@@ -360,7 +372,7 @@ def _load_start(config: Config, manifest: dict[str, Any]) -> tuple[Any, str, Any
     scorer model (loaded before the ``TrainingArguments``: ZeRO-3 would partition it)."""
     from tokenweight.models import check_data_tokenizer, load_tokenizer
 
-    if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
+    if config.used_scorer.window and manifest.get("seq_len"):
         from tokenweight.scoring import require_short_window
 
         assert config.scorer.window is not None  # required for these scorers by Config.validate

@@ -204,8 +204,10 @@ HELD_OUT_PLAYS = (
 STUDY_RUNS = (
     {"scheme": "uniform"},
     {"scheme": "dense:0.75", "scorer": "self"},
-    {"scheme": "dense:0.75", "scorer": "frozen"},
+    {"scheme": "dense:0.75", "scorer": "precomputed"},
 )
+# the study's labels of those runs (RunSpec.label)
+STUDY_LABELS = ("uniform", "dense:0.75 (self)", "dense:0.75 (precomputed)")
 TRAIN_PATHS = ("uniform", "dense-self", "dense-precomputed", "sparse-self")
 
 
@@ -546,11 +548,7 @@ def expected_rows(part: str, setting: Setting) -> list[str]:
     if part == "model":
         return ["gguf"]
     if part == "study":
-        return [
-            "context check",
-            "dense:0.75 (self) / all targets",
-            "dense:0.75 (frozen) / all targets",
-        ]
+        return ["context check", *(f"{run} / all targets" for run in STUDY_LABELS[1:])]
     raise KeyError(part)
 
 

@@ -343,3 +343,10 @@ def test_the_docs_page_has_the_block_and_says_no_gpu_figure_yet():
     assert text.count(gpu_tables.BEGIN) == 1 and text.count(gpu_tables.END) == 1
     block = text.split(gpu_tables.BEGIN)[1].split(gpu_tables.END)[0]
     assert gpu_tables.NOT_MEASURED in block
+
+
+def test_study_labels_are_the_labels_tokenweight_study_gives_its_runs():
+    from tokenweight.study import RunSpec
+
+    labels = tuple(RunSpec(**run).label() for run in gpu_checks.STUDY_RUNS)
+    assert labels == gpu_checks.STUDY_LABELS

@@ -208,16 +208,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def torchrun_trainings(config_files: list[Path], timeout: int = 600) -> None:
-    """Train every config in one two-process ``torchrun`` launch (``dist_train_many.py``);
-    fails the test, with the end of the output, when the launch fails."""
+def torchrun_trainings(
+    config_files: list[Path | str], timeout: int = 600, processes: int = 2
+) -> None:
+    """Train every config in one ``torchrun`` launch of ``processes`` processes
+    (``dist_train_many.py``; ``"resume:PATH"`` resumes); fails the test, with the end of
+    the output, when the launch fails."""
     import subprocess
     import sys
 
     driver = Path(__file__).with_name("dist_train_many.py")
     command = [
         sys.executable,
-        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)),
         str(driver),
         *map(str, config_files),
     ]

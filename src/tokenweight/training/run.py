@@ -322,8 +322,9 @@ def train(
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     check_data_tokenizer(manifest, tokenizer, "model.source")
     frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
-    args = _setup_training_arguments(config, training_arguments)
+    args, fsdp = _setup_training_arguments(config, training_arguments)
     model = _setup_model(config, model_path, manifest.get("seq_len"))
+    shards = _shard(model, fsdp)
     if frozen is not None:
         frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
     scorer = _build_scorer(config, frozen, tokenizer, model, _bos_token_id(manifest, dataset))
@@ -336,7 +337,7 @@ def train(
 
         atomic_write_text(out / CONFIG_NAME, config.to_yaml())
     result = trainer.train(resume_from_checkpoint=last if resume else None)
-    return _finish(config, trainer, result, tokenizer, out, last if resume else None)
+    return _finish(config, trainer, result, tokenizer, out, last if resume else None, shards)
 
 
 def _setup_output_dir(config: Config, out: Path, resume: bool) -> str | None:
@@ -370,15 +371,23 @@ def _setup_output_dir(config: Config, out: Path, resume: bool) -> str | None:
     return last
 
 
-def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> Any:
-    """``TrainingArguments`` for the run; starts the process group (before the model
+def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> tuple[Any, Any]:
+    """``TrainingArguments`` for the run, and the FSDP2 settings when tokenweight shards
+    the model itself (FSDP on CPU processes, :mod:`tokenweight.training.fsdp2`; the
+    arguments then carry no FSDP settings). Starts the process group (before the model
     loads: ZeRO-3 partitions at load time) and seeds every RNG."""
     import torch
     import transformers
 
-    from tokenweight.training.distributed import refuse_fsdp_on_cpu, start_process_group
+    from tokenweight.training.distributed import (
+        deepspeed_settings,
+        fsdp_on_cpu,
+        start_process_group,
+    )
 
     extra = dict(overrides or {})
+    if config.train.deepspeed and "deepspeed" not in extra:
+        extra["deepspeed"] = deepspeed_settings(config.train.deepspeed)
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)
@@ -390,10 +399,31 @@ def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) 
             parallelism_config(config.train.sequence_parallel, config.model.attn_implementation),
         )
     args = to_training_arguments(config, **extra)
-    refuse_fsdp_on_cpu(args)
+    fsdp = None
+    if fsdp_on_cpu(args):
+        from tokenweight.training import fsdp2
+
+        if config.model.lora is not None:
+            raise TokenWeightError(
+                "model.lora: LoRA with train.fsdp is not supported on CPU processes; "
+                "train without one of them"
+            )
+        fsdp = fsdp2.fsdp2_settings(args.fsdp_plugin_args)  # read as a GPU run reads them
+        fsdp2.no_rank0_loading()
+        args = to_training_arguments(config, **{**extra, "fsdp": None, "fsdp_config": None})
     start_process_group(args)  # before from_pretrained: ZeRO-3 partitions at load time
     transformers.set_seed(args.seed)
-    return args
+    return args, fsdp
+
+
+def _shard(model: Any, fsdp: Any) -> list[Any] | None:
+    """Shard ``model`` with FSDP2 when ``fsdp`` holds settings; returns every process's
+    :class:`~tokenweight.training.fsdp2.ShardReport` (``None``: not sharded here)."""
+    if fsdp is None:
+        return None
+    from tokenweight.training.fsdp2 import gather_reports, shard_model
+
+    return gather_reports(shard_model(model, fsdp))
 
 
 def _setup_model(config: Config, model_path: str, seq_len: int | None) -> Any:
@@ -468,9 +498,16 @@ def _setup_trainer(
 
 
 def _finish(
-    config: Config, trainer: Any, result: Any, tokenizer: Any, out: Path, resumed: str | None
+    config: Config,
+    trainer: Any,
+    result: Any,
+    tokenizer: Any,
+    out: Path,
+    resumed: str | None,
+    shards: list[Any] | None = None,
 ) -> TrainResult:
-    """Save the model, trainer state, merged LoRA model and ``summary.json``."""
+    """Save the model, trainer state, merged LoRA model and ``summary.json`` (with what
+    each process held of an FSDP2-sharded model, ``shards``)."""
     trainer.save_model(str(out))
     trainer.save_state()
     if config.model.lora is not None and trainer.is_world_process_zero():
@@ -489,6 +526,13 @@ def _finish(
             "resumed_from": resumed,
             "metrics": result.metrics,
         }
+        if shards is not None:
+            summary["fsdp2"] = {
+                "processes": len(shards),
+                "parameter_values": shards[0].total,
+                "held_by_process": [r.held for r in shards],
+                "largest_share_of_a_tensor": max(r.largest_share for r in shards),
+            }
         from tokenweight.files import atomic_write_json
 
         atomic_write_json(out / SUMMARY_NAME, json.loads(json.dumps(summary, default=str)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -26,6 +27,7 @@ from fixtures import (
 )
 from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file
 from test_train_support import prepare
+from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -60,7 +62,7 @@ def assets(tmp_path_factory):
     return model_dir, {"tail": tail, "scored": scored}
 
 
-def _config(assets, name: str, out: Path, engine: dict) -> dict:
+def _config(assets, name: str, out: Path, engine: dict, accumulation: int = 1) -> dict:
     model_dir, data = assets
     scheme, kind, which = RUNS[name]
     return {
@@ -75,7 +77,7 @@ def _config(assets, name: str, out: Path, engine: dict) -> dict:
             "warmup_steps": 0,
             "max_steps": STEPS,
             "micro_batch_size": 1,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": accumulation,
             "max_grad_norm": 0.0,
             "save_steps": 100,
             "seed": 0,
@@ -120,3 +122,51 @@ def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
         load_config(base={**base, "train": {"sequence_parallel": 2}})
     with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
         load_config(base={**base, "train": {"sequence_parallel": 0}})
+
+
+@pytest.mark.slow
+def test_sp2_times_dp2_on_four_processes_equals_one_process(assets, tmp_path):
+    """4 processes, 2 SP groups of 2 (each a data-parallel rank): under ZeRO-2 and ZeRO-3
+    (whose gradient reductions over the SP and data-parallel ranks differ), Dense with the
+    self scorer ends where one process with 2 sequences per step ends."""
+    name = "dense_self"
+    out = tmp_path / "single"
+    train(load_config(base=_config(assets, name, out, engine={}, accumulation=2)))
+    single = {name: (load_file(str(out / "model.safetensors")), logged_losses(out))}
+    files, outs = [], {}
+    for stage in ("zero2", "zero3"):
+        engine = {"deepspeed": _deepspeed_file(f"{stage}.json", tmp_path), "sequence_parallel": 2}
+        outs[stage] = tmp_path / f"out-{stage}"
+        files.append(tmp_path / f"{stage}.yaml")
+        files[-1].write_text(yaml.safe_dump(_config(assets, name, outs[stage], engine)))
+    torchrun_trainings(files, processes=4)
+    start = load_file(str(assets[0] / "model.safetensors"))
+    for stage, folder in outs.items():
+        assert_runs_match_one_process(
+            {name: folder}, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 x dp2 {stage}"
+        )
+
+
+class _PackingCollator(TokenWeightCollator):
+    """Two documents per row: positions restart in the middle."""
+
+    def __call__(self, examples):
+        batch = super().__call__(examples)
+        width = batch["input_ids"].shape[1]
+        half = torch.arange(width // 2)
+        batch["position_ids"] = torch.cat([half, half]).expand_as(batch["input_ids"])
+        return batch
+
+
+def test_packed_batches_are_refused_under_sequence_parallelism():
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.training.sequence_parallel import SequenceParallelCollator, refuse_packed
+
+    rows = [{"input_ids": list(range(4, 12))}, {"input_ids": list(range(4, 10))}]
+    with pytest.raises(TokenWeightError, match="packed batches .* not supported"):
+        SequenceParallelCollator(_PackingCollator(), 2)(rows)
+    batch = SequenceParallelCollator(TokenWeightCollator(), 2)(rows)  # one document per row
+    assert batch["position_ids"].tolist() == [list(range(8))] * 2
+    refuse_packed(batch["position_ids"][:, 4:], 4)  # rank 1's slice of an unpacked row
+    with pytest.raises(TokenWeightError, match="pad instead of pack"):
+        refuse_packed(torch.tensor([[4, 5, 0, 1]]), 4)  # a document starts inside the slice

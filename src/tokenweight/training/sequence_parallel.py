@@ -26,6 +26,10 @@ process holding the whole sequence):
 
 The batch is trimmed back to its one-process width before scoring, so the padding the
 SP collator adds (to make the width divisible by ``S``) changes nothing.
+
+Packed batches (several documents per row, marked by restarting ``position_ids`` or
+``cu_seq_lens_*``) are refused, by the collator and again by the loss: the Ulysses
+attention and the whole-sequence weights here treat each row as one sequence.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import find_documents
 from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
@@ -45,6 +50,7 @@ __all__ = [
     "SequenceParallelCollator",
     "count_valid_targets",
     "gradient_scale",
+    "refuse_packed",
     "parallelism_config",
     "sequence_parallel_loss",
     "sp_group",
@@ -68,6 +74,22 @@ def parallelism_config(degree: int, attn_implementation: str | None) -> Any:
     return ParallelismConfig(sp_size=degree, sp_backend="deepspeed", sp_handler=handler)
 
 
+PACKED_REFUSED = (
+    "train.sequence_parallel: packed batches (several documents per row, marked by "
+    "restarting position_ids or cu_seq_lens) are not supported with sequence parallelism; "
+    "give every document its own row (pad instead of pack, as TokenWeightCollator does) or "
+    "train packed batches without sequence_parallel"
+)
+
+
+def refuse_packed(position_ids: torch.Tensor, start: int) -> None:
+    """Raise unless every row of ``position_ids`` ``(B, n)`` counts up from ``start``
+    without a restart (one sequence per row; ``start``: this slice's first position)."""
+    expected = torch.arange(start, start + position_ids.shape[1], device=position_ids.device)
+    if not bool((position_ids == expected).all()):
+        raise TokenWeightError(PACKED_REFUSED)
+
+
 @dataclass
 class SequenceParallelCollator:
     """The usual batch, shaped for the Ulysses adapter: every column ``(B, W)`` with ``W``
@@ -80,6 +102,8 @@ class SequenceParallelCollator:
 
     def __call__(self, examples: Any) -> dict[str, torch.Tensor]:
         batch = self.base(examples)
+        if find_documents(batch) is not None:
+            raise TokenWeightError(PACKED_REFUSED)
         ids = batch["input_ids"]
         rows, width = ids.shape
         padded = math.ceil(width / self.degree) * self.degree
@@ -161,6 +185,7 @@ def sequence_parallel_loss(
     group, size, rank = sp_group()
     ids, shift_labels = inputs["input_ids"], inputs["shift_labels"]
     local_width = ids.shape[1]
+    refuse_packed(inputs["position_ids"], rank * local_width)
     long_local = model_token_nll(
         model, ids, shift_labels=shift_labels, position_ids=inputs["position_ids"]
     )

@@ -163,7 +163,7 @@ def test_packed_batches_are_refused_under_sequence_parallelism():
     from tokenweight.training.sequence_parallel import SequenceParallelCollator, refuse_packed
 
     rows = [{"input_ids": list(range(4, 12))}, {"input_ids": list(range(4, 10))}]
-    with pytest.raises(TokenWeightError, match="packed batches .* not supported"):
+    with pytest.raises(TokenWeightError, match=r"packed batches .* not supported"):
         SequenceParallelCollator(_PackingCollator(), 2)(rows)
     batch = SequenceParallelCollator(TokenWeightCollator(), 2)(rows)  # one document per row
     assert batch["position_ids"].tolist() == [list(range(8))] * 2

@@ -50,8 +50,8 @@ __all__ = [
     "SequenceParallelCollator",
     "count_valid_targets",
     "gradient_scale",
-    "refuse_packed",
     "parallelism_config",
+    "refuse_packed",
     "sequence_parallel_loss",
     "sp_group",
 ]

@@ -4,7 +4,10 @@
 # Both create .venv idempotently; nothing is downloaded at run time except from the
 # Python package index during set-up.
 # For maintainers:
-#   make docs          the API reference from the docstrings, in docs/api/ (not committed)
+#   make test-fast     the inner loop: the tests only (no lint, no type check), without those
+#                      marked slow or multiprocess (tests/helpers/tiers.py says which)
+#   make docs          the documentation site (docs/*.md and the API reference from the
+#                      docstrings) in site/ (not committed), offline; broken links fail
 #   make wheel-check   build the wheel, install it in a fresh virtualenv, then outside the
 #                      repository copy a packaged config, train a tiny run and evaluate it
 
@@ -16,7 +19,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.tokenweight-installed
 
-.PHONY: setup test demo lint bench clean docs wheel-check
+.PHONY: setup test test-fast demo lint bench clean docs wheel-check
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,14 +44,18 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile --fast
+
 demo: $(STAMP)
 	$(VENV)/bin/tokenweight demo
 
 docs: $(STAMP)
-	$(PY) docs/build_api.py docs/api
+	$(VENV)/bin/mkdocs build --strict --quiet
+	@echo "documentation: site/index.html"
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh $(PY) $(PYTHON) "$(TORCH_SPEC)"
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache docs/api
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache docs/api site

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures import build_tiny_causal_lm, make_tokenizer
-from test_eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.generate import greedy_generate
 

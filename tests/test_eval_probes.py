@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from fixtures import make_tokenizer
-from test_eval_support import EVAL_BPE, smollm2_tokenizer
+from helpers.eval_support import EVAL_BPE, smollm2_tokenizer
+from helpers.fixtures import make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.probes import (
     FILLER,
@@ -67,7 +67,11 @@ TOKENIZERS = {
 }
 
 
-@pytest.mark.parametrize("which", list(TOKENIZERS))
+@pytest.mark.parametrize(
+    "which",
+    # the real SmolLM2 tokenizer takes about 6 s to load, once per process: slow
+    [pytest.param(w, marks=pytest.mark.slow) if w == "smollm2" else w for w in TOKENIZERS],
+)
 @pytest.mark.parametrize("task", TASKS)
 def test_length_depth_and_answer(which, task):
     tok = TOKENIZERS[which]()
@@ -89,6 +93,7 @@ def test_length_depth_and_answer(which, task):
                 assert len(_NEEDLE_RE.findall(probe.prompt)) == 4  # target + 3 distractors
 
 
+@pytest.mark.slow  # the real SmolLM2 tokenizer: about 6 s to load, once per process
 def test_lengths_are_mostly_exact_with_real_tokenizer():
     tok = smollm2_tokenizer()
     probes = make_probes(tok, TASKS, [1024, 2048], [0.1, 0.5, 0.9], trials=2, seed=5)
@@ -207,6 +212,7 @@ def test_match_all(continuation, expected):
     assert match_all(continuation, ("AAAAA", "BBBBB", "CCCCC")) is expected
 
 
+@pytest.mark.slow  # the real SmolLM2 tokenizer: about 6 s to load, once per process
 @pytest.mark.parametrize("task", ["passkey", "needle", "needle_uuid", "vartrack"])
 def test_probe_score_on_token_level_truncation(task):
     tok = smollm2_tokenizer()

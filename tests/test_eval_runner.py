@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures import build_tiny_causal_lm, make_tokenizer
-from test_eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.cli import main
 from tokenweight.evaluation import ModelSpec, evaluate_models

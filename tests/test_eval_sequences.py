@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures import build_tiny_causal_lm, make_tokenizer
-from test_eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.metrics import position_bucket_nll
 from tokenweight.evaluation.perplexity import (

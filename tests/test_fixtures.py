@@ -1,4 +1,5 @@
-"""Checks of ``fixtures.py`` itself, so that a broken helper fails loudly here."""
+"""Checks of the helpers in ``tests/helpers/`` themselves (``fixtures``, ``eval_support``,
+``train_support``), so that a broken helper fails loudly here."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
+from helpers.train_support import VOCAB, full_logits_nll, window_loop_short_nll
 
 
 @pytest.mark.parametrize("kind", ["words", "wordlevel", "bpe"])
@@ -61,7 +64,7 @@ def test_parameter_comparison_fails_on_a_difference_and_on_an_untrained_run():
     import pytest
     import torch
 
-    from fixtures import assert_same_parameters
+    from helpers.distributed import assert_same_parameters
 
     start = {"w": torch.zeros(3)}
     ref = {"w": torch.tensor([0.5, 0.0, 0.0])}
@@ -73,3 +76,41 @@ def test_parameter_comparison_fails_on_a_difference_and_on_an_untrained_run():
         assert_same_parameters(dict(start), dict(start), start, tol, "still")
     with pytest.raises(AssertionError):  # a missing tensor
         assert_same_parameters({}, ref, start, tol, "missing")
+
+
+# ---------------------------------------------------------------- eval_support
+def test_tokenizer_round_trips_text():
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    text = "VAR QWERT = 90210. One of the special magic uuids for x-y is: 0f9e-aa."
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text)  # merges were learned
+
+
+def test_bos_tokenizer_prepends_bos():
+    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
+    ids = tok("The grass is green.")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert ids[1:] == make_tokenizer("bpe", **EVAL_BPE)("The grass is green.")["input_ids"]
+
+
+def test_tiny_model_predictions_depend_on_context():
+    model = build_tiny_causal_lm(
+        tokenizer=make_tokenizer("bpe", **EVAL_BPE), init_std=EVAL_INIT_STD
+    )
+    a = model(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
+    b = model(torch.tensor([[9, 6, 7, 8]])).logits[0, -1]
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+# ---------------------------------------------------------------- train_support
+def test_window_loop_matches_full_context_inside_window_zero():
+    model = build_tiny_causal_lm(vocab_size=VOCAB)
+    ids = torch.randint(4, 60, (2, 24), generator=torch.Generator().manual_seed(0))
+    short = window_loop_short_nll(model, ids, window=8, stride=8, first_window=True)
+    with torch.no_grad():
+        long = full_logits_nll(model, ids)
+    # targets 1..7 see the same context in both; later ones see less and differ
+    torch.testing.assert_close(short[:, :7], long[:, :7], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(short[:, 8:], long[:, 8:], atol=1e-3)
+    assert torch.isfinite(short).all()

@@ -9,7 +9,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from fixtures import BOS_ID, build_tiny_causal_lm, make_tokenizer, save_tiny_model
+from helpers.fixtures import BOS_ID, build_tiny_causal_lm, make_tokenizer, save_tiny_model
 from tokenweight.cli import main
 from tokenweight.inspection import inspect_passage, render_html, write_inspection
 from tokenweight.weighting import Scheme, compute_weights

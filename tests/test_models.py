@@ -21,7 +21,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from fixtures import save_tiny_model, save_tokenizer
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.errors import TokenWeightError
 from tokenweight.models import (
     GGUF_ALIASES,
@@ -287,6 +287,7 @@ def smol_tokenizer():
     return load_tokenizer("smollm2", cache_gguf=False)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_tokenizer_identity(smol_tokenizer):
     tok = smol_tokenizer
     ident = tokenizer_identity(tok)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures import build_tiny_causal_lm
-from test_train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
+from helpers.fixtures import build_tiny_causal_lm
+from helpers.packed import packed_batch, split_targets
+from helpers.train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
 from tokenweight import TokenWeightError, scoring
 from tokenweight.packed_batches import find_documents, right_padded_lengths
 from tokenweight.scoring import SelfScorer
@@ -31,28 +32,6 @@ def make_docs(seed: int = 0) -> list[torch.Tensor]:
     for d in docs:
         d[0] = BOS
     return docs
-
-
-def packed_batch(docs: list[torch.Tensor], with_cu: bool = True) -> dict[str, torch.Tensor]:
-    """What TRL's padding-free collator gives: one row, restarting positions, the first
-    label of every document -100, cumulative lengths."""
-    ids = torch.cat(docs)[None]
-    pos = torch.cat([torch.arange(len(d)) for d in docs])[None]
-    labels = ids.masked_fill(pos == 0, -100)
-    batch = {"input_ids": ids, "position_ids": pos, "labels": labels}
-    if with_cu:
-        cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
-        batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu
-    return batch
-
-
-def split_targets(x: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Packed ``(1, total - 1)`` per-target values -> each document's ``(len - 1,)``."""
-    out, start = [], 0
-    for d in docs:
-        out.append(x[0, start : start + len(d) - 1])
-        start += len(d)
-    return out
 
 
 def reference(model, docs, scheme, kind, scorer_model=None, stored=None):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from fixtures import build_tiny_causal_lm, make_tokenizer
-from helpers_data import CORPUS_DIR
-from test_eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.corpus import CORPUS_DIR
+from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.pipeline import load_pipeline_config, run_pipeline
@@ -48,6 +48,7 @@ def settings(model_dir, work, **extra):
     return [f"{k}={json.dumps(v)}" for k, v in base.items()]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_report_file_and_reuses_cached_steps(model_dir, tmp_path):
     work = tmp_path / "work"
     lines: list[str] = []

@@ -14,8 +14,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from fixtures import PAD_ID, save_tokenizer
-from helpers_data import CORPUS_DIR, JSONL_FILE, corpus_files
+from helpers.corpus import CORPUS_DIR, JSONL_FILE, corpus_files
+from helpers.fixtures import PAD_ID, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data.prepare import prepare_dataset
 from tokenweight.errors import TokenWeightError

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
-from test_train_support import VOCAB, full_logits_nll, prepare
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
+from helpers.packed import packed_batch, split_targets
+from helpers.train_support import VOCAB, full_logits_nll, prepare
 from tokenweight.errors import TokenWeightError
 from tokenweight.reference_scorer import ReferenceScorer
 from tokenweight.training.config import load_config
@@ -38,8 +39,6 @@ def test_reference_nll_is_plain_cross_entropy_of_the_reference_model():
 def test_a_packed_batch_is_scored_one_document_at_a_time():
     """Packed documents (restarting positions, as TRL's padding-free collator gives them):
     each document's reference NLL equals that of the document alone, from position 0."""
-    from test_packed_batches import packed_batch, split_targets
-
     ref = build_tiny_causal_lm(seed=5, vocab_size=VOCAB)
     g = torch.Generator().manual_seed(3)
     docs = [torch.randint(4, 60, (n,), generator=g) for n in (9, 14, 7)]

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from fixtures import save_tiny_model, save_tokenizer
-from helpers_data import CORPUS_DIR
+from helpers.corpus import CORPUS_DIR
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset, score_dataset
 from tokenweight.data.store import verify_row, verify_rows
@@ -205,6 +205,7 @@ def test_resume_skips_done_shards_and_redoes_partial_ones(env, reference, tmp_pa
     assert _files(out) == _files(reference)  # stale temporary file removed too
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_resume_is_byte_identical(env, tmp_path):
     kw = dict(scorer=env["model"], window=W, shard_size=4, batch_size=4, progress=False)
     clean = tmp_path / "clean"

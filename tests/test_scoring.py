@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures import build_tiny_causal_lm
+from helpers.fixtures import build_tiny_causal_lm
 from tokenweight import TokenWeightError
 from tokenweight.scoring import (
     ModelScorer,

@@ -11,8 +11,8 @@ import datasets
 import numpy as np
 import pytest
 
-from fixtures import save_tiny_model, save_tokenizer
-from helpers_data import CORPUS_DIR
+from helpers.corpus import CORPUS_DIR
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset
 from tokenweight.errors import TokenWeightError

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from fixtures import save_tiny_model, save_tokenizer
+from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.study import load_study_config
@@ -59,6 +59,7 @@ def _overrides(model, work, facts=False):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["tiny", "given"])
 def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys, start):
     work = tmp_path / "study"

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from fixtures import save_tokenizer
+from helpers.fixtures import save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import read_manifest
 from tokenweight.errors import TokenWeightError

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from fixtures import PAD_ID, build_tiny_causal_lm, training_args
-from test_train_support import (
+from helpers.fixtures import PAD_ID, build_tiny_causal_lm, training_args
+from helpers.train_support import (
     VOCAB,
     clone_params,
     copy_model,

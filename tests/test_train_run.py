@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from fixtures import make_tokenizer, save_tiny_model
-from test_train_support import full_logits_nll, prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import full_logits_nll, prepare
 from tokenweight import TokenWeightError
 from tokenweight.cli import main as cli_main
 from tokenweight.training.config import load_config
@@ -103,6 +103,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_reaches_the_uninterrupted_parameters(assets, tmp_path):
     # random data order, sparse tie-breaking and warm-up all depend on restored state
     common = ("scheme=sparse:0.25", "train.save_steps=1", "train.shuffle=true")

@@ -17,8 +17,8 @@ import inspect
 import transformers
 from transformers import Trainer, TrainingArguments
 
-from fixtures import build_tiny_causal_lm, training_args
-from test_train_support import VOCAB
+from helpers.fixtures import build_tiny_causal_lm, training_args
+from helpers.train_support import VOCAB
 from tokenweight.training.trainer import TokenWeightTrainer
 
 

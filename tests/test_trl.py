@@ -21,8 +21,8 @@ from datasets import Dataset
 from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
-from fixtures import build_tiny_causal_lm, make_tokenizer, training_args
-from test_train_support import VOCAB, copy_model, markov_words
+from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, training_args
+from helpers.train_support import VOCAB, copy_model, markov_words
 from tokenweight import make_compute_loss_func
 from tokenweight.scoring import ModelScorer
 from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
@@ -34,7 +34,7 @@ WINDOW = 64  # >= every document: the scorer model sees each document whole
 
 
 class TokenWeightSFTTrainer(TokenWeightTrainer, SFTTrainer):
-    """The recipe of the README: token weighting with TRL's data handling."""
+    """The recipe of docs/python-api.md: token weighting with TRL's data handling."""
 
 
 def texts(count: int = 6, seed: int = 0) -> list[str]:

@@ -382,7 +382,7 @@ def prepare_dataset(
 
     Output rows: ``input_ids`` (int32, length ``seq_len``), ``doc_id`` (int64), ``row``
     (int64, the row's index in the saved order) and, with ``keep_tail``, ``attention_mask``
-    (int8). See the package README for every option. Raises :class:`TokenWeightError` for
+    (int8). See docs/data.md for every option. Raises :class:`TokenWeightError` for
     every bad input, before writing anything.
     """
     from tokenweight.models import tokenizer_identity

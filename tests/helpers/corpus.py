@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
 JSONL_FILE = DATA_DIR / "letters.jsonl"
 

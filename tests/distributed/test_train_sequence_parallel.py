@@ -14,20 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import (
+from helpers.distributed import (
+    LOSS_TOL,
+    PARAM_TOL,
     assert_runs_match_one_process,
+    deepspeed_file,
     logged_losses,
-    make_tokenizer,
-    save_tiny_model,
     torchrun_trainings,
 )
-from test_train_engines import LOSS_TOL, PARAM_TOL, _deepspeed_file
-from test_train_support import prepare
-from tokenweight.training.collator import TokenWeightCollator
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
@@ -101,7 +100,7 @@ def single(assets, tmp_path_factory):
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_path, stage):
     engine = {
-        "deepspeed": _deepspeed_file(f"{stage}.json", tmp_path),
+        "deepspeed": deepspeed_file(f"{stage}.json", tmp_path),
         "sequence_parallel": 2,
     }
     files, outs = [], {}
@@ -112,16 +111,6 @@ def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_pat
     torchrun_trainings(files)
     start = load_file(str(assets[0] / "model.safetensors"))
     assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 {stage}")
-
-
-def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
-    from tokenweight.errors import TokenWeightError
-
-    base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
-    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
-        load_config(base={**base, "train": {"sequence_parallel": 2}})
-    with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: must be > 0"):
-        load_config(base={**base, "train": {"sequence_parallel": 0}})
 
 
 @pytest.mark.slow
@@ -135,7 +124,7 @@ def test_sp2_times_dp2_on_four_processes_equals_one_process(assets, tmp_path):
     single = {name: (load_file(str(out / "model.safetensors")), logged_losses(out))}
     files, outs = [], {}
     for stage in ("zero2", "zero3"):
-        engine = {"deepspeed": _deepspeed_file(f"{stage}.json", tmp_path), "sequence_parallel": 2}
+        engine = {"deepspeed": deepspeed_file(f"{stage}.json", tmp_path), "sequence_parallel": 2}
         outs[stage] = tmp_path / f"out-{stage}"
         files.append(tmp_path / f"{stage}.yaml")
         files[-1].write_text(yaml.safe_dump(_config(assets, name, outs[stage], engine)))
@@ -145,28 +134,3 @@ def test_sp2_times_dp2_on_four_processes_equals_one_process(assets, tmp_path):
         assert_runs_match_one_process(
             {name: folder}, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 x dp2 {stage}"
         )
-
-
-class _PackingCollator(TokenWeightCollator):
-    """Two documents per row: positions restart in the middle."""
-
-    def __call__(self, examples):
-        batch = super().__call__(examples)
-        width = batch["input_ids"].shape[1]
-        half = torch.arange(width // 2)
-        batch["position_ids"] = torch.cat([half, half]).expand_as(batch["input_ids"])
-        return batch
-
-
-def test_packed_batches_are_refused_under_sequence_parallelism():
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.training.sequence_parallel import SequenceParallelCollator, refuse_packed
-
-    rows = [{"input_ids": list(range(4, 12))}, {"input_ids": list(range(4, 10))}]
-    with pytest.raises(TokenWeightError, match=r"packed batches .* not supported"):
-        SequenceParallelCollator(_PackingCollator(), 2)(rows)
-    batch = SequenceParallelCollator(TokenWeightCollator(), 2)(rows)  # one document per row
-    assert batch["position_ids"].tolist() == [list(range(8))] * 2
-    refuse_packed(batch["position_ids"][:, 4:], 4)  # rank 1's slice of an unpacked row
-    with pytest.raises(TokenWeightError, match="pad instead of pack"):
-        refuse_packed(torch.tensor([[4, 5, 0, 1]]), 4)  # a document starts inside the slice

@@ -1,6 +1,5 @@
 """Shared helpers for the training tests (a learnable word corpus over ``fixtures``'
-``"words"`` tokenizer, reference NLLs), plus checks that the helpers themselves behave (so a
-broken helper fails loudly here).
+``"words"`` tokenizer, reference NLLs); ``tests/test_fixtures.py`` checks that the helpers themselves behave.
 
 Everything is built offline from configs: no downloads.
 """
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fixtures import SPECIALS, build_tiny_causal_lm, make_tokenizer
+from helpers.fixtures import SPECIALS, make_tokenizer
 
 VOCAB = len(make_tokenizer())  # 4 special tokens + the words w0 .. w55
 WORDS = VOCAB - len(SPECIALS)
@@ -107,77 +106,3 @@ def clone_params(model) -> dict[str, torch.Tensor]:
 
 def copy_model(model):
     return copy.deepcopy(model)
-
-
-# ---------------------------------------------------------------- checks of the helpers
-def test_window_loop_matches_full_context_inside_window_zero():
-    model = build_tiny_causal_lm(vocab_size=VOCAB)
-    ids = torch.randint(4, 60, (2, 24), generator=torch.Generator().manual_seed(0))
-    short = window_loop_short_nll(model, ids, window=8, stride=8, first_window=True)
-    with torch.no_grad():
-        long = full_logits_nll(model, ids)
-    # targets 1..7 see the same context in both; later ones see less and differ
-    torch.testing.assert_close(short[:, :7], long[:, :7], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(short[:, 8:], long[:, 8:], atol=1e-3)
-    assert torch.isfinite(short).all()
-
-
-def test_log_after_a_resume_drops_the_interrupted_lines_and_never_half_writes(
-    tmp_path, monkeypatch
-):
-    import json
-    import os
-    from types import SimpleNamespace
-
-    import pytest
-
-    from tokenweight.training.callbacks import JsonlLogCallback
-
-    path = tmp_path / "train_log.jsonl"
-    old = "".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in range(1, 6))
-    path.write_text(old)
-    state = SimpleNamespace(is_world_process_zero=True, global_step=3)
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        JsonlLogCallback(path).on_log(None, state, None, logs={"loss": 9.0})
-    assert path.read_text() == old  # the rewrite failed, the old log is whole
-    assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]  # no temp left
-    monkeypatch.undo()
-
-    cb = JsonlLogCallback(path)
-    cb.on_log(None, state, None, logs={"loss": 9.0})
-    cb.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None, {"loss": 8.0})
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]  # 3..5 of the interrupted run replaced by the new 3, 4
-
-
-def test_checkpoint_marker_waits_for_every_process(tmp_path, monkeypatch):
-    """In a multi-process run the marker is written only after all processes meet, so a
-    checkpoint marked complete holds every process's files."""
-    from types import SimpleNamespace
-
-    import torch.distributed as dist
-
-    from tokenweight.training.callbacks import CHECKPOINT_MARKER, CheckpointMarkerCallback
-
-    events = []
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "barrier", lambda: events.append("barrier"))
-    folder = tmp_path / "checkpoint-7"
-    folder.mkdir()
-    import tokenweight.files as files
-
-    real = files.atomic_write_json
-    monkeypatch.setattr(
-        files, "atomic_write_json", lambda path, obj: (events.append("marker"), real(path, obj))
-    )
-    state = SimpleNamespace(global_step=7)
-    for should_save in (False, True):  # another rank, then the main one
-        args = SimpleNamespace(output_dir=str(tmp_path), should_save=should_save)
-        CheckpointMarkerCallback().on_save(args, state, None)
-    assert events == ["barrier", "barrier", "marker"]
-    assert (folder / CHECKPOINT_MARKER).is_file()

@@ -8,7 +8,7 @@ accumulation 1 (the same 2 sequences per optimizer step, padded rows of differen
 lengths among them). Plain SGD without clipping, so any error in the gradient scale
 shows in the parameters. Compared: the loss of every step (the training log) and every
 final parameter. The engines are the shipped config files; the tests change only what a
-CPU run needs (see ``_deepspeed_file``). Each engine is one ``torchrun`` launch that
+CPU run needs (see ``helpers.distributed.deepspeed_file``). Each engine is one ``torchrun`` launch that
 trains the four schemes one after another through the real command line.
 """
 
@@ -22,30 +22,28 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures import (
+from helpers.distributed import (
+    CONFIGS,
+    LOSS_TOL,
+    PARAM_TOL,
     assert_runs_match_one_process,
     assert_same_parameters,
+    deepspeed_file,
     logged_losses,
-    make_tokenizer,
-    save_tiny_model,
     torchrun_trainings,
 )
-from test_train_support import prepare
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
 SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tokenweight" / "configs"
 SCHEMES = {
     "uniform": ("uniform", "none"),
     "dense_self": ("dense:0.75", "self"),
     "dense_precomputed": ("dense:0.75", "precomputed"),
     "sparse_self": ("sparse:0.25", "self"),
 }
-# float32 on the CPU; the engines sum the same gradients in another order (seen: up to
-# 2e-6 on the embedding after 3 steps at learning rate 0.5)
-LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
-PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -107,28 +105,12 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
     }
 
 
-def _deepspeed_file(shipped: str, folder: Path) -> str:
-    """The shipped DeepSpeed file with the CPU test's changes: the torch SGD optimizer
-    (DeepSpeed calls it untested) and, for ZeRO-3, every parameter partitioned (the
-    default keeps a tiny model's small tensors whole) and, as in a file a user writes,
-    no ``stage3_gather_16bit_weights_on_model_save`` (the final model must still be
-    saved whole)."""
-    data = json.loads((CONFIGS / "deepspeed" / shipped).read_text())
-    data["zero_allow_untested_optimizer"] = True
-    if data["zero_optimization"]["stage"] == 3:
-        data["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-        del data["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
-    path = folder / shipped
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
 def _engine(name: str, folder: Path) -> dict:
     if name == "ddp":
         return {}
     if name == "fsdp2":  # the shipped FSDP2 settings a GPU run uses
         return {"fsdp": True, "fsdp_config": str(CONFIGS / "fsdp" / "llama.json")}
-    return {"deepspeed": _deepspeed_file(f"{name}.json", folder)}
+    return {"deepspeed": deepspeed_file(f"{name}.json", folder)}
 
 
 def assert_sharded(out: Path, processes: int = 2) -> None:
@@ -237,29 +219,3 @@ def test_fsdp2_with_frozen_scorers_adamw_clipping_and_a_resume(assets, tmp_path)
 def _logged(out: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return [r[key] for r in rows if key in r and "learning_rate" in r]
-
-
-def test_fsdp_on_cpu_processes_is_sharded_by_tokenweight(monkeypatch):
-    from types import SimpleNamespace
-
-    from tokenweight.training import distributed
-    from tokenweight.training.distributed import fsdp_on_cpu
-
-    monkeypatch.setattr(distributed, "_accelerator_present", lambda: False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert fsdp_on_cpu(SimpleNamespace(fsdp=True))
-    assert not fsdp_on_cpu(SimpleNamespace(fsdp=""))  # DDP
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert not fsdp_on_cpu(SimpleNamespace(fsdp=True))  # one process: nothing to shard
-    monkeypatch.setattr(distributed, "_accelerator_present", lambda: True)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not fsdp_on_cpu(SimpleNamespace(fsdp=True))  # GPUs: accelerate's FSDP plugin
-
-
-def test_eval_refuses_a_distributed_launch(monkeypatch, tmp_path, capsys):
-    from tokenweight.cli import main
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["eval", "x", "--out", str(tmp_path / "eval"), "--tasks", "ppl"]) == 2
-    assert "runs in one process" in capsys.readouterr().err
-    assert not (tmp_path / "eval").exists()

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fixtures import assert_same_parameters, make_tokenizer, save_tiny_model, subprocess_env
-from test_train_support import prepare
+from helpers.distributed import assert_same_parameters, subprocess_env
+from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 

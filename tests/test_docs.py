@@ -1,0 +1,64 @@
+"""The README is a front door and every relative link of the documentation resolves.
+
+``make docs`` (MkDocs, strict) checks the links between the pages of ``docs/``; the README
+and the changelog live outside the site, so their links are checked here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pkgutil
+import re
+from pathlib import Path
+
+import tokenweight
+
+ROOT = Path(__file__).resolve().parent.parent
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+GENERATED = ROOT / "docs" / "api.md"  # written by docs/hooks.py at build time
+
+
+def relative_links(path: Path) -> list[str]:
+    """Targets of the Markdown links of a file that are not URLs or in-page anchors."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:|#", t)]
+
+
+def test_readme_is_short_and_names_the_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    assert "make demo" in text and "make test" in text
+
+
+def test_every_relative_link_of_readme_changelog_and_docs_exists():
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for path in files:
+        for target in relative_links(path):
+            file = path.parent / target.split("#")[0]
+            if not file.exists() and file != GENERATED:
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+    assert len(relative_links(ROOT / "README.md")) >= 10  # the check has something to check
+
+
+def test_changelog_has_an_unreleased_section():
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in text
+
+
+def test_api_reference_lists_every_module():
+    """The generated API page covers what pkgutil finds, the command line excepted."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    found = {"tokenweight"} | {
+        m.name for m in pkgutil.walk_packages(tokenweight.__path__, "tokenweight.")
+    }
+    wanted = {n for n in found if not n.startswith(("tokenweight.commands", "tokenweight.cli"))} - {
+        "tokenweight.__main__"
+    }
+    assert set(hooks.module_names(ROOT / "src")) == wanted
+    page = hooks.api_markdown()
+    assert all(f"::: {name}\n" in page for name in wanted)

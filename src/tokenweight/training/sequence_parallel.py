@@ -35,6 +35,7 @@ attention and the whole-sequence weights here treat each row as one sequence.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,8 @@ __all__ = [
 
 
 def parallelism_config(degree: int, attn_implementation: str | None) -> Any:
-    """accelerate's ``ParallelismConfig`` for Ulysses SP over ``degree`` processes."""
+    """accelerate's ``ParallelismConfig`` for Ulysses SP over ``degree`` processes, with
+    the launch's other processes as data-parallel ranks (``WORLD_SIZE / degree`` SP groups)."""
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
@@ -71,7 +73,19 @@ def parallelism_config(degree: int, attn_implementation: str | None) -> Any:
     handler = DeepSpeedSequenceParallelConfig(
         sp_seq_length_is_variable=True, sp_attn_implementation=attn
     )
-    return ParallelismConfig(sp_size=degree, sp_backend="deepspeed", sp_handler=handler)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes % degree:
+        raise TokenWeightError(
+            f"train.sequence_parallel: {degree} does not divide the {processes} processes of "
+            "the launch; launch a multiple of it"
+        )
+    # the data-parallel ranks (SP groups): DeepSpeed's batch size counts them
+    return ParallelismConfig(
+        sp_size=degree,
+        sp_backend="deepspeed",
+        sp_handler=handler,
+        dp_replicate_size=max(processes // degree, 1),
+    )
 
 
 PACKED_REFUSED = (

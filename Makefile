@@ -37,8 +37,8 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks docs
-	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/ruff check src tests benchmarks docs examples
+	$(VENV)/bin/ruff format --check src tests benchmarks docs examples
 	$(VENV)/bin/mypy  # settings and files in pyproject.toml [tool.mypy]
 
 test: $(STAMP) lint

@@ -41,8 +41,9 @@ def _worker(rank: int, args: argparse.Namespace, port: int, results: dict) -> No
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=args.processes)
-    model = build_llama(TINY, dtype=DTYPES["fp32"], device="cpu", attn="sdpa",
-                        max_position_embeddings=args.seq_len).eval()
+    model = build_llama(
+        TINY, dtype=DTYPES["fp32"], device="cpu", attn="sdpa", max_position_embeddings=args.seq_len
+    ).eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, TINY.vocab, (args.batch, args.seq_len), generator=g)
     batch = {"input_ids": ids}

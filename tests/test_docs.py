@@ -11,6 +11,8 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
+
 import tokenweight
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +64,19 @@ def test_api_reference_lists_every_module():
     assert set(hooks.module_names(ROOT / "src")) == wanted
     page = hooks.api_markdown()
     assert all(f"::: {name}\n" in page for name in wanted)
+
+
+def test_eval_help_example_names_the_folders_the_demo_writes(capsys):
+    """The model folders in ``eval --help`` are ones ``make demo`` writes: its work_dir,
+    ``runs/``, and the folder name of each default scheme."""
+    from tokenweight.cli import main
+    from tokenweight.pipeline import PipelineConfig
+    from tokenweight.steps import run_dir_name
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    defaults = PipelineConfig()
+    named = re.findall(r"=(runs/\S+?)\"?(?:\s|$)", text)
+    expected = [f"{defaults.work_dir}/runs/{run_dir_name(s)}" for s in defaults.schemes]
+    assert named == expected, named

@@ -146,6 +146,35 @@ def test_key_tokens_default_thresholds_written_out():
     ]
 
 
+def test_key_token_thresholds_are_defined_once_for_eval_select_and_study():
+    """The rule behind ``eval``'s LongPPL, ``select``'s key share and ``study``'s key-token
+    metric is one function with one pair of thresholds: the paper's 2 and 2 nats,
+    everywhere, on tensors and on numpy arrays."""
+    import argparse
+
+    import numpy as np
+
+    from tokenweight import selection
+    from tokenweight.commands.evaluate import add_arguments
+    from tokenweight.evaluation import EvalConfig
+    from tokenweight.evaluation.metrics import LONGPPL_ALPHA, LONGPPL_BETA, is_key_token
+
+    assert (LONGPPL_ALPHA, LONGPPL_BETA) == (2.0, 2.0)
+    config = EvalConfig()
+    assert (config.longppl_alpha, config.longppl_beta) == (LONGPPL_ALPHA, LONGPPL_BETA)
+    assert (selection.KEY_GAIN, selection.KEY_LONG) == (LONGPPL_ALPHA, LONGPPL_BETA)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["model", "--out", "o"])
+    assert (args.longppl_alpha, args.longppl_beta) == (LONGPPL_ALPHA, LONGPPL_BETA)
+
+    hand = _hand_keys(LONG, SHORT, [[True] * 6] * 2, 2.0, 2.0)
+    assert is_key_token(_t(LONG), _t(SHORT)).tolist() == hand
+    assert is_key_token(np.array(LONG), np.array(SHORT)).tolist() == hand
+    stats = selection.target_stats(np.array(SHORT), np.array(LONG), bucket=4)
+    assert stats.key.tolist() == [sum(row) for row in hand]
+
+
 def test_longppl_equals_hand_computation():
     mask = [[True] * 6, [True, True, True, True, False, True]]
     keys = _hand_keys(LONG, SHORT, mask, 2.0, 2.0)

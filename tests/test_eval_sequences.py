@@ -122,10 +122,11 @@ def test_padded_nll_equals_references_on_real_tokens(tmp_path):
             ref = F.cross_entropy(model(real).logits[0, :-1], real[0, 1:], reduction="none")
             assert torch.allclose(long[row, : n - 1], ref, atol=1e-4)
             assert (long[row, n - 1 :] == 0).all() and (short[row, n - 1 :] == 0).all()
-            # windows of 16 at 0, 8, 16, 24 (last ends at 40): target t >= 16 is owned
-            # by the window starting at 8 * ((t - 16) // 8 + 1), first token -> BOS
+            # windows of 16 at 0, 8, 16, ... planned on the row's own n real tokens (the
+            # last one ends at n): target t >= 16 is owned by the window starting at
+            # min(8 * ((t - 16) // 8 + 1), n - 16), first token -> BOS
             for t in range(1, n):
-                start = 0 if t < 16 else 8 * ((t - 16) // 8 + 1)
+                start = 0 if t < 16 else min(8 * ((t - 16) // 8 + 1), n - 16)
                 ctx = real[0, start:t].clone()
                 if start:
                     ctx[0] = 1
@@ -215,3 +216,30 @@ def test_eval_suggests_only_options_it_has(tmp_path, capsys):
             assert re.search(rf"{option}\b", eval_help), option
     # the suggested --glob takes the .log file: the evaluation runs
     assert main([*args, "--data", str(empty), "--glob", "*.log"]) == 0
+
+
+def test_eval_targets_are_the_training_targets_with_a_real_token_before_them():
+    """One target mask: evaluation counts the targets training counts
+    (``packed_batches.target_mask`` of the same tokens and attention mask), less those
+    whose previous token is padding (only left padding has them)."""
+    from tokenweight.evaluation.sequences import EvalSequences
+    from tokenweight.packed_batches import target_mask
+
+    ids = torch.arange(12).view(2, 6)
+    right = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    seqs = EvalSequences(ids, right, None, "test")
+    training = target_mask({"input_ids": ids, "attention_mask": right})
+    assert torch.equal(seqs.target_mask, training)
+    assert seqs.target_mask.tolist() == [[True] * 5, [True, True, False, False, False]]
+    left = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    seqs = EvalSequences(ids, left, None, "test")
+    # target 2 (column 1) is a real token after padding: training counts it, eval does not
+    assert target_mask({"input_ids": ids, "attention_mask": left})[0].tolist() == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert seqs.target_mask.tolist() == [[False, False, True, True, True], [True] * 5]
+    assert EvalSequences(ids, None, None, "test").target_mask.all()

@@ -247,3 +247,23 @@ def test_right_padded_lengths_counts_rows_and_refuses_gaps_with_the_callers_mess
     for bad in ([[0, 1, 1, 1, 1]], [[1, 0, 1, 0, 0]]):
         with pytest.raises(TokenWeightError, match=r"^mask needs right padding$"):
             right_padded_lengths(torch.tensor(bad), "mask needs right padding")
+
+
+def test_packed_batches_depends_on_nothing_above_it():
+    """The core module that defines which targets count imports only the package's
+    constants and errors (no late import of the training collator)."""
+    import ast
+    import inspect
+
+    import tokenweight.packed_batches as module
+
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert {m for m in imported if m and m.startswith("tokenweight")} == {
+        "tokenweight.constants",
+        "tokenweight.errors",
+    }

@@ -16,8 +16,10 @@ from tokenweight.scoring import (
     Scorer,
     SelfScorer,
     build_scorer,
+    plan_batch_windows,
     plan_stride,
     plan_windows,
+    score_windows,
     short_context_nll,
 )
 
@@ -118,15 +120,20 @@ def test_right_padding_matches_unpadded_rows(model, ids):
     got = short_context_nll(model, padded, window=12, stride=7, attention_mask=mask)
     for b, n in enumerate(lengths):
         assert (got[b, n - 1 :] == 0).all()
-    # valid targets of shorter rows: same assignment as the full row (windows are fixed by
-    # the padded length N), so they equal the full-length loop's values
-    full = reference_short_nll(model, ids, 12, 7)
+    # every row is planned on its own length: its values are those of the row alone
     for b, n in enumerate(lengths):
-        torch.testing.assert_close(got[b, : n - 1], full[b, : n - 1], atol=1e-4, rtol=1e-4)
+        alone = reference_short_nll(model, ids[b : b + 1, :n], 12, 7)[0]
+        torch.testing.assert_close(got[b, : n - 1], alone, atol=1e-4, rtol=1e-4)
+    # the same with the planned stride (each row's own plan_stride) and BOS
+    got = short_context_nll(model, padded, window=12, bos_token_id=1, attention_mask=mask)
+    for b, n in enumerate(lengths):
+        alone = reference_short_nll(model, ids[b : b + 1, :n], 12, plan_stride(n, 12), 1)[0]
+        torch.testing.assert_close(got[b, : n - 1], alone, atol=1e-4, rtol=1e-4)
 
 
-def test_same_model_calls_whatever_the_padding(model, ids):
-    """Sharded runs (ZeRO-3, FSDP) hang if processes make different numbers of calls."""
+def test_model_calls_follow_each_rows_plan_and_pad_to_an_agreed_count(model, ids):
+    """Padded rows need fewer windows (their own plan); ``score_windows`` pads the work
+    with calls to a given count (what processes of a sharded run agree on)."""
     calls = []
     handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
@@ -134,11 +141,32 @@ def test_same_model_calls_whatever_the_padding(model, ids):
         full = len(calls)
         calls.clear()
         mask = torch.ones_like(ids)
-        mask[:, 15:] = 0  # most windows hold nothing but padding
+        mask[:, 15:] = 0
         short_context_nll(model, ids, window=12, stride=7, windows_per_batch=2, attention_mask=mask)
-        assert len(calls) == full > 0
+        padded = len(calls)
+        plan = plan_batch_windows([15, 15, 15], 12, 7)
+        assert padded == plan.model_calls(2) == math.ceil(3 * 2 / 2) < full
+        calls.clear()
+        out = score_windows(model, ids, plan.windows, windows_per_batch=2, model_calls=full)
+        assert len(calls) == full
+        expected = short_context_nll(model, ids[:, :15], window=12, stride=7)
+        torch.testing.assert_close(out[:, :14], expected, atol=1e-5, rtol=1e-5)
+        assert torch.isnan(out[:, 14:]).all()  # no window of the plan reaches them
     finally:
         handle.remove()
+
+
+def test_batch_plan_lists_each_rows_own_windows():
+    plan = plan_batch_windows([40, 17, 9, 1], 12, first_window=False)
+    for row, n in enumerate([40, 17, 9]):
+        alone = plan_windows(n, 12)
+        got = plan.row_windows(row)
+        assert [w.start for w in got] == list(alone.starts[1:])
+        covered = sorted(t for w in got for t in w.targets)
+        assert covered == list(range(12, n))  # every target past window 0, once
+    assert plan.rows[3] is None and plan.row_windows(3) == ()
+    full = plan_batch_windows([9], 12)
+    assert [(w.start, w.length, w.first) for w in full.windows] == [(0, 9, 1)]
 
 
 def test_left_padding_is_refused(model, ids):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -61,16 +62,25 @@ def _overrides(model, work, facts=False):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["tiny", "given"])
-def test_study_end_to_end_with_independent_paired_differences(model, tmp_path, capsys, start):
+def test_study_end_to_end_with_independent_paired_differences(
+    model, tmp_path, capsys, monkeypatch, start
+):
     work = tmp_path / "study"
     # the tiny start model learns from facts over document vocabularies; the given model
     # from spans over the bigram grammar
     argv = ["study", *_overrides("tiny" if start == "tiny" else model, work, start == "tiny")]
     if start == "given":  # its tokenizer reads text: every model also answers passkey probes
         argv += ["probes=[passkey]", "probe_lengths=[200]", "probe_depths=[0.5]", "probe_trials=2"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # calibration's folder
+    (tmp_path / "tmp").mkdir()
     assert main([*argv, "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "4 runs x 2 seeds (0, 1) = 8 trainings" in plan and not work.exists()
+    assert "cost, calibrated on this machine (cpu; 3 steps" in plan
+    for part in ("synthetic data", "scoring the training data", "training", "evaluation"):
+        assert re.search(rf"^    {part} +[0-9.]+ (s|min|h) ", plan, re.M), part
+    assert ("pretraining the start model" in plan) == (start == "tiny")
+    assert not list((tmp_path / "tmp").iterdir())  # nothing left behind
     if start == "given":
         assert "= 2 prompts per model" in plan
 

@@ -48,6 +48,24 @@ def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
         load_config(base={**base, "train": {"sequence_parallel": 0}})
 
 
+def test_a_slice_counts_its_shift_labels_and_the_old_name_warns():
+    """Two counts with two meanings, two names: a sequence-parallel slice counts the valid
+    entries of its ``shift_labels``; ``tokenweight.training.count_valid_targets`` counts
+    the targets of a whole collated batch."""
+    import torch
+
+    from tokenweight.training import count_valid_targets
+    from tokenweight.training import sequence_parallel as sp
+
+    slice_batch = {"shift_labels": torch.tensor([[5, -100, 7, 8], [-100, -100, 9, 1]])}
+    assert int(sp.count_slice_targets(slice_batch)) == 5
+    with pytest.warns(DeprecationWarning, match="count_slice_targets"):
+        assert int(sp.count_valid_targets(slice_batch)) == 5
+    assert "count_valid_targets" not in sp.__all__
+    whole = {"input_ids": torch.ones(2, 4, dtype=torch.long), "labels": slice_batch["shift_labels"]}
+    assert int(count_valid_targets(whole)) == 4  # targets 1..3 of each row; -100 left out
+
+
 class _PackingCollator(TokenWeightCollator):
     """Two documents per row: positions restart in the middle."""
 

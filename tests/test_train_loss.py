@@ -53,8 +53,9 @@ def hand_loss(model, batch, scheme, short_source, scorer_model=None):
     long = full_logits_nll(model, ids, am)
     mask = am[:, 1:].bool() if am is not None else torch.ones_like(long, dtype=torch.bool)
     if short_source in ("self", "model"):
+        lengths = mask.sum(-1) + 1  # each row scored alone on its real tokens
         short = reference_short_nll(
-            short_source, model, ids, long, WINDOW, STRIDE, BOS, scorer_model
+            short_source, model, ids, long, WINDOW, STRIDE, BOS, scorer_model, lengths
         )
     elif short_source == "precomputed":
         short = batch["short_nll"]

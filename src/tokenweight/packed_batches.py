@@ -39,7 +39,14 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 
-__all__ = ["Documents", "find_documents", "forward_inputs", "right_padded_lengths", "target_mask"]
+__all__ = [
+    "Documents",
+    "find_documents",
+    "forward_inputs",
+    "right_padded_lengths",
+    "target_mask",
+    "valid_target_mask",
+]
 
 # per-token batch entries carried into the per-document batch, and per-target ones
 _TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
@@ -227,6 +234,24 @@ def forward_inputs(
     return None, extra
 
 
+def valid_target_mask(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B, N - 1)`` bool: True for target ``t = 1 .. N-1`` that counts in the loss.
+
+    A target is invalid when its label is ``-100`` or its attention mask is 0 (padding),
+    matching the targets :func:`tokenweight.losses.model_token_nll` ignores.
+    """
+    valid = torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
+    if labels is not None:
+        valid &= labels[:, 1:] != IGNORE_INDEX
+    if attention_mask is not None:
+        valid &= attention_mask[:, 1:] != 0
+    return valid
+
+
 def target_mask(batch: Mapping[str, Any], docs: Documents | None = None) -> torch.Tensor:
     """``(B, N - 1)`` bool: the targets of ``batch`` that count in the loss.
 
@@ -234,8 +259,6 @@ def target_mask(batch: Mapping[str, Any], docs: Documents | None = None) -> torc
     prompt token, from collators that send the mask instead of folding it into the
     labels) and, in a packed batch (``docs``), the first token of each document.
     """
-    from tokenweight.training.collator import valid_target_mask
-
     input_ids = batch["input_ids"]
     mask = valid_target_mask(input_ids, batch.get("labels"), batch.get("attention_mask"))
     completion = batch.get("completion_mask")

@@ -13,23 +13,33 @@ The interval resamples seeds and held-out sequences independently, with replacem
 (a two-way bootstrap), recomputing the pooled difference each time; the ``confidence``
 interval is the percentile range. A difference whose interval contains 0 is *inside the
 noise* of this study.
+
+Each difference also carries a two-sided p-value for "no difference" from the bootstrap's
+standard error (normal approximation, ``z = diff / se``). A study reads many differences at
+once (metrics x runs); :func:`holm` adjusts their p-values for that (Holm's step-down
+method: the chance of *any* false "better" or "worse" among them stays below the level,
+whatever their dependence).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tokenweight.errors import TokenWeightError
 
-__all__ = ["PairedDiff", "paired_difference"]
+__all__ = ["PairedDiff", "holm", "normal_p_value", "paired_difference"]
 
 
 @dataclass(frozen=True)
 class PairedDiff:
     """Pooled means of baseline and run, their difference (run - baseline) and its
-    interval; ``targets`` counts the chosen targets of one evaluation pass."""
+    interval; ``targets`` counts the chosen targets of one evaluation pass; ``se`` is the
+    bootstrap standard error of ``diff`` and ``p`` the two-sided p-value of no difference
+    (normal approximation)."""
 
     baseline: float
     run: float
@@ -37,6 +47,8 @@ class PairedDiff:
     low: float
     high: float
     targets: int
+    se: float = float("nan")
+    p: float = float("nan")
 
     @property
     def inside_noise(self) -> bool:
@@ -58,6 +70,8 @@ class PairedDiff:
             "low": self.low,
             "high": self.high,
             "targets": self.targets,
+            "se": self.se,
+            "p": self.p,
             "inside_noise": self.inside_noise,
             "verdict": self.verdict(),
         }
@@ -106,6 +120,7 @@ def paired_difference(
     boot = boot[np.isfinite(boot)]
     alpha = (1 - confidence) / 2
     low, high = (float(np.quantile(boot, q)) for q in (alpha, 1 - alpha))
+    se = float(boot.std(ddof=1)) if boot.size > 1 else float("nan")
     return PairedDiff(
         baseline=float(base.sum() / (seeds * total)),
         run=float(run.sum() / (seeds * total)),
@@ -113,4 +128,35 @@ def paired_difference(
         low=low,
         high=high,
         targets=int(total),
+        se=se,
+        p=normal_p_value(mean, se),
     )
+
+
+def normal_p_value(diff: float, se: float) -> float:
+    """Two-sided p-value of ``diff`` under "no difference" with standard error ``se``
+    (normal approximation): ``erfc(|diff / se| / sqrt 2)``. A zero ``se`` gives 0 for a
+    nonzero ``diff`` (every resample agrees) and 1 for a zero one."""
+    if not (math.isfinite(diff) and math.isfinite(se)):
+        return float("nan")
+    if se == 0:
+        return 0.0 if diff != 0 else 1.0
+    return math.erfc(abs(diff / se) / math.sqrt(2))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input order (NaN entries stay NaN and do not count).
+
+    With ``m`` p-values sorted ascending, the ``k``-th (from 0) is multiplied by ``m - k``,
+    a running maximum keeps the order, and values are capped at 1. Rejecting where the
+    adjusted value is below ``alpha`` keeps the family-wise error rate at ``alpha``.
+    """
+    ps = [float(p) for p in p_values]
+    order = sorted((i for i, p in enumerate(ps) if math.isfinite(p)), key=lambda i: ps[i])
+    m = len(order)
+    out = [float("nan")] * len(ps)
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * ps[i]))
+        out[i] = running
+    return out

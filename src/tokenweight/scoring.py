@@ -7,9 +7,14 @@ gives its last ``stride`` targets (the final one: whatever is left), so each tar
 ``t >= window`` is predicted from between ``window - stride`` and ``window - 1`` tokens.
 With ``bos_token_id``, a later window's first token is replaced by BOS.
 
-All windows of all sequences of a batch go through the model together,
+Windows are planned for each row on its own length -- its real tokens by the attention
+mask (:func:`plan_batch_windows`) -- so a document's short NLL is the same alone, padded
+or packed with others. All windows of a batch go through the model together,
 ``windows_per_batch`` at a time, in eval mode and without gradient, and the NLL comes from
-:func:`tokenweight.losses.model_token_nll` (no full-vocabulary logits).
+:func:`tokenweight.losses.model_token_nll` (no full-vocabulary logits). Inside
+:func:`same_model_calls_across_processes` (the training loss enters it) the processes of
+a run agree on the number of model calls and pad the work, not the plan, with calls
+whose result is dropped, so sharded models gather their parameters in step.
 
 Scorers share one interface, ``scorer(batch, long_nll, model=None) -> short_nll``:
 ``self`` (the model being trained), ``model`` (a frozen or smaller model) and
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,16 +44,22 @@ SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
 
 __all__ = [
     "SCORER_KINDS",
+    "BatchWindowPlan",
     "ModelScorer",
     "PrecomputedScorer",
     "Scorer",
+    "ScoringWindow",
     "SelfScorer",
     "WindowPlan",
+    "agreed_model_calls",
     "build_scorer",
     "per_document",
+    "plan_batch_windows",
     "plan_stride",
     "plan_windows",
     "require_short_window",
+    "same_model_calls_across_processes",
+    "score_windows",
     "short_context_nll",
 ]
 
@@ -139,6 +151,124 @@ def plan_windows(seq_len: int, window: int, stride: int | None = None) -> Window
     return WindowPlan(seq_len, window, stride, tuple(starts), tuple(counts))
 
 
+@dataclass(frozen=True)
+class ScoringWindow:
+    """One model input of short-context scoring.
+
+    Tokens ``start .. start + length - 1`` of batch row ``row`` go through the model; the
+    window predicts the targets at window positions ``first .. length - 1`` (``first >= 1``),
+    i.e. targets ``start + first .. start + length - 1`` of its row (target ``t`` is token
+    ``t`` predicted from the tokens before it; output column ``t - 1``).
+    """
+
+    row: int
+    start: int
+    length: int
+    first: int
+
+    @property
+    def targets(self) -> range:
+        """The targets (token positions of the row) this window predicts."""
+        return range(self.start + self.first, self.start + self.length)
+
+
+@dataclass(frozen=True)
+class BatchWindowPlan:
+    """The windows a batch needs, planned for each row on its own valid length.
+
+    ``lengths[r]`` is row ``r``'s number of real tokens (padding excluded) and
+    ``rows[r]`` its :class:`WindowPlan` (``None`` for a row of fewer than 2 tokens: no
+    targets). ``windows`` lists every window to run, row by row, window 0 of each row
+    left out when ``first_window`` is ``False``. A row's windows -- and so its short NLL --
+    depend on that row alone, never on the batch's width or on the other rows.
+    """
+
+    window: int
+    lengths: tuple[int, ...]
+    rows: tuple[WindowPlan | None, ...]
+    first_window: bool
+    windows: tuple[ScoringWindow, ...]
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    def row_windows(self, row: int) -> tuple[ScoringWindow, ...]:
+        """The windows of batch row ``row``."""
+        return tuple(w for w in self.windows if w.row == row)
+
+    def model_calls(self, windows_per_batch: int) -> int:
+        """Model calls that run every window, ``windows_per_batch`` at a time."""
+        return math.ceil(self.num_windows / windows_per_batch)
+
+
+def plan_batch_windows(
+    lengths: Sequence[int], window: int, stride: int | None = None, *, first_window: bool = True
+) -> BatchWindowPlan:
+    """The windows of a batch whose row ``r`` holds ``lengths[r]`` real tokens.
+
+    Each row is planned with :func:`plan_windows` on its own length (``stride=None``: each
+    row's :func:`plan_stride`), so a document gets the same windows whatever it is
+    batched or padded with. ``first_window=False`` leaves out every row's window 0 (the
+    self scorer takes those targets from the long NLL).
+    """
+    _check_window(window)
+    plans: list[WindowPlan | None] = []
+    windows: list[ScoringWindow] = []
+    for row, length in enumerate(int(n) for n in lengths):
+        if length < 2:
+            plans.append(None)
+            continue
+        plan = plan_windows(length, window, stride)
+        plans.append(plan)
+        for k, (start, count) in enumerate(zip(plan.starts, plan.counts)):
+            if k == 0 and not first_window:
+                continue
+            size = min(window, length)
+            windows.append(ScoringWindow(row, start, size, 1 if k == 0 else size - count))
+    return BatchWindowPlan(
+        window, tuple(int(n) for n in lengths), tuple(plans), first_window, tuple(windows)
+    )
+
+
+_AGREE_ON_CALLS: ContextVar[bool] = ContextVar("tokenweight_agree_on_calls", default=False)
+
+
+@contextmanager
+def same_model_calls_across_processes() -> Iterator[None]:
+    """Inside this block, short-context scoring makes as many model calls on every process
+    of the default process group as the process that needs the most (the others run
+    padding calls), so a sharded model (DeepSpeed ZeRO-3, FSDP) gathers its parameters
+    the same number of times everywhere. Each scoring call then takes one all-reduce, so
+    every process must make the same scoring calls inside the block, as the steps of a
+    training run do. Without a process group (or with one process) nothing changes.
+    """
+    token = _AGREE_ON_CALLS.set(True)
+    try:
+        yield
+    finally:
+        _AGREE_ON_CALLS.reset(token)
+
+
+def agreed_model_calls(calls: int) -> int:
+    """``calls``, or inside :func:`same_model_calls_across_processes` with several
+    processes, the largest ``calls`` over the default process group (one all-reduce)."""
+    import torch.distributed as dist
+
+    if not _AGREE_ON_CALLS.get() or not dist.is_available() or not dist.is_initialized():
+        return calls
+    if dist.get_world_size() < 2:
+        return calls
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if "nccl" in str(dist.get_backend())
+        else torch.device("cpu")
+    )
+    agreed = torch.tensor([calls], dtype=torch.long, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return int(agreed.item())
+
+
 def short_context_nll(
     model: Any,
     input_ids: torch.Tensor,
@@ -157,41 +287,83 @@ def short_context_nll(
             ``torch.no_grad()`` and its training mode is restored afterwards.
         input_ids: ``(batch, N)`` token ids.
         window: tokens per window (the scorer's native context, e.g. 8192).
-        stride: window step; ``None`` uses :func:`plan_stride`.
+        stride: window step; ``None`` uses :func:`plan_stride` of each row's length.
         bos_token_id: when given, each later window's first token is replaced by it
             (for data whose sequences begin with BOS).
         windows_per_batch: windows per model call; ``None`` picks ``max(1, N // window)``
             (the token count of one long forward).
         first_window: ``False`` skips window 0; its targets (``t < window``) are then NaN
             for the caller to fill (the self scorer uses the long NLL there).
-        attention_mask: ``(batch, N)``, 1 for real tokens; right padding only. Targets at
-            padding get NLL 0. Every window runs, whatever its padding, so all processes
-            of a sharded run make the same model calls.
+        attention_mask: ``(batch, N)``, 1 for real tokens; right padding only. Each row's
+            windows are planned on its own real tokens (:func:`plan_batch_windows`), so
+            a row's values are those of the row alone; targets at padding get NLL 0.
+            Inside :func:`same_model_calls_across_processes` every process makes the
+            same number of model calls.
 
     Returns:
         ``(batch, N - 1)`` float32 NLL in nats; column ``j`` is target ``t = j + 1``
         (token ``t`` predicted from the tokens before it), on ``input_ids``' device.
     """
     _check_input_ids(input_ids)
+    _check_window(window)
     batch, seq_len = input_ids.shape
-    plan = plan_windows(seq_len, window, stride)
     out = torch.zeros(batch, max(seq_len - 1, 0), dtype=torch.float32, device=input_ids.device)
-    if seq_len < 2 or batch == 0:
-        return out
-    lengths = _valid_lengths(input_ids, attention_mask)
-    rows = _window_rows(plan, batch, first_window, input_ids.device)
-    if rows is None:  # one window, skipped: every target is the caller's
-        return out.fill_(math.nan)
     if windows_per_batch is None:
         windows_per_batch = max(1, seq_len // window)
     if windows_per_batch < 1:
         raise TokenWeightError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
+    lengths = _valid_lengths(input_ids, attention_mask).tolist() if batch else []
+    plan = plan_batch_windows(lengths, window, stride, first_window=first_window)
+    if not first_window:  # window 0's targets are the caller's
+        for row, length in enumerate(lengths):
+            out[row, : min(window, length) - 1] = math.nan
+    calls = agreed_model_calls(plan.model_calls(windows_per_batch))
+    return score_windows(
+        model,
+        input_ids,
+        plan.windows,
+        bos_token_id=bos_token_id,
+        windows_per_batch=windows_per_batch,
+        model_calls=calls,
+        out=out,
+    )
+
+
+def score_windows(
+    model: Any,
+    input_ids: torch.Tensor,
+    windows: Sequence[ScoringWindow],
+    *,
+    bos_token_id: int | None = None,
+    windows_per_batch: int = 1,
+    model_calls: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``windows`` (:class:`ScoringWindow`) of ``input_ids`` ``(batch, N)`` through
+    ``model``, ``windows_per_batch`` per call (windows of equal length together), and write
+    each window's NLL of its own targets into ``out`` ``(batch, N - 1)`` float32 (a new
+    NaN-filled tensor when ``None``); other columns are left as they are.
+
+    ``model_calls`` is the least number of model calls to make: when the windows need
+    fewer, padding calls on two tokens follow, so that processes of a sharded run that
+    agreed on a count (:func:`agreed_model_calls`) make the same calls. The model runs in
+    eval mode without gradient; its training mode is restored afterwards.
+    """
+    if out is None:
+        shape = (input_ids.shape[0], max(input_ids.shape[1] - 1, 0))
+        out = torch.full(shape, math.nan, dtype=torch.float32, device=input_ids.device)
+    ordered = sorted(windows, key=lambda w: -w.length)  # stable: equal lengths stay in order
+    groups = [
+        ordered[lo : lo + windows_per_batch] for lo in range(0, len(ordered), windows_per_batch)
+    ]
+    padding_calls = max(0, model_calls - len(groups))
+    if not groups and not padding_calls:
+        return out
     with _eval_mode(model), torch.no_grad():
-        for lo in range(0, rows.count, windows_per_batch):
-            hi = min(lo + windows_per_batch, rows.count)
-            _score_windows(model, input_ids, rows, lo, hi, lengths, bos_token_id, out)
-    if not first_window:
-        out[:, : rows.offsets.numel() - 1] = math.nan
+        for group in groups:
+            _score_group(model, input_ids, group, bos_token_id, out)
+        for _ in range(padding_calls):
+            _padding_call(model, input_ids)
     return out
 
 
@@ -220,48 +392,6 @@ def _valid_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     )
 
 
-@dataclass(frozen=True)
-class _WindowRows:
-    """Every (sequence, window) pair of a batch as one row; ``rows`` = sequences x windows.
-
-    All rows run, padding or not, so that every process of a sharded (ZeRO-3 / FSDP) run
-    makes the same number of model calls.
-    """
-
-    seq: torch.Tensor  # (rows,) the batch row each window reads
-    starts: torch.Tensor  # (rows,) the window's first token
-    owned: torch.Tensor  # (rows,) window positions >= owned (and >= 1) are its targets
-    positions: torch.Tensor  # (rows, win_len) token positions
-    offsets: torch.Tensor  # (win_len,) 0 .. win_len - 1
-
-    @property
-    def count(self) -> int:
-        return int(self.positions.shape[0])
-
-
-def _window_rows(
-    plan: WindowPlan, batch: int, first_window: bool, device: torch.device
-) -> _WindowRows | None:
-    """The rows of ``batch`` sequences laid out by ``plan`` (``None``: no window runs)."""
-    first = 0 if first_window else 1
-    starts = torch.tensor(plan.starts[first:], device=device)
-    owned = torch.tensor(
-        [0] * first_window + [plan.window - c for c in plan.counts[1:]], device=device
-    )
-    if starts.numel() == 0:
-        return None
-    win_len = min(plan.window, plan.seq_len)
-    offsets = torch.arange(win_len, device=device)
-    row_starts = starts.repeat(batch)
-    return _WindowRows(
-        seq=torch.arange(batch, device=device).repeat_interleave(starts.numel()),
-        starts=row_starts,
-        owned=owned.repeat(batch),
-        positions=row_starts[:, None] + offsets[None, :],
-        offsets=offsets,
-    )
-
-
 @contextmanager
 def _eval_mode(model: Any) -> Iterator[None]:
     """Run ``model`` in eval mode, restoring training mode afterwards."""
@@ -275,36 +405,46 @@ def _eval_mode(model: Any) -> Iterator[None]:
             model.train()
 
 
-def _score_windows(
+def _score_group(
     model: Any,
     input_ids: torch.Tensor,
-    rows: _WindowRows,
-    lo: int,
-    hi: int,
-    lengths: torch.Tensor,
+    group: Sequence[ScoringWindow],
     bos_token_id: int | None,
     out: torch.Tensor,
 ) -> None:
-    """One model call on rows ``lo .. hi - 1``; their own targets' NLL lands in ``out``."""
+    """One model call on ``group``; each window's own targets' NLL lands in ``out``."""
     from tokenweight.losses import model_token_nll
 
-    rows_seq, rows_pos = rows.seq[lo:hi], rows.positions[lo:hi]
-    ids = input_ids[rows_seq[:, None], rows_pos]
+    device = input_ids.device
+    width = max(w.length for w in group)
+    rows = torch.tensor([w.row for w in group], device=device)
+    starts = torch.tensor([w.start for w in group], device=device)
+    sizes = torch.tensor([w.length for w in group], device=device)
+    firsts = torch.tensor([w.first for w in group], device=device)
+    offsets = torch.arange(width, device=device)
+    inside = offsets[None, :] < sizes[:, None]
+    positions = (starts[:, None] + offsets[None, :]).clamp(max=input_ids.shape[1] - 1)
+    ids = input_ids[rows[:, None], positions]
+    # a shorter window of the call is padded with its own first token, never a target;
+    # causal attention keeps its real tokens from seeing that padding
+    ids = torch.where(inside, ids, ids[:, :1])
     if bos_token_id is not None:
-        later = rows.starts[lo:hi] > 0
-        ids[:, 0] = torch.where(later, torch.as_tensor(bos_token_id), ids[:, 0])
-    valid = rows_pos < lengths[rows_seq][:, None]
-    labels = torch.where(valid, ids, torch.full_like(ids, IGNORE_INDEX))
-    # Only this window's own targets: earlier positions are scored elsewhere.
-    labels[rows.offsets[None, :] < rows.owned[lo:hi, None]] = IGNORE_INDEX
-    # No attention mask: with right padding and causal attention, real tokens never
-    # attend to padding, and windows of padding alone stay finite.
+        ids[:, 0] = torch.where(starts > 0, torch.as_tensor(bos_token_id, device=device), ids[:, 0])
+    own = inside & (offsets[None, :] >= firsts[:, None])
+    labels = torch.where(own, ids, torch.full_like(ids, IGNORE_INDEX))
     nll = model_token_nll(model, ids, labels=labels)
-    # nll[:, p - 1] is the target at window position p, global target index start + p,
-    # i.e. output column start + p - 1.
-    own = labels[:, 1:] != IGNORE_INDEX
-    cols = rows_pos[:, 1:] - 1
-    out[rows_seq[:, None].expand_as(cols)[own], cols[own]] = nll[own].float().to(out.device)
+    # nll[:, p - 1] is the target at window position p: target start + p, column start + p - 1
+    own = own[:, 1:]
+    cols = positions[:, 1:] - 1
+    out[rows[:, None].expand_as(cols)[own], cols[own]] = nll[own].float().to(out.device)
+
+
+def _padding_call(model: Any, input_ids: torch.Tensor) -> None:
+    """A model call whose result is dropped: two tokens (id 0), one target."""
+    from tokenweight.losses import model_token_nll
+
+    ids = torch.zeros((1, 2), dtype=torch.long, device=input_ids.device)
+    model_token_nll(model, ids, labels=ids)
 
 
 # --------------------------------------------------------------------------- scorers
@@ -386,8 +526,6 @@ class SelfScorer:
             raise TokenWeightError("the self scorer needs the model being trained (model=...)")
         input_ids, attention_mask = _ids_and_mask(batch)
         s = self.settings
-        if input_ids.shape[1] <= s.window:
-            return long_nll.detach().float().clone()
         short = short_context_nll(
             model,
             input_ids,

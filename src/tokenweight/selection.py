@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.evaluation.metrics import LONGPPL_ALPHA, LONGPPL_BETA, is_key_token
 
 __all__ = [
     "KEY_GAIN",
@@ -41,8 +42,9 @@ __all__ = [
     "target_stats",
 ]
 
-KEY_GAIN = 2.0  # nats: LongPPL's threshold on s - l
-KEY_LONG = 2.0  # nats: LongPPL's threshold on l
+# LongPPL's thresholds on s - l and on l (nats), defined in tokenweight.evaluation.metrics
+KEY_GAIN = LONGPPL_ALPHA
+KEY_LONG = LONGPPL_BETA
 SELECTION_FILE = "selection.json"
 STATISTICS = ("key_share", "mean_gain")
 
@@ -80,7 +82,7 @@ def target_stats(
         raise TokenWeightError(f"bucket must be at least 1 token, got {bucket}")
     valid = np.ones_like(s, dtype=bool) if mask is None else np.asarray(mask)[:, 1:] != 0
     g = np.where(valid, s - lo, 0.0)
-    key = valid & (g > KEY_GAIN) & (lo < KEY_LONG)
+    key = valid & is_key_token(lo, s)
     t = np.arange(1, s.shape[1] + 1)
     nb = int(t[-1] // bucket) + 1 if t.size else 1
     onehot = (t[:, None] // bucket) == np.arange(nb)[None, :]  # (N - 1, buckets)

@@ -33,12 +33,21 @@ from tokenweight.schema import (
     at_least_two,
     build_dataclass,
     checked,
+    non_negative,
     one_of,
     positive,
 )
 from tokenweight.steps import Steps, folder_fingerprint, run_dir_name
 
-__all__ = ["RunSpec", "StudyConfig", "load_study_config", "plan_text", "run_study"]
+__all__ = [
+    "CheckedStudy",
+    "RunSpec",
+    "StudyConfig",
+    "check_study",
+    "load_study_config",
+    "plan_text",
+    "run_study",
+]
 
 STUDY_FORMAT = "tokenweight.study"
 RUN_SCORERS = ("none", "self", "frozen", "reference")
@@ -138,7 +147,9 @@ class StudyConfig:
     probe_trials: int = field(default=4, metadata=checked(positive))
     bootstrap_samples: int = field(default=2000, metadata=checked(positive))
     confidence: float = 0.95
-    flops_per_second: float = 5e10  # for --dry-run's time estimate only
+    # the context check warns when the start model's largest gain from its whole context
+    # inside the original window (nats, over windows of window / 8) is below this
+    min_context_gain: float = field(default=0.05, metadata=checked(non_negative))
 
     def validate(self) -> None:
         from tokenweight.weighting import Scheme
@@ -228,20 +239,9 @@ def _seq_len(config: StudyConfig) -> int:
     return int(manifest["seq_len"] if "seq_len" in manifest else manifest["prepared"]["seq_len"])
 
 
-def _param_count(model_dir: Path | str) -> int | None:
-    try:
-        from transformers import AutoConfig
-
-        c = AutoConfig.from_pretrained(str(model_dir))
-        h, layers, v = c.hidden_size, c.num_hidden_layers, c.vocab_size
-        inter = getattr(c, "intermediate_size", 4 * h)
-        return int(layers * (4 * h * h + 3 * h * inter) + v * h)
-    except Exception:  # a dry run never fails on an estimate
-        return None
-
-
-def plan_text(config: StudyConfig, params: int | None = None) -> str:
-    """The plan and a cost estimate (``--dry-run``)."""
+def plan_text(config: StudyConfig) -> str:
+    """The plan: runs, data, steps and what each step does (the cost estimate of
+    ``--dry-run`` follows it, :mod:`tokenweight.study_cost`)."""
     n = _seq_len(config)
     specs = config.run_specs
     tokens = config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * n
@@ -267,10 +267,7 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
             f"{p['batch']} synthetic sequences of {config.window} tokens (copies at "
             f"{p['distances']})"
         )
-    total_fwd = 0.0
     for i, r in enumerate(specs):
-        extra = 1 / 3 if r.scorer in ("self", "reference") else 0.0  # a forward without grad
-        total_fwd += (1 + extra) * len(config.seeds)
         tag = " (baseline)" if i == config.baseline else ""
         lines.append(f"  run {i}: {r.label()}{tag}")
     needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
@@ -289,20 +286,7 @@ def plan_text(config: StudyConfig, params: int | None = None) -> str:
         lines.append(
             f"  probes: {', '.join(config.probes)} at {lengths} tokens, depths "
             f"{config.probe_depths}, {config.probe_trials} trials = "
-            f"{count * config.probe_trials} prompts per model (generation not in the estimate)"
-        )
-    if params:
-        flops = 6 * params * tokens * total_fwd + 2 * params * n * config.eval_sequences * (
-            models + 2
-        )
-        if config.model == "tiny":
-            p = config.pretrain
-            flops += 6 * params * p["steps"] * p["batch"] * config.window
-        secs = flops / config.flops_per_second
-        lines.append(
-            f"  cost: ~{flops:.2e} FLOPs ({params / 1e6:.1f}M parameters); at "
-            f"{config.flops_per_second:.1e} FLOP/s about {secs / 60:.0f} min (model loading "
-            "and scoring not included)"
+            f"{count * config.probe_trials} prompts per model"
         )
     return "\n".join(lines)
 
@@ -391,29 +375,60 @@ class _Study:
     log: Callable[[str], None]
 
 
-def run_study(
-    config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
-) -> Path | None:
-    """Run (or with ``dry_run`` only print the plan of) the study; returns ``study.md``.
+@dataclass(frozen=True)
+class CheckedStudy:
+    """A study whose settings passed every check: the start model's folder, and the
+    device (``None`` when this machine lacks it, ``device_error`` saying why)."""
 
-    The steps: (0. build and pretrain the tiny start model,) 1. data, 2. frozen scores of
-    the training data, 3. selection, 4. train every run with every seed, 5. evaluate every
-    model on the same held-out sequences, 6. report. 2 and 3 run only when a run needs them.
-    """
+    model_dir: Path
+    device: str | None
+    device_error: str | None = None
+
+
+def check_study(config: StudyConfig, log: Callable[[str], None] = print) -> CheckedStudy:
+    """Check every setting (the config, the start model, the data folders, the device)
+    and print the plan; nothing is written."""
     from tokenweight.models import default_cache_dir, ensure_local_model, resolve_device
 
     config.validate()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     work = Path(config.work_dir)
-    tiny = config.model == "tiny"
     model_dir = (
-        work / "start" / "model" if tiny else Path(str(ensure_local_model(config.model, cache)))
+        work / "start" / "model"
+        if config.model == "tiny"
+        else Path(str(ensure_local_model(config.model, cache)))
     )
-    log(plan_text(config, _tiny_params(config) if tiny else _param_count(model_dir)))
+    _check_data(config)
+    log(plan_text(config))
+    try:
+        return CheckedStudy(model_dir, str(resolve_device(config.device)))
+    except TokenWeightError as exc:
+        return CheckedStudy(model_dir, None, str(exc))
+
+
+def run_study(
+    config: StudyConfig, log: Callable[[str], None] = print, *, dry_run: bool = False
+) -> Path | None:
+    """Run (or with ``dry_run`` only check and print the plan of) the study; returns
+    ``study.md``. The calibrated cost estimate of ``--dry-run`` is
+    :func:`tokenweight.study_cost.dry_run`.
+
+    The steps: (0. build and pretrain the tiny start model,) 1. data, 2. frozen scores of
+    the training data, 3. selection, 4. train every run with every seed, 5. evaluate every
+    model on the same held-out sequences, 6. report. 2 and 3 run only when a run needs them.
+    """
+    checked = check_study(config, log)
     if dry_run:
         return None
+    if checked.device is None:
+        raise TokenWeightError(str(checked.device_error))
+    work, model_dir, device, tiny = (
+        Path(config.work_dir),
+        checked.model_dir,
+        checked.device,
+        config.model == "tiny",
+    )
     work.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(config.device))
     study = _Study(
         config,
         work,
@@ -435,6 +450,23 @@ def run_study(
     runs = _train_runs(study, train_data, scored, selected, data_fp)
     eval_dir = _evaluate_models(study, runs, eval_data, data_fp)
     return _report(study, eval_dir, eval_data, t_start)
+
+
+def _check_data(config: StudyConfig) -> None:
+    """``data`` and ``eval_data``, when given, are prepared (or scored) folders."""
+    from tokenweight.data import read_manifest
+
+    for key in ("data", "eval_data"):
+        folder = getattr(config, key)
+        if folder is None:
+            continue
+        try:
+            read_manifest(folder)
+        except TokenWeightError as exc:
+            try:
+                read_manifest(folder, "scored")
+            except TokenWeightError:
+                raise TokenWeightError(f"{key}: {exc}") from None
 
 
 def _step_count(config: StudyConfig) -> int:
@@ -618,12 +650,6 @@ def _report(study: _Study, eval_dir: Path, eval_data: Path, t_start: float) -> P
     return report
 
 
-def _tiny_params(config: StudyConfig) -> int:
-    t = config.tiny
-    h, layers, v = int(t["hidden"]), int(t["layers"]), int(t["words"]) + 4
-    return layers * 16 * h * h + v * h  # attention 4h^2, gated MLP 3 x h x 4h; tied embeddings
-
-
 def _build_tiny_llama(config: StudyConfig, init: Path) -> Any:
     """Step: a randomly initialised small Llama (sizes from ``tiny``) and its word
     tokenizer, saved in ``init``; returns the model."""
@@ -802,9 +828,13 @@ def _local_window(config: StudyConfig) -> int:
     return max(2, config.window // 8)
 
 
-def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, np.ndarray]:
-    """Named ``(S, N - 1)`` bool masks of the targets each metric pools."""
-    from tokenweight.selection import KEY_GAIN, KEY_LONG
+def _metric_masks(
+    config: StudyConfig, eval_dir: Path, eval_data: Path
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Named ``(S, N - 1)`` bool masks of the targets each metric pools, and the family
+    of each metric (:mod:`tokenweight.study_verdict`: long-range or other targets)."""
+    from tokenweight.evaluation.metrics import is_key_token
+    from tokenweight.study_verdict import LONG_RANGE, OTHER
 
     valid = _load_array(eval_dir / "target_mask.npy").astype(bool)
     s, n1 = valid.shape
@@ -815,30 +845,43 @@ def _metric_masks(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         f"inside [0, {w})": valid & (t < w),
         f"beyond [{w}, {n1 + 1})": valid & (t >= w),
     }
+    families = dict.fromkeys(masks, OTHER) | {f"beyond [{w}, {n1 + 1})": LONG_RANGE}
     for b in range(0, n1 + 1, w):
         if b + w <= n1 + 1 and n1 + 1 > 2 * w:
             masks[f"bucket [{b}, {b + w})"] = valid & (t >= b) & (t < b + w)
+            families[f"bucket [{b}, {b + w})"] = LONG_RANGE if b >= w else OTHER
     long = _load_array(eval_dir / "start.npy")
     short = _load_array(eval_dir / "start-short.npy")
-    masks["LongPPL key tokens"] = valid & (short - long > KEY_GAIN) & (long < KEY_LONG)
+    masks["LongPPL key tokens"] = valid & is_key_token(long, short)
+    families["LongPPL key tokens"] = LONG_RANGE
     try:
         from tokenweight.synth import SynthConfig, class_label, dependency_map, read_dependencies
 
         record = read_dependencies(eval_data)
         dep = dependency_map(record["copies"], s, n1 + 1)[:s]
         for lo, hi in SynthConfig(**record["config"]).distance_classes():
-            masks[f"copied at distance {class_label(lo, hi)}"] = valid & (dep >= lo) & (dep <= hi)
+            name = f"copied at distance {class_label(lo, hi)}"
+            masks[name] = valid & (dep >= lo) & (dep <= hi)
+            families[name] = LONG_RANGE if lo >= w else OTHER
         masks["not copied"] = valid & (dep == 0)
+        families["not copied"] = OTHER
     except TokenWeightError:
         pass
-    return masks
+    return masks, families
 
 
 def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[str, Any]:
     """Paired differences of every run against the baseline for every metric."""
+    from tokenweight.study_verdict import PROBES, apply_holm, context_verdict
+
     specs = config.run_specs
-    masks = _metric_masks(config, eval_dir, eval_data)
+    masks, families = _metric_masks(config, eval_dir, eval_data)
     differences = _differences(config, eval_dir, masks)
+    metrics = list(dict.fromkeys([*masks, *(d["metric"] for d in differences)]))
+    for d in differences:
+        d["family"] = families.get(d["metric"], PROBES)
+    check = _context_check(config, eval_dir, masks)
+    check["verdict"] = context_verdict(check, config.min_context_gain)
     return {
         "format": STUDY_FORMAT,
         "config": dataclasses.asdict(config),
@@ -846,8 +889,10 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
         "runs": [r.label() for r in specs],
         "seeds": list(config.seeds),
         "held_out_sequences": int(masks["all targets"].shape[0]),
-        "context_check": _context_check(config, eval_dir, masks),
-        "metrics": list(dict.fromkeys([*masks, *(d["metric"] for d in differences)])),
+        "context_check": check,
+        "metrics": metrics,
+        "families": {m: families.get(m, PROBES) for m in metrics},
+        "correction": apply_holm(differences, 1 - config.confidence),
         "differences": differences,
     }
 
@@ -977,8 +1022,11 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
 
 def write_study_report(results: dict[str, Any], work: Path) -> Path:
     """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown."""
+    from tokenweight.study_verdict import bottom_line, context_warning
+
     atomic_write_json(work / "study.json", results)
     conf = results["config"]["confidence"]
+    check = results["context_check"]
     lines = [
         "# Study",
         "",
@@ -990,13 +1038,18 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
         "accuracy instead (the share of prompts answered right; positive = better), paired "
         "over seeds and prompts.",
         "",
-        *_context_section(results["context_check"]),
+        *(context_warning(check, check["verdict"]) if "verdict" in check else []),
+        *(["## Bottom line", "", *bottom_line(results), ""] if "correction" in results else []),
+        *_context_section(check),
         "",
         "## Paired differences against the baseline",
         "",
         *_differences_table(results["differences"], conf),
         "",
         "## In words",
+        "",
+        f"Each comparison read on its own at {conf:.0%} (no correction; the bottom line "
+        "gives what holds after it):",
         "",
         *_in_words(results),
         "",
@@ -1071,11 +1124,13 @@ def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[s
             _fmt(d["diff"], sign=True),
             f"[{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}]",
             d["verdict"],
+            *([_fmt(d["p_holm"]), d["holds"] or "-"] if "p_holm" in d else []),
         ]
         for d in differences
     ]
     header = ["targets", "run", "count", "baseline NLL", "difference", f"{conf:.0%} interval"]
-    return markdown_table([*header, "verdict"], rows)
+    holm = ["p (Holm)", "holds after Holm"] if any("p_holm" in d for d in differences) else []
+    return markdown_table([*header, "verdict", *holm], rows)
 
 
 def _in_words(results: dict[str, Any]) -> list[str]:

@@ -9,7 +9,8 @@ weights in fixed stages:
    ``max`` ``max(d, 0)``, ``shift c`` ``d - log(c)``
 3. truncation ``gamma``: ``min(d, gamma)``
 4. sparsification ``kappa``: per sequence the ``floor(kappa * n)`` largest values become 1,
-   the rest 0 (at least one kept when ``n > 0``; ties broken at random, reproducibly)
+   the rest 0 (at least one kept when ``n > 0``; ties broken at random, reproducibly,
+   per row: :func:`document_tie_seeds`)
 5. normalization ``L1``: ``n * d / sum|d|``; ``softmax``: ``n * softmax(d)``; an all-zero
    sequence gets uniform weights
 6. interpolation ``lambda``: ``lambda + (1 - lambda) * w``
@@ -40,6 +41,8 @@ __all__ = [
     "Transform",
     "compute_scores",
     "compute_weights",
+    "document_tie_seeds",
+    "draw_tie_seed",
     "first_nonfinite",
     "weighted_nll_loss",
 ]
@@ -621,18 +624,71 @@ def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Sche
     return d
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash, element-wise, of int64 values in ``[0, 2**32)``. Both
+    multipliers are below ``2**31``, so no product leaves int64; the same on every
+    device."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _fold32(seed: torch.Tensor | int) -> torch.Tensor:
+    """Any int64 seed(s) folded into ``[0, 2**32)``."""
+    seed = torch.as_tensor(seed, dtype=torch.int64)
+    return (seed & _MASK32) ^ ((seed >> 32) & _MASK32)
+
+
+def document_tie_seeds(
+    input_ids: torch.Tensor, valid: torch.Tensor | None, base: int = DEFAULT_SEED
+) -> torch.Tensor:
+    """Tie-breaking seeds ``(batch,)`` int64 for rows that each hold one document.
+
+    A row's seed is a hash of ``base`` and its real tokens (``valid`` ``(batch, N)``
+    True; all of them when ``None``) in order, so it does not depend on the padding,
+    the row's place in the batch or the other rows: with the same ``base``, a document
+    gets the same seed alone, padded or unpacked from a packed row.
+    """
+    ids = input_ids.to(torch.int64)
+    if valid is None:
+        valid = torch.ones_like(ids, dtype=torch.bool)
+    valid = valid.bool()
+    position = valid.long().cumsum(dim=-1) - 1  # rank among the row's real tokens
+    token = _mix32((ids & _MASK32) ^ _mix32(position & _MASK32))
+    digest = torch.where(valid, token, torch.zeros_like(token)).sum(dim=-1) & _MASK32
+    count = valid.sum(dim=-1)
+    base32 = _fold32(base).to(ids.device)
+    return _mix32(digest ^ _mix32((count & _MASK32) ^ base32))
+
+
+def _tie_keys(seeds: torch.Tensor, cols: int) -> torch.Tensor:
+    """``(rows, cols)`` int64 random keys in ``[0, 2**63)``: a hash of each row's seed and
+    the target index only, so a row's keys do not depend on its width or the other rows."""
+    seeds = _fold32(seeds)[:, None]
+    t = torch.arange(cols, dtype=torch.int64, device=seeds.device)[None, :]
+    high = _mix32(seeds ^ _mix32(t)) & 0x7FFFFFFF
+    low = _mix32(_mix32(seeds ^ 0x5BD1E995) ^ t)
+    return (high << 32) | low
+
+
 def _top_fraction(
     d: torch.Tensor,
     mask: torch.Tensor | None,
     n: torch.Tensor,
     kappa: float,
-    generator: torch.Generator | None,
+    seeds: torch.Tensor,
 ) -> torch.Tensor:
     """1.0 for the ``floor(kappa * n)`` largest valid values of each row (>= 1 if n > 0).
 
     One partial sort (``topk``) finds each row's threshold value; everything above it is
-    kept. Among the targets equal to the threshold, the ones still needed are drawn at
-    random from ``generator`` (only when there is a choice to make).
+    kept. Among the targets equal to the threshold, the ones still needed are those with
+    the smallest random keys of :func:`_tie_keys` (row seed ``seeds[r]``, target index):
+    a row's choice depends on its own values and seed only.
     """
     rows, cols = d.shape
     keep = torch.floor(n.double() * kappa).long()
@@ -651,18 +707,37 @@ def _top_fraction(
     need = keep - above.sum(dim=-1, keepdim=True)
     if bool((tied.sum(dim=-1, keepdim=True) == need).all()):
         return (above | tied).to(d.dtype)
-    if generator is None:
-        generator = torch.Generator().manual_seed(DEFAULT_SEED)
-    # Drawn target-major, so a longer (padded) row sees the same noise for its first
-    # targets: padding never changes which tied targets are kept.
-    noise = torch.rand(cols, rows, generator=generator, device=generator.device)
-    noise = torch.where(tied, noise.t().to(d.device), torch.full_like(d, 2.0))
+    keys = _tie_keys(seeds.to(d.device), cols)
+    keys = torch.where(tied, keys, torch.full_like(keys, torch.iinfo(torch.int64).max))
     need_max = int(need.max())
-    picked = torch.topk(noise, need_max, dim=-1, largest=False, sorted=True).indices
+    picked = torch.topk(keys, need_max, dim=-1, largest=False, sorted=True).indices
     chosen = torch.zeros_like(d)
     rank = torch.arange(need_max, device=d.device).expand(rows, need_max)
     chosen.scatter_(-1, picked, (rank < need).to(d.dtype))
     return (above.to(d.dtype) + chosen).clamp_(max=1)
+
+
+def _row_seeds(
+    rows: int, generator: torch.Generator | None, tie_seeds: torch.Tensor | None
+) -> torch.Tensor:
+    """``(rows,)`` tie-breaking seeds: ``tie_seeds`` as given, or one seed for every row
+    (drawn from ``generator``; ``DEFAULT_SEED`` without one)."""
+    if tie_seeds is not None:
+        seeds = torch.as_tensor(tie_seeds)
+        if seeds.shape != (rows,) or seeds.is_floating_point():
+            raise TokenWeightError(
+                f"tie_seeds must be {rows} integers (one per row), got "
+                f"{tuple(seeds.shape)} {seeds.dtype}"
+            )
+        return seeds.to(torch.int64)
+    return torch.full((rows,), draw_tie_seed(generator), dtype=torch.int64)
+
+
+def draw_tie_seed(generator: torch.Generator | None) -> int:
+    """One tie-breaking seed drawn from ``generator`` (``DEFAULT_SEED`` without one)."""
+    if generator is None:
+        return DEFAULT_SEED
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
 def compute_weights(
@@ -671,6 +746,7 @@ def compute_weights(
     scheme: Scheme | str,
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    tie_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-target loss weights.
 
@@ -682,8 +758,13 @@ def compute_weights(
         mask: ``(batch, targets)`` bool, True for valid targets. Invalid targets get
             weight 0 and do not count in ``n``. Values at invalid positions are ignored
             (they may be NaN).
-        generator: random source for breaking ties in sparsification; ``None`` uses a
-            fixed seed, so results are reproducible either way.
+        generator: random source for breaking ties in sparsification: one seed is drawn
+            from it for every row; ``None`` uses a fixed seed, so results are
+            reproducible either way.
+        tie_seeds: ``(batch,)`` int64, one tie-breaking seed per row instead (for
+            example :func:`document_tie_seeds`, a hash of each row's document). Which
+            tied targets a row keeps depends only on its own scores, its seed and the
+            target index -- never on padding or on the other rows of the batch.
 
     Returns:
         Detached float32 weights, shape ``(batch, targets)``, 0 at invalid targets. For
@@ -699,7 +780,8 @@ def compute_weights(
         d = _masked(compute_scores(long_nll, short_nll, scheme), mask)
         n = _valid_count(d, mask)
         if scheme.sparsification is not None:
-            d = _top_fraction(d, mask, n, scheme.sparsification, generator)
+            seeds = _row_seeds(d.shape[0], generator, tie_seeds)
+            d = _top_fraction(d, mask, n, scheme.sparsification, seeds)
         if scheme.normalization == "l1":
             d = _l1_normalize(d, n)
         elif scheme.normalization == "softmax":

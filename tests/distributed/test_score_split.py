@@ -22,7 +22,9 @@ def test_each_process_scores_half_of_the_windows_and_both_get_every_score(tmp_pa
         str(DRIVER),
         str(tmp_path),
     ]
-    proc = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for name in ("self", "model"):

@@ -7,7 +7,8 @@
   training tests; tokenizer texts and model spread for the evaluation tests;
 - ``packed``: packed (padding-free) batches and their per-document split;
 - ``distributed``: launching and comparing the multi-process runs of
-  ``tests/distributed/`` (``dist_train_many.py`` is the script ``torchrun`` starts);
+  ``tests/distributed/`` (``dist_train_many.py`` and ``dist_score_sharded.py`` are the
+  scripts ``torchrun`` starts);
 - ``safety``: the inputs of the safety tests (``tests/safety/``), made with the real
   commands, and the checks of an ``error: ...`` exit;
 - ``tiers``: the test tiers, the ``slow`` threshold and the script that re-measures it.

@@ -61,36 +61,58 @@ def full_logits_nll(model, input_ids, attention_mask=None) -> torch.Tensor:
 
 
 def window_loop_short_nll(model, input_ids, window, stride, bos=None, first_window=False):
-    """Short NLL by the window rule of docs/method.md, one window at a time, full logits (``(N - window) % stride == 0``).
+    """Short NLL by the window rule of docs/method.md, one window at a time, full logits.
 
-    Window 0 covers targets ``1 .. window-1``; with ``first_window=False`` those are left
-    NaN for the caller (the self scorer uses the long NLL there).
+    Target ``t < window`` belongs to window 0; a later target to the window starting at
+    ``min(stride * ceil((t - window + 1) / stride), n - window)``. With
+    ``first_window=False`` window 0's targets are left NaN for the caller (the self
+    scorer uses the long NLL there).
     """
     batch, n = input_ids.shape
-    assert (n - window) % stride == 0
     out = torch.full((batch, n - 1), float("nan"))
+
+    def start_of(t: int) -> int:
+        return 0 if t < window else min(stride * -(-(t - window + 1) // stride), n - window)
+
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        starts = [0, *range(stride, n - window + 1, stride)] if n > window else [0]
-        for a in starts:
+        for a in sorted({start_of(t) for t in range(1, n)}):
             if a == 0 and not first_window:
                 continue
             win = input_ids[:, a : a + window].clone()
             if bos is not None and a > 0:
                 win[:, 0] = bos
             nll = full_logits_nll(model, win)  # (B, window - 1), target a + j + 1 at column j
-            first_target = 1 if a == 0 else a + window - stride
-            for t in range(first_target, a + window):
-                out[:, t - 1] = nll[:, t - a - 1]
+            for t in range(a + 1, min(a + window, n)):
+                if start_of(t) == a:
+                    out[:, t - 1] = nll[:, t - a - 1]
     model.train(was_training)
     return out
 
 
-def reference_short_nll(kind, model, ids, long, window, stride, bos, scorer_model=None):
+def reference_short_nll(
+    kind, model, ids, long, window, stride, bos, scorer_model=None, lengths=None
+):
     """``(B, N-1)`` short NLL of scorer ``kind`` by :func:`window_loop_short_nll`: ``self``
     scores with ``model`` and takes window 0 from ``long``; ``model`` scores every target
-    with ``scorer_model``."""
+    with ``scorer_model``. With ``lengths`` (real tokens per row), each row is scored
+    alone on its real tokens (0 after them), as a document of its own."""
+    if lengths is not None:
+        out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+        for b, n in enumerate(int(x) for x in lengths):
+            row = reference_short_nll(
+                kind,
+                model,
+                ids[b : b + 1, :n],
+                long[b : b + 1, : n - 1],
+                window,
+                stride,
+                bos,
+                scorer_model,
+            )
+            out[b, : n - 1] = row[0]
+        return out
     if kind == "self":
         short = window_loop_short_nll(model, ids, window, stride, bos=bos)
         short[:, : window - 1] = long[:, : window - 1].detach()

@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
 _EPILOG = """\
-models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder, a .gguf file, a hub name or
-the alias smollm2, e.g.  start=smollm2 uniform=runs/uniform/final "dense:0.75=runs/dense".
+models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder (the output_dir of train, or a
+checkpoint-N folder in it), a .gguf file, a hub name or the alias smollm2; after make demo:
+  start=smollm2 uniform=runs/demo/runs/uniform "dense:0.75=runs/demo/runs/dense-0.75"
 
 tasks: ppl, longppl (need --data), passkey, needle (7-digit number), needle_word,
 needle_uuid, multikey (needle among distractors), vartrack (variable tracking).

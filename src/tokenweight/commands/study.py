@@ -13,7 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="setting overrides")
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan and a cost estimate only"
+        "--dry-run",
+        action="store_true",
+        help="check every setting, print the plan and a cost estimate calibrated on this "
+        "machine (times a few small steps)",
     )
 
 
@@ -25,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, config_path)
         config_path = None
     config = load_study_config(config_path, overrides)
-    report = run_study(config, dry_run=args.dry_run)
-    if report is not None:
-        print(f"study report: {report}")
+    if args.dry_run:
+        from tokenweight.study_cost import dry_run
+
+        dry_run(config)
+        return 0
+    report = run_study(config)
+    print(f"study report: {report}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.data.prepare import MANIFEST, load_prepared, read_manifest
 from tokenweight.data.store import (
     DONE_SUFFIX,
@@ -424,7 +425,7 @@ def _long_nll(model: Any, input_ids: Any, kwargs: dict[str, Any]) -> np.ndarray:
     from tokenweight.losses import model_token_nll
 
     mask = kwargs.get("attention_mask")
-    labels = None if mask is None else torch.where(mask.bool(), input_ids, -100)
+    labels = None if mask is None else torch.where(mask.bool(), input_ids, IGNORE_INDEX)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:

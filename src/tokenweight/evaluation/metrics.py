@@ -20,19 +20,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
+    "LONGPPL_ALPHA",
+    "LONGPPL_BETA",
     "BucketStat",
     "LongPPLResult",
+    "is_key_token",
     "key_token_mask",
     "longppl",
     "position_bucket_nll",
     "position_curve",
 ]
+
+# LongPPL's key-token thresholds (nats), the one definition: a key token gains more than
+# LONGPPL_ALPHA from long context and its long-context NLL is below LONGPPL_BETA
+LONGPPL_ALPHA = 2.0
+LONGPPL_BETA = 2.0
+
+_NLL = TypeVar("_NLL", torch.Tensor, np.ndarray)
+
+
+def is_key_token(
+    long_nll: _NLL, short_nll: _NLL, alpha: float = LONGPPL_ALPHA, beta: float = LONGPPL_BETA
+) -> _NLL:
+    """The LongPPL key-token rule, elementwise: ``(s - l > alpha) & (l < beta)`` for NLLs in
+    nats, torch tensors or numpy arrays alike. No checks and no mask: see
+    :func:`key_token_mask`; ``tokenweight select`` and ``tokenweight study`` use it on
+    stored arrays."""
+    return ((short_nll - long_nll) > alpha) & (long_nll < beta)
 
 
 def _check_nll(nll: torch.Tensor, what: str) -> torch.Tensor:
@@ -148,8 +170,8 @@ def key_token_mask(
     short_nll: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
-    alpha: float = 2.0,
-    beta: float = 2.0,
+    alpha: float = LONGPPL_ALPHA,
+    beta: float = LONGPPL_BETA,
 ) -> torch.Tensor:
     """LongPPL key tokens: ``(s_i - l_i > alpha) & (l_i < beta) & mask``.
 
@@ -169,7 +191,7 @@ def key_token_mask(
     mask = _check_mask(mask, long_nll.shape, "mask")
     _check_finite(long_nll, mask, "long_nll")
     _check_finite(short_nll, mask, "short_nll")
-    return mask & ((short_nll - long_nll) > float(alpha)) & (long_nll < float(beta))
+    return mask & is_key_token(long_nll, short_nll, float(alpha), float(beta))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ import torch
 
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.metrics import (
+    LONGPPL_ALPHA,
+    LONGPPL_BETA,
     key_token_mask,
     longppl,
     position_bucket_nll,
@@ -118,8 +120,8 @@ class EvalConfig:
     bucket_size: int = 1024
     longppl_window: int | None = None
     longppl_stride: int | None = None
-    longppl_alpha: float = 2.0
-    longppl_beta: float = 2.0
+    longppl_alpha: float = LONGPPL_ALPHA
+    longppl_beta: float = LONGPPL_BETA
     glob: str | None = None
     encoding_errors: str = "strict"
     hf_split: str | None = None

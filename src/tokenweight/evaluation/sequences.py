@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import valid_target_mask
 
 __all__ = ["EvalSequences", "is_prepared_dataset", "load_eval_sequences"]
 
@@ -38,12 +39,13 @@ class EvalSequences:
 
     @property
     def target_mask(self) -> torch.Tensor:
-        """``(S, N - 1)`` bool: targets that are real tokens (column ``j`` = token ``j+1``)."""
-        if self.attention_mask is None:
-            return torch.ones(
-                self.input_ids.shape[0], self.input_ids.shape[1] - 1, dtype=torch.bool
-            )
-        return self.attention_mask[:, 1:].bool() & self.attention_mask[:, :-1].bool()
+        """``(S, N - 1)`` bool (column ``j`` = token ``j+1``): the targets that count in
+        training (:func:`tokenweight.packed_batches.valid_target_mask`: real tokens) that
+        also have a real token before them (differs only under left padding)."""
+        mask = valid_target_mask(self.input_ids, attention_mask=self.attention_mask)
+        if self.attention_mask is not None:
+            mask &= self.attention_mask[:, :-1] != 0
+        return mask
 
 
 @dataclass(frozen=True)

@@ -26,26 +26,10 @@ import torch
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import valid_target_mask
 
-__all__ = ["IGNORE_INDEX", "TokenWeightCollator", "valid_target_mask"]
-
-
-def valid_target_mask(
-    input_ids: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``(B, N - 1)`` bool: True for target ``t = 1 .. N-1`` that counts in the loss.
-
-    A target is invalid when its label is ``-100`` or its attention mask is 0 (padding),
-    matching the targets :func:`tokenweight.losses.model_token_nll` ignores.
-    """
-    valid = torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
-    if labels is not None:
-        valid &= labels[:, 1:] != IGNORE_INDEX
-    if attention_mask is not None:
-        valid &= attention_mask[:, 1:] != 0
-    return valid
+# valid_target_mask is defined in tokenweight.packed_batches; importable from here as before
+__all__ = ["TokenWeightCollator", "valid_target_mask"]
 
 
 def _as_list(value: Any, what: str, index: int) -> list:

@@ -166,6 +166,10 @@ class TrainConfig:
     ``training_arguments`` passes any further ``transformers.TrainingArguments`` field.
     ``sequence_parallel: N`` splits every sequence over ``N`` processes (DeepSpeed
     Ulysses, see :mod:`tokenweight.training.sequence_parallel`); needs ``deepspeed``.
+    ``push_to_hub`` / ``hub_model_id`` go to the Trainer: it creates the Hub repository
+    (``hub_model_id``, default: the output folder's name) when training starts and uploads
+    the output folder, model card included, at each save and at the end (further
+    ``hub_*`` settings through ``training_arguments``).
     """
 
     output_dir: str = "runs/tokenweight"
@@ -193,6 +197,8 @@ class TrainConfig:
     fsdp_config: str | dict[str, Any] | None = None
     dataloader_num_workers: int = field(default=0, metadata=checked(non_negative))
     sequence_parallel: int = field(default=1, metadata=checked(positive))
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
     training_arguments: dict[str, Any] = field(default_factory=dict)
 
 
@@ -285,6 +291,11 @@ class Config:
             raise TokenWeightError(
                 "train.sequence_parallel: needs DeepSpeed (Ulysses); set train.deepspeed to a "
                 "ZeRO config such as configs/deepspeed/zero3.json"
+            )
+        if self.train.hub_model_id is not None and not self.train.push_to_hub:
+            raise TokenWeightError(
+                "train.hub_model_id: only used with train.push_to_hub: true; set "
+                "train.push_to_hub=true to upload, or remove train.hub_model_id"
             )
         if self.train.bf16 and _is_fp16(self.model.dtype):
             raise TokenWeightError("model.dtype: fp16 weights with train.bf16 do not mix")
@@ -399,6 +410,8 @@ def _trainer_settings(config: Config, names: set[str]) -> dict[str, Any]:
         "ddp_broadcast_buffers": False,
         "ddp_find_unused_parameters": False,
         "average_tokens_across_devices": True,
+        "push_to_hub": t.push_to_hub,
+        "hub_model_id": t.hub_model_id,
         checkpointing: config.model.gradient_checkpointing,
         f"{checkpointing}_kwargs": {"use_reentrant": False}
         if config.model.gradient_checkpointing

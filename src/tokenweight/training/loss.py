@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +20,20 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import Documents, find_documents, forward_inputs, target_mask
-from tokenweight.weighting import Scheme, compute_weights, first_nonfinite, weighted_nll_loss
+from tokenweight.scoring import same_model_calls_across_processes
+from tokenweight.weighting import (
+    Scheme,
+    compute_weights,
+    document_tie_seeds,
+    draw_tie_seed,
+    first_nonfinite,
+    weighted_nll_loss,
+)
 
 if TYPE_CHECKING:
     from tokenweight.scoring import Scorer
 
-__all__ = ["LossParts", "token_weighted_loss"]
+__all__ = ["LossParts", "tie_seeds", "token_weighted_loss"]
 
 
 @dataclass
@@ -62,7 +71,8 @@ def _timed_score(
     if cuda:
         torch.cuda.synchronize(long_nll.device)
     start = time.perf_counter()
-    short = scorer(batch, long_nll.detach(), model=model)
+    with same_model_calls_across_processes():  # every process scores in step
+        short = scorer(batch, long_nll.detach(), model=model)
     if cuda:
         torch.cuda.synchronize(long_nll.device)
     seconds = time.perf_counter() - start
@@ -75,6 +85,7 @@ def _timed_score(
 
 
 def _weights(
+    batch: dict[str, Any],
     long_nll: torch.Tensor,
     short_nll: torch.Tensor | None,
     scheme: Scheme,
@@ -82,17 +93,37 @@ def _weights(
     generator: torch.Generator | None,
     docs: Documents | None,
 ) -> torch.Tensor:
-    """``compute_weights`` per row, or per document of a packed batch."""
+    """``compute_weights`` per row, or per document of a packed batch, with each
+    document's own tie-breaking seed (:func:`tie_seeds`)."""
+    seeds = tie_seeds(batch, docs, generator) if scheme.sparsification is not None else None
     if docs is None:
-        return compute_weights(long_nll, short_nll, scheme, mask=mask, generator=generator)
+        return compute_weights(long_nll, short_nll, scheme, mask=mask, tie_seeds=seeds)
     weights = compute_weights(
         docs.targets(long_nll),
         None if short_nll is None else docs.targets(short_nll),
         scheme,
         mask=docs.targets(mask.to(long_nll.dtype)).bool(),
-        generator=generator,
+        tie_seeds=seeds,
     )
     return docs.scatter_targets(weights)
+
+
+def tie_seeds(
+    batch: Mapping[str, Any], docs: Documents | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One tie-breaking seed per document of ``batch`` (per row, or per document of a
+    packed batch, in :class:`~tokenweight.packed_batches.Documents` order): a hash of the
+    document's real tokens and one number drawn from ``generator`` (a fixed one without),
+    :func:`~tokenweight.weighting.document_tie_seeds`. So a document's top-kappa choice
+    among tied targets is the same alone, padded, packed or on another process."""
+    base = draw_tie_seed(generator)
+    ids = batch["input_ids"]
+    if docs is not None:
+        width = docs.width
+        valid = torch.arange(width, device=ids.device)[None, :] < docs.length[:, None]
+        return document_tie_seeds(docs.tokens(ids), valid, base)
+    attention = batch.get("attention_mask")
+    return document_tie_seeds(ids, None if attention is None else attention != 0, base)
 
 
 def token_weighted_loss(
@@ -117,7 +148,8 @@ def token_weighted_loss(
             the uniform scheme.
         num_items: the divisor; default the number of valid targets of this batch. Pass
             the count of the whole optimizer step under gradient accumulation.
-        generator: tie-breaking randomness for sparsification.
+        generator: tie-breaking randomness for sparsification: one number is drawn from
+            it per call and hashed with each document's tokens (:func:`tie_seeds`).
         raise_on_nonfinite: raise :class:`TokenWeightError` (naming the value and where)
             instead of returning ``loss=None`` when a value is NaN or infinite.
 
@@ -193,7 +225,7 @@ def weigh_nll(
     if parts.flag_nonfinite_nll():
         return parts
     try:
-        parts.weights = _weights(long_nll.detach(), short_nll, scheme, mask, generator, docs)
+        parts.weights = _weights(batch, long_nll.detach(), short_nll, scheme, mask, generator, docs)
     except TokenWeightError as exc:
         parts.problem = f"the weights ({exc})"
         return parts

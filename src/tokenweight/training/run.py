@@ -337,7 +337,9 @@ def train(
 
         atomic_write_text(out / CONFIG_NAME, config.to_yaml())
     result = trainer.train(resume_from_checkpoint=last if resume else None)
-    return _finish(config, trainer, result, tokenizer, out, last if resume else None, shards)
+    return _finish(
+        config, trainer, result, tokenizer, out, last if resume else None, manifest, shards
+    )
 
 
 def _setup_output_dir(config: Config, out: Path, resume: bool) -> str | None:
@@ -478,23 +480,56 @@ def _setup_trainer(
         from tokenweight.training.sequence_parallel import SequenceParallelCollator
 
         collator = SequenceParallelCollator(collator, config.train.sequence_parallel)
-    trainer = TokenWeightTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        scheme=config.scheme,
-        scorer=scorer,
-        callbacks=[
-            JsonlLogCallback(out / LOG_NAME),
-            CheckpointMarkerCallback(),
-            *(callbacks or []),
-        ],
-    )
+    try:  # with push_to_hub, the Trainer creates the Hub repository here
+        trainer = TokenWeightTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            processing_class=tokenizer,
+            scheme=config.scheme,
+            scorer=scorer,
+            callbacks=[
+                JsonlLogCallback(out / LOG_NAME),
+                CheckpointMarkerCallback(),
+                *(callbacks or []),
+            ],
+        )
+    except OSError as exc:  # the Hub client's errors (HTTP, no token, offline) are OSErrors
+        if not config.train.push_to_hub:
+            raise
+        repo = config.train.hub_model_id or out.resolve().name
+        raise TokenWeightError(
+            f"train.push_to_hub: could not create the Hub repository {repo!r} ({exc}); "
+            "log in (`hf auth login` or HF_TOKEN), check train.hub_model_id, or set "
+            "train.push_to_hub=false (nothing was trained)"
+        ) from None
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(TokenWeightProgressCallback())
     return trainer
+
+
+def _model_card(
+    config: Config,
+    trainer: Any,
+    manifest: dict[str, Any],
+    mean_loss: float | None,
+    loss_steps: tuple[int, int],
+) -> str:
+    """The model card of the finished run (:mod:`tokenweight.training.card`)."""
+    from tokenweight.training.card import card_facts, model_card_text
+
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    facts = card_facts(
+        config,
+        manifest,
+        steps=trainer.state.global_step,
+        final_loss=float(logged[-1]) if logged else None,
+        mean_loss=mean_loss,
+        loss_steps=loss_steps,
+        world_size=int(trainer.args.world_size),
+    )
+    return model_card_text(facts)
 
 
 def _finish(
@@ -504,18 +539,25 @@ def _finish(
     tokenizer: Any,
     out: Path,
     resumed: str | None,
+    manifest: dict[str, Any],
     shards: list[Any] | None = None,
 ) -> TrainResult:
-    """Save the model, trainer state, merged LoRA model and ``summary.json`` (with what
-    each process held of an FSDP2-sharded model, ``shards``)."""
-    trainer.save_model(str(out))
-    trainer.save_state()
-    if config.model.lora is not None and trainer.is_world_process_zero():
-        _save_merged(trainer.model, tokenizer, out / "merged", config)
+    """Write the model card, save the model (``push_to_hub``: and upload the folder,
+    card included), the trainer state, the merged LoRA model and ``summary.json`` (with
+    what each process held of an FSDP2-sharded model, ``shards``)."""
     # the Trainer averages the loss over the steps of this process only: after a resume,
     # those after the checkpoint
     first = (_step_of(Path(resumed)) or 0) + 1 if resumed is not None else 1
     loss_steps = (first, trainer.state.global_step)
+    trainer.model_card = _model_card(config, trainer, manifest, result.training_loss, loss_steps)
+    if trainer.is_world_process_zero():
+        from tokenweight.training.card import write_model_card
+
+        write_model_card(out, trainer.model_card)
+    trainer.save_model(str(out))  # push_to_hub writes the card again, then uploads
+    trainer.save_state()
+    if config.model.lora is not None and trainer.is_world_process_zero():
+        _save_merged(trainer.model, tokenizer, out / "merged", config)
     if trainer.is_world_process_zero():
         summary = {
             "global_step": trainer.state.global_step,

@@ -22,7 +22,7 @@ process holding the whole sequence):
    (L1 sums, top-kappa with its ties, LongCE: exactly the one-process values), then the
    local slice of them;
 5. loss = local ``sum w * l`` over the valid targets of the whole optimizer step (every
-   SP slice, data-parallel rank and accumulation step: :func:`count_valid_targets`).
+   SP slice, data-parallel rank and accumulation step: :func:`count_slice_targets`).
 
 The batch is trimmed back to its one-process width before scoring, so the padding the
 SP collator adds (to make the width divisible by ``S``) changes nothing.
@@ -36,20 +36,22 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents
-from tokenweight.training.collator import IGNORE_INDEX, TokenWeightCollator
-from tokenweight.training.loss import LossParts, _timed_score
+from tokenweight.training.collator import TokenWeightCollator
+from tokenweight.training.loss import LossParts, _timed_score, tie_seeds
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
     "SequenceParallelCollator",
-    "count_valid_targets",
+    "count_slice_targets",
     "gradient_scale",
     "parallelism_config",
     "refuse_packed",
@@ -158,10 +160,23 @@ def _gather(t: torch.Tensor, group: Any, size: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
+def count_slice_targets(batch: dict[str, Any]) -> torch.Tensor:
     """Valid targets of this process's slice (sum it over all processes for the step's
-    count: the SP slices of one sequence add up to its whole)."""
+    count: the SP slices of one sequence add up to its whole). Not
+    :func:`tokenweight.training.count_valid_targets`, which counts a whole collated batch."""
     return (batch["shift_labels"] != IGNORE_INDEX).sum()
+
+
+def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
+    """Deprecated: the old name of :func:`count_slice_targets` in this module."""
+    warnings.warn(
+        "tokenweight.training.sequence_parallel.count_valid_targets is now "
+        "count_slice_targets (tokenweight.training.count_valid_targets counts a whole "
+        "collated batch)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return count_slice_targets(batch)
 
 
 def gradient_scale(accelerator: Any, degree: int) -> int:
@@ -211,13 +226,16 @@ def sequence_parallel_loss(
     long_full = _gather(long_local, group, size)[:, :targets].float()
     mask = _gather(mask_local, group, size)[:, :targets]
 
-    short_full, seconds = None, 0.0
+    short_full, seconds, seeds = None, 0.0, None
     if not scheme.is_uniform:
-        short_full, seconds = _score_full(
-            scheme, scorer, model, inputs, attention, long_full, width, group, size
-        )
+        if scorer is None:
+            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+        full_batch = _full_batch(inputs, attention, width, group, size)
+        short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
+        if scheme.sparsification is not None:
+            seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
-    if not _weigh(parts, scheme, generator):
+    if not _weigh(parts, scheme, seeds):
         return parts
     # this slice's columns of the whole sequence's weights (padded to the slices' width)
     weights = torch.nn.functional.pad(parts.weights, (0, size * local_width - targets))
@@ -231,38 +249,29 @@ def sequence_parallel_loss(
     return parts
 
 
-def _score_full(
-    scheme: Scheme,
-    scorer: Any,
-    model: torch.nn.Module,
-    inputs: dict[str, Any],
-    attention: torch.Tensor,
-    long_full: torch.Tensor,
-    width: int,
-    group: Any,
-    size: int,
-) -> tuple[torch.Tensor, float]:
-    """The short-context NLL ``(B, width - 1)`` of the whole (gathered) sequence, and the
-    seconds the scorer took."""
-    if scorer is None:
-        raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+def _full_batch(
+    inputs: dict[str, Any], attention: torch.Tensor, width: int, group: Any, size: int
+) -> dict[str, Any]:
+    """The whole (gathered) sequences at their one-process ``width``: ``input_ids``,
+    ``attention_mask`` and, when stored, ``short_nll``."""
     full_batch: dict[str, Any] = {
         "input_ids": _gather(inputs["input_ids"], group, size)[:, :width],
         "attention_mask": attention[:, :width],
     }
     if "short_nll" in inputs:
         full_batch["short_nll"] = _gather(inputs["short_nll"], group, size)[:, : width - 1]
-    return _timed_score(scorer, model, full_batch, long_full)
+    return full_batch
 
 
-def _weigh(parts: LossParts, scheme: Scheme, generator: torch.Generator | None) -> bool:
-    """Set ``parts.weights`` from the whole sequence's NLLs; on a non-finite NLL or a
-    refused weighting, set ``parts.problem`` (and ``where``) and return ``False``."""
+def _weigh(parts: LossParts, scheme: Scheme, seeds: torch.Tensor | None) -> bool:
+    """Set ``parts.weights`` from the whole sequence's NLLs (``seeds``: each row's
+    tie-breaking seed); on a non-finite NLL or a refused weighting, set ``parts.problem``
+    (and ``where``) and return ``False``."""
     if parts.flag_nonfinite_nll():
         return False
     try:
         parts.weights = compute_weights(
-            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, generator=generator
+            parts.long_nll, parts.short_nll, scheme, mask=parts.mask, tie_seeds=seeds
         )
     except TokenWeightError as exc:
         parts.problem = f"the weights ({exc})"

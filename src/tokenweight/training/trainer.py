@@ -57,8 +57,8 @@ __all__ = ["TokenWeightTrainer", "count_valid_targets"]
 
 # dataset columns the collator uses beyond the model's forward arguments
 EXTRA_COLUMNS = ("short_nll", "row", "input_hash")
-# tie-breaking seeds for sparsification: distinct per (seed, step, micro-batch, process)
-_SEED_MIX = (1_000_003, 10_007, 101)
+# tie-breaking seeds for sparsification: distinct per (run seed, optimizer step)
+_SEED_MIX = (1_000_003, 10_007)
 
 
 def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
@@ -102,6 +102,8 @@ class TokenWeightTrainer(Trainer):
     # Trainer must not divide by the accumulation steps again (transformers >= 5.19; older
     # releases are told the same through ``model_accepts_loss_kwargs`` in ``__init__``)
     loss_is_scaled_for_ga = True
+    # the model card text :meth:`create_model_card` writes (``None``: the parent's draft)
+    model_card: str | None = None
 
     def __init__(
         self,
@@ -180,9 +182,9 @@ class TokenWeightTrainer(Trainer):
         if not batches:
             return batches, None
         if self.sequence_parallel > 1:
-            from tokenweight.training.sequence_parallel import count_valid_targets as count_slice
+            from tokenweight.training.sequence_parallel import count_slice_targets
 
-            count = torch.stack([count_slice(b).to(device) for b in batches]).sum()
+            count = torch.stack([count_slice_targets(b).to(device) for b in batches]).sum()
         else:
             count = torch.stack([count_valid_targets(b).to(device) for b in batches]).sum()
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
@@ -204,12 +206,10 @@ class TokenWeightTrainer(Trainer):
         return 1
 
     def _tie_generator(self) -> torch.Generator:
-        seed = (
-            self.args.seed * _SEED_MIX[0]
-            + self.state.global_step * _SEED_MIX[1]
-            + self._micro_step * _SEED_MIX[2]
-            + self.accelerator.process_index // self.sequence_parallel  # data-parallel rank
-        )
+        """Tie-breaking randomness of this optimizer step: the run's seed and the step
+        only, so with each document's own seed (:func:`~tokenweight.training.loss.tie_seeds`)
+        a document's choice does not depend on its micro-batch, process or batch-mates."""
+        seed = self.args.seed * _SEED_MIX[0] + self.state.global_step * _SEED_MIX[1]
         return torch.Generator().manual_seed(seed % (2**63))
 
     def compute_loss(
@@ -302,6 +302,20 @@ class TokenWeightTrainer(Trainer):
             last_checkpoint=last,
         )
 
+    # ------------------------------------------------------------------ the model card
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """With :attr:`model_card` set (``tokenweight train`` sets it), write that card
+        (:func:`tokenweight.training.card.write_model_card`: never over a ``README.md``
+        the package did not write) instead of the Trainer's draft; ``push_to_hub`` calls
+        this before it uploads the output folder. Without it, the parent's card."""
+        if self.model_card is None:
+            super().create_model_card(*args, **kwargs)
+            return
+        if self.is_world_process_zero():
+            from tokenweight.training.card import write_model_card
+
+            write_model_card(str(self.args.output_dir), self.model_card)
+
     # ------------------------------------------------------------------ FSDP2 checkpoints
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """As the Trainer's; a model sharded by tokenweight (``own_fsdp2``) is gathered
@@ -313,6 +327,8 @@ class TokenWeightTrainer(Trainer):
 
         state = full_model_state(self.model)
         self._save(output_dir if output_dir is not None else self.args.output_dir, state)
+        if self.args.push_to_hub and not _internal_call:  # as the Trainer's save_model
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not self.own_fsdp2:

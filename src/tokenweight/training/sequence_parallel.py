@@ -14,10 +14,14 @@ process holding the whole sequence):
 2. the slices' NLL, target masks, token ids, attention masks and stored short NLL are
    gathered over the SP group (one float or int per token, no gradient): every process
    now holds the whole sequence's values;
-3. short NLL on the whole sequence: precomputed scores as gathered; the self scorer's
-   windows run on every process of the group with the same inputs (the model is in eval
-   mode there, where Ulysses steps aside, so each window is plain attention; under ZeRO-3
-   every process makes the same parameter gathers);
+3. short NLL on the whole sequence: precomputed scores as gathered; the windows of the
+   self and model scorers are shared out over the group
+   (:func:`tokenweight.scoring.split_scoring`): each process runs every ``S``-th window
+   (the model is in eval mode there, where Ulysses steps aside, so each window is plain
+   attention; a process with one window fewer adds a padding call, so under ZeRO-3 every
+   process makes the same parameter gathers), and one all-reduce gives every process the
+   whole sequence's short NLL. The reference scorer's full-sequence forward runs on every
+   process;
 4. weights on the whole sequence with :func:`~tokenweight.weighting.compute_weights`
    (L1 sums, top-kappa with its ties, LongCE: exactly the one-process values), then the
    local slice of them;
@@ -45,6 +49,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents
+from tokenweight.scoring import split_scoring
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, _timed_score, tie_seeds
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
@@ -231,7 +236,8 @@ def sequence_parallel_loss(
         if scorer is None:
             raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
         full_batch = _full_batch(inputs, attention, width, group, size)
-        short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
+        with split_scoring(group):  # each process of the group runs its share of windows
+            short_full, seconds = _timed_score(scorer, model, full_batch, long_full)
         if scheme.sparsification is not None:
             seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)

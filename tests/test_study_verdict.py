@@ -328,7 +328,9 @@ def test_dry_run_checks_settings_before_calibrating(tmp_path, monkeypatch, capsy
     (prepared / "manifest.json").write_text('{"format": "tokenweight.prepared", "seq_len": 64}')
     with pytest.raises(TokenWeightError, match=r"^eval_data: "):
         cost.dry_run(
-            load_study_config(None, [f"data={prepared}", f"eval_data={tmp_path / 'none'}"])
+            load_study_config(
+                None, [f"data={prepared}", f"eval_data={tmp_path / 'none'}", "window=16"]
+            )
         )
     # no CUDA here: the plan, and a line saying why there is no estimate
     assert main(["study", "device=cuda", "--dry-run"]) == 0

@@ -260,8 +260,18 @@ def copy_config(name: str, dest: str | Path | None = None) -> Path:
             f"configs copy: {target} already exists; give another DEST or remove it first"
         )
     if not target.parent.is_dir():
+        blocker = next((p for p in target.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise TokenWeightError(
+                f"configs copy: DEST {dest} lies under {blocker}, which is a file, not a folder"
+            )
         raise TokenWeightError(f"configs copy: folder {target.parent} does not exist")
     parents = _parents(source.read_text(encoding="utf-8")) if source.suffix != ".json" else []
-    if parents:
-        return atomic_write_text(target, _flattened_text(source, parents, __version__))
-    return atomic_write_bytes(target, source.read_bytes())
+    try:
+        if parents:
+            return atomic_write_text(target, _flattened_text(source, parents, __version__))
+        return atomic_write_bytes(target, source.read_bytes())
+    except OSError as exc:
+        raise TokenWeightError(
+            f"configs copy: cannot write {target} ({exc.strerror or exc}); choose another DEST"
+        ) from None

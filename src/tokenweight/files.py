@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.folder_lock import LOCK_PATTERN
 
 __all__ = [
     "atomic_dir",
@@ -27,7 +28,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_output_dir",
+    "check_output_place",
     "clean_stale_siblings",
+    "file_in_folder",
     "json_text",
     "read_json",
     "remove_path",
@@ -143,6 +146,21 @@ def clean_stale_siblings(
     return removed
 
 
+def file_in_folder(folder: str | Path, name: Any, record: str | Path) -> Path:
+    """``folder / name`` for a file name that ``record`` (a manifest in ``folder``) lists.
+
+    A record may only name files of its own folder: a name with a path separator, ``..``,
+    or an absolute path raises :class:`TokenWeightError` (nothing outside is read)."""
+    text = str(name) if isinstance(name, str) else ""
+    if not text or text in (".", "..") or Path(text).is_absolute() or Path(text).name != text:
+        raise TokenWeightError(
+            f"{record} names {name!r}, which is not a file of {folder} (a manifest may only "
+            "name files in its own folder); the folder was changed by hand or comes from "
+            "elsewhere: make it again with the command that wrote it"
+        )
+    return Path(folder) / text
+
+
 def read_json(path: str | Path, fix: str) -> Any:
     """Parse a JSON file this package wrote; a truncated or corrupt one raises
     :class:`TokenWeightError` naming the file and ``fix`` (what the user should do)."""
@@ -173,7 +191,7 @@ def check_output_dir(
     ``out`` may be used when it does not exist, is an empty folder, or is recognisably an
     earlier output of the same command: it holds one of the ``markers`` (its manifest or
     run record) and, when ``known`` glob patterns are given, nothing else (hidden
-    temporary files of an interrupted write aside). It may never be the current directory
+    temporary files of an interrupted write and the tool's lock files aside). It may never be the current directory
     or one of its parents, and never equal, contain or lie inside one of ``inputs``.
     ``what`` names the command's output (``"tokenweight prepare output"``).
 
@@ -181,20 +199,24 @@ def check_output_dir(
     saying what is in the way otherwise.
     """
     out = Path(out)
-    _check_output_place(out, inputs, option)
+    check_output_place(out, inputs, option)
     if not out.exists():
         return False
-    # temporary siblings of an interrupted (or concurrent) atomic write do not count
-    entries = sorted(p.name for p in out.iterdir() if not _SIBLING.match(p.name))
+    # temporary siblings of an interrupted (or concurrent) atomic write and the lock files
+    # of output folders inside (tokenweight.folder_lock) do not count
+    entries = sorted(
+        p.name for p in out.iterdir() if not (_SIBLING.match(p.name) or LOCK_PATTERN.match(p.name))
+    )
     if not entries:
         return False
     _check_earlier_output(out, entries, what, markers, known, option)
     return True
 
 
-def _check_output_place(out: Path, inputs: Sequence[str | Path], option: str) -> None:
+def check_output_place(out: str | Path, inputs: Sequence[str | Path], option: str) -> None:
     """Refuse an ``out`` that is the current directory or above it, overlaps an input, or
-    is not a folder."""
+    is not a folder (``option``: how the user named it)."""
+    out = Path(out)
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:

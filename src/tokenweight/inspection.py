@@ -366,21 +366,16 @@ def render_html(result: Inspection, title: str = "tokenweight inspect") -> str:
     )
 
 
-def _md_cell(text: str) -> str:
+def top_gains_markdown(result: Inspection, k: int = 15) -> str:
     from tokenweight.evaluation.report import md_escape
 
-    # a backtick would open a code span across cells
-    return md_escape(text).replace("`", "'")
-
-
-def top_gains_markdown(result: Inspection, k: int = 15) -> str:
     lines = [
         "| pos | before | token | long NLL | short NLL | gain | weight |",
         "|---:|---|---|---:|---:|---:|---:|",
     ]
     for r in result.top_gains(k):
         lines.append(
-            f"| {r['position']} | {_md_cell(r['before'])} | **{_md_cell(r['token'])}** | "
+            f"| {r['position']} | {md_escape(r['before'])} | **{md_escape(r['token'])}** | "
             f"{r['long_nll']:.2f} | {r['short_nll']:.2f} | {r['gain']:+.2f} | "
             f"{r['weight']:.2f} |"
         )

@@ -97,28 +97,48 @@ MODEL_SHAPES: dict[str, ModelShape] = {
 }
 
 
-def shape_from_config(config: Any) -> ModelShape:
-    """A :class:`ModelShape` from a transformers config (object or ``config.json`` dict)."""
+_REQUIRED_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "vocab_size",
+)
+
+
+def shape_from_config(config: Any, where: str = "the model config") -> ModelShape:
+    """A :class:`ModelShape` from a transformers config (object or ``config.json`` dict).
+
+    Every size must be a positive integer; ``where`` names the source in the error."""
+    if isinstance(config, (list, str, int, float)) or config is None:
+        raise TokenWeightError(
+            f"{where} holds a JSON {type(config).__name__}, not an object of model settings"
+        )
     get: Callable[..., Any] = (
         config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     )
-    try:
-        heads = int(get("num_attention_heads"))
-        return ModelShape(
-            hidden=int(get("hidden_size")),
-            layers=int(get("num_hidden_layers")),
-            intermediate=int(get("intermediate_size")),
-            heads=heads,
-            kv_heads=int(get("num_key_value_heads") or heads),
-            vocab=int(get("vocab_size")),
-            tied_embeddings=bool(get("tie_word_embeddings", False)),
-            head_dim=get("head_dim"),
-        )
-    except (TypeError, ValueError):
+    missing = [k for k in _REQUIRED_SIZES if get(k) is None]
+    if missing:
         raise TokenWeightError(
-            "the model config lacks hidden_size, num_hidden_layers, intermediate_size, "
-            "num_attention_heads or vocab_size (a Llama-style decoder is expected)"
-        ) from None
+            f"{where} lacks {', '.join(missing)} (a Llama-style decoder is expected)"
+        )
+    sizes = {k: get(k) for k in (*_REQUIRED_SIZES, "num_key_value_heads", "head_dim")}
+    for key, value in sizes.items():
+        if value is None and key in ("num_key_value_heads", "head_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TokenWeightError(f"{where}: {key} must be a positive integer, got {value!r}")
+    heads = sizes["num_attention_heads"]
+    return ModelShape(
+        hidden=sizes["hidden_size"],
+        layers=sizes["num_hidden_layers"],
+        intermediate=sizes["intermediate_size"],
+        heads=heads,
+        kv_heads=sizes["num_key_value_heads"] or heads,
+        vocab=sizes["vocab_size"],
+        tied_embeddings=bool(get("tie_word_embeddings", False)),
+        head_dim=sizes["head_dim"],
+    )
 
 
 @dataclass(frozen=True)

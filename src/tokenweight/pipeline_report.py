@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
-from tokenweight.evaluation.report import markdown_table, md_escape
+from tokenweight.evaluation.report import format_number, markdown_table, md_escape
 from tokenweight.files import atomic_write_text
 from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
 
@@ -41,14 +40,6 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in rows if "nll" in r or "weighted_loss" in r]
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -68,18 +59,18 @@ def _training_section(runs: dict[str, Path], work: Path) -> list[str]:
         nll = col("nll")
         rows.append(
             [
-                f"`{scheme}`",
+                scheme,  # escaped by markdown_table
                 str(summary.get("scorer", "-")),
                 str(summary.get("global_step", len(log))),
-                _fmt(nll[0] if nll else None),
-                _fmt(nll[-1] if nll else None),
-                _fmt(_mean(col("weight_mean"))),
-                _fmt(_mean(col("weight_std"))),
-                _fmt(max(col("weight_max"), default=None)),
-                _fmt(_mean(col("weight_nonzero"))),
-                _fmt(_mean(col("abs_score"))),
-                _fmt(_mean(col("step_time")), 1),
-                _fmt(_mean(col("scoring_share")), 2),
+                format_number(nll[0] if nll else None),
+                format_number(nll[-1] if nll else None),
+                format_number(_mean(col("weight_mean"))),
+                format_number(_mean(col("weight_std"))),
+                format_number(max(col("weight_max"), default=None)),
+                format_number(_mean(col("weight_nonzero"))),
+                format_number(_mean(col("abs_score"))),
+                format_number(_mean(col("step_time")), 1),
+                format_number(_mean(col("scoring_share")), 2),
             ]
         )
     out += markdown_table(
@@ -141,15 +132,15 @@ def _inspect_section(work: Path) -> list[str]:
         "## Which tokens get weight",
         "",
         f"The start model read {s.get('targets', 0) + 1} tokens of the held-out "
-        f"`{meta.get('document', '?')}` once with the whole passage as context and once in "
+        f"{md_escape(meta.get('document', '?'))} once with the whole passage as context and once in "
         f"{data['window']}-token windows (stride {data['stride']}). Mean NLL: "
-        f"{_fmt(s.get('mean_long_nll'))} nats with long context, "
-        f"{_fmt(s.get('mean_short_nll'))} with short; "
-        f"{_fmt(100 * s.get('share_gain_over_1_nat', 0), 1)}% of targets gain more than "
-        f"1 nat from the long context and {_fmt(100 * s.get('share_gain_over_2_nats', 0), 1)}% "
-        f"more than 2 nats. Under `{data['scheme']}` the weights have mean "
-        f"{_fmt(s.get('weight_mean'))}, std {_fmt(s.get('weight_std'))}, max "
-        f"{_fmt(s.get('weight_max'))}.",
+        f"{format_number(s.get('mean_long_nll'))} nats with long context, "
+        f"{format_number(s.get('mean_short_nll'))} with short; "
+        f"{format_number(100 * s.get('share_gain_over_1_nat', 0), 1)}% of targets gain more than "
+        f"1 nat from the long context and {format_number(100 * s.get('share_gain_over_2_nats', 0), 1)}% "
+        f"more than 2 nats. Under {md_escape(data['scheme'])} the weights have mean "
+        f"{format_number(s.get('weight_mean'))}, std {format_number(s.get('weight_std'))}, max "
+        f"{format_number(s.get('weight_max'))}.",
         "",
         "Token heat map (open in a browser; hover for numbers): "
         "[inspect/inspect.html](inspect/inspect.html)",
@@ -185,8 +176,8 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
         rows.append(
             [
                 label,
-                _fmt(ppl.get("perplexity"), 2),
-                _fmt(lp.get("longppl"), 2),
+                format_number(ppl.get("perplexity"), 2),
+                format_number(lp.get("longppl"), 2),
                 str(lp.get("key_tokens", "-")),
                 *cells,
             ]
@@ -257,7 +248,7 @@ def write_report(
     lines += _training_section(runs, work)
     lines += _eval_section(work, ["start", *runs])
     lines += ["## Settings", ""]
-    lines += markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in config_table(config)])
+    lines += markdown_table(["setting", "value"], [[k, v] for k, v in config_table(config)])
     lines.append("")
     path = work / "report.md"
     atomic_write_text(path, "\n".join(lines))
@@ -278,13 +269,14 @@ def _summary_section(
         "# tokenweight report",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by tokenweight {__version__} "
-        f"(torch {torch.__version__}, {platform.machine()}, device `{device}`, "
+        f"(torch {torch.__version__}, {platform.machine()}, device {md_escape(device)}, "
         f"{torch.get_num_threads()} CPU threads).",
         "",
-        f"**What ran.** The model `{config.model}` ({model_dir}) was trained on "
+        f"**What ran.** The model {md_escape(config.model)} ({md_escape(model_dir)}) was "
+        "trained on "
         f"{counts.get('sequences', '?')} sequences of {config.seq_len} tokens cut from "
-        f"{counts.get('documents', '?')} documents of `{corpus}`, once per scheme "
-        f"({', '.join(f'`{s}`' for s in config.schemes)}), each for {config.max_steps} "
+        f"{counts.get('documents', '?')} documents of {md_escape(corpus)}, once per scheme "
+        f"({md_escape(', '.join(config.schemes))}), each for {config.max_steps} "
         f"optimizer steps from the same start. Short-context NLL came from "
         f"{config.window}-token windows of "
         + (
@@ -294,7 +286,7 @@ def _summary_section(
         )
         + f". RoPE theta {'unchanged' if config.rope_theta is None else config.rope_theta}. "
         f"The start model and every trained model were then evaluated on the held-out "
-        f"documents {', '.join(f'`{d}`' for d in config.held_out)}.",
+        f"documents {md_escape(', '.join(config.held_out))}.",
         "",
     ]
 

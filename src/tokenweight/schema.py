@@ -37,6 +37,7 @@ __all__ = [
     "one_of",
     "positive",
     "probability",
+    "require",
     "seed_range",
 ]
 
@@ -63,6 +64,16 @@ def seed_range(value: int) -> str | None:
 
 def probability(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def require(value: Any, rule: Callable[[Any], str | None], name: str) -> Any:
+    """``value`` if ``rule`` finds no problem with it; else :class:`TokenWeightError`
+    naming ``name`` (the flag or dotted key the user wrote), e.g.
+    ``require(args.seed, seed_range, "--seed")``."""
+    problem = rule(value)
+    if problem:
+        raise TokenWeightError(f"{name} {problem}, got {_describe(value)}")
+    return value
 
 
 def checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:

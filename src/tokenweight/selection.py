@@ -21,6 +21,7 @@ was scored on before and after writing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ import numpy as np
 
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.metrics import LONGPPL_ALPHA, LONGPPL_BETA, is_key_token
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KEY_GAIN",
@@ -146,12 +149,7 @@ def choose(
     """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
-    if (top is None) == (threshold is None):
-        raise TokenWeightError("choose one of --top FRACTION or --threshold VALUE")
-    if top is not None and not 0 < top <= 1:
-        raise TokenWeightError(f"--top must be a fraction in (0, 1], got {top}")
-    if not 0 <= keep_short <= 1:
-        raise TokenWeightError(f"--keep-short must be a fraction in [0, 1], got {keep_short}")
+    _check_fractions(top, threshold, keep_short)
     selected = np.zeros(n, dtype=bool)
     if top is not None:
         order = np.argsort(-values, kind="stable")
@@ -240,11 +238,28 @@ def _read_scores(ds: Any, prep: Any, scored: Path, prepared: Path) -> _Scores:
     return scores
 
 
-def _check_choice(by: str, level: str) -> None:
+def _check_fractions(top: float | None, threshold: float | None, keep_short: float) -> None:
+    """``--top`` or ``--threshold`` (one of them), ``--keep-short``: in range."""
+    if (top is None) == (threshold is None):
+        raise TokenWeightError("choose one of --top FRACTION or --threshold VALUE")
+    if top is not None and not 0 < top <= 1:
+        raise TokenWeightError(f"--top must be a fraction in (0, 1], got {top}")
+    if not 0 <= keep_short <= 1:
+        raise TokenWeightError(f"--keep-short must be a fraction in [0, 1], got {keep_short}")
+
+
+def _check_choice(by: str, level: str, bucket: int | None, show: int, seed: int) -> None:
+    """Step: the options, named by their flags, before anything is read."""
+    from tokenweight.schema import non_negative, positive, require, seed_range
+
     if by not in STATISTICS:
         raise TokenWeightError(f"--by must be one of {', '.join(STATISTICS)}, got {by!r}")
     if level not in ("sequence", "document"):
         raise TokenWeightError(f"--level must be sequence or document, got {level!r}")
+    if bucket is not None:
+        require(bucket, positive, "--bucket")
+    require(show, non_negative, "--show")
+    require(seed, seed_range, "--seed")
 
 
 def _doc_ids(prep: Any) -> np.ndarray:
@@ -347,48 +362,66 @@ def select_dataset(
     ``bucket`` (tokens) defaults to the scoring window. See :func:`choose` for ``top``,
     ``threshold`` and ``keep_short``.
     """
+    from tokenweight.data.manifest import FINGERPRINT
     from tokenweight.data.prepare import MANIFEST
+    from tokenweight.data.store import rows_fingerprint
     from tokenweight.files import atomic_dir, atomic_write_json
+    from tokenweight.folder_lock import output_lock
 
     scored, prepared, out = Path(scored), Path(prepared), Path(out)
-    _check_choice(by, level)
-    _check_out(out, overwrite)
-    ds, prep, sman, pman = _load_scores(scored, prepared)
-    bucket = bucket or int(sman["window"])
-    scores = _read_scores(ds, prep, scored, prepared)
-    doc_ids = _doc_ids(prep)
-    stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
-    per_seq = aggregate(stats)
-    units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
-    selected, extra = choose(
-        units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
-    )
-    keep_unit = selected | extra
-    rows = _kept_rows(keep_unit, units, doc_ids, level, by)
+    _check_choice(by, level, bucket, show, seed)
+    _check_fractions(top, threshold, keep_short)
+    _check_out(out, overwrite, (scored, prepared))
+    with output_lock(out, "--out"):  # one writer per folder, from here to the end
+        _check_out(out, overwrite, (scored, prepared))  # again: another run may have written
+        ds, prep, sman, pman = _load_scores(scored, prepared)
+        bucket = bucket if bucket is not None else int(sman["window"])
+        scores = _read_scores(ds, prep, scored, prepared)
+        doc_ids = _doc_ids(prep)
+        stats = target_stats(scores.short, scores.long, scores.mask, bucket=bucket)
+        per_seq = aggregate(stats)
+        units = per_seq if level == "sequence" else aggregate(stats, doc_ids)
+        if not np.any(units[by]):
+            logger.warning(
+                "every %s has %s 0 (no target gains from the long context): the selection is "
+                "arbitrary (the first ones in order); check the scores or the scoring window",
+                level,
+                by,
+            )
+        selected, extra = choose(
+            units[by], top=top, threshold=threshold, keep_short=keep_short, seed=seed
+        )
+        keep_unit = selected | extra
+        rows = _kept_rows(keep_unit, units, doc_ids, level, by)
 
-    summary = _summary(units, per_seq, selected, extra, rows, by, level, bucket, stats)
-    summary["settings"] = _settings(
-        scored, prepared, sman, by, level, top, threshold, keep_short, seed, bucket
-    )
-    chosen = prep.select(rows.tolist())
-    manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
-    try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            chosen.save_to_disk(str(tmp))
-            atomic_write_json(tmp / MANIFEST, manifest)
-            _verify_written(tmp, rows, scores.hashes)
-            summary["rows"] = rows.tolist()
-            summary["hashes_verified"] = len(rows)
-            _write_report(tmp, summary, units, keep_unit, by, level, show, prep, pman)
-    except FileExistsError:
-        raise TokenWeightError(
-            f"output folder {out} appeared meanwhile; choose another --out"
-        ) from None
-    return SelectionResult(out=out, summary=summary, units=units, kept=keep_unit)
+        summary = _summary(units, per_seq, selected, extra, rows, by, level, bucket, stats)
+        summary["settings"] = _settings(
+            scored, prepared, sman, by, level, top, threshold, keep_short, seed, bucket
+        )
+        chosen = prep.select(rows.tolist())
+        manifest = _selected_manifest(pman, summary["settings"], rows, scores.mask)
+        manifest[FINGERPRINT] = rows_fingerprint(chosen)
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                chosen.save_to_disk(str(tmp))
+                atomic_write_json(tmp / MANIFEST, manifest)
+                _verify_written(tmp, rows, scores.hashes)
+                summary["rows"] = rows.tolist()
+                summary["hashes_verified"] = len(rows)
+                _write_report(tmp, summary, units, keep_unit, by, level, show, prep, pman)
+        except FileExistsError:
+            raise TokenWeightError(
+                f"output folder {out} appeared meanwhile; choose another --out"
+            ) from None
+        return SelectionResult(out=out, summary=summary, units=units, kept=keep_unit)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """An existing ``out`` may only be replaced (``overwrite``) if ``select`` wrote it."""
+def _check_out(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """An existing ``out`` may only be replaced (``overwrite``) if ``select`` wrote it; the
+    output-folder rule of every command holds too."""
+    from tokenweight.files import check_output_dir
+
+    check_output_dir(out, "tokenweight select output", markers=(SELECTION_FILE,), inputs=inputs)
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -469,12 +502,6 @@ def _snippet(prep: Any, pman: dict[str, Any], row: int, chars: int = 90) -> str:
     return " ".join(text.split())[:chars]
 
 
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text).replace("|", "&#124;").replace("`", "&#96;")
-
-
 def _write_report(
     folder: Path,
     summary: dict[str, Any],
@@ -541,7 +568,7 @@ def _units_table(
                 str(int(units["rows"][i])),
                 f"{units['key_share'][i]:.2%}",
                 f"{units['mean_gain'][i]:.3f}",
-                _escape(_snippet(prep, pman, row)),
+                _snippet(prep, pman, row),  # escaped by markdown_table
             ]
         )
     return markdown_table([name, "sequences", "key share", "mean gain", "text"], rows)

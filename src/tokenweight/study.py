@@ -36,6 +36,7 @@ from tokenweight.schema import (
     non_negative,
     one_of,
     positive,
+    seed_range,
 )
 from tokenweight.steps import Steps, folder_fingerprint, run_dir_name
 
@@ -206,6 +207,57 @@ class StudyConfig:
             raise TokenWeightError(f"probe_depths: fractions in [0, 1], got {self.probe_depths}")
         if not 0 < self.confidence < 1:
             raise TokenWeightError(f"confidence: must be in (0, 1), got {self.confidence}")
+        self._validate_numbers()
+        self._validate_folders()
+
+    def _validate_numbers(self) -> None:
+        """Seeds, the window and its stride, the selection fraction: before any work."""
+        from tokenweight.scoring import require_short_window
+
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed_range(seed):
+                raise TokenWeightError(
+                    f"seeds: each seed must be an integer in [0, 4294967295], got {seed!r}"
+                )
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise TokenWeightError(
+                f"seeds: {', '.join(map(str, repeated))} given more than once; a repeated "
+                "seed would count one training twice in the paired differences"
+            )
+        if self.stride is not None and not 1 <= self.stride < self.window:
+            raise TokenWeightError(
+                f"stride: must be at least 1 and smaller than window ({self.window}), "
+                f"got {self.stride}"
+            )
+        if not 0 < self.select_top <= 1:
+            raise TokenWeightError(
+                f"select_top: must be a fraction in (0, 1], got {self.select_top}"
+            )
+        if self.data is None or (Path(self.data) / "manifest.json").is_file():
+            # (data not prepared yet: checked when the study starts, after it is)
+            require_short_window(self.window, _seq_len(self), "window")
+
+    def _validate_folders(self) -> None:
+        """``work_dir`` apart from every input and not a data folder; held-out data that
+        differs from the training data."""
+        from tokenweight.files import check_output_place
+
+        inputs = [p for p in (self.data, self.eval_data, self.model, self.cache_dir) if p]
+        check_output_place(self.work_dir, inputs, "work_dir")
+        if (Path(self.work_dir) / "manifest.json").is_file():
+            raise TokenWeightError(
+                f"work_dir: {self.work_dir} is a data folder (it holds manifest.json); "
+                "choose a new folder for the study"
+            )
+        if self.data is not None and self.eval_data is not None:
+            same = Path(self.data).resolve() == Path(self.eval_data).resolve()
+            fingerprints = {_data_fingerprint(p) for p in (self.data, self.eval_data)}
+            if same or (len(fingerprints) == 1 and None not in fingerprints):
+                raise TokenWeightError(
+                    f"eval_data: {self.eval_data} holds the same data as data ({self.data}); "
+                    "held-out data must be other sequences than the training data"
+                )
 
     @property
     def run_specs(self) -> list[RunSpec]:
@@ -229,6 +281,17 @@ def load_study_config(path: str | Path | None = None, overrides: Sequence[str] =
 
 
 # ------------------------------------------------------------------ planning
+def _data_fingerprint(folder: str) -> str | None:
+    """The content fingerprint in a data folder's manifest (``None``: none to read)."""
+    from tokenweight.data.manifest import FINGERPRINT
+
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get(FINGERPRINT) if isinstance(manifest, dict) else None
+
+
 def _seq_len(config: StudyConfig) -> int:
     if config.data is None:
         return int(config.synth.get("seq_len", 512))
@@ -1021,7 +1084,9 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
 
 
 def write_study_report(results: dict[str, Any], work: Path) -> Path:
-    """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown."""
+    """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown.
+    Run names and metrics are user text: escaped in tables and prose alike."""
+    from tokenweight.evaluation.report import md_escape
     from tokenweight.study_verdict import bottom_line, context_warning
 
     atomic_write_json(work / "study.json", results)
@@ -1030,7 +1095,7 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
     lines = [
         "# Study",
         "",
-        f"Baseline: **{results['baseline']}**. Seeds {results['seeds']}, "
+        f"Baseline: **{md_escape(results['baseline'])}**. Seeds {results['seeds']}, "
         f"{results['held_out_sequences']} held-out sequences; original context "
         f"{results['config']['window']} tokens. Differences are run minus baseline in mean NLL "
         f"(nats; negative = better), paired over the same targets and seeds, with "
@@ -1135,6 +1200,8 @@ def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[s
 
 def _in_words(results: dict[str, Any]) -> list[str]:
     """One bullet per run: its first metric and how many metrics it is better or worse on."""
+    from tokenweight.evaluation.report import md_escape
+
     lines = []
     diffs = [d for d in results["differences"] if d["targets"]]
     for run in results["runs"]:
@@ -1145,10 +1212,11 @@ def _in_words(results: dict[str, Any]) -> list[str]:
         better = [d["metric"] for d in mine if d["verdict"].startswith("better")]
         head = mine[0]
         lines.append(
-            f"- **{run}**: {head['metric']} {_fmt(head['diff'], sign=True)} nats "
+            f"- **{md_escape(run)}**: {md_escape(head['metric'])} "
+            f"{_fmt(head['diff'], sign=True)} nats "
             f"[{_fmt(head['low'], sign=True)}, {_fmt(head['high'], sign=True)}], "
             f"{head['verdict']}; over all {len(mine)} metrics: better on {len(better)}"
-            + (f" ({', '.join(better)})" if better else "")
+            + (f" ({md_escape(', '.join(better))})" if better else "")
             + f", worse on {len(worse)}, inside the noise on {len(mine) - len(better) - len(worse)}."
         )
     if all(d["inside_noise"] for d in diffs):

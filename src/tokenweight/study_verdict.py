@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tokenweight.evaluation.report import md_escape
 from tokenweight.paired import holm
 
 __all__ = [
@@ -114,7 +115,8 @@ def _num(x: float, digits: int = 3) -> str:
 
 def _item(d: dict[str, Any]) -> str:
     unit = "" if d["metric"].startswith("probe") else " nats"
-    return f"{d['metric']} {_num(d['diff'])}{unit} [{_num(d['low'])}, {_num(d['high'])}]"
+    metric = md_escape(d["metric"])
+    return f"{metric} {_num(d['diff'])}{unit} [{_num(d['low'])}, {_num(d['high'])}]"
 
 
 def _listing(rows: Sequence[dict[str, Any]]) -> str:
@@ -122,7 +124,7 @@ def _listing(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _names(runs: Sequence[str]) -> str:
-    return ", ".join(f"**{r}**" for r in runs)
+    return ", ".join(f"**{md_escape(r)}**" for r in runs)
 
 
 def bottom_line(results: dict[str, Any]) -> list[str]:
@@ -130,6 +132,7 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
     cost elsewhere, the probes, and the correction used (``results``: ``study.json``
     with :func:`apply_holm` applied and ``families``: metric -> family)."""
     base, fam = results["baseline"], results["families"]
+    shown = md_escape(base)  # run names and metrics are user text
     corr = results["correction"]
     diffs = [d for d in results["differences"] if d.get("targets")]
     conf = 1 - corr["alpha"]
@@ -138,13 +141,13 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         f"comparisons of this study (metrics x runs; family-wise error {corr['alpha']:.0%}). "
         f"Read one by one at {conf:.0%}, about {corr['expected_false_uncorrected']:.1f} of "
         f"them would fall outside the noise by chance alone if no run differed from "
-        f"{base}; {corr['outside_noise_uncorrected']} do.",
+        f"{shown}; {corr['outside_noise_uncorrected']} do.",
         "",
     ]
     families = {f: [m for m in results["metrics"] if fam.get(m) == f] for f in (LONG_RANGE, OTHER)}
     lines.append(
-        f"- Long-range targets: {', '.join(families[LONG_RANGE]) or 'none in this study'}; "
-        f"other targets: {', '.join(families[OTHER]) or 'none'}."
+        f"- Long-range targets: {md_escape(', '.join(families[LONG_RANGE])) or 'none in this study'}; "
+        f"other targets: {md_escape(', '.join(families[OTHER])) or 'none'}."
     )
     runs = [r for r in results["runs"] if r != base]
     beat: list[str] = []
@@ -157,7 +160,7 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         bad = [d for d in long if d["holds"] == "worse"]
         (mixed if good and bad else beat if good else worse if bad else none).append(run)
     if beat:
-        lines.append(f"- **Better than {base} on the long-range targets:** {_names(beat)}.")
+        lines.append(f"- **Better than {shown} on the long-range targets:** {_names(beat)}.")
         for run in beat:
             long = [
                 d
@@ -174,20 +177,20 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
                 if cost
                 else "no cost elsewhere that holds"
             ) + (f"; also better on {_listing(gain)}" if gain else "")
-            lines.append(f"  - **{run}**: {_listing(long)}; {elsewhere}.")
+            lines.append(f"  - **{md_escape(run)}**: {_listing(long)}; {elsewhere}.")
     else:
         lines.append(
-            f"- **No run is better than {base} on the long-range targets** after the correction."
+            f"- **No run is better than {shown} on the long-range targets** after the correction."
         )
     if worse:
-        lines.append(f"- Worse than {base} on the long-range targets: {_names(worse)}.")
+        lines.append(f"- Worse than {shown} on the long-range targets: {_names(worse)}.")
         for run in worse:
             rows = [
                 d
                 for d in diffs
                 if d["run"] == run and fam.get(d["metric"]) == LONG_RANGE and d["holds"]
             ]
-            lines.append(f"  - **{run}**: {_listing(rows)}.")
+            lines.append(f"  - **{md_escape(run)}**: {_listing(rows)}.")
     if mixed:
         lines.append(f"- Better on some long-range targets, worse on others: {_names(mixed)}.")
     if none:
@@ -197,7 +200,7 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         lines.append(
             "- Retrieval probes (accuracy, positive = better): "
             + (
-                "; ".join(f"**{d['run']}** {_item(d)}" for d in probes)
+                "; ".join(f"**{md_escape(d['run'])}** {_item(d)}" for d in probes)
                 if probes
                 else "no difference holds"
             )

@@ -34,7 +34,7 @@ first token of a copy cannot be predicted (where a copy starts is random); targe
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.schema import seed_range
 
 __all__ = [
     "DEPENDENCIES",
@@ -103,20 +104,20 @@ class SynthConfig:
             out.append((int(pair[0]), int(pair[1])))
         return out
 
-    def _validate_roles(self) -> None:
+    def _validate_roles(self, key: Callable[[str], str]) -> None:
         if self.content not in ("spans", "facts"):
-            raise TokenWeightError(f"content: spans or facts, got {self.content!r}")
+            raise TokenWeightError(f"{key('content')}: spans or facts, got {self.content!r}")
         if self.filler not in ("bigram", "document"):
-            raise TokenWeightError(f"filler: bigram or document, got {self.filler!r}")
+            raise TokenWeightError(f"{key('filler')}: bigram or document, got {self.filler!r}")
         n_keys, n_values = _roles(self)
         if self.content == "facts":
             if self.span != 2:
                 raise TokenWeightError(
-                    f"span: facts are [key, value] pairs, set span: 2 (got {self.span})"
+                    f"{key('span')}: facts are [key, value] pairs, set span: 2 (got {self.span})"
                 )
             if self.keys < self.copies * len(self.distances):
                 raise TokenWeightError(
-                    f"keys: every fact of a row needs its own key; {self.copies} copies x "
+                    f"{key('keys')}: every fact of a row needs its own key; {self.copies} copies x "
                     f"{len(self.distances)} distance classes need at least "
                     f"{self.copies * len(self.distances)} keys, got {self.keys}"
                 )
@@ -124,7 +125,7 @@ class SynthConfig:
         need = self.doc_words if self.filler == "document" else self.branching
         if pool < need:
             raise TokenWeightError(
-                f"words: {self.words} words leave {pool} filler words after {n_keys} keys and "
+                f"{key('words')}: {self.words} words leave {pool} filler words after {n_keys} keys and "
                 f"{n_values} values, fewer than "
                 + (
                     f"doc_words {self.doc_words}"
@@ -133,7 +134,9 @@ class SynthConfig:
                 )
             )
 
-    def validate(self) -> None:
+    def validate(self, key: Callable[[str], str] = str) -> None:
+        """Refuse settings that cannot make a corpus; ``key(field)`` is how the user
+        named the field (``--seq-len`` on the command line, ``synth.seq_len`` in a study)."""
         for name in (
             "seq_len",
             "sequences",
@@ -147,26 +150,32 @@ class SynthConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TokenWeightError(f"{name}: must be a positive integer, got {value!r}")
+                raise TokenWeightError(f"{key(name)}: must be a positive integer, got {value!r}")
+        for name in ("seed", "grammar_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or seed_range(value):
+                raise TokenWeightError(f"{key(name)}: must be in [0, 4294967295], got {value!r}")
         if self.span < 2:
-            raise TokenWeightError(f"span: a copy needs at least 2 tokens, got {self.span}")
+            raise TokenWeightError(
+                f"{key('span')}: a copy needs at least 2 tokens, got {self.span}"
+            )
         classes = self.distance_classes()
-        self._validate_roles()
+        self._validate_roles(key)
         if any(lo < self.span for lo, _ in classes):
             raise TokenWeightError(
-                f"distances: give distances of at least span={self.span} tokens (a copy must "
+                f"{key('distances')}: give distances of at least span={self.span} tokens (a copy must "
                 f"not overlap its source), got {self.distances}"
             )
         longest = max(hi for _, hi in classes)
         if longest + self.span >= self.seq_len:
             raise TokenWeightError(
-                f"distances: {longest} + span {self.span} does not fit in a "
+                f"{key('distances')}: {longest} + span {self.span} does not fit in a "
                 f"{self.seq_len}-token sequence after BOS; use a longer seq_len"
             )
         room = (self.seq_len - 1) // (2 * self.span)
         if self.copies * len(self.distances) > room:
             raise TokenWeightError(
-                f"copies: {self.copies} per distance x {len(self.distances)} distances do not "
+                f"{key('copies')}: {self.copies} per distance x {len(self.distances)} distances do not "
                 f"fit (at most {room} copies of {self.span} tokens with their sources per "
                 f"{self.seq_len}-token sequence); lower copies or span"
             )
@@ -370,15 +379,40 @@ def write_synth(
 ) -> dict[str, Any]:
     """Generate the corpus and write it as a prepared dataset with ``dependencies.json``;
     returns the prepared manifest. ``overwrite`` replaces only an earlier synth output."""
-    import datasets
-
-    from tokenweight.data.prepare import MANIFEST, column_features
+    from tokenweight.data.prepare import MANIFEST
     from tokenweight.files import atomic_dir, atomic_write_json
-    from tokenweight.models import load_tokenizer
+    from tokenweight.folder_lock import output_lock
 
     out = Path(out)
     config.validate()
     _check_synth_out(out, overwrite)
+    with output_lock(out, "--out"):  # one writer per folder, from here to the end
+        _check_synth_out(out, overwrite)  # again: another run may have written
+        ds, manifest, record = _generate_rows(config, tokenizer)
+        try:
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                ds.save_to_disk(str(tmp))
+                atomic_write_json(tmp / MANIFEST, manifest)
+                atomic_write_json(tmp / DEPENDENCIES, record)
+        except FileExistsError:
+            raise TokenWeightError(
+                f"output folder {out} appeared meanwhile; choose another --out"
+            ) from None
+    return manifest
+
+
+def _generate_rows(
+    config: SynthConfig, tokenizer: str | os.PathLike[str]
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Step: the rows (a ``datasets.Dataset``), their prepared manifest (with its
+    fingerprint) and the side record of every copy."""
+    import datasets
+
+    from tokenweight.data.manifest import FINGERPRINT
+    from tokenweight.data.prepare import column_features
+    from tokenweight.data.store import rows_fingerprint
+    from tokenweight.models import load_tokenizer
+
     tok = load_tokenizer(tokenizer)
     words = word_tokens(tok, config.words, config.grammar_seed)
     ids, successors, copies = generate(config, words, tok.bos_token_id)
@@ -392,6 +426,7 @@ def write_synth(
         table, features=column_features({"input_ids": "[int32]", "doc_id": "int64", "row": "int64"})
     )
     manifest = _synth_manifest(config, tok, tokenizer, sorted(ds.column_names))
+    manifest[FINGERPRINT] = rows_fingerprint(ds)
     record = {
         "format": SYNTH_FORMAT,
         "config": asdict(config),
@@ -400,21 +435,16 @@ def write_synth(
         "words": words.tolist(),
         "successors": successors.tolist(),
     }
-    try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            ds.save_to_disk(str(tmp))
-            atomic_write_json(tmp / MANIFEST, manifest)
-            atomic_write_json(tmp / DEPENDENCIES, record)
-    except FileExistsError:
-        raise TokenWeightError(
-            f"output folder {out} appeared meanwhile; choose another --out"
-        ) from None
-    return manifest
+    return ds, manifest, record
 
 
 def _check_synth_out(out: Path, overwrite: bool) -> None:
     """Step: an existing ``out`` is replaced only with ``overwrite`` and only when it is an
-    earlier synth output (it holds the side record)."""
+    earlier synth output (it holds the side record); the output-folder rule of every
+    command (a folder, apart from the current directory) holds too."""
+    from tokenweight.files import check_output_dir
+
+    check_output_dir(out, "tokenweight synth output", markers=(DEPENDENCIES,))
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise TokenWeightError(f"output folder {out} exists; pass --overwrite to replace it")

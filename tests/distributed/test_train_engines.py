@@ -219,3 +219,44 @@ def test_fsdp2_with_frozen_scorers_adamw_clipping_and_a_resume(assets, tmp_path)
 def _logged(out: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return [r[key] for r in rows if key in r and "learning_rate" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["none", "torchrun"])
+def test_one_process_deepspeed_equals_one_process_without_it(assets, single, tmp_path, launcher):
+    """``tokenweight train`` with the shipped ZeRO-2 and ZeRO-3 files in one process, started
+    without a launcher (nothing describes a process group: DeepSpeed would look for MPI)
+    and under ``torchrun --nproc_per_node 1``: the same step losses and final parameters as
+    one process without DeepSpeed (same batch of 2 sequences per step). Without a
+    launcher also ZeRO-3 with parameters and optimizer state offloaded to the CPU (once:
+    the slowest to start)."""
+    import subprocess
+    import sys
+
+    from helpers.distributed import subprocess_env
+
+    files, outs = [], {}
+    stages = ("zero2", "zero3") + (("zero3_offload",) if launcher == "none" else ())
+    for stage in stages:
+        outs[stage] = tmp_path / f"out-{stage}"
+        engine = {"deepspeed": deepspeed_file(f"{stage}.json", tmp_path)}
+        config = _config(assets, "dense_self", outs[stage], accumulation=2, engine=engine)
+        files.append(tmp_path / f"{stage}.yaml")
+        files[-1].write_text(yaml.safe_dump(config))
+    env = subprocess_env()
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    driver = str(Path(__file__).parents[1] / "helpers" / "dist_train_many.py")
+    start = [sys.executable]
+    if launcher == "torchrun":
+        start += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    proc = subprocess.run(
+        [*start, driver, *map(str, files)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "mpi4py" not in proc.stderr
+    single_dense = {stage: single["dense_self"] for stage in outs}
+    begin = load_file(str(assets[1] / "model.safetensors"))
+    assert_runs_match_one_process(
+        outs, single_dense, begin, STEPS, LOSS_TOL, PARAM_TOL, f"1 process ({launcher})"
+    )

@@ -5,6 +5,7 @@ are the other ``test_safety_*.py`` files of this folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,122 @@ def _yaml(work: Path, name: str, data: bytes) -> Path:
 
 def _passage(work: Path) -> Path:
     return _yaml(work, "passage.txt", (CORPUS_DIR / "orchard.txt").read_bytes())
+
+
+# ---- outputs in use and outputs that cannot be written, for every command that writes
+_HELD: list = []  # locks a case holds while its command runs (released by the test)
+
+
+def _in_use(folder: Path) -> Path:
+    """``folder``, locked as if another run were writing it."""
+    from tokenweight.folder_lock import acquire
+
+    _HELD.append(acquire(folder))
+    return folder
+
+
+def _under_file(work: Path) -> Path:
+    """An output that cannot be made: its parent is a regular file (also under root)."""
+    return work / "user-notes.txt" / "out"
+
+
+def _prepare_to(env, out) -> list:
+    return ["prepare", env["corpus"], "--tokenizer", env["tok"], "--seq-len", N, "--out", out]
+
+
+def _writers(env, out) -> dict[str, list]:
+    """Every command that writes a folder, writing ``out`` (``option``: how it names it)."""
+    select = ["select", env["scored"], "--prepared", env["prep"], "--top", 0.5, "--out", out]
+    study = ["study", f"work_dir={out}", "seeds=[0]"]
+    return {
+        "prepare --out": _prepare_to(env, out),
+        "score --out": [*score_argv(env), "--out", out],
+        "train train.output_dir": None,  # built per case (needs a config file)
+        "eval --out": ["eval", env["model"], "--tasks", "passkey", "--lengths", 64, "--out", out],
+        "inspect --out": ["inspect", env["model"], None, "--window", W, "--out", out],
+        "select --out": select,
+        "synth --out": [
+            "synth",
+            "--tokenizer",
+            env["tok"],
+            *("--out", out, "--seq-len", 64, "--sequences", 2, "--distances", 8, "--copies", 1),
+        ],
+        "study work_dir": study,
+        "demo work_dir": ["demo", f"work_dir={out}"],
+    }
+
+
+_WRITERS = (
+    "prepare --out",
+    "score --out",
+    "train train.output_dir",
+    "eval --out",
+    "inspect --out",
+    "select --out",
+    "synth --out",
+    "study work_dir",
+    "demo work_dir",
+)
+
+
+def _writer_case(command: str, make_out):
+    def build(env, work):
+        out = make_out(work)
+        argv = _writers(env, out)[command]
+        if command.startswith("train"):
+            argv = ["train", train_yaml(env, work), f"train.output_dir={out}"]
+        if command.startswith("inspect"):
+            argv[2] = _passage(work)
+        option = command.split()[1]
+        needle = "is in use by pid" if make_out is not _under_file else "cannot be written"
+        return argv, f"{option} {out} {needle}"
+
+    return build
+
+
+def _config_json(work: Path, data) -> Path:
+    folder = work / "shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(data))
+    return folder
+
+
+_SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "vocab_size": 256,
+}
+
+
+def _case_scores_window_contradicts(env, work):
+    scorer = {"kind": "precomputed", "window": 2 * W}
+    config = train_yaml(env, work, data={"path": str(env["scored"])}, scorer=scorer)
+    return ["train", config], f"scorer.window: the config says {2 * W}"
+
+
+def _case_manifest_names_a_file_outside(env, work):
+    scored = _copy(env, "scored", work)
+    manifest = json.loads((scored / "manifest.json").read_text())
+    outside = work / "other.arrow"
+    shutil.copy(scored / manifest["shards"][0]["file"], outside)
+    manifest["shards"][0]["file"] = "../other.arrow"  # same bytes, same hash: still refused
+    (scored / "manifest.json").write_text(json.dumps(manifest))
+    config = train_yaml(env, work, data={"path": str(scored)}, scorer={"kind": "precomputed"})
+    return ["train", config], "'../other.arrow', which is not a file of"
+
+
+def _case_prepared_state_names_a_file_outside(env, work):
+    prep = _copy(env, "prep", work)
+    state = json.loads((prep / "state.json").read_text())
+    state["_data_files"][0]["filename"] = "../../elsewhere.arrow"
+    (prep / "state.json").write_text(json.dumps(state))
+    return _score_copy(env, work), "which is not a file of"
+
+
+def _study_dry(*settings: str) -> list:
+    return ["study", "--dry-run", *settings]
 
 
 CATALOGUE = {
@@ -225,6 +342,127 @@ CATALOGUE = {
         ["demo", _yaml(work, "s.yaml", b"seq_len: 64\nseq_len: 128\n"), "--print-config"],
         "'seq_len' is given twice",
     ),
+    # one writer per folder; outputs that cannot be written (under a regular file)
+    **{
+        f"{command} in use": _writer_case(command, lambda work: _in_use(work / "out"))
+        for command in _WRITERS
+    },
+    **{f"{command} under a file": _writer_case(command, _under_file) for command in _WRITERS},
+    # values checked before any work, named as the user wrote them
+    "train train.sequence_parallel=2 in one process": lambda env, work: (
+        [
+            "train",
+            train_yaml(env, work),
+            "train.sequence_parallel=2",
+            "train.deepspeed=configs/deepspeed/zero2.json",
+        ],
+        "train.sequence_parallel: 2 must divide the number of processes of this launch (1)",
+    ),
+    "train scorer.window contradicts the stored scores": _case_scores_window_contradicts,
+    "train scored manifest names a file outside its folder": _case_manifest_names_a_file_outside,
+    "score prepared state.json names a file outside its folder": (
+        _case_prepared_state_names_a_file_outside
+    ),
+    "prepare --seed -1": lambda env, work: (
+        [*_prepare_to(env, work / "p"), "--seed", -1],
+        "--seed must be in [0, 4294967295], got -1",
+    ),
+    "synth --seed -1": lambda env, work: (
+        ["synth", "--tokenizer", env["tok"], "--out", work / "s", "--seed", -1],
+        "--seed: must be in [0, 4294967295], got -1",
+    ),
+    "synth --seq-len 0": lambda env, work: (
+        ["synth", "--tokenizer", env["tok"], "--out", work / "s", "--seq-len", 0],
+        "--seq-len: must be a positive integer",
+    ),
+    "synth --out a file": lambda env, work: (
+        ["synth", "--tokenizer", env["tok"], "--out", work / "user-notes.txt"],
+        "exists and is not a folder",
+    ),
+    "select --seed -1": lambda env, work: (
+        [*_writers(env, work / "sel")["select --out"], "--seed", -1],
+        "--seed must be in [0, 4294967295], got -1",
+    ),
+    "select --bucket 0": lambda env, work: (
+        [*_writers(env, work / "sel")["select --out"], "--bucket", 0],
+        "--bucket must be > 0, got 0",
+    ),
+    "select --show -1": lambda env, work: (
+        [*_writers(env, work / "sel")["select --out"], "--show", -1],
+        "--show must be >= 0, got -1",
+    ),
+    "select --top 2": lambda env, work: (
+        ["select", env["scored"], "--prepared", env["prep"], "--top", 2, "--out", work / "sel"],
+        "--top must be a fraction in (0, 1], got 2",
+    ),
+    "memory num_attention_heads 0": lambda env, work: (
+        [
+            "memory",
+            "--model",
+            _config_json(work, {**_SHAPE, "num_attention_heads": 0}),
+            "--seq-len",
+            64,
+        ],
+        "num_attention_heads must be a positive integer, got 0",
+    ),
+    "memory hidden_size -1": lambda env, work: (
+        ["memory", "--model", _config_json(work, {**_SHAPE, "hidden_size": -1}), "--seq-len", 64],
+        "hidden_size must be a positive integer, got -1",
+    ),
+    "memory hidden_size as text": lambda env, work: (
+        [
+            "memory",
+            "--model",
+            _config_json(work, {**_SHAPE, "hidden_size": "4096"}),
+            "--seq-len",
+            64,
+        ],
+        "hidden_size must be a positive integer, got '4096'",
+    ),
+    "memory config.json holding a list": lambda env, work: (
+        ["memory", "--model", _config_json(work, [_SHAPE]), "--seq-len", 64],
+        "holds a JSON list",
+    ),
+    "memory --seq-len 0": lambda env, work: (
+        ["memory", "--model", "llama-3-8b", "--seq-len", 0],
+        "--seq-len must be >= 2, got 0",
+    ),
+    "memory --gpus 0": lambda env, work: (
+        ["memory", "--model", "llama-3-8b", "--seq-len", 64, "--gpus", 0],
+        "--gpus must be > 0, got 0",
+    ),
+    "memory --sp 3 with --gpus 2": lambda env, work: (
+        ["memory", "--model", "llama-3-8b", "--seq-len", 96, "--gpus", 2, "--sp", 3],
+        "--sp 3 must divide --gpus 2",
+    ),
+    "study --dry-run flops_per_second=0": lambda env, work: (
+        _study_dry("flops_per_second=0"),
+        "flops_per_second",
+    ),
+    "study --dry-run seeds=[-1]": lambda env, work: (_study_dry("seeds=[-1]"), "seeds:"),
+    "study --dry-run seeds=[0,0]": lambda env, work: (
+        _study_dry("seeds=[0,0]"),
+        "seeds: 0 given more than once",
+    ),
+    "study --dry-run seeds=[a]": lambda env, work: (_study_dry("seeds=[a]"), "seeds"),
+    "study --dry-run window=1000": lambda env, work: (_study_dry("window=1000"), "window:"),
+    "study --dry-run select_top=2": lambda env, work: (
+        _study_dry("select_top=2"),
+        "select_top: must be a fraction in (0, 1], got 2",
+    ),
+    "study --dry-run stride=0": lambda env, work: (_study_dry("stride=0"), "stride:"),
+    "study --dry-run work_dir=PREPARED": lambda env, work: (
+        _study_dry(f"work_dir={env['prep']}"),
+        "work_dir:",
+    ),
+    "study --dry-run eval_data=data": lambda env, work: (
+        _study_dry(f"data={env['prep']}", f"eval_data={env['prep']}", "window=8"),
+        "eval_data:",
+    ),
+    "configs copy under a file": lambda env, work: (
+        ["configs", "copy", "paper/dense_self", work / "user-notes.txt" / "x.yaml"],
+        "which is a file, not a folder",
+    ),
 }
 
 
@@ -240,10 +478,54 @@ def test_broken_input_catalogue(case, env, tmp_path, capsys, monkeypatch):
     argv, needle = CATALOGUE[case](env, work)
     monkeypatch.chdir(work)
     before = tree(work, env["root"])
-    rc, err = run_cli(capsys, [str(a) for a in argv])
+    try:
+        rc, err = run_cli(capsys, [str(a) for a in argv])
+        after = tree(work, env["root"])
+    finally:
+        while _HELD:
+            _HELD.pop().release()
     assert rc == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert needle in lines[0], err
+    assert after == before
+
+
+@pytest.mark.parametrize("command", _WRITERS)
+def test_an_output_folder_that_refuses_writes_is_an_error(
+    command, env, tmp_path, capsys, monkeypatch
+):
+    """An output place where no file can be created (an immutable folder or a
+    read-only mount; permission bits do not stop root, so the refusal is injected): one
+    ``error:`` line naming the option, before any work, nothing changed."""
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "user-notes.txt").write_text("not the tool's")
+    out = work / "out"
+    # commands that build their folder beside it and move it in place need its parent;
+    # the others write inside an existing one
+    beside = command.split()[0] in ("prepare", "select", "synth")
+    refused = work if beside else out
+    if not beside:
+        out.mkdir()
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if Path(path).parent == refused and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    argv, _ = _writer_case(command, lambda work: out)(env, work)
+    monkeypatch.chdir(work)
+    before = tree(work, env["root"])
+    monkeypatch.setattr(os, "open", refuse)
+    rc, err = run_cli(capsys, [str(a) for a in argv])
+    monkeypatch.undo()
+    assert rc == 2 and "Traceback" not in err, err
+    option = command.split()[1]
+    assert f"error: {option} {out} cannot be written: Permission denied" in err, err
     assert tree(work, env["root"]) == before
+    assert not any(out.iterdir()) if out.exists() else beside

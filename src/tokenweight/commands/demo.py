@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
             yaml.safe_dump({k: yaml.safe_load(v) for k, v in config_table(config)}, sort_keys=False)
         )
         return 0
-    report = run_pipeline(config)
+    from tokenweight.folder_lock import output_lock
+
+    with output_lock(config.work_dir, "work_dir"):  # one demo per folder
+        report = run_pipeline(config)
     print(f"\nreport: {report}")
     return 0

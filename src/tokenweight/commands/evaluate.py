@@ -202,14 +202,17 @@ def run(args: argparse.Namespace) -> int:
         "rope_theta": args.rope_theta,
         "max_position_embeddings": args.max_position_embeddings,
     }
-    results = run_evaluation(
-        args.models,
-        _eval_config(args),
-        out_dir=args.out,
-        scorer=args.longppl_scorer,
-        load_kwargs=load_kwargs,
-        progress=not args.no_progress,
-    )
+    from tokenweight.folder_lock import output_lock
+
+    with output_lock(args.out, "--out"):  # one writer per folder
+        results = run_evaluation(
+            args.models,
+            _eval_config(args),
+            out_dir=args.out,
+            scorer=args.longppl_scorer,
+            load_kwargs=load_kwargs,
+            progress=not args.no_progress,
+        )
     print(results_markdown(results))
     print(f"wrote {', '.join(results['files'])} to {args.out}")
     return 0

@@ -95,13 +95,23 @@ def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tokenweight.inspection import inspect_passage, write_inspection
+    from tokenweight.folder_lock import output_lock
+    from tokenweight.inspection import check_inspect_out
     from tokenweight.weighting import Scheme
 
     scheme = Scheme.parse(args.scheme)
     text = _read_passage(args)
+    with output_lock(args.out, "--out"):  # one writer per folder
+        check_inspect_out(args.out)  # again, under the lock
+        return _inspect(args, scheme, text)
+
+
+def _inspect(args: argparse.Namespace, scheme: Any, text: str) -> int:
+    """Step: load the models, measure the passage, write and print the results."""
+    from pathlib import Path
+
+    from tokenweight.inspection import inspect_passage, write_inspection
+
     tokenizer, model, short_model = _load_models(args)
     result = inspect_passage(
         model,

@@ -69,12 +69,30 @@ def _shape(model: str):
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TokenWeightError(f"--model: cannot read {path}: {exc}") from None
-    return shape_from_config(data.get("text_config", data))
+    if isinstance(data, dict) and isinstance(data.get("text_config"), dict):
+        data = data["text_config"]
+    return shape_from_config(data, f"--model {path}")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Step: the numbers given, named by their flags."""
+    from tokenweight.errors import TokenWeightError
+    from tokenweight.schema import at_least_two, positive, require
+
+    require(args.seq_len, at_least_two, "--seq-len")
+    require(args.gpus, positive, "--gpus")
+    require(args.sp, positive, "--sp")
+    require(args.micro_batch, positive, "--micro-batch")
+    if args.gpus % args.sp:
+        raise TokenWeightError(f"--sp {args.sp} must divide --gpus {args.gpus}")
+    if args.seq_len % args.sp:
+        raise TokenWeightError(f"--sp {args.sp} must divide --seq-len {args.seq_len}")
 
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.memory import estimate_memory, format_estimate
 
+    _check_options(args)
     shape = _shape(args.model)
     estimate = estimate_memory(
         shape,

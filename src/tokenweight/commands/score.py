@@ -8,6 +8,8 @@ HELP = "score a prepared dataset with a frozen model (short-context NLL, resumab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # the defaults are score_dataset's, restated (importing it would make --help load
+    # numpy); tests/test_one_definition.py checks that they agree
     parser.add_argument("prepared", metavar="DIR", help="folder written by `tokenweight prepare`")
     parser.add_argument(
         "--scorer",
@@ -39,17 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also store long_nll (full-context NLL of every target; for `tokenweight select`)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     parser.add_argument(
         "--windows-per-batch",
         type=int,
         default=None,
         help="windows per model call (default: N/W, the tokens of one long forward)",
     )
-    parser.add_argument(
-        "--shard-size", type=int, default=256, help="rows per output shard (default 256)"
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--shard-size", type=int, default=256, help="rows per output shard")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", required=True, metavar="DIR2", help="output folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="discard an existing --out and start over"

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
         dry_run(config)
         return 0
-    report = run_study(config)
+    from tokenweight.folder_lock import output_lock
+
+    with output_lock(config.work_dir, "work_dir"):  # one study per folder
+        report = run_study(config)
     print(f"study report: {report}")
     return 0

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         doc_words=args.doc_words,
         seed=args.seed,
     )
-    config.validate()
+    config.validate(key=lambda name: "--" + name.replace("_", "-"))
     tokenizer = ensure_local_model(args.tokenizer, default_cache_dir())
     write_synth(config, tokenizer, args.out, overwrite=args.overwrite)
     per_row = len(config.distances) * config.copies

@@ -14,6 +14,7 @@ examples:
   tokenweight train my_run.yaml                  # a file, e.g. from tokenweight configs copy
   torchrun --nproc_per_node 8 -m tokenweight.cli train paper/dense_self
   tokenweight train CONFIG --resume              # continue from the newest checkpoint
+  tokenweight train CONFIG scheme=uniform --resume --allow-changed-settings
 
 overrides are key.sub=value with YAML values: train.learning_rate=3e-5, model.lora=null,
 scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the newest checkpoint in train.output_dir (fresh start if none)",
     )
     parser.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="with --resume: continue even though settings that shape the result differ "
+        "from those that trained the checkpoint (the run's record keeps both parts)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved, validated config and exit without training",
@@ -46,16 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.errors import TokenWeightError
     from tokenweight.training.config import load_config
 
+    if args.allow_changed_settings and not args.resume:
+        raise TokenWeightError("--allow-changed-settings: only used with --resume")
     config = load_config(args.config, args.overrides)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
     from tokenweight.training.run import train
 
-    result = train(config, resume=args.resume)
-    if result.train_loss is not None and os.environ.get("RANK", "0") == "0":
+    result = train(config, resume=args.resume, allow_changed_settings=args.allow_changed_settings)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    from tokenweight.training.run_record import describe_segments
+
+    changed = describe_segments(result.segments)
+    if changed:
+        print(f"note: {changed}")
+    if result.train_loss is not None:
         steps = result.loss_steps
         over = f" over steps {steps[0]}-{steps[1]}" if steps and steps[0] > 1 else ""
         print(

@@ -4,6 +4,17 @@ A folder written by ``tokenweight prepare`` or ``tokenweight score`` is complete
 ``manifest.json`` exists; the manifest's ``format`` says which kind of folder it is. A
 scored folder being written also holds ``run.json`` (the run's settings) and one
 ``*.done.json`` record per finished shard.
+
+Every manifest carries :data:`FINGERPRINT`, a content fingerprint of what the folder holds
+(``"sha256:<64 hex digits>"``): two folders with the same fingerprint hold the same data,
+wherever they lie and whatever their file names.
+
+- prepared: the SHA-256 of every row's ``input_ids`` as int64 little-endian bytes, rows in
+  the saved order, each followed by its ``attention_mask`` as int8 bytes when the folder
+  keeps padded tails (:func:`tokenweight.data.store.rows_fingerprint`);
+- scored: the SHA-256 of the shards' SHA-256 hex digests, one per line in shard order
+  (:func:`tokenweight.data.store.shards_fingerprint`); the shards hold the tokens and
+  their scores.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from tokenweight.files import read_json
 
 __all__ = [
     "DONE_SUFFIX",
+    "FINGERPRINT",
     "MANIFEST",
     "PREPARED_FORMAT",
     "RUN_FILE",
@@ -25,6 +37,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+FINGERPRINT = "fingerprint"  # manifest field: the folder's content fingerprint
 PREPARED_FORMAT = "tokenweight.prepared"
 SCORED_FORMAT = "tokenweight.scored"
 RUN_FILE = "run.json"  # settings of a scoring run, written first

@@ -21,17 +21,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenweight.data.corpus import InputFile, find_input_files, iter_documents, load_hub_documents
-from tokenweight.data.manifest import MANIFEST, PREPARED_FORMAT, read_manifest
+from tokenweight.data.manifest import FINGERPRINT, MANIFEST, PREPARED_FORMAT, read_manifest
 from tokenweight.data.packing import Packing
+from tokenweight.data.store import rows_fingerprint
 from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_dir,
     atomic_write_json,
     check_output_dir,
     clean_stale_siblings,
+    file_in_folder,
+    read_json,
     remove_path,
     temp_sibling,
 )
+from tokenweight.folder_lock import output_lock
+from tokenweight.schema import require, seed_range
 
 if TYPE_CHECKING:
     import datasets
@@ -141,6 +146,13 @@ def load_prepared(folder: str | Path) -> datasets.Dataset:
     Arrow file raises :class:`TokenWeightError` naming the folder and the fix."""
     import datasets
 
+    state = Path(folder) / "state.json"
+    if state.is_file():  # the Arrow files datasets will open: only this folder's
+        record = read_json(state, "prepare it again with `tokenweight prepare --overwrite`")
+        files = record.get("_data_files", []) if isinstance(record, dict) else []
+        for entry in files if isinstance(files, list) else []:
+            name = entry.get("filename") if isinstance(entry, dict) else entry
+            file_in_folder(folder, name, state)
     try:
         return datasets.load_from_disk(str(folder))
     except Exception as exc:  # pyarrow and datasets raise many types; all mean "unreadable"
@@ -152,7 +164,13 @@ def load_prepared(folder: str | Path) -> datasets.Dataset:
 
 
 def _check_output(
-    out: Path, seq_len: int, tokenizer: Any, local_inputs: list[Any], overwrite: bool, num_proc: int
+    out: Path,
+    seq_len: int,
+    tokenizer: Any,
+    local_inputs: list[Any],
+    overwrite: bool,
+    num_proc: int,
+    seed: int,
 ) -> None:
     """Step: refuse bad options and an output folder the tool may not replace
     (``local_inputs``: the input files, which the output must not overlap)."""
@@ -175,6 +193,7 @@ def _check_output(
     clean_stale_siblings(out)  # scratch and half-moved folders of a killed earlier run
     if num_proc < 1:
         raise TokenWeightError(f"--num-proc must be at least 1, got {num_proc}")
+    require(seed, seed_range, "--seed")
 
 
 def _tokenizer_and_packing(
@@ -336,6 +355,7 @@ def _manifest(
     inputs: list[dict[str, Any]],
     counts: dict[str, int],
     columns: Sequence[str],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """The content of ``manifest.json``: how the folder was made and what it holds."""
     from tokenweight import __version__
@@ -357,6 +377,7 @@ def _manifest(
         "inputs": inputs,
         "counts": counts,
         "columns": sorted(columns),
+        FINGERPRINT: fingerprint,
     }
 
 
@@ -389,13 +410,16 @@ def prepare_dataset(
 
     start = time.perf_counter()
     out = Path(out)
-    _check_output(out, seq_len, tokenizer, [] if hf_split else list(inputs), overwrite, num_proc)
+    local_inputs = [] if hf_split else list(inputs)
+    _check_output(out, seq_len, tokenizer, local_inputs, overwrite, num_proc, seed)
     files = None if hf_split else find_input_files(inputs, glob)
     tok, packing = _tokenizer_and_packing(
         tokenizer, seq_len, stride=stride, keep_tail=keep_tail, trust_remote_code=trust_remote_code
     )
     identity = tokenizer_identity(tok)
-    with _scratch_folder(out) as (scratch, tag):
+    with output_lock(out, "--out"), _scratch_folder(out) as (scratch, tag):
+        # again under the lock: another run may have finished into ``out`` meanwhile
+        _check_output(out, seq_len, tokenizer, local_inputs, overwrite, num_proc, seed)
         docs, input_entries = _read_documents(
             inputs, files, hf_split, scratch, text_field, encoding_errors
         )
@@ -414,6 +438,7 @@ def prepare_dataset(
             inputs=input_entries,
             counts=counts,
             columns=shuffled.column_names,
+            fingerprint=rows_fingerprint(shuffled),
         )
         _save(out, shuffled, manifest, overwrite)
     seconds = time.perf_counter() - start

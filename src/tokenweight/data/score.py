@@ -38,6 +38,7 @@ from tokenweight.files import (
     remove_path,
     sha256_file,
 )
+from tokenweight.folder_lock import shared_output_lock
 
 __all__ = ["ScoreResult", "distributed_rank", "score_dataset"]
 
@@ -167,29 +168,30 @@ def score_dataset(
     )
     result = ScoreResult(out=out, rank=rank, world_size=world, num_shards=plan.num_shards)
     data = _load_rows(prepared, plan)  # memory-mapped; read before anything is written
-    _prepare_out_dir(out, run, overwrite, world, [prepared, source.path])
-    todo = _shards_to_score(out, plan, rank, world, result)
-
-    if todo:
-        job = _ScoreJob(
-            source=source,
-            trust_remote_code=trust_remote_code,
-            nll_fn=nll_fn or _default_nll_fn(),
-            device=dev,
-            window=window,
-            stride=stride,
-            bos_token_id=manifest["bos_token_id"],
-            windows_per_batch=windows_per_batch,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            dtype_name=dtype_name,
-            half=half,
-            with_long=with_long,
-        )
-        columns = ["input_ids"] + (["attention_mask"] if manifest["keep_tail"] else [])
-        data = data.with_format("numpy", columns=columns)
-        _score_shards(job, data, out, plan, todo, result, progress)
-    result.complete = finalize_manifest(out, plan, run)
+    # one scoring run per folder (every process of a launch shares rank 0's lock)
+    with shared_output_lock(out, "--out", start_group=True):
+        _prepare_out_dir(out, run, overwrite, world, [prepared, source.path])
+        todo = _shards_to_score(out, plan, rank, world, result)
+        if todo:
+            job = _ScoreJob(
+                source=source,
+                trust_remote_code=trust_remote_code,
+                nll_fn=nll_fn or _default_nll_fn(),
+                device=dev,
+                window=window,
+                stride=stride,
+                bos_token_id=manifest["bos_token_id"],
+                windows_per_batch=windows_per_batch,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                dtype_name=dtype_name,
+                half=half,
+                with_long=with_long,
+            )
+            columns = ["input_ids"] + (["attention_mask"] if manifest["keep_tail"] else [])
+            data = data.with_format("numpy", columns=columns)
+            _score_shards(job, data, out, plan, todo, result, progress)
+        result.complete = finalize_manifest(out, plan, run)
     result.seconds = time.perf_counter() - start_time
     return result
 

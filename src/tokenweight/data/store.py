@@ -30,6 +30,7 @@ import numpy as np
 
 from tokenweight.data.manifest import (
     DONE_SUFFIX,
+    FINGERPRINT,
     MANIFEST,
     RUN_FILE,
     SCORED_FORMAT,
@@ -39,6 +40,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.files import (
     atomic_write_bytes,
     atomic_write_json,
+    file_in_folder,
     json_text,
     remove_path,
     sha256_bytes,
@@ -56,7 +58,9 @@ __all__ = [
     "finalize_manifest",
     "input_ids_hash",
     "load_scored_dataset",
+    "rows_fingerprint",
     "shard_done",
+    "shards_fingerprint",
     "verify_row",
     "verify_rows",
     "write_shard",
@@ -71,6 +75,28 @@ def input_ids_hash(input_ids: Any) -> str:
         input_ids = input_ids.detach().cpu().numpy()
     data = np.ascontiguousarray(np.asarray(input_ids).reshape(-1), dtype="<i8").tobytes()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def rows_fingerprint(rows: datasets.Dataset, batch_size: int = 4096) -> str:
+    """The content fingerprint of prepared rows (the manifest's ``fingerprint``):
+    ``sha256:`` + the SHA-256 of every row's ``input_ids`` as int64 little-endian bytes, in
+    row order, each row followed by its ``attention_mask`` as int8 when there is one."""
+    columns = [c for c in ("input_ids", "attention_mask") if c in rows.column_names]
+    h = hashlib.sha256()
+    for batch in rows.with_format("numpy", columns=columns).iter(batch_size=batch_size):
+        ids = np.asarray(batch["input_ids"])
+        mask = np.asarray(batch["attention_mask"]) if "attention_mask" in batch else None
+        for i in range(len(ids)):
+            h.update(np.ascontiguousarray(ids[i], dtype="<i8").tobytes())
+            if mask is not None:
+                h.update(np.ascontiguousarray(mask[i], dtype="i1").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def shards_fingerprint(shard_hashes: Sequence[str]) -> str:
+    """The content fingerprint of a scored folder (its manifest's ``fingerprint``):
+    ``sha256:`` + the SHA-256 of the shards' SHA-256 hex digests, one per line."""
+    return "sha256:" + sha256_bytes("".join(f"{x}\n" for x in shard_hashes).encode("ascii"))
 
 
 def verify_row(input_ids: Any, input_hash: str, row: int) -> None:
@@ -283,7 +309,13 @@ def finalize_manifest(out_dir: str | Path, plan: ShardPlan, run: dict[str, Any])
         if sidecar is None or not (out_dir / plan.name(i)).is_file():
             return False
         shards.append({k: sidecar[k] for k in ("file", "rows", "sha256", "bytes")})
-    manifest = {"format": SCORED_FORMAT, "format_version": 1, **run, "shards": shards}
+    manifest = {
+        "format": SCORED_FORMAT,
+        "format_version": 1,
+        **run,
+        "shards": shards,
+        FINGERPRINT: shards_fingerprint([s["sha256"] for s in shards]),
+    }
     path = out_dir / SCORED_MANIFEST
     if not path.is_file() or path.read_bytes() != json_text(manifest).encode("utf-8"):
         atomic_write_json(path, manifest)
@@ -302,7 +334,7 @@ def load_scored_dataset(out_dir: str | Path, verify: bool = True) -> datasets.Da
     manifest = read_manifest(out_dir, "scored")
     parts = []
     for entry in manifest["shards"]:
-        path = out_dir / entry["file"]
+        path = file_in_folder(out_dir, entry.get("file"), out_dir / SCORED_MANIFEST)
         if not path.is_file():
             raise TokenWeightError(
                 f"shard {path} listed in the manifest is missing; rerun `tokenweight score` "

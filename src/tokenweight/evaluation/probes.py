@@ -30,7 +30,9 @@ from typing import Any
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
+    "DISTRACTORS",
     "FILLER",
+    "HOPS",
     "TASKS",
     "Probe",
     "make_probe",
@@ -43,6 +45,11 @@ TASKS = ("passkey", "needle", "needle_word", "needle_uuid", "multikey", "vartrac
 """Probe names: ``needle`` holds a 7-digit number, ``needle_word`` a word, ``needle_uuid``
 a UUID; ``multikey`` is a number needle among distractor needles with other keys;
 ``vartrack`` is a chain of variable assignments (``docs/method.md#evaluation``)."""
+
+# the defaults of every probe builder and of `tokenweight eval`: multikey distractor needles,
+# vartrack chain links
+DISTRACTORS = 3
+HOPS = 4
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -396,8 +403,8 @@ def make_probe(
     *,
     trial: int = 0,
     seed: int = 0,
-    distractors: int = 3,
-    hops: int = 4,
+    distractors: int = DISTRACTORS,
+    hops: int = HOPS,
 ) -> Probe:
     """Build one probe prompt of ``length`` tokens with the needle at ``depth``.
 
@@ -443,8 +450,8 @@ def make_probes(
     *,
     trials: int = 1,
     seed: int = 0,
-    distractors: int = 3,
-    hops: int = 4,
+    distractors: int = DISTRACTORS,
+    hops: int = HOPS,
 ) -> list[Probe]:
     """Every probe of ``tasks x lengths x depths x range(trials)``, in that order."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -11,7 +13,14 @@ from typing import Any
 
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
 
-__all__ = ["EVAL_FILES", "markdown_table", "md_escape", "results_markdown", "write_outputs"]
+__all__ = [
+    "EVAL_FILES",
+    "format_number",
+    "markdown_table",
+    "md_escape",
+    "results_markdown",
+    "write_outputs",
+]
 
 # what an evaluation folder holds; results.json (first) marks an earlier evaluation
 EVAL_FILES = ("results.json", "results.md", "*.png")
@@ -21,23 +30,44 @@ def _pct(correct: int, total: int) -> str:
     return f"{correct / total:.0%} ({correct}/{total})" if total else "-"
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def format_number(x: Any, digits: int = 3, *, sign: bool = False) -> str:
+    """A number in a report: ``digits`` decimals (and a ``+`` on positive values with
+    ``sign``); ``-`` for a missing value (``None`` or NaN); anything but a number as text.
+    The one number formatter of the markdown reports."""
+    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return str(x)
+    return f"{x:{'+' if sign else ''}.{digits}f}"
+
+
+# markdown characters that user text may not use as markup, each shown as itself
+_MD_ESCAPES = str.maketrans(
+    {
+        "\\": "\\\\",  # first of all: no escape of the escapes below is undone
+        "&": "&amp;",  # no entity: the text shows as written
+        "<": "&lt;",  # no HTML tag, no <autolink>
+        ">": "&gt;",
+        "|": "\\|",  # no table cell break
+        "`": "\\`",  # no code span (inside one, the escapes here would show)
+        "\r": "",
+        "\n": "⏎",  # one line: a table row or a bullet stays whole
+    }
+)
+# a link, image or reference needs "](", "][" or "]:" (images: "![...](...)"); a bracket
+# pair alone, e.g. a position range "[16, 64)", renders as itself and is left alone
+_MD_LINK = re.compile(r"\](?=[(\[:])")
 
 
 def md_escape(text: object) -> str:
-    """Text safe inside markdown (a label, a token, a path): ``<`` and ``>`` become
-    entities (no HTML), ``|`` and ``\\`` are escaped (no broken tables), a line break
-    shows as ``⏎``. Every markdown writer of the package passes user text through it."""
-    return (
-        str(text)
-        .replace("\\", "\\\\")
-        .replace("|", "\\|")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("\r", "")
-        .replace("\n", "⏎")
-    )
+    """User text (a label, a run name, a token, a file name) made safe inside any markdown
+    file the package writes, in a table cell or in prose: no HTML (``<``, ``>``, ``&`` as
+    entities), no table break (``|``), no link, image or reference definition (``]``
+    escaped before ``(``, ``[`` or ``:``), no code span (`````), one line (a line break
+    shows as ``⏎``); it renders as the text itself. Emphasis characters (``*``, ``_``)
+    are left: they can only format, and snake_case names stay readable. The one markdown
+    escaper of the package: every markdown writer passes user text through it."""
+    return _MD_LINK.sub("\\\\]", str(text).translate(_MD_ESCAPES))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -60,7 +90,7 @@ def _models_section(entries: list[dict[str, Any]]) -> list[str]:
         [
             [
                 e["label"],
-                f"`{e['source']}`" if e.get("source") else "(in memory)",
+                str(e["source"]) if e.get("source") else "(in memory)",
                 str(e.get("max_position_embeddings") or "-"),
                 f"{e['rope_theta']:g}" if e.get("rope_theta") else "-",
             ]
@@ -112,12 +142,12 @@ def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
     for i, bucket in enumerate(first["buckets"]):
         rows.append(
             [_span(bucket["start"], bucket["end"])]
-            + [_num(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
+            + [format_number(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
         )
     rows.append(
         ["all"]
         + [
-            f"{_num(e['perplexity']['mean_nll'])} ({_num(e['perplexity']['perplexity'], 2)})"
+            f"{format_number(e['perplexity']['mean_nll'])} ({format_number(e['perplexity']['perplexity'], 2)})"
             for e in entries
         ]
     )
@@ -142,10 +172,10 @@ def _longppl_section(entries: list[dict[str, Any]]) -> list[str]:
         [
             [
                 e["label"],
-                _num(e["longppl"]["longppl"], 2),
+                format_number(e["longppl"]["longppl"], 2),
                 str(e["longppl"]["key_tokens"]),
                 str(e["longppl"]["tokens"]),
-                _num(e["longppl"]["perplexity"], 2),
+                format_number(e["longppl"]["perplexity"], 2),
             ]
             for e in entries
         ],

@@ -37,8 +37,8 @@ from tokenweight.evaluation.metrics import (
     position_bucket_nll,
     position_curve,
 )
+from tokenweight.evaluation.probes import DISTRACTORS, HOPS, Probe, make_probes
 from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
-from tokenweight.evaluation.probes import Probe, make_probes
 from tokenweight.models import rope_theta
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ class EvalConfig:
     trials: int = 1
     seed: int = 0
     batch_size: int = 1
-    distractors: int = 3
-    hops: int = 4
+    distractors: int = DISTRACTORS
+    hops: int = HOPS
     data: tuple[str, ...] = ()
     seq_len: int | None = None
     max_sequences: int | None = 16

@@ -240,7 +240,14 @@ CHECKPOINT_MARKER = "tokenweight_checkpoint.json"
 
 class CheckpointMarkerCallback(TrainerCallback):
     """Writes :data:`CHECKPOINT_MARKER` into each checkpoint folder once the Trainer has
-    saved every file of it: a checkpoint without the marker was cut off while saving."""
+    saved every file of it: a checkpoint without the marker was cut off while saving.
+
+    The marker also holds the run's ``segments`` up to that step (which settings trained
+    which steps, see :mod:`tokenweight.training.run_record`); ``segments`` are the run's
+    segments with the open one last."""
+
+    def __init__(self, segments: list[dict[str, Any]] | None = None) -> None:
+        self.segments = segments or []
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -251,4 +258,10 @@ class CheckpointMarkerCallback(TrainerCallback):
             dist.barrier()  # every process has written its part (RNG state, ZeRO shards)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if args.should_save and folder.is_dir():
-            atomic_write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step})
+            from tokenweight.training.run_record import close_segments
+
+            record = {
+                "global_step": state.global_step,
+                "segments": close_segments(self.segments, state.global_step),
+            }
+            atomic_write_json(folder / CHECKPOINT_MARKER, record)

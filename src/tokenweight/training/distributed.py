@@ -14,6 +14,11 @@ On a machine without GPUs (CPU processes talking over gloo):
   collectives give the same results.
 * FSDP is not handed to accelerate (which would silently run DDP): tokenweight shards the
   model with FSDP2 itself (:func:`fsdp_on_cpu`, :mod:`tokenweight.training.fsdp2`).
+
+DeepSpeed always runs in a process group, also in one process. A launcher (``torchrun``,
+``deepspeed``, ``accelerate launch``) describes it in the environment; started without one,
+DeepSpeed would look for MPI instead (and fail without ``mpi4py``).
+:func:`single_process_environment` describes a group of one process first.
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ import logging
 import os
 from typing import Any
 
+from tokenweight.errors import TokenWeightError
+
 __all__ = [
+    "LAUNCH_VARIABLES",
+    "check_sequence_parallel",
     "deepspeed_settings",
     "end_process_group",
     "fsdp_on_cpu",
     "is_distributed_launch",
+    "single_process_environment",
     "start_process_group",
 ]
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What a launcher sets for every process (DeepSpeed needs all of them)."""
 
 _SHM_OP = "deepspeed_shm_comm"
 GATHER_ON_SAVE = "stage3_gather_16bit_weights_on_model_save"
@@ -69,6 +82,32 @@ def _deepspeed_on_cpu() -> None:
     compatible = deepspeed.ops.__compatible_ops__
     if isinstance(compatible, dict):
         compatible[_SHM_OP] = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def single_process_environment() -> dict[str, str]:
+    """Describe a process group of one in the environment, as a launcher would, when no
+    launcher did (none of :data:`LAUNCH_VARIABLES` set): rank 0 of 1, on this machine, on a
+    free port. Returns the variables set (none under a launcher). Partial launcher
+    settings are left alone: DeepSpeed then says which is missing."""
+    if any(v in os.environ for v in LAUNCH_VARIABLES):
+        return {}
+    values = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    os.environ.update(values)
+    return values
 
 
 def deepspeed_settings(path: str) -> str | dict[str, Any]:
@@ -112,12 +151,26 @@ def start_process_group(args: Any) -> None:
     if is_distributed_launch() and not _END_REGISTERED:
         atexit.register(end_process_group)
         globals()["_END_REGISTERED"] = True
-    if deepspeed_on_cpu and is_distributed_launch():
-        # accelerate's CPU route starts torch.distributed but not DeepSpeed's comm layer,
-        # whose world size ZeRO-3's load-time partitioning and batch check read
+    if deepspeed_on_cpu:
+        # accelerate's CPU route starts torch.distributed (under a launcher) but not
+        # DeepSpeed's comm layer, whose world size ZeRO-3's load-time partitioning and
+        # batch check read; alone, the group of one described by the environment
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
+
+
+def check_sequence_parallel(degree: int) -> None:
+    """``train.sequence_parallel`` must divide the number of processes of the launch (each
+    group of ``degree`` processes shares every sequence)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if degree > 1 and world % degree:
+        raise TokenWeightError(
+            f"train.sequence_parallel: {degree} must divide the number of processes of this "
+            f"launch ({world}); start {degree} (or a multiple of {degree}) processes, e.g. "
+            f"`torchrun --nproc_per_node {degree} -m tokenweight.cli train ...`, or lower "
+            "train.sequence_parallel"
+        )
 
 
 def fsdp_on_cpu(args: Any) -> bool:

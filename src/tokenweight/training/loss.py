@@ -33,7 +33,7 @@ from tokenweight.weighting import (
 if TYPE_CHECKING:
     from tokenweight.scoring import Scorer
 
-__all__ = ["LossParts", "tie_seeds", "token_weighted_loss"]
+__all__ = ["LossParts", "tie_seeds", "timed_score", "token_weighted_loss"]
 
 
 @dataclass
@@ -64,9 +64,13 @@ class LossParts:
         return False
 
 
-def _timed_score(
+def timed_score(
     scorer: Scorer, model: Any, batch: dict[str, Any], long_nll: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
+    """The scorer's short-context NLL for ``batch`` (shape and device of ``long_nll``,
+    float32) and the seconds it took (CUDA synchronised); the one call of a scorer in
+    training, also used by sequence parallelism. Raises :class:`TokenWeightError` when
+    the scorer returns anything but a tensor of ``long_nll``'s shape."""
     cuda = long_nll.is_cuda
     if cuda:
         torch.cuda.synchronize(long_nll.device)
@@ -214,9 +218,9 @@ def weigh_nll(
         if scorer is None:
             raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
         if docs is None:
-            short_nll, seconds = _timed_score(scorer, model, batch, long_nll)
+            short_nll, seconds = timed_score(scorer, model, batch, long_nll)
         else:
-            short_docs, seconds = _timed_score(
+            short_docs, seconds = timed_score(
                 scorer, model, docs.unpack(batch), docs.targets(long_nll.detach())
             )
             short_nll = docs.scatter_targets(short_docs)

@@ -8,6 +8,7 @@ the trained model after them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +46,8 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
     loss_steps: tuple[int, int] | None = None  # first and last step ``train_loss`` averages
+    # which settings trained which steps: [{"steps": [first, last], "settings": {...}}, ...]
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -119,15 +122,23 @@ def _load_model(config: Config, path: str, dtype: str, **extra: Any) -> Any:
     )
 
 
-def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
-    """The training rows and the prepared data's manifest.
+def _load_dataset(config: Config) -> tuple[Any, dict[str, Any], str]:
+    """The training rows, the prepared data's manifest and the content fingerprint of
+    ``data.path`` (its manifest's ``fingerprint``; computed for a folder written before
+    manifests had one).
 
     ``data.path`` is a ``tokenweight prepare`` folder, or a ``tokenweight score`` folder
     (required by the precomputed scorer; its shards are verified against their hashes).
     """
     from tokenweight.data import load_scored_dataset, read_manifest
+    from tokenweight.data.manifest import FINGERPRINT
     from tokenweight.data.prepare import load_prepared
-    from tokenweight.data.store import SCORED_FORMAT, SCORED_MANIFEST
+    from tokenweight.data.store import (
+        SCORED_FORMAT,
+        SCORED_MANIFEST,
+        rows_fingerprint,
+        shards_fingerprint,
+    )
 
     assert config.data.path  # required by Config.validate
     path = Path(config.data.path)
@@ -143,14 +154,11 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
         scored = read_manifest(path, "scored")
         manifest = scored["prepared"]
         dataset = load_scored_dataset(path, verify=True)
-        window = config.scorer.window
-        if config.scorer_kind == "precomputed" and window and window != scored.get("window"):
-            logger.warning(
-                "scorer.window is %s but %s was scored with window %s; the stored scores are used",
-                window,
-                path,
-                scored.get("window"),
-            )
+        fingerprint = scored.get(FINGERPRINT) or shards_fingerprint(
+            [x["sha256"] for x in scored["shards"]]
+        )
+        if config.scorer_kind == "precomputed":
+            _check_stored_scores(config, path, scored)
     else:
         if config.scorer_kind == "precomputed":
             raise TokenWeightError(
@@ -159,6 +167,7 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
             )
         manifest = read_manifest(path)
         dataset = load_prepared(path)
+        fingerprint = manifest.get(FINGERPRINT) or rows_fingerprint(dataset)
     seq_len = manifest.get("seq_len")
     if config.data.seq_len is not None and seq_len is not None and seq_len != config.data.seq_len:
         raise TokenWeightError(
@@ -167,7 +176,21 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any]]:
         )
     if len(dataset) == 0:
         raise TokenWeightError(f"data.path: {path} holds no sequences")
-    return dataset, manifest
+    return dataset, manifest, fingerprint
+
+
+def _check_stored_scores(config: Config, path: Path, scored: dict[str, Any]) -> None:
+    """A ``scorer.window`` / ``scorer.stride`` given with the precomputed scorer must be
+    the one the stored scores were computed with (they cannot change now)."""
+    for key in ("window", "stride"):
+        wanted, stored = getattr(config.scorer, key), scored.get(key)
+        if wanted is not None and wanted != stored:
+            raise TokenWeightError(
+                f"scorer.{key}: the config says {wanted}, but the scores in {path} were "
+                f"computed with {key} {stored}; stored scores cannot change: set "
+                f"scorer.{key}={stored} (or leave it out), or score the data again with "
+                f"`tokenweight score --{key} {wanted}`"
+            )
 
 
 def _apply_lora(model: Any, config: Config) -> Any:
@@ -247,31 +270,6 @@ def _build_scorer(
     )
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
-def _warn_if_config_changed(saved: Path, config: Config) -> None:
-    """On resume, say which settings differ from the ones the run started with."""
-    import yaml
-
-    if not saved.is_file():
-        return
-    try:
-        before = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")))
-    except yaml.YAMLError:
-        return
-    now = _flatten(config.to_dict())
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    if changed:
-        logger.warning("resuming with settings that differ from %s: %s", saved, ", ".join(changed))
-
-
 def _save_merged(model: Any, tokenizer: Any, folder: Path, config: Config) -> None:
     """A LoRA run also leaves a plain model folder with the adapters merged in."""
     if config.train.deepspeed or config.train.fsdp:
@@ -290,6 +288,7 @@ def train(
     config: Config,
     *,
     resume: bool = False,
+    allow_changed_settings: bool = False,
     callbacks: list[Any] | None = None,
     training_arguments: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -300,18 +299,70 @@ def train(
         resume: continue from the newest checkpoint in ``train.output_dir`` (exactly:
             model, optimizer, scheduler, RNG and data position); starts fresh when there
             is none. Without it, an output folder that already holds checkpoints is
-            refused.
+            refused. A resume whose settings differ from those that trained the
+            checkpoint is refused (listing the differences), except for the settings in
+            :data:`~tokenweight.training.run_record.FREE_SETTINGS`.
+        allow_changed_settings: resume anyway; the run's record (checkpoint markers,
+            ``train_summary.json``) then keeps each segment of steps with its settings.
         callbacks: extra ``transformers.TrainerCallback`` objects.
         training_arguments: overrides for ``transformers.TrainingArguments``.
 
     Returns:
         a :class:`TrainResult`; the final model is saved in ``train.output_dir``.
+
+    The output folder is locked (:mod:`tokenweight.folder_lock`) from before the first
+    write to the end; in a multi-process launch rank 0 holds the lock for every rank.
     """
-    from tokenweight.models import check_data_tokenizer, load_tokenizer
+    from tokenweight.training.distributed import check_sequence_parallel, is_distributed_launch
 
     out = Path(config.train.output_dir)
-    last = _setup_output_dir(config, out, resume)
-    dataset, manifest = _load_dataset(config)
+    check_sequence_parallel(config.train.sequence_parallel)
+    _check_output_dir(config)
+    with contextlib.ExitStack() as held:
+        # one process: the lock comes first; a launch: rank 0 takes it for every rank
+        # once the process group is up (before the model loads and anything is written)
+        alone = not is_distributed_launch()
+        lock = held.enter_context(_output_lock(out)) if alone else None
+        dataset, manifest, fingerprint = _load_dataset(config)
+        plan = _RunPlan(config, out, resume, allow_changed_settings, fingerprint, manifest)
+        last = plan.check(final=alone)  # a used folder or a changed resume: refused here
+        tokenizer, model_path, frozen = _load_start(config, manifest)
+        args, fsdp = _setup_training_arguments(config, training_arguments)
+        if not alone:
+            lock = held.enter_context(_output_lock(out, shared=True))
+            last = plan.check(final=lock is not None)  # again, now under the lock
+        model = _setup_model(config, model_path, manifest.get("seq_len"))
+        shards = _shard(model, fsdp)
+        if frozen is not None:
+            frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
+        bos = _bos_token_id(manifest, dataset)
+        scorer = _build_scorer(config, frozen, tokenizer, model, bos)
+        trainer = _setup_trainer(
+            config, model, args, dataset, manifest, tokenizer, scorer, out, callbacks, plan.segments
+        )
+        if trainer.is_world_process_zero():
+            from tokenweight.files import atomic_write_text
+
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / CONFIG_NAME, config.to_yaml())
+        result = trainer.train(resume_from_checkpoint=last)
+        return _finish(
+            config, trainer, result, tokenizer, out, last, manifest, plan.segments, shards
+        )
+
+
+def _output_lock(out: Path, shared: bool = False) -> Any:
+    """The lock of ``train.output_dir`` (``shared``: rank 0's, for every rank)."""
+    from tokenweight.folder_lock import output_lock, shared_output_lock
+
+    return (shared_output_lock if shared else output_lock)(out, "train.output_dir")
+
+
+def _load_start(config: Config, manifest: dict[str, Any]) -> tuple[Any, str, Any]:
+    """The tokenizer (checked against the data's), the start model's folder and the frozen
+    scorer model (loaded before the ``TrainingArguments``: ZeRO-3 would partition it)."""
+    from tokenweight.models import check_data_tokenizer, load_tokenizer
+
     if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
         from tokenweight.scoring import require_short_window
 
@@ -321,56 +372,111 @@ def train(
     model_path = _model_path(config.model.source, config.model.cache_dir)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     check_data_tokenizer(manifest, tokenizer, "model.source")
-    frozen = _build_frozen_scorer_model(config)  # before TrainingArguments (ZeRO-3)
-    args, fsdp = _setup_training_arguments(config, training_arguments)
-    model = _setup_model(config, model_path, manifest.get("seq_len"))
-    shards = _shard(model, fsdp)
-    if frozen is not None:
-        frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
-    scorer = _build_scorer(config, frozen, tokenizer, model, _bos_token_id(manifest, dataset))
-    trainer = _setup_trainer(
-        config, model, args, dataset, manifest, tokenizer, scorer, out, callbacks
-    )
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        from tokenweight.files import atomic_write_text
-
-        atomic_write_text(out / CONFIG_NAME, config.to_yaml())
-    result = trainer.train(resume_from_checkpoint=last if resume else None)
-    return _finish(
-        config, trainer, result, tokenizer, out, last if resume else None, manifest, shards
-    )
+    return tokenizer, model_path, _build_frozen_scorer_model(config)
 
 
-def _setup_output_dir(config: Config, out: Path, resume: bool) -> str | None:
-    """Refuse a used output folder without ``resume``; with it, drop checkpoints cut off
-    while saving. Returns the newest complete checkpoint (``None``: none)."""
-    _check_output_dir(config)
-    saved = _checkpoints(out)
-    last = find_last_checkpoint(out)
-    if not resume and (saved or (out / SUMMARY_NAME).is_file()):
-        what = saved[-1].name if saved else "a finished run"
-        raise TokenWeightError(
-            f"train.output_dir: {out} already holds {what}; pass --resume to continue it, "
-            "or choose another train.output_dir"
-        )
-    if resume:
-        last_step = (_step_of(Path(last)) or 0) if last is not None else -1  # a checkpoint-N
-        for partial in [
-            p for p in saved if (_step_of(p) or 0) > last_step
-        ]:  # a save cut off by a kill: the Trainer will write it again
-            logger.warning(
-                "--resume: %s is incomplete (the run stopped while saving it); removing it "
-                "and resuming from %s",
-                partial,
-                Path(last).name if last is not None else "the beginning",
+class _RunPlan:
+    """Whether ``train.output_dir`` may be used, and from which checkpoint and with which
+    segments a run starts (:meth:`check`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        out: Path,
+        resume: bool,
+        allow: bool,
+        fingerprint: str,
+        manifest: dict[str, Any],
+    ) -> None:
+        from tokenweight.training.run_record import run_settings
+
+        self.config, self.out, self.resume, self.allow = config, out, resume, allow
+        seq_len = int(manifest.get("seq_len") or 0)
+        self.settings = run_settings(config.to_dict(), fingerprint, seq_len)
+        self.segments: list[dict[str, Any]] = []
+
+    def check(self, *, final: bool) -> str | None:
+        """Refuse a used folder without ``resume`` and a resume with changed settings
+        (unless allowed); returns the newest complete checkpoint to resume from. With
+        ``final`` (the lock holder, just before training) checkpoints cut off while
+        saving are removed and the decisions are logged."""
+        from tokenweight.training.run_record import next_segments
+
+        out = self.out
+        _check_output_dir(self.config)
+        saved = _checkpoints(out)
+        last = find_last_checkpoint(out)
+        if not self.resume and (saved or (out / SUMMARY_NAME).is_file()):
+            what = saved[-1].name if saved else "a finished run"
+            raise TokenWeightError(
+                f"train.output_dir: {out} already holds {what}; pass --resume to continue "
+                "it, or choose another train.output_dir"
             )
-            remove_path(partial)
-    if resume and last is None:
-        logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", out)
-    if resume and last is not None:
-        _warn_if_config_changed(out / CONFIG_NAME, config)
-    return last
+        if final and self.resume:
+            _remove_partial_checkpoints(saved, last)
+            if last is None:
+                logger.warning(
+                    "--resume: no complete checkpoint in %s, starting from the beginning", out
+                )
+        if not self.resume or last is None:
+            self.segments = next_segments([], 1, self.settings)
+            return None
+        step = _step_of(Path(last)) or 0
+        earlier = self._recorded_segments(Path(last), final)
+        if earlier:
+            self._check_changes(earlier[-1]["settings"], step, final)
+        self.segments = next_segments(earlier, step + 1, self.settings)
+        return last
+
+    def _recorded_segments(self, checkpoint: Path, final: bool) -> list[dict[str, Any]]:
+        from tokenweight.training.callbacks import CHECKPOINT_MARKER
+
+        record = read_json(checkpoint / CHECKPOINT_MARKER, "remove that checkpoint folder")
+        segments = record.get("segments") if isinstance(record, dict) else None
+        if not segments:
+            if final:
+                logger.warning(
+                    "--resume: %s records no settings (written by an older version); they "
+                    "are not compared",
+                    checkpoint.name,
+                )
+            return []
+        return list(segments)
+
+    def _check_changes(self, before: dict[str, Any], step: int, final: bool) -> None:
+        from tokenweight.training.run_record import changed_settings, describe_changes
+
+        if not changed_settings(before, self.settings):
+            return
+        said = describe_changes(before, self.settings)
+        if not self.allow:
+            raise TokenWeightError(
+                f"--resume: {self.out} was trained up to step {step} with other settings "
+                f"({said}); resume with the settings it was trained with, pass "
+                "--allow-changed-settings to continue with these (the run's record keeps "
+                "both parts), or choose another train.output_dir"
+            )
+        if final:
+            logger.warning(
+                "--resume --allow-changed-settings: steps after %d run with changed settings "
+                "(%s); train_summary.json records both parts",
+                step,
+                said,
+            )
+
+
+def _remove_partial_checkpoints(saved: list[Path], last: str | None) -> None:
+    """Remove the checkpoints newer than ``last``: saves cut off by a kill (the Trainer
+    writes them again)."""
+    last_step = (_step_of(Path(last)) or 0) if last is not None else -1
+    for partial in [p for p in saved if (_step_of(p) or 0) > last_step]:
+        logger.warning(
+            "--resume: %s is incomplete (the run stopped while saving it); removing it "
+            "and resuming from %s",
+            partial,
+            Path(last).name if last is not None else "the beginning",
+        )
+        remove_path(partial)
 
 
 def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> tuple[Any, Any]:
@@ -384,12 +490,15 @@ def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) 
     from tokenweight.training.distributed import (
         deepspeed_settings,
         fsdp_on_cpu,
+        single_process_environment,
         start_process_group,
     )
 
     extra = dict(overrides or {})
     if config.train.deepspeed and "deepspeed" not in extra:
         extra["deepspeed"] = deepspeed_settings(config.train.deepspeed)
+    if config.train.deepspeed:
+        single_process_environment()  # DeepSpeed needs a process group, also of one
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not config.train.use_cpu and not accelerator_present:
         extra.setdefault("use_cpu", True)
@@ -460,8 +569,10 @@ def _setup_trainer(
     scorer: Any,
     out: Path,
     callbacks: list[Any] | None,
+    segments: list[dict[str, Any]],
 ) -> Any:
-    """The :class:`TokenWeightTrainer` with its collator and callbacks."""
+    """The :class:`TokenWeightTrainer` with its collator and callbacks (the checkpoint
+    markers record the run's ``segments``)."""
     from transformers.trainer_callback import ProgressCallback
 
     from tokenweight.training.callbacks import (
@@ -491,7 +602,7 @@ def _setup_trainer(
             scorer=scorer,
             callbacks=[
                 JsonlLogCallback(out / LOG_NAME),
-                CheckpointMarkerCallback(),
+                CheckpointMarkerCallback(segments),
                 *(callbacks or []),
             ],
         )
@@ -540,11 +651,15 @@ def _finish(
     out: Path,
     resumed: str | None,
     manifest: dict[str, Any],
+    segments: list[dict[str, Any]],
     shards: list[Any] | None = None,
 ) -> TrainResult:
     """Write the model card, save the model (``push_to_hub``: and upload the folder,
-    card included), the trainer state, the merged LoRA model and ``summary.json`` (with
-    what each process held of an FSDP2-sharded model, ``shards``)."""
+    card included), the trainer state, the merged LoRA model and ``train_summary.json``
+    (with the run's segments: which settings trained which steps; and what each process
+    held of an FSDP2-sharded model, ``shards``)."""
+    from tokenweight.training.run_record import close_segments, describe_segments
+
     # the Trainer averages the loss over the steps of this process only: after a resume,
     # those after the checkpoint
     first = (_step_of(Path(resumed)) or 0) + 1 if resumed is not None else 1
@@ -558,6 +673,7 @@ def _finish(
     trainer.save_state()
     if config.model.lora is not None and trainer.is_world_process_zero():
         _save_merged(trainer.model, tokenizer, out / "merged", config)
+    closed = close_segments(segments, trainer.state.global_step)
     if trainer.is_world_process_zero():
         summary = {
             "global_step": trainer.state.global_step,
@@ -567,6 +683,8 @@ def _finish(
             "scorer": config.scorer_kind,
             "resumed_from": resumed,
             "metrics": result.metrics,
+            "segments": closed,
+            "settings_changed": describe_segments(closed) or None,
         }
         if shards is not None:
             summary["fsdp2"] = {
@@ -585,4 +703,5 @@ def _finish(
         log_history=list(trainer.state.log_history),
         resumed_from=resumed,
         loss_steps=loss_steps,
+        segments=closed,
     )

@@ -87,6 +87,7 @@ def main() -> None:
     for step in results["steps"]:
         part = next((p for k, p in PARTS.items() if step["name"].startswith(k)), "other steps")
         actual[part] = actual.get(part, 0.0) + step["seconds"]
+    actual["report"] = wall - sum(step["seconds"] for step in results["steps"])  # and set-up
     actual["total"] = wall
     print(f"dry run (plan + calibration): {dry:.0f} s")
     print(f"{'part':<30} {'estimate s':>11} {'actual s':>10} {'estimate/actual':>16}")

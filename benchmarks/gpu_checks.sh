@@ -1,55 +1,35 @@
 #!/usr/bin/env bash
-# The GPU measurements of this package in one run (one H200: about 6-8 minutes):
-#   1. correctness of token_nll on CUDA: values and gradients against F.cross_entropy on full
-#      logits, in fp32 and bf16;
-#   2. the loss head at 32768 x 2048 x 128256 in bf16: token_nll against full logits and
-#      against cross-entropy on checkpointed 4096-token chunks (time, peak memory);
-#   3. short-context scoring of one 32768-token sequence (Llama-3.2-1B shape, random
-#      weights, windows 8192, stride 6144) against one long forward and a one-window-at-a-
-#      time loop;
-#   4. a training step in that setting (gradient checkpointing, sdpa): uniform, Dense 0.75
-#      self-scored, Dense 0.75 precomputed, Sparse 0.25 self-scored.
-# From the repository root of a CUDA machine:
+# The GPU-only measurements of this package in two calls within one 15-minute GPU lease
+# (parts, budgets and files: benchmarks/gpu_checks.py; the bundle: `make gpu-bundle`).
 #
-#   bash benchmarks/gpu_checks.sh [OUT_DIR]     # default OUT_DIR: gpu-results
+#   bash benchmarks/gpu_checks.sh --dry-run                  # the plan; checks settings
+#   bash benchmarks/gpu_checks.sh --call 1 --out "$OUT"      # carry .gpu-bundle/base and
+#                                                            #   .gpu-bundle/model-1
+#   bash benchmarks/gpu_checks.sh --call 2 --out "$OUT"      # carry .gpu-bundle/base and
+#                                                            #   .gpu-bundle/model-2
 #
-# Needs torch with CUDA and transformers (`datasets` is not needed). With cut-cross-entropy
-# installed (`pip install 'tokenweight[cce]'`) the `cce` backend is timed too. Each step
-# writes its table to OUT_DIR and the script continues past a failed step.
-set -uo pipefail
-out=${1:-gpu-results}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-
-# 1. correctness on CUDA: token_nll values/gradients against F.cross_entropy in bf16/fp32
-python3 - <<'PY' 2>&1 | tee "$out/cuda_correctness.txt"
-import torch, torch.nn.functional as F
-from tokenweight.losses import token_nll
-torch.manual_seed(0)
-for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-    h = torch.randn(4099, 256, device="cuda", dtype=dtype, requires_grad=True)
-    w = (torch.randn(32000, 256, device="cuda") * 0.05).to(dtype).requires_grad_()
-    y = torch.randint(0, 32000, (4099,), device="cuda"); y[::7] = -100
-    g = torch.rand(4099, device="cuda")
-    ours = token_nll(h, w, y, backend="chunked"); (ours * g).sum().backward()
-    gh, gw = h.grad.clone(), w.grad.clone(); h.grad = w.grad = None
-    ref = F.cross_entropy((h.float() @ w.float().T), y, reduction="none", ignore_index=-100)
-    (ref * g).sum().backward()
-    pairs = [(ours, ref), (gh, h.grad), (gw, w.grad)]
-    errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in pairs]
-    print(dtype, "max rel err nll/dh/dw", ["%.2e" % e for e in errs], "OK" if max(errs) < tol else "FAIL")
-PY
-
-# 2. loss head: token_nll vs full logits vs the checkpointed 4096-token-chunk sketch
-python3 benchmarks/bench_token_nll.py --device cuda --dtype bf16 --shapes 32768,2048,128256 \
-    --repeats 3 2>&1 | tee "$out/token_nll.txt"
-# 3. scoring: against one 32K forward and the one-window-at-a-time loop
-python3 benchmarks/bench_scoring.py --device cuda --dtype bf16 --model-shape llama-1b \
-    --seq-len 32768 --window 8192 --stride 6144 2>&1 | tee "$out/scoring.txt"
-# 4. training step: uniform / dense-self / dense-precomputed / sparse-self
-python3 benchmarks/bench_train_step.py --device cuda --dtype bf16 --model-shape llama-1b \
-    --seq-len 32768 --window 8192 --stride 6144 --gradient-checkpointing --attn sdpa \
-    --repeats 3 2>&1 | tee "$out/train_step.txt"
-echo "tables in $out/"
+# Call 1: CUDA correctness (token_nll fp32/bf16 against full-logit cross-entropy, the
+# cut-cross-entropy backend, one training step per loss path against the CPU) and the
+# performance table of the reference setting (Llama-3.2-1B shape, one 32K sequence, bf16,
+# gradient checkpointing, SDPA). Call 2: the mini-study on SmolLM2-135M extended 4x.
+# Each part runs under its own deadline, writes its results as soon as it ends and is
+# skipped when rerun (state in --state, default /tmp/tokenweight-gpu, outside the
+# checkout). OUT receives results.json, plan.txt, the call's log and study.md.
+# `--setting rehearsal` runs the same parts at CPU size (CI: `make gpu-rehearsal`).
+# Turn the results into the docs' tables: python benchmarks/gpu_tables.py OUT/results.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+args=(run)
+call=
+while (($#)); do
+    case "$1" in
+        --call) call=$2; args+=(--call "$2"); shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+if [[ " ${args[*]} " == *" --dry-run "* && -z "$call" ]]; then
+    args+=(--call 1 --out /dev/null)
+fi
+export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec "$PY" benchmarks/gpu_checks.py "${args[@]}"

@@ -221,3 +221,36 @@ def test_push_to_hub_failures_are_named_before_training(assets, tmp_path, monkey
     assert not (out / "model.safetensors").exists()
     with pytest.raises(TokenWeightError, match=r"train\.hub_model_id: only used with"):
         make_config(assets, out, "train.hub_model_id=me/x")
+
+
+def test_card_facts_from_a_config_and_manifest(tmp_path):
+    """The data rows come from the manifest as written; Hub datasets become metadata."""
+    from tokenweight.training.card import card_facts
+
+    config = make_config(
+        {"model": tmp_path / "no-model", "prepared": tmp_path / "no-data"},
+        tmp_path / "run",
+        "scheme=uniform",
+        "train.gradient_accumulation_steps=4",
+        "model.rope_theta=40000",
+        "model.max_position_embeddings=128",
+    )
+    manifest = {
+        "seq_len": 32,
+        "fingerprint": "sha256:" + "ab" * 32,
+        "counts": {"sequences": 1234},
+        "tokenizer": {"name_or_path": "tok", "vocab_sha256": "cd" * 32},
+        "inputs": [{"hf_dataset": "org/books", "split": "train", "documents": 9}],
+    }
+    facts = card_facts(
+        config, manifest, steps=7, final_loss=1.5, mean_loss=2.0, loss_steps=(1, 7), world_size=2
+    )
+    assert facts.datasets == ["org/books"] and facts.scorer.startswith("none")
+    text = model_card_text(facts)
+    assert f"| fingerprint | sha256:{'ab' * 32} |" in text
+    assert "| sequences | 1,234 |" in text and "| inputs | org/books (train) |" in text
+    assert "(the same fingerprint), from the folder it was run in" in text
+    assert "2 x 4 accumulation x 2 process(es) = 16 sequences of 32 tokens" in text
+    assert "max_position_embeddings 128, RoPE theta 40000" in text
+    assert "torchrun --nproc_per_node 2 -m tokenweight.cli train" in text
+    assert ModelCard(text).data.datasets == ["org/books"]

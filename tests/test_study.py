@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -28,7 +29,7 @@ def model(tmp_path_factory):
 def _overrides(model, work, facts=False):
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
-        " {scheme: 'sparse:0.5', scorer: frozen}, {scheme: uniform, data: selected}]"
+        " {scheme: 'sparse:0.5', scorer: precomputed}, {scheme: uniform, data: selected}]"
     )
     synth = (
         "synth={seq_len: 64, sequences: 8, distances: [8, 24, 40], span: 2, copies: 1,"
@@ -93,6 +94,11 @@ def test_study_end_to_end_with_independent_paired_differences(
     for name in ("study.md", "study.png"):
         assert (work / name).stat().st_size > 0
     assert "copied at distance 40" in results["metrics"]
+    # the cost estimate counts the report's comparisons as the report makes them
+    from tokenweight.study_cost import _metric_count
+
+    nll_metrics = [m for m in results["metrics"] if not m.startswith("probe")]
+    assert _metric_count(load_study_config(None, argv[1:]), 64) == len(nll_metrics)
 
     ev = work / "eval"
     valid = np.load(ev / "target_mask.npy")
@@ -142,6 +148,23 @@ def test_study_end_to_end_with_independent_paired_differences(
     assert again.count("reusing it") >= 8 + 3 + (start == "tiny")
     assert "train uniform seed 0 ..." not in again
     assert "train uniform seed 0 ..." in out
+    if start == "tiny":
+        return
+    # a kill during a training before its first checkpoint, or during the evaluation,
+    # leaves folders without step.json; a rerun continues or redoes them (no refusal)
+    seed0 = work / "runs" / "00-uniform" / "seed0"
+    for p in seed0.iterdir():
+        if p.name not in ("tokenweight_train.yaml", "train_log.jsonl"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in ev.iterdir():
+        if p.name not in ("target_mask.npy", "start.npy", "probes.json"):
+            p.unlink()
+    assert main(argv) == 0
+    resumed = capsys.readouterr().out
+    assert "train uniform seed 0: continuing the interrupted run" in resumed
+    assert "train uniform seed 1: cached" in resumed
+    assert "evaluate every model on the held-out sequences ..." in resumed
+    assert json.loads((work / "study.json").read_text())["runs"] == results["runs"]
 
 
 def test_bad_study_configs():
@@ -164,7 +187,7 @@ def test_shipped_study_configs_validate(name):
     assert config.run_specs[config.baseline].scheme == "uniform" and len(config.seeds) >= 2
     schemes = {r.scheme.split(":")[0] for r in config.run_specs}
     assert {"dense", "sparse", "longce", "ppmi", "npmi"} <= schemes
-    assert {r.scorer for r in config.run_specs} >= {"self", "frozen"}
+    assert {r.scorer for r in config.run_specs} >= {"self", "precomputed"}
 
 
 def test_study_report_sections_from_hand_made_results(tmp_path):
@@ -250,6 +273,7 @@ def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
         load_study_config(None, ["probes=[passkeyy]"])
 
 
+@pytest.mark.slow  # --dry-run times a few steps: 3 CPU seconds (tests/helpers/tiers.py)
 def test_settings_after_an_option_still_count(capsys):
     assert main(["study", "seeds=[0, 1, 2]", "--dry-run", "max_steps=3"]) == 0
     plan = capsys.readouterr().out

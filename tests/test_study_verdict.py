@@ -164,6 +164,9 @@ def test_bottom_line_from_constructed_evaluations(tmp_path):
     assert "inside [0, 16) +0.300 nats" in line
     assert "- **Better than uniform on the long-range targets:** **helps**." in text
     assert "- Worse than uniform on the long-range targets: **hurts**." in text
+    hurts = next(x for x in text.splitlines() if x.startswith("  - **hurts**"))
+    assert "LongPPL key tokens +0.400 nats" in hurts
+    assert "cost elsewhere: worse on all targets" in hurts  # the key tokens are among them
     assert "- No long-range difference holds for **noise**." in text
     assert f"Holm's correction over the {m} comparisons" in text
     assert f"about {m * 0.05:.1f} of them would fall outside the noise" in text
@@ -174,6 +177,25 @@ def test_bottom_line_from_constructed_evaluations(tmp_path):
     assert verdict["uses_context"] and verdict["gain"] == pytest.approx(0.5, abs=1e-6)
     high = study_results(_config(min_context_gain=0.6), ev, tmp_path / "no-synth")
     assert not high["context_check"]["verdict"]["uses_context"]
+
+
+def test_context_verdict_reads_groups_with_enough_targets():
+    check = {
+        "local_window": 2,
+        "key_share": 0.2,
+        "inside_check": {
+            "all targets inside": {"targets": 90, "whole": 3.5, "local": 3.51},
+            "copied at distance 8, inside": {"targets": 1, "whole": 0.1, "local": 3.0},
+        },
+    }
+    verdict = context_verdict(check, 0.05)
+    assert verdict["where"] == "all targets inside" and verdict["gain"] == pytest.approx(0.01)
+    assert not verdict["uses_context"]
+    assert "0.010 nats (all targets inside)" in context_warning(check, verdict)[0]
+    check["inside_check"]["copied at distance 8, inside"]["targets"] = 40
+    verdict = context_verdict(check, 0.05)
+    assert verdict["uses_context"] and verdict["gain"] == pytest.approx(2.9)
+    assert context_warning(check, verdict) == []
 
 
 @pytest.mark.slow
@@ -222,9 +244,12 @@ def _timings(**kw):
         pretrain_start=3.0,
         pretrain_step=0.2,
         synth_per_token=0.001,
+        synth_start=0.4,
         score_start=1.5,
         score_per_sequence=0.25,
         probe_per_prompt=0.05,
+        comparison=0.01,
+        report_start=0.5,
     )
     return Timings(**{**base, **kw})
 
@@ -253,12 +278,15 @@ def test_estimate_counts_every_part_of_the_study():
     parts = {p.name: p.seconds for p in estimate(config, _timings(), train_sequences=8, seq_len=64)}
     assert parts == pytest.approx(
         {
-            "pretraining the start model": 3 + 10 * 0.2 + 10 * 2 * 16 * 0.001,
-            "synthetic data": (8 + 4) * 64 * 0.001,
+            "pretraining the start model": 3 + 10 * 0.2 + 0.4 + 10 * 2 * 16 * 0.001,
+            "synthetic data": 2 * 0.4 + (8 + 4) * 64 * 0.001,  # training and held-out
             "scoring the training data": 1.5 + 8 * 0.25,
             # uniform, frozen and selected step like uniform; self at its own rate
             "training": 2 * (2 + 5 * 0.5) * 3 + 2 * (2 + 5 * 0.8),
             "evaluation": 9 * (1 + 4 * 0.1) + 4 * 0.3,
+            # 3 runs against the baseline x (all, inside, beyond, 4 buckets of 16 in 64,
+            # key tokens, the default synth's 3 distance classes, not copied)
+            "report": 3 * 12 * 0.01 + 0.5,
         }
     )
     # with RoPE settings the start model is loaded once more, extended, for evaluation
@@ -285,7 +313,7 @@ def test_estimate_counts_every_part_of_the_study():
         ],
     )
     got = {p.name: p.seconds for p in estimate(probes, _timings(), train_sequences=8, seq_len=64)}
-    assert set(got) == {"training", "evaluation", "probes"}  # no pretraining, synth, scores
+    assert set(got) == {"training", "evaluation", "probes", "report"}  # no pretraining ...
     # the reference scorer's step adds one evaluation forward per sequence of the step
     assert got["training"] == pytest.approx((2 + 5 * 0.5) + (2 + 5 * (0.5 + 2 * 0.1)))
     assert got["probes"] == pytest.approx(3 * (1 * 2 * 1 * 2) * 0.05)

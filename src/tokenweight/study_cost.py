@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.scorer_kinds import DEFAULT_SCORER, ScorerKind, uniform_kind
 from tokenweight.study import (
     RunSpec,
     StudyConfig,
@@ -62,12 +63,15 @@ class Timings:
     ``train_start``: the fixed cost of one training run (loading, Trainer set-up, the
     final save); ``train_step``: one optimizer step of the study's size by scorer kind
     (``"none"``, ``"self"``); ``pretrain_*`` the same for the tiny start model's
-    pretraining; ``synth_per_token``: writing synthetic data; ``score_start`` /
+    pretraining; ``synth_per_token`` / ``synth_start``: writing synthetic data, per token
+    and per folder; ``score_start`` /
     ``score_per_sequence``: scoring (short and long NLL) with the start model;
     ``eval_load``: loading one model for evaluation; ``eval_per_sequence``: one
     held-out sequence's long-context NLL; ``start_per_sequence``: the start model's extra
     passes per held-out sequence (short windows, local windows, extended RoPE);
-    ``probe_per_prompt``: one probe prompt's greedy answer; ``seconds``: the calibration.
+    ``probe_per_prompt``: one probe prompt's greedy answer; ``comparison``: one paired
+    difference with its bootstrap; ``report_start``: writing a report's figure;
+    ``seconds``: the calibration.
     """
 
     train_start: float
@@ -78,9 +82,12 @@ class Timings:
     pretrain_start: float = 0.0
     pretrain_step: float = 0.0
     synth_per_token: float = 0.0
+    synth_start: float = 0.0
     score_start: float = 0.0
     score_per_sequence: float = 0.0
     probe_per_prompt: float = 0.0
+    comparison: float = 0.0
+    report_start: float = 0.0
     seconds: float = 0.0
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
@@ -95,8 +102,11 @@ class Part:
     seconds: float
 
 
-def _step_kind(scorer: str) -> str:
-    return "self" if scorer == "self" else "none"
+def _step_kind(kind: ScorerKind) -> str:
+    """The measured step a run's training step costs: a kind scoring short windows every
+    step is timed as itself; any other costs a uniform step (plus what :func:`estimate`
+    adds for a full-sequence forward)."""
+    return kind.name if kind.window else uniform_kind().name
 
 
 def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: int) -> list[Part]:
@@ -116,13 +126,22 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 "pretraining the start model",
                 f"{steps} steps x {t.pretrain_step:.3f} s + {t.pretrain_start:.1f} s start-up "
                 f"+ {tokens:,} synthetic tokens",
-                t.pretrain_start + steps * t.pretrain_step + tokens * t.synth_per_token,
+                t.pretrain_start
+                + steps * t.pretrain_step
+                + t.synth_start
+                + tokens * t.synth_per_token,
             )
         )
     if config.data is None:
         tokens = (int(config.synth.get("sequences", 0)) + config.eval_sequences) * seq_len
-        parts.append(Part("synthetic data", f"{tokens:,} tokens", tokens * t.synth_per_token))
-    if any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+        parts.append(
+            Part(
+                "synthetic data",
+                f"{tokens:,} tokens in 2 folders",
+                2 * t.synth_start + tokens * t.synth_per_token,
+            )
+        )
+    if any(r.kind.stored_scores or r.data == "selected" for r in specs):
         parts.append(
             Part(
                 "scoring the training data",
@@ -134,8 +153,8 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
     per_seq = config.micro_batch_size * config.gradient_accumulation_steps
     total, kinds = 0.0, []
     for r in specs:
-        step = t.train_step[_step_kind(r.scorer)]
-        if r.scorer == "reference":
+        step = t.train_step[_step_kind(r.kind)]
+        if r.kind.forward_per_step and not r.kind.window:  # a full-sequence forward
             step += per_seq * t.eval_per_sequence
         total += seeds * (t.train_start + config.max_steps * step)
         kinds.append(f"{r.scorer} {step:.3f} s")
@@ -175,7 +194,30 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 models * prompts * t.probe_per_prompt,
             )
         )
+    comparisons = (len(specs) - 1) * (_metric_count(config, seq_len) + len(config.probes))
+    parts.append(
+        Part(
+            "report",
+            f"{comparisons} paired comparisons x {t.comparison:.3f} s + {t.report_start:.1f} s "
+            "for the figure",
+            comparisons * t.comparison + t.report_start,
+        )
+    )
     return parts
+
+
+def _metric_count(config: StudyConfig, seq_len: int) -> int:
+    """How many NLL metrics the report compares (``tokenweight.study._metric_masks``):
+    all, inside, beyond, the window-wide buckets, key tokens, and on synthetic data one
+    per distance class plus the targets that copy nothing."""
+    w = config.window
+    buckets = seq_len // w if seq_len > 2 * w else 0
+    synthetic = 0
+    if config.data is None:
+        from tokenweight.synth import SynthConfig
+
+        synthetic = len(SynthConfig(**config.synth).distance_classes()) + 1
+    return 4 + buckets + synthetic
 
 
 def _extended(config: StudyConfig) -> bool:
@@ -184,6 +226,8 @@ def _extended(config: StudyConfig) -> bool:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -252,9 +296,11 @@ def _timer() -> Iterator[Callable[[], float]]:
     end.append(time.perf_counter())
 
 
-def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tuple[Path, float]:
+def _small_data(
+    config: StudyConfig, start: Path, folder: Path, rows: int
+) -> tuple[Path, float, float]:
     """A prepared folder of ``rows`` training sequences like the study's, and the
-    seconds per token it took to write (synthetic data; 0 for given data)."""
+    seconds it took to write per token and per folder (synthetic data; 0 for given data)."""
     import json
 
     if config.data is None:
@@ -265,10 +311,12 @@ def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tu
             write_synth(SynthConfig(**{**config.synth, "sequences": n}), start, out)
             return time.perf_counter() - t0
 
-        # the slope between two sizes: loading the tokenizer and saving cost the same
+        # the slope between two sizes, and what is left of the small one per folder
+        # (loading the tokenizer, saving)
         small, large = seconds(rows, folder), seconds(4 * rows, folder.with_name("synth-4x"))
-        seq_len = int(config.synth.get("seq_len", 512))
-        return folder, max(0.0, large - small) / (3 * rows * seq_len)
+        tokens = rows * SynthConfig(**config.synth).seq_len
+        per_token = max(0.0, large - small) / (3 * tokens)
+        return folder, per_token, max(0.0, small - tokens * per_token)
     from tokenweight.data import read_manifest
     from tokenweight.data.prepare import load_prepared
     from tokenweight.data.store import SCORED_FORMAT, load_scored_dataset
@@ -286,7 +334,7 @@ def _small_data(config: StudyConfig, start: Path, folder: Path, rows: int) -> tu
     ds.save_to_disk(str(folder))
     counts = {**manifest.get("counts", {}), "sequences": len(ds)}
     atomic_write_json(folder / "manifest.json", {**manifest, "counts": counts})
-    return folder, 0.0
+    return folder, 0.0, 0.0
 
 
 def calibrate(
@@ -312,42 +360,77 @@ def calibrate(
             tc = _train_config(
                 small, RunSpec(), 0, start, tmp / "pre-data", tmp / "pre-out", device, pretrain=True
             )
+            log(f"    {k} pretraining steps ...")
             extra["pretrain_start"], extra["pretrain_step"] = _timed_training(tc)
         rows = max(_SEQUENCES, k * config.micro_batch_size * config.gradient_accumulation_steps)
-        data, synth_per_token = _small_data(config, start, tmp / "data", rows)
+        data, synth_per_token, synth_start = _small_data(config, start, tmp / "data", rows)
         brief = dataclasses.replace(config, max_steps=k, warmup_steps=0)
         steps: dict[str, float] = {}
         starts = []
-        for kind in dict.fromkeys(_step_kind(r.scorer) for r in specs):
-            spec = RunSpec("dense:0.75", "self") if kind == "self" else RunSpec()
+        for kind in dict.fromkeys(_step_kind(r.kind) for r in specs):
+            spec = RunSpec("dense:0.75", kind) if kind != uniform_kind().name else RunSpec()
             tc = _train_config(brief, spec, 0, start, data, tmp / f"train-{kind}", device)
+            what = f"scorer {kind}"
+            log(f"    {k} training steps ({what}) ...")
             s, steps[kind] = _timed_training(tc)
             starts.append(s)
-        if "self" not in steps:
-            steps["self"] = steps["none"]
-        if any(r.scorer == "frozen" for r in specs):
-            notes.append("a frozen-scorer step is counted as a uniform one (scores read from disk)")
-        if any(r.scorer == "reference" for r in specs):
-            notes.append("a reference-scorer step adds one evaluation forward per sequence")
+        steps.setdefault(DEFAULT_SCORER, steps[uniform_kind().name])
+        for used in dict.fromkeys(r.kind for r in specs):
+            if used.stored_scores:
+                notes.append(
+                    f"a {used.name}-scorer step is counted as a uniform one (scores read from disk)"
+                )
+            elif used.forward_per_step and not used.window:
+                notes.append(f"a {used.name}-scorer step adds one evaluation forward per sequence")
+        log("    scoring, evaluation and report ...")
         score = _time_scoring(config, start, data, tmp / "scored", device, specs)
         ev = _time_evaluation(config, start, data, device)
+        report = _time_report(config, tmp / "figure.png")
     return Timings(
         train_start=min(starts),  # the first run also paid for imports, once per process
         train_step=steps,
         synth_per_token=synth_per_token,
+        synth_start=synth_start,
         seconds=time.perf_counter() - t_all,
         device=device,
         notes=notes,
         **extra,
         **score,
         **ev,
+        **report,
     )
+
+
+def _time_report(config: StudyConfig, png: Path) -> dict[str, float]:
+    """One paired comparison at the study's size (seeds x held-out sequences, bootstrap
+    samples) on random sums, and one figure written."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from tokenweight.evaluation.plots import save_png
+    from tokenweight.paired import paired_difference
+
+    rng = np.random.default_rng(0)
+    shape = (len(config.seeds), config.eval_sequences)
+    with _timer() as one:
+        paired_difference(
+            rng.random(shape),
+            rng.random(shape),
+            np.ones(shape[1]),
+            samples=config.bootstrap_samples,
+            confidence=config.confidence,
+        )
+    with _timer() as figure:
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        fig.subplots().errorbar([0, 1], [0, 1], yerr=[0.1, 0.1], fmt="o")
+        save_png(fig, png)
+    return {"comparison": one(), "report_start": figure()}
 
 
 def _time_scoring(
     config: StudyConfig, start: Path, data: Path, out: Path, device: str, specs: list[Any]
 ) -> dict[str, float]:
-    if not any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+    if not any(r.kind.stored_scores or r.data == "selected" for r in specs):
         return {}
     from tokenweight.data import score_dataset
     from tokenweight.models import load_model

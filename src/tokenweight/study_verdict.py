@@ -24,6 +24,7 @@ from tokenweight.paired import holm
 
 __all__ = [
     "LONG_RANGE",
+    "MIN_TARGETS",
     "OTHER",
     "PROBES",
     "apply_holm",
@@ -35,6 +36,8 @@ __all__ = [
 LONG_RANGE = "long-range targets"
 OTHER = "other targets"
 PROBES = "retrieval probes"
+# the context check reads a group of targets inside the window only from this many on
+MIN_TARGETS = 30
 
 
 def apply_holm(differences: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
@@ -64,9 +67,13 @@ def apply_holm(differences: list[dict[str, Any]], alpha: float) -> dict[str, Any
 def context_verdict(check: dict[str, Any], threshold: float) -> dict[str, Any]:
     """The context check's figure against ``threshold`` (nats): the largest gain of the
     start model from its whole context over short windows, among the inside-the-window
-    rows of ``check`` (``inside_check``; else the gain beyond the window)."""
+    rows of ``check`` (``inside_check``) with at least :data:`MIN_TARGETS` targets (all
+    rows if none has that many; without rows, the gain beyond the window)."""
     rows = check.get("inside_check") or {}
-    gains = {k: v["local"] - v["whole"] for k, v in rows.items() if v.get("targets")}
+    counted = {k: v for k, v in rows.items() if v.get("targets", 0) >= MIN_TARGETS} or {
+        k: v for k, v in rows.items() if v.get("targets")
+    }
+    gains = {k: v["local"] - v["whole"] for k, v in counted.items()}
     if gains:
         where = max(gains, key=lambda k: gains[k])
         gain = gains[where]
@@ -145,6 +152,7 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         "",
     ]
     families = {f: [m for m in results["metrics"] if fam.get(m) == f] for f in (LONG_RANGE, OTHER)}
+    # "no cost elsewhere" below means: no difference on the other targets holds
     lines.append(
         f"- Long-range targets: {md_escape(', '.join(families[LONG_RANGE])) or 'none in this study'}; "
         f"other targets: {md_escape(', '.join(families[OTHER])) or 'none'}."
@@ -159,42 +167,42 @@ def bottom_line(results: dict[str, Any]) -> list[str]:
         good = [d for d in long if d["holds"] == "better"]
         bad = [d for d in long if d["holds"] == "worse"]
         (mixed if good and bad else beat if good else worse if bad else none).append(run)
+
+    def held(run: str, family: str) -> list[dict[str, Any]]:
+        return [
+            d for d in diffs if d["run"] == run and fam.get(d["metric"]) == family and d["holds"]
+        ]
+
+    def elsewhere(run: str) -> str:
+        other = held(run, OTHER)
+        cost = [d for d in other if d["holds"] == "worse"]
+        gain = [d for d in other if d["holds"] == "better"]
+        text = f"cost elsewhere: worse on {_listing(cost)}" if cost else "no cost elsewhere"
+        return text + (f"; better elsewhere on {_listing(gain)}" if gain else "")
+
     if beat:
         lines.append(f"- **Better than {shown} on the long-range targets:** {_names(beat)}.")
-        for run in beat:
-            long = [
-                d
-                for d in diffs
-                if d["run"] == run and fam.get(d["metric"]) == LONG_RANGE and d["holds"]
-            ]
-            other = [
-                d for d in diffs if d["run"] == run and fam.get(d["metric"]) == OTHER and d["holds"]
-            ]
-            cost = [d for d in other if d["holds"] == "worse"]
-            gain = [d for d in other if d["holds"] == "better"]
-            elsewhere = (
-                f"cost elsewhere: worse on {_listing(cost)}"
-                if cost
-                else "no cost elsewhere that holds"
-            ) + (f"; also better on {_listing(gain)}" if gain else "")
-            lines.append(f"  - **{md_escape(run)}**: {_listing(long)}; {elsewhere}.")
+        lines += [
+            f"  - **{md_escape(r)}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}."
+            for r in beat
+        ]
     else:
         lines.append(
             f"- **No run is better than {shown} on the long-range targets** after the correction."
         )
-    if worse:
-        lines.append(f"- Worse than {shown} on the long-range targets: {_names(worse)}.")
-        for run in worse:
-            rows = [
-                d
-                for d in diffs
-                if d["run"] == run and fam.get(d["metric"]) == LONG_RANGE and d["holds"]
+    for group, head in (
+        (worse, f"Worse than {shown} on the long-range targets"),
+        (mixed, "Better on some long-range targets, worse on others"),
+    ):
+        if group:
+            lines.append(f"- {head}: {_names(group)}.")
+            lines += [
+                f"  - **{md_escape(r)}**: {_listing(held(r, LONG_RANGE))}; {elsewhere(r)}."
+                for r in group
             ]
-            lines.append(f"  - **{md_escape(run)}**: {_listing(rows)}.")
-    if mixed:
-        lines.append(f"- Better on some long-range targets, worse on others: {_names(mixed)}.")
     if none:
         lines.append(f"- No long-range difference holds for {_names(none)}.")
+        lines += [f"  - **{md_escape(r)}**: {elsewhere(r)}." for r in none if held(r, OTHER)]
     probes = [d for d in diffs if fam.get(d["metric"]) == PROBES and d["holds"]]
     if any(fam.get(d["metric"]) == PROBES for d in diffs):
         lines.append(

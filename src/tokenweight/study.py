@@ -307,8 +307,15 @@ def _seq_len(config: StudyConfig) -> int:
     path = Path(config.data) / "manifest.json"
     if not path.is_file():
         raise TokenWeightError(f"data: {config.data} is not a prepared or scored dataset")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    return int(manifest["seq_len"] if "seq_len" in manifest else manifest["prepared"]["seq_len"])
+    from tokenweight.files import read_json
+
+    manifest = read_json(path, "prepare (or score) the data again")
+    seq_len = manifest.get("seq_len") if isinstance(manifest, dict) else None
+    if seq_len is None and isinstance(manifest, dict):
+        seq_len = (manifest.get("prepared") or {}).get("seq_len")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int):
+        raise TokenWeightError(f"data: {path} is not a tokenweight manifest (no seq_len)")
+    return seq_len
 
 
 def plan_text(config: StudyConfig) -> str:

@@ -191,6 +191,12 @@ def _case_prepared_state_names_a_file_outside(env, work):
     return _score_copy(env, work), "which is not a file of"
 
 
+def _corrupt_manifest(env, work) -> Path:
+    prep = _copy(env, "prep", work)
+    _truncate(prep / "manifest.json")
+    return prep
+
+
 def _study_dry(*settings: str) -> list:
     return ["study", "--dry-run", *settings]
 
@@ -274,6 +280,10 @@ CATALOGUE = {
         ["train", train_yaml(env, work), "scheme=longce:-1"],
         "truncation gamma -1",
     ),
+    "train report_to an unknown integration": lambda env, work: (
+        ["train", train_yaml(env, work), "train.report_to=[tensorbord]"],
+        "unknown integration(s) tensorbord",
+    ),
     "train output_dir=model.source": lambda env, work: (
         ["train", train_yaml(env, work), f"train.output_dir={env['model']}"],
         "overlaps the input",
@@ -291,6 +301,14 @@ CATALOGUE = {
         "tokenizer differs",
     ),
     "eval corrupt prepared manifest.json": _case_eval_corrupt_manifest,
+    "eval --lengths beyond the model's positions": lambda env, work: (
+        ["eval", env["model"], "--tasks", "passkey", "--lengths", 1000, "--out", work / "e"],
+        "--allow-beyond-positions",
+    ),
+    "eval --lengths too short for the probe tasks": lambda env, work: (
+        ["eval", env["model"], "--tasks", "passkey,needle", "--lengths", 40, "--out", work / "e"],
+        "too short for 'needle'",
+    ),
     "eval --out a file": lambda env, work: (
         ["eval", env["model"], "--tasks", "passkey", "--out", _passage(work)],
         "not a folder",
@@ -458,6 +476,10 @@ CATALOGUE = {
     "study --dry-run eval_data=data": lambda env, work: (
         _study_dry(f"data={env['prep']}", f"eval_data={env['prep']}", "window=8"),
         "eval_data:",
+    ),
+    "study --dry-run data=CORRUPT manifest": lambda env, work: (
+        _study_dry(f"data={_corrupt_manifest(env, work)}", f"eval_data={env['prep']}"),
+        "manifest.json is corrupt or truncated",
     ),
     "configs copy under a file": lambda env, work: (
         ["configs", "copy", "paper/dense_self", work / "user-notes.txt" / "x.yaml"],

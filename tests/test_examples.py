@@ -46,6 +46,7 @@ RUN = (
     "token_weight_trainer.py",
     "trl_sft.py",
     "precomputed_scores.py",
+    "extending.py",
 )
 
 
@@ -142,6 +143,21 @@ def test_training_loop(run_example):
         assert 0.75 <= float(m[1]) < 1.0 < float(m[2])  # dense:0.75: floor 0.75, mean 1
     fresh = g["tiny_model"](g["tokenizer"])
     assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), g["model"].parameters()))
+
+
+def test_extending(run_example):
+    from tokenweight import scorer_kinds, weighting
+
+    try:
+        out, _ = run_example("extending.py")
+        # independent: s = l / 2, d = min(|l - s|, 2), L1: n * d / sum(d)
+        long = [0.5, 3.0, 1.2, 6.0]
+        d = [min(abs(x - x / 2), 2.0) for x in long]
+        want = [round(len(d) * x / sum(d), 4) for x in d]
+        assert out == f"capped:2 half {want}\n"
+    finally:  # the tables are global: leave them as they were
+        weighting.PRESETS.pop("capped", None)
+        scorer_kinds.SCORERS.pop("half", None)
 
 
 @pytest.mark.slow

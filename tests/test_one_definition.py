@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib
 import inspect
 from pathlib import Path
@@ -17,7 +18,9 @@ import tokenweight
 ROOT = Path(tokenweight.__file__).resolve().parent
 
 
+@functools.cache
 def _sources() -> dict[str, ast.Module]:
+    """Every module of the package, parsed once per test process."""
     return {
         path.relative_to(ROOT).as_posix(): ast.parse(path.read_text(encoding="utf-8"))
         for path in sorted(ROOT.rglob("*.py"))

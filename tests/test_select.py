@@ -169,3 +169,31 @@ def test_select_refuses_data_without_long_scores_or_another_prepared(scored, tmp
     assert main([*base, str(scored["long"]), "--prepared", str(other)]) == 2
     assert "not scored from" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_select_warns_when_every_unit_scores_zero(scored, tmp_path, capsys, caplog, monkeypatch):
+    """Scores whose long and short NLL are equal give every unit 0: the choice among them
+    is arbitrary, and select says so (and still writes the selection)."""
+    import dataclasses
+    import logging
+
+    from tokenweight import selection
+
+    real = selection._read_scores
+
+    def no_gain(*args):
+        scores = real(*args)
+        return dataclasses.replace(scores, long=scores.short.copy())
+
+    monkeypatch.setattr(selection, "_read_scores", no_gain)
+    out = tmp_path / "sel"
+    argv = ["select", scored["long"], "--prepared", scored["prep"], "--top", 0.5]
+    argv += ["--by", "mean_gain"]  # (the tiny model has no key tokens at all: key_share 0)
+    with caplog.at_level(logging.WARNING, logger="tokenweight.selection"):
+        assert main([*map(str, argv), "--out", str(out)]) == 0
+    assert "has mean_gain 0" in caplog.text and "arbitrary" in caplog.text
+    assert (out / "manifest.json").is_file()
+    caplog.clear()
+    monkeypatch.setattr(selection, "_read_scores", real)  # real gains: no warning
+    assert main([*map(str, argv), "--out", str(tmp_path / "sel2")]) == 0
+    assert "arbitrary" not in caplog.text

@@ -29,7 +29,7 @@ def model(tmp_path_factory):
 def _overrides(model, work, facts=False):
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
-        " {scheme: 'sparse:0.5', scorer: frozen}, {scheme: uniform, data: selected}]"
+        " {scheme: 'sparse:0.5', scorer: precomputed}, {scheme: uniform, data: selected}]"
     )
     synth = (
         "synth={seq_len: 64, sequences: 8, distances: [8, 24, 40], span: 2, copies: 1,"
@@ -187,7 +187,7 @@ def test_shipped_study_configs_validate(name):
     assert config.run_specs[config.baseline].scheme == "uniform" and len(config.seeds) >= 2
     schemes = {r.scheme.split(":")[0] for r in config.run_specs}
     assert {"dense", "sparse", "longce", "ppmi", "npmi"} <= schemes
-    assert {r.scorer for r in config.run_specs} >= {"self", "frozen"}
+    assert {r.scorer for r in config.run_specs} >= {"self", "precomputed"}
 
 
 def test_study_report_sections_from_hand_made_results(tmp_path):
@@ -273,6 +273,7 @@ def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
         load_study_config(None, ["probes=[passkeyy]"])
 
 
+@pytest.mark.slow  # --dry-run times a few steps: 3 CPU seconds (tests/helpers/tiers.py)
 def test_settings_after_an_option_still_count(capsys):
     assert main(["study", "seeds=[0, 1, 2]", "--dry-run", "max_steps=3"]) == 0
     plan = capsys.readouterr().out

@@ -22,6 +22,7 @@ from typing import Any
 from tokenweight.config_files import load_raw_config
 from tokenweight.corpora import HELD_OUT, fetch_shakespeare
 from tokenweight.errors import TokenWeightError
+from tokenweight.evaluation.probes import DEFAULT_PROBE_TASKS
 from tokenweight.schema import (
     apply_overrides,
     at_least_two,
@@ -29,9 +30,11 @@ from tokenweight.schema import (
     checked,
     non_negative,
     one_of,
+    one_of_table,
     positive,
     seed_range,
 )
+from tokenweight.scorer_kinds import one_model_kinds, stored_scores_kind
 from tokenweight.steps import StepRecord, Steps, folder_fingerprint, run_dir_name
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
@@ -55,7 +58,10 @@ class PipelineConfig:
     score_batch_size: int = field(default=1, metadata=checked(positive))
     # training: the baseline first, then the weighted scheme(s), all from the same start
     schemes: list[str] = field(default_factory=lambda: ["uniform", "dense:0.75"])
-    scorer: str = field(default="precomputed", metadata=one_of("precomputed", "self"))
+    scorer: str = field(
+        default_factory=lambda: stored_scores_kind().name,
+        metadata=one_of_table(one_model_kinds),
+    )
     max_steps: int = field(default=8, metadata=checked(positive))
     micro_batch_size: int = field(default=1, metadata=checked(positive))
     gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
@@ -74,7 +80,7 @@ class PipelineConfig:
     eval_sequences: int = field(default=2, metadata=checked(positive))
     eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
     bucket_size: int | None = field(default=None, metadata=checked(positive))  # eval len / 8
-    probes: list[str] = field(default_factory=lambda: ["passkey", "needle"])
+    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBE_TASKS))
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
     probe_trials: int = field(default=1, metadata=checked(positive))

@@ -16,8 +16,10 @@ from typing import Any
 
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
+from tokenweight.evaluation.probes import PROBES
 from tokenweight.evaluation.report import format_number, markdown_table, md_escape
 from tokenweight.files import atomic_write_text
+from tokenweight.scorer_kinds import scorer_kind
 from tokenweight.training.run import LOG_NAME, SUMMARY_NAME
 
 __all__ = ["config_table", "write_report"]
@@ -161,7 +163,7 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
     if not results:
         return []
     entries = {e["label"]: e for e in results["models"]}
-    probe_tasks = [t for t in results["settings"].get("tasks", []) if t not in ("ppl", "longppl")]
+    probe_tasks = [t for t in results["settings"].get("tasks", []) if t in PROBES]
     out = ["## Evaluation on held-out text", ""]
     rows = []
     for label in labels:
@@ -279,11 +281,7 @@ def _summary_section(
         f"({md_escape(', '.join(config.schemes))}), each for {config.max_steps} "
         f"optimizer steps from the same start. Short-context NLL came from "
         f"{config.window}-token windows of "
-        + (
-            "the frozen start model, computed once ahead of training"
-            if config.scorer == "precomputed"
-            else "the model being trained, at every step"
-        )
+        + scorer_kind(config.scorer, "scorer").describe
         + f". RoPE theta {'unchanged' if config.rope_theta is None else config.rope_theta}. "
         f"The start model and every trained model were then evaluated on the held-out "
         f"documents {md_escape(', '.join(config.held_out))}.",

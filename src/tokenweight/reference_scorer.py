@@ -16,9 +16,10 @@ import torch
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
+from tokenweight.scorer_kinds import ScorerInputs
 from tokenweight.scoring import ModelScorer, per_document
 
-__all__ = ["ReferenceScorer"]
+__all__ = ["ReferenceScorer", "build_reference_scorer"]
 
 
 class ReferenceScorer(ModelScorer):
@@ -53,3 +54,10 @@ class ReferenceScorer(ModelScorer):
         with torch.no_grad():
             nll = model_token_nll(self.model, ids, labels=labels, attention_mask=mask)
         return nll.float().to(long_nll.device)
+
+
+def build_reference_scorer(inputs: ScorerInputs) -> ReferenceScorer:
+    """The ``reference`` kind (:data:`tokenweight.scorer_kinds.SCORERS`)."""
+    if inputs.scorer_model is None:
+        raise TokenWeightError("scorer 'reference' needs scorer_model (the reference model)")
+    return ReferenceScorer(inputs.scorer_model, **inputs.model_kwargs)

@@ -35,6 +35,7 @@ __all__ = [
     "checked",
     "non_negative",
     "one_of",
+    "one_of_table",
     "positive",
     "probability",
     "require",
@@ -82,6 +83,17 @@ def checked(fn: Callable[[Any], str | None]) -> dict[str, Any]:
 
 def one_of(*options: str) -> dict[str, Any]:
     return {"choices": options}
+
+
+def one_of_table(options: Mapping[str, Any] | Callable[[], Sequence[str]]) -> dict[str, Any]:
+    """Like :func:`one_of`, the options being the keys of a table (or what a function
+    returns) when a value is checked: a registry may grow after import."""
+    return {"choices": options}
+
+
+def _choices(meta: Mapping[str, Any]) -> Sequence[str]:
+    options = meta["choices"]
+    return tuple(options()) if callable(options) else tuple(options)
 
 
 # ------------------------------------------------------------------ conversion
@@ -206,9 +218,10 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
         meta = known[name].metadata
         if converted is not None and "choices" in meta:
             text = str(converted).lower()
-            if text not in meta["choices"]:
+            choices = _choices(meta)
+            if text not in choices:
                 raise TokenWeightError(
-                    f"{key}: expected one of {', '.join(meta['choices'])}, got {value!r}"
+                    f"{key}: expected one of {', '.join(choices)}, got {value!r}"
                 )
             converted = text
         if converted is not None and "check" in meta:

@@ -38,9 +38,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, right_padded_lengths
-
-#: The scorer kinds a config may name (:func:`build_scorer`); ``none`` means uniform loss.
-SCORER_KINDS = ("self", "model", "reference", "precomputed", "none")
+from tokenweight.scorer_kinds import SCORER_KINDS, ScorerInputs, scorer_kind
 
 __all__ = [
     "SCORER_KINDS",
@@ -52,7 +50,10 @@ __all__ = [
     "SelfScorer",
     "WindowPlan",
     "agreed_model_calls",
+    "build_model_scorer",
+    "build_precomputed_scorer",
     "build_scorer",
+    "build_self_scorer",
     "per_document",
     "plan_batch_windows",
     "plan_stride",
@@ -705,6 +706,34 @@ class PrecomputedScorer:
         return short.to(device=long_nll.device, dtype=torch.float32)
 
 
+def build_self_scorer(inputs: ScorerInputs) -> SelfScorer:
+    """The ``self`` kind (:data:`tokenweight.scorer_kinds.SCORERS`)."""
+    if inputs.window is None:
+        raise TokenWeightError("scorer 'self' needs a window (tokens)")
+    return SelfScorer(inputs.window, inputs.stride, inputs.bos_token_id, inputs.windows_per_batch)
+
+
+def build_model_scorer(inputs: ScorerInputs) -> ModelScorer:
+    """The ``model`` kind (:data:`tokenweight.scorer_kinds.SCORERS`)."""
+    if inputs.window is None:
+        raise TokenWeightError("scorer 'model' needs a window (tokens)")
+    if inputs.scorer_model is None:
+        raise TokenWeightError("scorer 'model' needs scorer_model (a model or its source)")
+    return ModelScorer(
+        inputs.scorer_model,
+        inputs.window,
+        inputs.stride,
+        inputs.bos_token_id,
+        inputs.windows_per_batch,
+        **inputs.model_kwargs,
+    )
+
+
+def build_precomputed_scorer(inputs: ScorerInputs) -> PrecomputedScorer:
+    """The ``precomputed`` kind (:data:`tokenweight.scorer_kinds.SCORERS`)."""
+    return PrecomputedScorer()
+
+
 def build_scorer(
     kind: str,
     *,
@@ -715,27 +744,11 @@ def build_scorer(
     scorer_model: Any = None,
     **model_kwargs: Any,
 ) -> Scorer | None:
-    """A scorer by name (for configs): ``self``, ``model``, ``precomputed`` or ``none``
-    (uniform loss; returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`.
-    ``reference`` builds on this module, so it is made by its own class,
-    :class:`tokenweight.reference_scorer.ReferenceScorer`."""
-    kind = str(kind).strip().lower()
-    if kind == "none":
-        return None
-    if kind == "reference":
-        raise TokenWeightError(
-            "scorer 'reference' is built by tokenweight.reference_scorer.ReferenceScorer"
-        )
-    if kind == "precomputed":
-        return PrecomputedScorer()
-    if kind in ("self", "model"):
-        if window is None:
-            raise TokenWeightError(f"scorer {kind!r} needs a window (tokens)")
-        if kind == "self":
-            return SelfScorer(window, stride, bos_token_id, windows_per_batch)
-        if scorer_model is None:
-            raise TokenWeightError("scorer 'model' needs scorer_model (a model or its source)")
-        return ModelScorer(
-            scorer_model, window, stride, bos_token_id, windows_per_batch, **model_kwargs
-        )
-    raise TokenWeightError(f"unknown scorer {kind!r}; allowed: {', '.join(SCORER_KINDS)}")
+    """A scorer by kind name (:data:`tokenweight.scorer_kinds.SCORERS`: ``self``,
+    ``model``, ``reference``, ``precomputed``, or ``none`` for uniform loss, which
+    returns ``None``). ``model_kwargs`` go to :class:`ModelScorer`."""
+    inputs = ScorerInputs(
+        window, stride, bos_token_id, windows_per_batch, scorer_model, dict(model_kwargs)
+    )
+    scorer: Scorer | None = scorer_kind(kind, "scorer").build(inputs)
+    return scorer

@@ -38,6 +38,7 @@ from tokenweight.schema import (
     positive,
     seed_range,
 )
+from tokenweight.scorer_kinds import SCORERS, ScorerKind, scorer_kind, uniform_kind
 from tokenweight.steps import Steps, folder_fingerprint, run_dir_name
 
 __all__ = [
@@ -51,26 +52,32 @@ __all__ = [
 ]
 
 STUDY_FORMAT = "tokenweight.study"
-RUN_SCORERS = ("none", "self", "frozen", "reference")
 EVAL_MARKER = "target_mask.npy"  # the first file the evaluation step writes
 
 
 @dataclass
 class RunSpec:
-    """One arm of the study: ``scheme`` with ``scorer`` (``frozen``: the start model's
+    """One arm of the study: ``scheme`` with ``scorer``, a kind of
+    :data:`tokenweight.scorer_kinds.SCORERS` (``precomputed``: the start model's
     short-context NLL, scored once ahead; ``self``; ``reference``: ``reference_model``
-    over the full sequence), trained on ``data`` ``all`` or ``selected``."""
+    over the full sequence; ``frozen`` is the old name of ``precomputed``), trained on
+    ``data`` ``all`` or ``selected``."""
 
     scheme: str = "uniform"
-    scorer: str = "none"
+    scorer: str = field(default_factory=lambda: uniform_kind().name)
     data: str = "all"
     reference_model: str | None = None
     name: str | None = None
 
+    @property
+    def kind(self) -> ScorerKind:
+        """The scorer kind of this run (from :data:`tokenweight.scorer_kinds.SCORERS`)."""
+        return scorer_kind(self.scorer, "scorer")
+
     def label(self) -> str:
         if self.name:
             return self.name
-        text = self.scheme if self.scorer == "none" else f"{self.scheme} ({self.scorer})"
+        text = self.scheme if self.kind.uniform_only else f"{self.scheme} ({self.scorer})"
         return text + (" on selected" if self.data == "selected" else "")
 
 
@@ -170,17 +177,15 @@ class StudyConfig:
                 scheme = Scheme.parse(r.scheme)
             except TokenWeightError as exc:
                 raise TokenWeightError(f"runs[{i}].scheme: {exc}") from None
-            if r.scorer not in RUN_SCORERS:
-                raise TokenWeightError(
-                    f"runs[{i}].scorer: {r.scorer!r}; allowed: {', '.join(RUN_SCORERS)}"
-                )
-            if (r.scorer == "none") != scheme.is_uniform:
-                raise TokenWeightError(
-                    f"runs[{i}]: scheme {r.scheme} needs scorer "
-                    + ("'none'" if scheme.is_uniform else "self, frozen or reference")
-                )
-            if r.scorer == "reference" and not r.reference_model:
-                raise TokenWeightError(f"runs[{i}]: the reference scorer needs reference_model")
+            kind = r.kind
+            if kind.uniform_only != scheme.is_uniform:
+                if scheme.is_uniform:
+                    need = repr(uniform_kind().name)
+                else:
+                    need = ", ".join(k.name for k in SCORERS.values() if not k.uniform_only)
+                raise TokenWeightError(f"runs[{i}]: scheme {r.scheme} needs scorer {need}")
+            if kind.model == "required" and not r.reference_model:
+                raise TokenWeightError(f"runs[{i}]: the {kind.name} scorer needs reference_model")
             if r.data not in ("all", "selected"):
                 raise TokenWeightError(f"runs[{i}].data: all or selected, got {r.data!r}")
         if self.data is not None and self.eval_data is None:
@@ -195,11 +200,11 @@ class StudyConfig:
                 f"({self.synth.get('words', 256)}): the start model's vocabulary is the "
                 "synthetic data's words"
             )
-        from tokenweight.evaluation.probes import TASKS
+        from tokenweight.evaluation.probes import PROBES
 
-        unknown = [t for t in self.probes if t not in TASKS]
+        unknown = [t for t in self.probes if t not in PROBES]
         if unknown:
-            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(TASKS)}")
+            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(PROBES)}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.probe_lengths):
             raise TokenWeightError(
                 f"probe_lengths: positive token counts, got {self.probe_lengths}"
@@ -267,9 +272,12 @@ class StudyConfig:
             if not isinstance(r, dict):
                 raise TokenWeightError(f"runs[{i}]: a mapping like {{scheme: dense:0.75}}")
             try:
-                out.append(RunSpec(**r))
+                spec = RunSpec(**r)
             except TypeError as exc:
                 raise TokenWeightError(f"runs[{i}]: {exc}") from None
+            # the kind's own name (an old spelling such as ``frozen`` warns once, here)
+            spec.scorer = scorer_kind(spec.scorer, f"runs[{i}].scorer").name
+            out.append(spec)
         return out
 
 
@@ -299,8 +307,15 @@ def _seq_len(config: StudyConfig) -> int:
     path = Path(config.data) / "manifest.json"
     if not path.is_file():
         raise TokenWeightError(f"data: {config.data} is not a prepared or scored dataset")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    return int(manifest["seq_len"] if "seq_len" in manifest else manifest["prepared"]["seq_len"])
+    from tokenweight.files import read_json
+
+    manifest = read_json(path, "prepare (or score) the data again")
+    seq_len = manifest.get("seq_len") if isinstance(manifest, dict) else None
+    if seq_len is None and isinstance(manifest, dict):
+        seq_len = (manifest.get("prepared") or {}).get("seq_len")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int):
+        raise TokenWeightError(f"data: {path} is not a tokenweight manifest (no seq_len)")
+    return seq_len
 
 
 def plan_text(config: StudyConfig) -> str:
@@ -334,7 +349,7 @@ def plan_text(config: StudyConfig) -> str:
     for i, r in enumerate(specs):
         tag = " (baseline)" if i == config.baseline else ""
         lines.append(f"  run {i}: {r.label()}{tag}")
-    needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
+    needs_scores = any(r.kind.stored_scores or r.data == "selected" for r in specs)
     if needs_scores:
         lines.append(f"  scoring: the start model, window {config.window}, with long NLL")
     if any(r.data == "selected" for r in specs):
@@ -371,9 +386,7 @@ def _train_config(
 
     p = config.pretrain
 
-    kind = {"none": "none", "self": "self", "frozen": "precomputed", "reference": "reference"}[
-        spec.scorer
-    ]
+    kind = spec.kind
     return Config.from_dict(
         {
             "model": {
@@ -387,10 +400,10 @@ def _train_config(
             "data": {"path": str(data)},
             "scheme": spec.scheme,
             "scorer": {
-                "kind": kind,
-                "window": config.window if kind == "self" else None,
-                "stride": config.stride if kind == "self" else None,
-                "model": spec.reference_model if kind == "reference" else None,
+                "kind": kind.name,
+                "window": config.window if kind.window else None,
+                "stride": config.stride if kind.window else None,
+                "model": spec.reference_model if kind.uses_model else None,
             },
             "train": {
                 "output_dir": str(out),
@@ -507,7 +520,7 @@ def run_study(
     train_data, eval_data, data_fp = _study_data(study)
     scored, selected = work / "scored", work / "selected"
     specs = config.run_specs
-    if any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+    if any(r.kind.stored_scores or r.data == "selected" for r in specs):
         _score_training_data(study, train_data, scored, data_fp)
     if any(r.data == "selected" for r in specs):
         _select_training_data(study, scored, train_data, selected)
@@ -536,7 +549,7 @@ def _check_data(config: StudyConfig) -> None:
 def _step_count(config: StudyConfig) -> int:
     """How many steps :func:`run_study` logs (for the ``[k/total]`` prefix)."""
     specs = config.run_specs
-    needs_scores = any(r.scorer == "frozen" or r.data == "selected" for r in specs)
+    needs_scores = any(r.kind.stored_scores or r.data == "selected" for r in specs)
     needs_select = any(r.data == "selected" for r in specs)
     tiny = config.model == "tiny"
     # (pretrain) data (score) (select) trainings evaluate report
@@ -650,7 +663,7 @@ def _train_runs(
             data = (
                 selected
                 if spec.data == "selected"
-                else (scored if spec.scorer == "frozen" else train_data)
+                else (scored if spec.kind.stored_scores else train_data)
             )
             _train_one(study, spec, seed, data, out, data_fp)
     return runs

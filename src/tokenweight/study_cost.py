@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
+from tokenweight.scorer_kinds import DEFAULT_SCORER, ScorerKind, uniform_kind
 from tokenweight.study import (
     RunSpec,
     StudyConfig,
@@ -101,8 +102,11 @@ class Part:
     seconds: float
 
 
-def _step_kind(scorer: str) -> str:
-    return "self" if scorer == "self" else "none"
+def _step_kind(kind: ScorerKind) -> str:
+    """The measured step a run's training step costs: a kind scoring short windows every
+    step is timed as itself; any other costs a uniform step (plus what :func:`estimate`
+    adds for a full-sequence forward)."""
+    return kind.name if kind.window else uniform_kind().name
 
 
 def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: int) -> list[Part]:
@@ -137,7 +141,7 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 2 * t.synth_start + tokens * t.synth_per_token,
             )
         )
-    if any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+    if any(r.kind.stored_scores or r.data == "selected" for r in specs):
         parts.append(
             Part(
                 "scoring the training data",
@@ -149,8 +153,8 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
     per_seq = config.micro_batch_size * config.gradient_accumulation_steps
     total, kinds = 0.0, []
     for r in specs:
-        step = t.train_step[_step_kind(r.scorer)]
-        if r.scorer == "reference":
+        step = t.train_step[_step_kind(r.kind)]
+        if r.kind.forward_per_step and not r.kind.window:  # a full-sequence forward
             step += per_seq * t.eval_per_sequence
         total += seeds * (t.train_start + config.max_steps * step)
         kinds.append(f"{r.scorer} {step:.3f} s")
@@ -363,18 +367,21 @@ def calibrate(
         brief = dataclasses.replace(config, max_steps=k, warmup_steps=0)
         steps: dict[str, float] = {}
         starts = []
-        for kind in dict.fromkeys(_step_kind(r.scorer) for r in specs):
-            spec = RunSpec("dense:0.75", "self") if kind == "self" else RunSpec()
+        for kind in dict.fromkeys(_step_kind(r.kind) for r in specs):
+            spec = RunSpec("dense:0.75", kind) if kind != uniform_kind().name else RunSpec()
             tc = _train_config(brief, spec, 0, start, data, tmp / f"train-{kind}", device)
-            log(f"    {k} training steps ({'self-scored' if kind == 'self' else 'uniform'}) ...")
+            what = f"scorer {kind}"
+            log(f"    {k} training steps ({what}) ...")
             s, steps[kind] = _timed_training(tc)
             starts.append(s)
-        if "self" not in steps:
-            steps["self"] = steps["none"]
-        if any(r.scorer == "frozen" for r in specs):
-            notes.append("a frozen-scorer step is counted as a uniform one (scores read from disk)")
-        if any(r.scorer == "reference" for r in specs):
-            notes.append("a reference-scorer step adds one evaluation forward per sequence")
+        steps.setdefault(DEFAULT_SCORER, steps[uniform_kind().name])
+        for used in dict.fromkeys(r.kind for r in specs):
+            if used.stored_scores:
+                notes.append(
+                    f"a {used.name}-scorer step is counted as a uniform one (scores read from disk)"
+                )
+            elif used.forward_per_step and not used.window:
+                notes.append(f"a {used.name}-scorer step adds one evaluation forward per sequence")
         log("    scoring, evaluation and report ...")
         score = _time_scoring(config, start, data, tmp / "scored", device, specs)
         ev = _time_evaluation(config, start, data, device)
@@ -423,7 +430,7 @@ def _time_report(config: StudyConfig, png: Path) -> dict[str, float]:
 def _time_scoring(
     config: StudyConfig, start: Path, data: Path, out: Path, device: str, specs: list[Any]
 ) -> dict[str, float]:
-    if not any(r.scorer == "frozen" or r.data == "selected" for r in specs):
+    if not any(r.kind.stored_scores or r.data == "selected" for r in specs):
         return {}
     from tokenweight.data import score_dataset
     from tokenweight.models import load_model

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
@@ -35,23 +35,101 @@ from tokenweight.errors import TokenWeightError
 __all__ = [
     "COMPARISONS",
     "NORMALIZATIONS",
+    "PRESETS",
     "PRESET_EXAMPLES",
     "TRANSFORMS",
+    "TRANSFORM_KINDS",
+    "Preset",
     "Scheme",
     "Transform",
+    "TransformKind",
     "compute_scores",
     "compute_weights",
     "document_tie_seeds",
     "draw_tie_seed",
     "first_nonfinite",
+    "preset_examples",
+    "register_preset",
     "weighted_nll_loss",
 ]
 
 COMPARISONS = ("difference", "quotient")
-TRANSFORMS = ("absolute", "minus", "exp", "max", "shift")
 NORMALIZATIONS = ("l1", "softmax")
 QUOTIENT_EPS = 1e-5
 DEFAULT_SEED = 0
+
+
+Bounds = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class TransformKind:
+    """One entry of the transform table: how a transform acts on scores and on the range
+    of scores (the range check of :class:`Scheme` follows it through the stages).
+
+    ``apply(d, c)`` transforms a float32 tensor in place (``c`` is the constant, ``None``
+    unless ``takes_constant``); ``bounds(lo, hi, c)`` maps the interval of possible
+    values ``[lo, hi]`` to the interval after the transform.
+    """
+
+    name: str
+    apply: Callable[[torch.Tensor, float | None], torch.Tensor]
+    bounds: Callable[[float, float, float | None], Bounds]
+    takes_constant: bool = False
+    formula: str = ""
+    may_overflow: bool = False
+
+    @property
+    def usage(self) -> str:
+        """How the transform is written: ``absolute``, ``shift C``."""
+        return f"{self.name} C" if self.takes_constant else self.name
+
+
+def _abs_bounds(lo: float, hi: float, c: float | None) -> Bounds:
+    if lo >= 0:
+        return lo, hi
+    return (-hi, -lo) if hi <= 0 else (0.0, max(-lo, hi))
+
+
+def _const(c: float | None) -> float:
+    assert c is not None  # Transform.__post_init__ requires it where takes_constant
+    return c
+
+
+# The transform table: every consumer (Transform's checks and messages, compute_scores,
+# the weight-range check) reads it. Adding a transform is one entry here plus its tests.
+TRANSFORM_KINDS: dict[str, TransformKind] = {
+    t.name: t
+    for t in (
+        TransformKind("absolute", lambda d, c: d.abs_(), _abs_bounds, formula="|d|"),
+        TransformKind("minus", lambda d, c: d.neg_(), lambda lo, hi, c: (-hi, -lo), formula="-d"),
+        TransformKind(
+            "exp",
+            lambda d, c: d.exp_(),
+            lambda lo, hi, c: (math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))),
+            formula="e^d",
+            may_overflow=True,
+        ),
+        TransformKind(
+            "max",
+            lambda d, c: d.clamp_(min=0),
+            lambda lo, hi, c: (max(lo, 0.0), max(hi, 0.0)),
+            formula="max(d, 0)",
+        ),
+        TransformKind(
+            "shift",
+            lambda d, c: d.sub_(math.log(_const(c))),
+            lambda lo, hi, c: (lo - math.log(_const(c)), hi - math.log(_const(c))),
+            takes_constant=True,
+            formula="d - log(c)",
+        ),
+    )
+}
+TRANSFORMS = tuple(TRANSFORM_KINDS)  # the names, in table order
+
+
+def _transform_usage() -> str:
+    return ", ".join(t.usage for t in TRANSFORM_KINDS.values())
 
 
 def _number(value: Any, what: str) -> float:
@@ -104,8 +182,8 @@ def _fmt(x: float) -> str:
 class Transform:
     """One element-wise transform of the comparison value.
 
-    ``name`` is one of ``absolute``, ``minus``, ``exp``, ``max``, ``shift``; ``shift``
-    carries ``c > 0`` and computes ``d - log(c)``.
+    ``name`` is a key of :data:`TRANSFORM_KINDS` (``absolute``, ``minus``, ``exp``,
+    ``max``, ``shift``); a transform that takes a constant (``shift``) carries ``c > 0``.
     """
 
     name: str
@@ -113,17 +191,20 @@ class Transform:
 
     def __post_init__(self) -> None:
         name = str(self.name).strip().lower()
-        if name not in TRANSFORMS:
+        kind = TRANSFORM_KINDS.get(name)
+        if kind is None:
             raise TokenWeightError(
-                f"unknown transform {self.name!r}; allowed: absolute, minus, exp, max, shift C"
+                f"unknown transform {self.name!r}; allowed: {_transform_usage()}"
             )
         object.__setattr__(self, "name", name)
-        if name == "shift":
+        if kind.takes_constant:
             if self.c is None:
-                raise TokenWeightError("transform 'shift' needs a constant c > 0, e.g. 'shift 2'")
-            c = _number(self.c, "shift constant c")
+                raise TokenWeightError(
+                    f"transform {name!r} needs a constant c > 0, e.g. '{name} 2'"
+                )
+            c = _number(self.c, f"{name} constant c")
             if c <= 0:
-                raise TokenWeightError(f"shift constant c must be > 0, got {self.c!r}")
+                raise TokenWeightError(f"{name} constant c must be > 0, got {self.c!r}")
             object.__setattr__(self, "c", c)
         elif self.c is not None:
             raise TokenWeightError(f"transform {name!r} takes no constant (got {self.c!r})")
@@ -146,25 +227,15 @@ class Transform:
         match = re.fullmatch(r"\s*([A-Za-z_]+)\s*(?:[\s:=(]\s*([^\s)]+)\s*\)?)?\s*", value)
         if not match:
             raise TokenWeightError(
-                f"cannot read transform {value!r}; allowed: absolute, minus, exp, max, shift C"
+                f"cannot read transform {value!r}; allowed: {_transform_usage()}"
             )
         name, arg = match.groups()
         return cls(name, cast(Any, arg))  # text: __post_init__ reads and checks it
 
     def __str__(self) -> str:
-        return f"shift({_fmt(self.c)})" if self.c is not None else self.name  # only shift has c
+        return f"{self.name}({_fmt(self.c)})" if self.c is not None else self.name
 
 
-# Example scheme texts, one per preset (rho1, meant for a reference-model scorer, left out):
-# what `tokenweight weights` shows by default and `benchmarks/bench_weighting.py` times.
-PRESET_EXAMPLES = (
-    "uniform",
-    "dense:0.75",
-    "sparse:0.25",
-    "longce:5",
-    "ppmi:c=2,kappa=0.25",
-    "npmi:c=2,kappa=0.25",
-)
 # Scheme field -> the paper's short names for it; the first is the name the presets'
 # text form uses (``dense:lambda=0.75``). Both directions of the mapping derive from here.
 _FIELD_ALIASES = {
@@ -244,16 +315,7 @@ class Scheme:
         inf = math.inf
         lo, hi = (-inf, inf) if self.comparison == "difference" else (0.0, inf)
         for t in self.transforms:
-            if t.name == "absolute":
-                lo, hi = (lo, hi) if lo >= 0 else ((-hi, -lo) if hi <= 0 else (0.0, max(-lo, hi)))
-            elif t.name == "minus":
-                lo, hi = -hi, -lo
-            elif t.name == "exp":
-                lo, hi = math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
-            elif t.name == "max":
-                lo, hi = max(lo, 0.0), max(hi, 0.0)
-            elif t.c is not None:  # shift (the only transform with a constant)
-                lo, hi = lo - math.log(t.c), hi - math.log(t.c)
+            lo, hi = TRANSFORM_KINDS[t.name].bounds(lo, hi, t.c)
         if self.truncation is not None:
             gamma = self.truncation
             if gamma <= lo:
@@ -352,28 +414,11 @@ class Scheme:
         return self.comparison is None
 
     def _preset_form(self) -> str | None:
-        if self.is_uniform:
-            return "uniform"
-        try:
-            if self.truncation is not None and self == Scheme.longce(self.truncation):
-                return f"longce:{_fmt(self.truncation)}"
-            if self.interpolation is not None and self == Scheme.dense(self.interpolation):
-                return f"dense:{_fmt(self.interpolation)}"
-            if self.sparsification is not None:
-                kappa = self.sparsification
-                if self == Scheme.sparse(kappa):
-                    return f"sparse:{_fmt(kappa)}"
-                if self == Scheme.rho1(kappa):
-                    return f"rho1:{_fmt(kappa)}"
-                shifts = [t.c for t in self.transforms if t.c is not None]  # only shift has c
-                if len(shifts) == 1:
-                    c = shifts[0]
-                    if self == Scheme.ppmi(c, kappa):
-                        return f"ppmi:c={_fmt(c)},kappa={_fmt(kappa)}"
-                    if self == Scheme.npmi(c, kappa):
-                        return f"npmi:c={_fmt(c)},kappa={_fmt(kappa)}"
-        except TokenWeightError:
-            pass
+        """The text of the first preset of :data:`PRESETS` that builds this scheme."""
+        for preset in PRESETS.values():
+            text = preset.form_of(self)
+            if text is not None:
+                return text
         return None
 
     def __str__(self) -> str:
@@ -449,8 +494,9 @@ class Scheme:
     def parse(cls, text: str) -> Scheme:
         """Read a scheme from text.
 
-        Accepted: ``uniform``, ``dense:0.75``, ``sparse:0.25``, ``longce:5``, ``rho1:0.6``,
-        ``ppmi:c=2,kappa=0.25``, ``npmi:c=2,kappa=0.25`` and the full form
+        Accepted: a preset of :data:`PRESETS` (``uniform``, ``dense:0.75``, ``sparse:0.25``,
+        ``longce:5``, ``rho1:0.6``, ``ppmi:c=2,kappa=0.25``, ``npmi:c=2,kappa=0.25``) and the
+        full form
         ``custom:comparison=difference,transforms=minus+shift(2)+max,truncation=5,
         sparsification=0.25,normalization=l1,interpolation=0.5`` (every field optional
         except comparison). ``str(scheme)`` always parses back to an equal scheme.
@@ -461,43 +507,167 @@ class Scheme:
         name = name.strip().lower()
         rest = rest.strip()
         try:
-            if name == "uniform":
-                if rest:
-                    raise TokenWeightError("'uniform' takes no parameters")
-                return cls.uniform()
-            if name in ("dense", "sparse", "longce", "rho1"):
-                key = {"dense": "lambda", "sparse": "kappa", "longce": "gamma", "rho1": "kappa"}
-                args = _parse_args(rest, positional=key[name], allowed={key[name]})
-                if name == "longce" and not args:
-                    return cls.longce()
-                if key[name] not in args:
-                    raise TokenWeightError(f"'{name}' needs {key[name]}, e.g. '{name}:0.5'")
-                value = args[key[name]]
-                return {
-                    "dense": cls.dense,
-                    "sparse": cls.sparse,
-                    "longce": cls.longce,
-                    "rho1": cls.rho1,
-                }[name](value)
-            if name in ("ppmi", "npmi"):
-                args = _parse_args(rest, positional=None, allowed={"c", "kappa"})
-                missing = {"c", "kappa"} - set(args)
-                if missing:
-                    raise TokenWeightError(
-                        f"'{name}' needs c and kappa, e.g. '{name}:c=2,kappa=0.25'"
-                    )
-                return (cls.ppmi if name == "ppmi" else cls.npmi)(args["c"], args["kappa"])
-            if name in ("custom", "scheme"):
+            preset = PRESETS.get(name)
+            if preset is not None:
+                return preset.read(rest)
+            if name in _CUSTOM_NAMES:
                 args = _parse_args(rest, positional=None, allowed=None, numeric=False)
                 return cls.from_dict(args)
         except TokenWeightError as exc:
             raise TokenWeightError(f"cannot read scheme {text!r}: {exc}") from None
-        raise TokenWeightError(
-            f"unknown scheme {text!r}; use one of uniform, dense:LAMBDA, sparse:KAPPA, "
-            "longce:GAMMA, ppmi:c=C,kappa=K, npmi:c=C,kappa=K, rho1:KAPPA, or "
-            "custom:comparison=...,transforms=a+b,truncation=...,sparsification=...,"
-            "normalization=...,interpolation=..."
-        )
+        raise TokenWeightError(f"unknown scheme {text!r}; use one of {_scheme_usage()}")
+
+
+# Text names of the fully spelled-out form (``custom:comparison=...``).
+_CUSTOM_NAMES = ("custom", "scheme")
+_CUSTOM_USAGE = (
+    "custom:comparison=...,transforms=a+b,truncation=...,sparsification=...,"
+    "normalization=...,interpolation=..."
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named scheme of the preset table (``dense:0.75``).
+
+    ``build`` takes the parameters as keywords named by ``params`` (the paper's short
+    names: ``lambda``, ``kappa``, ``gamma``, ``c``) and returns a :class:`Scheme`.
+    A preset with one parameter also reads it positionally (``dense:0.75``); ``defaults``
+    fills parameters left out. ``example`` is a text form shown by ``tokenweight
+    weights`` and the docs (``None``: not shown by default). ``recover`` reads a scheme's
+    parameters back (for ``str(scheme)``); the default reads ``lambda``, ``kappa``,
+    ``gamma`` and ``c`` from the scheme's fields.
+    """
+
+    name: str
+    build: Callable[..., Scheme]
+    params: tuple[str, ...] = ()
+    defaults: Mapping[str, float] = field(default_factory=dict)
+    example: str | None = None
+    recover: Callable[[Scheme], dict[str, float | None]] | None = None
+
+    @property
+    def usage(self) -> str:
+        """How the preset is written: ``dense:LAMBDA``, ``ppmi:c=C,kappa=K``."""
+        if not self.params:
+            return self.name
+        if len(self.params) == 1:
+            return f"{self.name}:{self.params[0].upper()}"
+        return f"{self.name}:" + ",".join(f"{p}={p[0].upper()}" for p in self.params)
+
+    def read(self, rest: str) -> Scheme:
+        """The scheme of the parameter text after ``name:`` (``"0.75"``, ``"c=2,kappa=1"``)."""
+        if not self.params:
+            if rest:
+                raise TokenWeightError(f"{self.name!r} takes no parameters")
+            return self.build()
+        positional = self.params[0] if len(self.params) == 1 else None
+        args = {
+            **self.defaults,
+            **_parse_args(rest, positional=positional, allowed=set(self.params)),
+        }
+        missing = [p for p in self.params if p not in args]
+        if missing:
+            needs = " and ".join(self.params)
+            example = f"{self.name}:0.5" if positional else self.example or self.usage
+            raise TokenWeightError(f"{self.name!r} needs {needs}, e.g. {example!r}")
+        return self.build(**{p: args[p] for p in self.params})
+
+    def format(self, values: Mapping[str, float]) -> str:
+        """The text form of this preset with ``values`` (``dense:0.75``)."""
+        if not self.params:
+            return self.name
+        if len(self.params) == 1:
+            return f"{self.name}:{_fmt(values[self.params[0]])}"
+        return f"{self.name}:" + ",".join(f"{p}={_fmt(values[p])}" for p in self.params)
+
+    def form_of(self, scheme: Scheme) -> str | None:
+        """This preset's text for ``scheme`` if the preset builds exactly it, else ``None``."""
+        found = (self.recover or _scheme_params)(scheme)
+        values = {p: found.get(p) for p in self.params}
+        if any(v is None for v in values.values()):
+            return None
+        known = cast(dict[str, float], values)
+        try:
+            built = self.build(**known)
+        except TokenWeightError:
+            return None
+        return self.format(known) if built == scheme else None
+
+
+def _scheme_params(scheme: Scheme) -> dict[str, float | None]:
+    """The presets' short parameter names read from a scheme's fields (``c``: its one
+    transform constant, if exactly one)."""
+    constants = [t.c for t in scheme.transforms if t.c is not None]
+    return {
+        "lambda": scheme.interpolation,
+        "kappa": scheme.sparsification,
+        "gamma": scheme.truncation,
+        "c": constants[0] if len(constants) == 1 else None,
+    }
+
+
+# The preset table: Scheme.parse, str(scheme), the error messages, PRESET_EXAMPLES and
+# `tokenweight weights` all read it. Adding a preset is one entry (register_preset) plus
+# its tests; a Scheme classmethod for it is optional.
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add ``preset`` to :data:`PRESETS` (a name already taken is an error)."""
+    if preset.name in PRESETS or preset.name in _CUSTOM_NAMES:
+        raise TokenWeightError(f"scheme preset {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+for _preset in (
+    Preset("uniform", lambda: Scheme.uniform(), example="uniform"),
+    Preset("dense", lambda **a: Scheme.dense(a["lambda"]), ("lambda",), example="dense:0.75"),
+    Preset("sparse", lambda kappa: Scheme.sparse(kappa), ("kappa",), example="sparse:0.25"),
+    Preset(
+        "longce",
+        lambda gamma: Scheme.longce(gamma),
+        ("gamma",),
+        defaults={"gamma": 5.0},
+        example="longce:5",
+    ),
+    Preset(
+        "ppmi",
+        lambda c, kappa: Scheme.ppmi(c, kappa),
+        ("c", "kappa"),
+        example="ppmi:c=2,kappa=0.25",
+    ),
+    Preset(
+        "npmi",
+        lambda c, kappa: Scheme.npmi(c, kappa),
+        ("c", "kappa"),
+        example="npmi:c=2,kappa=0.25",
+    ),
+    # meant for a reference-model scorer, so not among the default examples
+    Preset("rho1", lambda kappa: Scheme.rho1(kappa), ("kappa",)),
+):
+    register_preset(_preset)
+
+
+def _scheme_usage() -> str:
+    return ", ".join(p.usage for p in PRESETS.values()) + f", or {_CUSTOM_USAGE}"
+
+
+def _preset_examples() -> tuple[str, ...]:
+    return tuple(p.example for p in PRESETS.values() if p.example is not None)
+
+
+# Example scheme texts, one per preset with an example: what `tokenweight weights` shows
+# by default and `benchmarks/bench_weighting.py` times (a snapshot of the table at import;
+# preset_examples() reads it as it is now).
+PRESET_EXAMPLES = _preset_examples()
+
+
+def preset_examples() -> tuple[str, ...]:
+    """The example texts of the presets registered now (:data:`PRESET_EXAMPLES` plus any
+    registered since import)."""
+    return _preset_examples()
 
 
 def _split_transforms(text: str) -> list[str]:
@@ -609,16 +779,7 @@ def compute_scores(long_nll: torch.Tensor, short_nll: torch.Tensor, scheme: Sche
     else:
         d = long32 - short32
     for t in scheme.transforms:
-        if t.name == "absolute":
-            d = d.abs_()
-        elif t.name == "minus":
-            d = d.neg_()
-        elif t.name == "exp":
-            d = d.exp_()
-        elif t.name == "max":
-            d = d.clamp_(min=0)
-        elif t.c is not None:  # shift (the only transform with a constant)
-            d = d.sub_(math.log(t.c))
+        d = TRANSFORM_KINDS[t.name].apply(d, t.c)
     if scheme.truncation is not None:
         d = d.clamp_(max=scheme.truncation)
     return d
@@ -848,11 +1009,13 @@ def _softmax_normalize(d: torch.Tensor, mask: torch.Tensor | None, n: torch.Tens
 
 
 def _check_overflow(d: torch.Tensor, scheme: Scheme) -> None:
-    """Refuse non-finite weights from an ``exp`` transform without a bound after it."""
-    overflow = any(t.name == "exp" for t in scheme.transforms) and d.numel() > 0
+    """Refuse non-finite weights from a transform that may overflow (``exp``) without a
+    bound after it."""
+    risky = [t.name for t in scheme.transforms if TRANSFORM_KINDS[t.name].may_overflow]
+    overflow = bool(risky) and d.numel() > 0
     if overflow and not (bool(torch.isfinite(d.amax())) and bool(torch.isfinite(d.amin()))):
         raise TokenWeightError(
-            f"scheme {scheme} produced non-finite weights (overflow in 'exp'); "
+            f"scheme {scheme} produced non-finite weights (overflow in {risky[0]!r}); "
             "add a truncation gamma or a normalization"
         )
 

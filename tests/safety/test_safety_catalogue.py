@@ -191,6 +191,12 @@ def _case_prepared_state_names_a_file_outside(env, work):
     return _score_copy(env, work), "which is not a file of"
 
 
+def _corrupt_manifest(env, work) -> Path:
+    prep = _copy(env, "prep", work)
+    _truncate(prep / "manifest.json")
+    return prep
+
+
 def _study_dry(*settings: str) -> list:
     return ["study", "--dry-run", *settings]
 
@@ -458,6 +464,10 @@ CATALOGUE = {
     "study --dry-run eval_data=data": lambda env, work: (
         _study_dry(f"data={env['prep']}", f"eval_data={env['prep']}", "window=8"),
         "eval_data:",
+    ),
+    "study --dry-run data=CORRUPT manifest": lambda env, work: (
+        _study_dry(f"data={_corrupt_manifest(env, work)}", f"eval_data={env['prep']}"),
+        "manifest.json is corrupt or truncated",
     ),
     "configs copy under a file": lambda env, work: (
         ["configs", "copy", "paper/dense_self", work / "user-notes.txt" / "x.yaml"],

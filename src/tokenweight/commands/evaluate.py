@@ -15,9 +15,7 @@ models: SOURCE or LABEL=SOURCE, where SOURCE is a model folder (the output_dir o
 checkpoint-N folder in it), a .gguf file, a hub name or the alias smollm2; after make demo:
   start=smollm2 uniform=runs/demo/runs/uniform "dense:0.75=runs/demo/runs/dense-0.75"
 
-tasks: ppl, longppl (need --data), passkey, needle (7-digit number), needle_word,
-needle_uuid, multikey (needle among distractors), vartrack (variable tracking).
-
+{tasks}
 LongPPL: key tokens have short-context NLL - long NLL > --longppl-alpha and long NLL <
 --longppl-beta. The short context is a window of --longppl-window tokens (default
 min(4096, seq_len // 2)) moving by --longppl-stride (default window / 4), from the same
@@ -25,6 +23,18 @@ model, or with --longppl-scorer one evaluator model judges the key tokens for al
 
 outputs in --out: results.json, results.md, probe_<task>.png, nll_by_position.png
 """
+
+
+def _tasks_text() -> str:
+    """The tasks part of the help: the text tasks, then every probe of the probe table."""
+    from tokenweight.evaluation.probes import PROBES
+
+    lines = ["tasks: ppl, longppl (need --data); probes (* = run by default):"]
+    width = max(len(name) for name in PROBES) + 4
+    for name, task in PROBES.items():
+        mark = "*" if task.default else " "
+        lines.append(f"  {(name + ' ' + mark).ljust(width)}{task.summary}")
+    return "\n".join(lines) + "\n"
 
 
 def _ints(text: str) -> list[int]:
@@ -61,7 +71,7 @@ def _fractions(text: str) -> list[float]:
 # A long but flat table of options, kept in one piece so that it reads like --help. Each
 # evaluation option is named as its EvalConfig field and has its default (a test checks).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = _EPILOG
+    parser.epilog = _EPILOG.replace("{tasks}", _tasks_text())
     parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(

@@ -21,8 +21,17 @@ scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
 """
 
 
+def _scorer_kinds_text() -> str:
+    """The ``scorer.kind`` values, one a line, from the scorer table."""
+    from tokenweight.scorer_kinds import SCORERS
+
+    width = max(len(name) for name in SCORERS) + 2
+    lines = [f"  {name.ljust(width)}{kind.summary}" for name, kind in SCORERS.items()]
+    return "\nscorer.kind (where the short-context NLL comes from):\n" + "\n".join(lines) + "\n"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
+    parser.epilog = EPILOG + _scorer_kinds_text()
     parser.add_argument(
         "config",
         help="a YAML config file, or a packaged config name such as paper/dense_self "

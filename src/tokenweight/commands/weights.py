@@ -41,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tokenweight.errors import TokenWeightError
-    from tokenweight.weighting import PRESET_EXAMPLES, Scheme, compute_weights
+    from tokenweight.weighting import Scheme, compute_weights, preset_examples
 
     long = args.long or [0.5, 3.0, 1.2, 0.1, 6.0, 2.0, 0.8, 4.1]
     short = args.short or [0.6, 7.5, 1.1, 0.1, 6.2, 5.5, 0.7, 4.0]
     if len(long) != len(short):
         raise TokenWeightError(f"--long has {len(long)} values but --short has {len(short)}")
-    schemes = args.scheme or list(PRESET_EXAMPLES)
+    schemes = args.scheme or list(preset_examples())
     parsed = [Scheme.parse(text) for text in schemes]
     lt, st = torch.tensor([long]), torch.tensor([short])
     width = max(len(s) for s in schemes) + 2

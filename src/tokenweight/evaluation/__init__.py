@@ -5,30 +5,63 @@ Modules, one job each: :mod:`.metrics` (pure functions on NLL tensors),
 greedy decoding), :mod:`.sequences` (evaluation data), :mod:`.perplexity` (long / short
 context NLL of a model), :mod:`.plots` (PNG figures), :mod:`.report` (results.md /
 results.json) and :mod:`.runner` (:func:`evaluate_models`, which ties them together).
+
+``import tokenweight.evaluation`` is light: the names below load from their module on
+first use, so the probe table (:data:`.probes.PROBES`, no torch) serves help texts and
+config checks without importing torch.
 """
 
 from __future__ import annotations
 
-from tokenweight.evaluation.metrics import (
-    BucketStat,
-    LongPPLResult,
-    key_token_mask,
-    longppl,
-    position_bucket_nll,
-    position_curve,
-)
-from tokenweight.evaluation.probes import (
-    TASKS,
-    Probe,
-    make_probe,
-    make_probes,
-    match_all,
-    match_first,
-)
-from tokenweight.evaluation.runner import ALL_TASKS, EvalConfig, ModelSpec, evaluate_models
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenweight.evaluation.metrics import (
+        BucketStat,
+        LongPPLResult,
+        key_token_mask,
+        longppl,
+        position_bucket_nll,
+        position_curve,
+    )
+    from tokenweight.evaluation.probes import (
+        PROBE_TASKS,
+        TASKS,
+        Probe,
+        make_probe,
+        make_probes,
+        match_all,
+        match_first,
+    )
+    from tokenweight.evaluation.runner import ALL_TASKS, EvalConfig, ModelSpec, evaluate_models
+
+# public name -> the module defining it (imported on first use)
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "BucketStat",
+            "LongPPLResult",
+            "key_token_mask",
+            "longppl",
+            "position_bucket_nll",
+            "position_curve",
+        ),
+        "tokenweight.evaluation.metrics",
+    ),
+    **dict.fromkeys(
+        ("PROBE_TASKS", "TASKS", "Probe", "make_probe", "make_probes", "match_all", "match_first"),
+        "tokenweight.evaluation.probes",
+    ),
+    **dict.fromkeys(
+        ("ALL_TASKS", "EvalConfig", "ModelSpec", "evaluate_models"),
+        "tokenweight.evaluation.runner",
+    ),
+}
 
 __all__ = [
     "ALL_TASKS",
+    "PROBE_TASKS",
     "TASKS",
     "BucketStat",
     "EvalConfig",
@@ -45,3 +78,15 @@ __all__ = [
     "position_bucket_nll",
     "position_curve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -23,28 +23,29 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tokenweight.errors import TokenWeightError
 
 __all__ = [
+    "DEFAULT_PROBE_TASKS",
     "DISTRACTORS",
     "FILLER",
     "HOPS",
+    "PROBES",
+    "PROBE_TASKS",
     "TASKS",
     "Probe",
+    "ProbeSpec",
+    "ProbeTask",
     "make_probe",
     "make_probes",
     "match_all",
     "match_first",
 ]
 
-TASKS = ("passkey", "needle", "needle_word", "needle_uuid", "multikey", "vartrack")
-"""Probe names: ``needle`` holds a 7-digit number, ``needle_word`` a word, ``needle_uuid``
-a UUID; ``multikey`` is a number needle among distractor needles with other keys;
-``vartrack`` is a chain of variable assignments (``docs/method.md#evaluation``)."""
 
 # the defaults of every probe builder and of `tokenweight eval`: multikey distractor needles,
 # vartrack chain links
@@ -186,7 +187,11 @@ class Probe:
 
 
 @dataclass
-class _Spec:
+class ProbeSpec:
+    """One prompt's parts, drawn by a :class:`ProbeTask`'s ``spec``: the instruction
+    (``prefix``), the sentences placed in the filler, the question and the answers
+    (``match``: ``first`` or ``all`` of them must appear in the output)."""
+
     prefix: str
     target: list[str]  # sentences at the requested depth, in order
     extra: list[tuple[float, str]]  # (fraction of the remaining filler, sentence)
@@ -212,29 +217,33 @@ def _value(rng: random.Random, kind: str) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> _Spec:
-    if task == "passkey":
-        value = str(rng.randint(10_000, 99_999))
-        return _Spec(
-            prefix=_PASSKEY_PREFIX,
-            target=[_PASSKEY_NEEDLE.format(value=value)],
-            extra=[],
-            after_target=False,
-            question=_PASSKEY_QUESTION,
-            answers=(value,),
-            match="first",
-        )
-    if task in ("needle", "needle_word", "needle_uuid", "multikey"):
-        kind = {"needle_word": "word", "needle_uuid": "uuid"}.get(task, "number")
+def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
+    value = str(rng.randint(10_000, 99_999))
+    return ProbeSpec(
+        prefix=_PASSKEY_PREFIX,
+        target=[_PASSKEY_NEEDLE.format(value=value)],
+        extra=[],
+        after_target=False,
+        question=_PASSKEY_QUESTION,
+        answers=(value,),
+        match="first",
+    )
+
+
+def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., ProbeSpec]:
+    """A needle probe whose value is a ``kind`` (number, word, uuid), among
+    ``distractors`` needles with other keys when ``with_distractors``."""
+
+    def spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
         kinds = kind + "s"
         taken: set[str] = set()
         key = _key(rng, taken)
         value = _value(rng, kind)
         extra = []
-        for _ in range(distractors if task == "multikey" else 0):
+        for _ in range(distractors if with_distractors else 0):
             sentence = _NEEDLE.format(kinds=kinds, key=_key(rng, taken), value=_value(rng, kind))
             extra.append((rng.random(), sentence))
-        return _Spec(
+        return ProbeSpec(
             prefix=_NEEDLE_PREFIX.format(kinds=kinds),
             target=[_NEEDLE.format(kinds=kinds, key=key, value=value)],
             extra=extra,
@@ -243,25 +252,69 @@ def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> _Spec:
             answers=(value,),
             match="first",
         )
-    if task == "vartrack":
-        value = str(rng.randint(10_000, 99_999))
-        names: list[str] = []
-        while len(names) < hops + 1:
-            name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
-            if name not in names and name != "VAR":
-                names.append(name)
-        hop_sentences = [_VT_HOP.format(name=names[i + 1], previous=names[i]) for i in range(hops)]
-        fractions = sorted(rng.random() for _ in range(hops))
-        return _Spec(
-            prefix=_VT_PREFIX,
-            target=[_VT_FIRST.format(name=names[0], value=value)],
-            extra=list(zip(fractions, hop_sentences)),
-            after_target=True,
-            question=_VT_QUESTION.format(value=value, count=len(names)),
-            answers=tuple(names),
-            match="all",
-        )
-    raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(TASKS)}")
+
+    return spec
+
+
+def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
+    value = str(rng.randint(10_000, 99_999))
+    names: list[str] = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+        if name not in names and name != "VAR":
+            names.append(name)
+    hop_sentences = [_VT_HOP.format(name=names[i + 1], previous=names[i]) for i in range(hops)]
+    fractions = sorted(rng.random() for _ in range(hops))
+    return ProbeSpec(
+        prefix=_VT_PREFIX,
+        target=[_VT_FIRST.format(name=names[0], value=value)],
+        extra=list(zip(fractions, hop_sentences)),
+        after_target=True,
+        question=_VT_QUESTION.format(value=value, count=len(names)),
+        answers=tuple(names),
+        match="all",
+    )
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One probe task of :data:`PROBES`: ``spec(rng, distractors, hops)`` draws the
+    instruction, needle sentence(s), question and accepted answers of one prompt;
+    ``summary`` is its line in ``tokenweight eval --help``; ``default`` puts it in the
+    tasks ``eval`` runs when ``--tasks`` is not given."""
+
+    name: str
+    summary: str
+    spec: Callable[[random.Random, int, int], ProbeSpec]
+    default: bool = False
+
+
+#: The probe table (``docs/method.md#evaluation``): ``eval``'s task checks and help, its
+#: default tasks, ``study``'s ``probes``, the reports and the pipeline report read it.
+#: Adding a probe is one entry here plus its ``spec`` function and tests.
+PROBES: dict[str, ProbeTask] = {
+    t.name: t
+    for t in (
+        ProbeTask("passkey", "a 5-digit pass key in filler text", _passkey_spec, default=True),
+        ProbeTask("needle", "a 7-digit number needle", _needle_spec("number", False), True),
+        ProbeTask("needle_word", "a word needle", _needle_spec("word", False)),
+        ProbeTask("needle_uuid", "a UUID needle", _needle_spec("uuid", False)),
+        ProbeTask(
+            "multikey", "a number needle among distractor needles", _needle_spec("number", True)
+        ),
+        ProbeTask("vartrack", "variable tracking: a chain of assignments", _vartrack_spec),
+    )
+}
+PROBE_TASKS = tuple(PROBES)  # the probe names, in table order
+TASKS = PROBE_TASKS  # the old name of PROBE_TASKS
+DEFAULT_PROBE_TASKS = tuple(name for name, t in PROBES.items() if t.default)
+
+
+def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
+    probe = PROBES.get(task)
+    if probe is None:
+        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(PROBES)}")
+    return probe.spec(rng, distractors, hops)
 
 
 class _Counter:
@@ -295,7 +348,7 @@ def _filler_units(n: int) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(n)]
 
 
-def _assemble(spec: _Spec, units: list[str], counter: _Counter, depth: float):
+def _assemble(spec: ProbeSpec, units: list[str], counter: _Counter, depth: float):
     """Place the needles between filler ``units``; return (text, actual depth)."""
     n = len(units)
     before = [0]
@@ -329,8 +382,8 @@ def _assemble(spec: _Spec, units: list[str], counter: _Counter, depth: float):
 
 
 def _check_probe_args(task: str, length: int, depth: float, distractors: int, hops: int) -> None:
-    if task not in TASKS:
-        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(TASKS)}")
+    if task not in PROBES:
+        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(PROBES)}")
     if not (isinstance(depth, (int, float)) and 0.0 <= float(depth) <= 1.0):
         raise TokenWeightError(f"probe depth must be a fraction in [0, 1], got {depth!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -343,7 +396,9 @@ def _check_probe_args(task: str, length: int, depth: float, distractors: int, ho
 _Fit = tuple[int, int, str, float, list[int]]
 
 
-def _filler_estimate(spec: _Spec, counter: _Counter, task: str, length: int) -> tuple[int, float]:
+def _filler_estimate(
+    spec: ProbeSpec, counter: _Counter, task: str, length: int
+) -> tuple[int, float]:
     """First guess of the filler units that make ``length`` tokens, and tokens per unit;
     refuses a length too short for the instruction, needles, question and some filler."""
     fixed, _ = _assemble(spec, [], counter, 0.0)
@@ -360,7 +415,7 @@ def _filler_estimate(spec: _Spec, counter: _Counter, task: str, length: int) -> 
     return max(1, round((length - fixed_tokens) / per_unit)), per_unit
 
 
-def _fit_filler(spec: _Spec, counter: _Counter, task: str, length: int, depth: float) -> _Fit:
+def _fit_filler(spec: ProbeSpec, counter: _Counter, task: str, length: int, depth: float) -> _Fit:
     """The prompt whose token count is nearest ``length`` (exact when reachable)."""
     n, per_unit = _filler_estimate(spec, counter, task, length)
     best: _Fit | None = None
@@ -410,7 +465,7 @@ def make_probe(
 
     Args:
         tokenizer: the evaluated model's Hugging Face tokenizer.
-        task: one of :data:`TASKS`.
+        task: one of :data:`PROBE_TASKS`.
         length: requested prompt length in tokens (special tokens included).
         depth: fraction in [0, 1] of filler tokens placed before the needle.
         trial: index that, with ``seed``, selects the random values.

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
+from tokenweight.evaluation.probes import PROBES
 
 __all__ = [
     "EVAL_FILES",
@@ -189,7 +189,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
     out = ["# tokenweight evaluation", ""]
     out += _models_section(entries)
-    probe_tasks = [t for t in settings["tasks"] if t in PROBE_TASKS]
+    probe_tasks = [t for t in settings["tasks"] if t in PROBES]
     if probe_tasks:
         out += _probes_section(entries, settings, probe_tasks)
     if "ppl" in settings["tasks"]:
@@ -215,7 +215,7 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     entries = results["models"]
     files: list[str] = []
     plots: list[Callable[[], Any]] = []
-    for task in (t for t in settings["tasks"] if t in PROBE_TASKS):
+    for task in (t for t in settings["tasks"] if t in PROBES):
         panels = []
         for e in entries:
             cells = {(c["length"], c["depth"]): c for c in e["probes"][task]["cells"]}

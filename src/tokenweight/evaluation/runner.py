@@ -9,7 +9,7 @@ Tasks:
   ``scorer`` one fixed model for all (its long and short NLL), so that every model is
   measured on the same key tokens, as in Fang et al. LongPPL = exp(mean of the evaluated
   model's long NLL over the key tokens).
-- probes (:data:`~tokenweight.evaluation.probes.TASKS`): greedy answers to offline
+- probes (:data:`~tokenweight.evaluation.probes.PROBES`): greedy answers to offline
   retrieval prompts at every ``length x depth x trial``, exact-match scored.
 
 Models are loaded one at a time and released before the next is loaded.
@@ -37,8 +37,15 @@ from tokenweight.evaluation.metrics import (
     position_bucket_nll,
     position_curve,
 )
-from tokenweight.evaluation.probes import DISTRACTORS, HOPS, Probe, make_probes
-from tokenweight.evaluation.probes import TASKS as PROBE_TASKS
+from tokenweight.evaluation.probes import (
+    DEFAULT_PROBE_TASKS,
+    DISTRACTORS,
+    HOPS,
+    PROBE_TASKS,
+    PROBES,
+    Probe,
+    make_probes,
+)
 from tokenweight.models import rope_theta
 
 logger = logging.getLogger(__name__)
@@ -53,7 +60,6 @@ __all__ = [
 
 TEXT_TASKS = ("ppl", "longppl")  # need evaluation text (--data)
 ALL_TASKS = (*TEXT_TASKS, *PROBE_TASKS)
-DEFAULT_PROBE_TASKS = ("passkey", "needle")
 
 
 @dataclass
@@ -155,11 +161,11 @@ class EvalConfig:
         if self.tasks is None:
             return TEXT_TASKS + DEFAULT_PROBE_TASKS if self.data else DEFAULT_PROBE_TASKS
         tasks = tuple(dict.fromkeys(str(t).strip().lower() for t in self.tasks))
-        unknown = [t for t in tasks if t not in ALL_TASKS]
+        unknown = [t for t in tasks if t not in TEXT_TASKS and t not in PROBES]
         if unknown or not tasks:
             raise TokenWeightError(
                 f"unknown evaluation task(s) {', '.join(unknown) or '(none given)'}; "
-                f"choose from {', '.join(ALL_TASKS)}"
+                f"choose from {', '.join((*TEXT_TASKS, *PROBES))}"
             )
         return tasks
 
@@ -186,7 +192,7 @@ class EvalConfig:
 
     @property
     def probe_tasks(self) -> tuple[str, ...]:
-        return tuple(t for t in self.tasks or () if t in PROBE_TASKS)
+        return tuple(t for t in self.tasks or () if t in PROBES)
 
     @property
     def text_tasks(self) -> tuple[str, ...]:

@@ -248,20 +248,11 @@ def model_origin(source: str) -> tuple[str | None, str | None]:
 
 
 def _scorer_text(config: Any) -> str:
-    s, kind = config.scorer, config.scorer_kind
-    if kind == "none":
-        return "none (uniform weights: plain cross-entropy)"
-    if kind == "precomputed":
-        return "precomputed (short-context NLL stored with the data by `tokenweight score`)"
-    if kind == "reference":
-        return f"reference model {s.model} over the full sequence"
-    who = (
-        "the model being trained"
-        if kind == "self"
-        else f"frozen model {s.model or 'the start model'}"
-    )
+    s, kind = config.scorer, config.used_scorer
     stride = f", stride {s.stride}" if s.stride else ""
-    return f"{kind}: {who}, window {s.window}{stride}"
+    windows = f", window {s.window}{stride}"
+    text = kind.card or f"{kind.name}: {kind.summary}{{windows}}"
+    return str(text.format(model=s.model or "the start model", windows=windows))
 
 
 def _data_facts(manifest: dict[str, Any], path: str) -> dict[str, Any]:

@@ -48,11 +48,18 @@ from tokenweight.schema import (
     checked,
     non_negative,
     one_of,
+    one_of_table,
     positive,
     probability,
     seed_range,
 )
-from tokenweight.scoring import SCORER_KINDS
+from tokenweight.scorer_kinds import (
+    DEFAULT_SCORER,
+    SCORERS,
+    ScorerKind,
+    scorer_kind,
+    uniform_kind,
+)
 from tokenweight.weighting import Scheme
 
 __all__ = [
@@ -145,7 +152,7 @@ class ScorerConfig:
     ``tokenweight score`` (the paper's frozen scorer). ``none``: only for ``uniform``.
     """
 
-    kind: str = field(default="self", metadata=one_of(*SCORER_KINDS))
+    kind: str = field(default=DEFAULT_SCORER, metadata=one_of_table(SCORERS))
     model: str | None = None
     window: int | None = field(default=None, metadata=checked(at_least_two))
     stride: int | None = field(default=None, metadata=checked(positive))
@@ -230,9 +237,17 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @property
+    def used_scorer(self) -> ScorerKind:
+        """The scorer kind actually used: the uniform-only one for the uniform scheme,
+        else ``scorer.kind``."""
+        if self.scheme.is_uniform:
+            return uniform_kind()
+        return scorer_kind(self.scorer.kind)
+
+    @property
     def scorer_kind(self) -> str:
-        """The scorer actually used: ``none`` for the uniform scheme, else ``scorer.kind``."""
-        return "none" if self.scheme.is_uniform else self.scorer.kind
+        """The name of :attr:`used_scorer`."""
+        return self.used_scorer.name
 
     def validate(self) -> None:
         """Checks that involve more than one field; raises :class:`TokenWeightError`."""
@@ -247,12 +262,14 @@ class Config:
                 "(or by `tokenweight score` for the precomputed scorer)"
             )
         kind = self.scorer.kind
-        if kind == "none" and not self.scheme.is_uniform:
+        spec = scorer_kind(kind)
+        if spec.uniform_only and not self.scheme.is_uniform:
+            others = ", ".join(k.name for k in SCORERS.values() if not k.uniform_only)
             raise TokenWeightError(
-                f"scorer.kind: 'none' only works with the uniform scheme, but scheme is "
-                f"{self.scheme}; choose self, model or precomputed"
+                f"scorer.kind: {kind!r} only works with the uniform scheme, but scheme is "
+                f"{self.scheme}; choose one of {others}"
             )
-        if self.scorer_kind in ("self", "model") and self.scorer.window is None:
+        if self.used_scorer.window and self.scorer.window is None:
             raise TokenWeightError(
                 f"scorer.window: required for the {kind!r} scorer (the short context in "
                 "tokens, usually the model's native context, e.g. 8192 for Llama-3)"
@@ -266,15 +283,15 @@ class Config:
                 f"scorer.stride: must be smaller than scorer.window ({self.scorer.window}), "
                 f"got {self.scorer.stride}"
             )
-        if self.scorer.model is not None and kind not in ("model", "reference"):
+        if self.scorer.model is not None and not spec.uses_model:
+            users = " or ".join(repr(k.name) for k in SCORERS.values() if k.uses_model)
             raise TokenWeightError(
-                f"scorer.model: only used with scorer.kind 'model' or 'reference', but kind "
-                f"is {kind!r}"
+                f"scorer.model: only used with scorer.kind {users}, but kind is {kind!r}"
             )
-        if self.scorer_kind == "reference" and not self.scorer.model:
+        if self.used_scorer.model == "required" and not self.scorer.model:
             raise TokenWeightError(
-                "scorer.model: required for the 'reference' scorer (the reference model, e.g. "
-                "one trained on curated data, sharing the tokenizer)"
+                f"scorer.model: required for the {kind!r} scorer (e.g. a reference model "
+                "trained on curated data, sharing the tokenizer)"
             )
         if (
             self.model.max_position_embeddings is not None

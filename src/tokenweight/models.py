@@ -41,8 +41,10 @@ __all__ = [
     "default_cache_dir",
     "ensure_local_model",
     "extend_context",
+    "load_config",
     "load_model",
     "load_tokenizer",
+    "max_positions",
     "parse_dtype",
     "resolve_device",
     "resolve_model_source",
@@ -261,15 +263,11 @@ def load_model(
     The RoPE settings go into the config before the model is built (see
     :func:`extend_context`), so rotary frequencies use them. Returned in eval mode.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     src = _converted(resolve_model_source(source), cache_gguf)
     path, kwargs = src.from_pretrained_args()
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _wrap_load_error("config", src, exc) from exc
-    extend_context(config, rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
+    config = _load_config(src, trust_remote_code, rope_theta, max_position_embeddings)
     extra: dict[str, Any] = {}
     torch_dtype = parse_dtype(dtype)
     if torch_dtype is not None:
@@ -287,6 +285,48 @@ def load_model(
     if device is not None:
         model.to(resolve_device(device))  # type: ignore[arg-type]  # transformers' @wraps(Module.to) types self as the device
     return model.eval()
+
+
+def load_config(
+    source: str | os.PathLike[str] | ModelSource,
+    *,
+    trust_remote_code: bool = False,
+    rope_theta: float | None = None,
+    max_position_embeddings: int | None = None,
+    cache_gguf: bool = True,
+) -> PreTrainedConfig:
+    """The config :func:`load_model` would build the model from (RoPE settings applied),
+    without loading any weights: for checks before the expensive part."""
+    src = _converted(resolve_model_source(source), cache_gguf)
+    return _load_config(src, trust_remote_code, rope_theta, max_position_embeddings)
+
+
+def _load_config(
+    src: ModelSource,
+    trust_remote_code: bool,
+    rope_theta: float | None,
+    max_position_embeddings: int | None,
+) -> PreTrainedConfig:
+    from transformers import AutoConfig
+
+    path, kwargs = src.from_pretrained_args()
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _wrap_load_error("config", src, exc) from exc
+    extend_context(config, rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
+    return config
+
+
+def max_positions(obj: Any) -> int | None:
+    """``max_position_embeddings`` of a model or its config (the text config of a
+    multimodal one), or ``None`` when it has none. Unwrap a DDP/DeepSpeed/PEFT model first
+    (:func:`tokenweight.losses.unwrap_model`)."""
+    config = getattr(obj, "config", obj)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # --------------------------------------------------------------------------- GGUF cache

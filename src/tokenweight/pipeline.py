@@ -337,6 +337,9 @@ class _Pipeline:
                 max_sequences=config.eval_sequences,
                 bucket_size=config.bucket_size or max(1, eval_len // 8),
                 longppl_window=config.window,
+                # the start model is measured at the trained length on purpose (with a
+                # warning when that is past its positions): how far it falls behind there
+                allow_beyond_positions=True,
                 # one judge (the start model) picks LongPPL's key tokens for every model
                 scorer=ModelSpec(label="start", source=str(model_dir)),
                 load_kwargs={

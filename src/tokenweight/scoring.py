@@ -26,6 +26,7 @@ documents per row, :mod:`tokenweight.packed_batches`) is scored one document at 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, right_padded_lengths
 from tokenweight.scorer_kinds import SCORER_KINDS, ScorerInputs, scorer_kind
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCORER_KINDS",
@@ -505,6 +508,13 @@ class SelfScorer:
 
     Windows run without gradient in eval mode; targets inside window 0 have the same
     context in both passes, so they reuse the long NLL (score 0) and window 0 is not run.
+
+    A row (or packed document) no longer than ``window`` has no shorter context: all its
+    scores are 0 and its weights uniform. A window above the model's positions is refused
+    (:meth:`check_model`, on the first call), as is one covering every training sequence
+    (:meth:`check_sequence_length`, by ``TokenWeightTrainer``); rows
+    shorter than the window are legitimate (SFT data) and reported once
+    (:meth:`note_no_context`).
     """
 
     def __init__(
@@ -517,6 +527,54 @@ class SelfScorer:
     ) -> None:
         self.settings = _WindowSettings(window, stride, bos_token_id, windows_per_batch)
         self.model = model
+        self._checked_model: int | None = None  # id() of the model check_model passed
+        self._warned_no_context = False
+        if model is not None:
+            self.check_model(model)
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a window above ``model``'s positions (``max_position_embeddings``): the
+        short context would be longer than the context the model is made for, and on
+        sequences within its positions every weight would be uniform. (A window equal to
+        the positions is the method's own setting when training past them, e.g. a RoPE
+        model extended by its theta alone.)"""
+        from tokenweight.losses import unwrap_model
+        from tokenweight.models import max_positions
+
+        positions = max_positions(unwrap_model(model))
+        window = self.settings.window
+        if positions is not None and window > positions:
+            raise TokenWeightError(
+                f"SelfScorer(window={window}): the model has {positions} positions "
+                "(max_position_embeddings), fewer than the window: on sequences within them "
+                "every target would be scored with its whole context and every weight "
+                f"would be uniform. Choose a window of at most {positions} (the model's "
+                "native context before any extension)"
+            )
+        self._checked_model = id(model)
+
+    def check_sequence_length(self, longest: int, what: str) -> None:
+        """Refuse a window that covers even the longest sequence (``longest`` tokens) the
+        run will see; ``what`` names where that length comes from."""
+        require_short_window(self.settings.window, longest, f"SelfScorer with {what}")
+
+    def note_no_context(self, targets: int, total: int) -> None:
+        """Warn, once per scorer, that ``targets`` of a batch's ``total`` targets lie in
+        rows no longer than the window (they get uniform weights)."""
+        if targets <= 0 or self._warned_no_context:
+            return
+        self._warned_no_context = True
+        logger.warning(
+            "SelfScorer(window=%d): %d of the %d targets (%.1f%%) of a batch lie in rows of "
+            "at most %d tokens, which have no shorter context: their weights are uniform. "
+            "Expected for rows shorter than the window (SFT data); training logs the share "
+            "of such targets as no_context_share. (Shown once.)",
+            self.settings.window,
+            targets,
+            total,
+            100.0 * targets / max(total, 1),
+            self.settings.window,
+        )
 
     @per_document
     def __call__(
@@ -525,6 +583,8 @@ class SelfScorer:
         model = model if model is not None else self.model
         if model is None:
             raise TokenWeightError("the self scorer needs the model being trained (model=...)")
+        if self._checked_model != id(model):
+            self.check_model(model)
         input_ids, attention_mask = _ids_and_mask(batch)
         s = self.settings
         short = short_context_nll(

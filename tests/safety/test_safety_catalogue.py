@@ -280,6 +280,10 @@ CATALOGUE = {
         ["train", train_yaml(env, work), "scheme=longce:-1"],
         "truncation gamma -1",
     ),
+    "train report_to an unknown integration": lambda env, work: (
+        ["train", train_yaml(env, work), "train.report_to=[tensorbord]"],
+        "unknown integration(s) tensorbord",
+    ),
     "train output_dir=model.source": lambda env, work: (
         ["train", train_yaml(env, work), f"train.output_dir={env['model']}"],
         "overlaps the input",
@@ -297,6 +301,14 @@ CATALOGUE = {
         "tokenizer differs",
     ),
     "eval corrupt prepared manifest.json": _case_eval_corrupt_manifest,
+    "eval --lengths beyond the model's positions": lambda env, work: (
+        ["eval", env["model"], "--tasks", "passkey", "--lengths", 1000, "--out", work / "e"],
+        "--allow-beyond-positions",
+    ),
+    "eval --lengths too short for the probe tasks": lambda env, work: (
+        ["eval", env["model"], "--tasks", "passkey,needle", "--lengths", 40, "--out", work / "e"],
+        "too short for 'needle'",
+    ),
     "eval --out a file": lambda env, work: (
         ["eval", env["model"], "--tasks", "passkey", "--out", _passage(work)],
         "not a folder",

@@ -115,17 +115,51 @@ def test_eval_and_inspect_check_tokenizer_identity(env, tmp_path, capsys):
     assert not (tmp_path / "i").exists()
 
 
-def test_eval_warns_before_lengths_beyond_the_model_and_escapes_markdown(
+def _no_model_loads(monkeypatch):
+    """Make any model load (or model call) fail the test: the checks must come first."""
+    import tokenweight.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(tokenweight.models, "load_model", refuse)
+
+
+def test_eval_refuses_lengths_beyond_the_model_before_loading_it(
+    env, tmp_path, capsys, monkeypatch
+):
+    """Lengths past max_position_embeddings are refused from the config alone (this was a
+    warning before; --allow-beyond-positions now asks for it explicitly)."""
+    _no_model_loads(monkeypatch)
+    out = tmp_path / "e"
+    argv = ["eval", f"a={env['model']}", "--tasks", "passkey", "--lengths", "100,300,400"]
+    line = fails(capsys, [*argv, "--out", out], "'a' has 256 positions", "--allow-beyond-positions")
+    assert "300 (--lengths), 400 (--lengths)" in line and "100 " not in line
+    data = ["--data", env["corpus"], "--tasks", "ppl", "--seq-len", "500"]
+    fails(capsys, ["eval", env["model"], *data, "--out", out], "500 (--seq-len)")
+    assert not out.exists()
+
+
+def test_eval_checks_every_probe_task_before_any_model_call(env, tmp_path, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    out = tmp_path / "e"
+    argv = ["eval", env["model"], "--tasks", "passkey,needle,vartrack", "--lengths", "40,200"]
+    line = fails(capsys, [*argv, "--out", out], "too short for 'passkey'", "too short for 'needle'")
+    assert "vartrack" in line and line.count("use a length of at least") == 3
+    assert not out.exists()
+
+
+def test_eval_beyond_positions_when_allowed_warns_and_escapes_markdown(
     env, tmp_path, capsys, caplog
 ):
     out = tmp_path / "e"
     label = "<b>mine|yours</b>"
     argv = ["eval", f"{label}={env['model']}", "--tasks", "passkey", "--lengths", "300"]
-    argv += ["--depths", "0.5", "--out", out, "--no-progress"]
-    with caplog.at_level(logging.WARNING, logger="tokenweight.evaluation.runner"):
+    argv += ["--depths", "0.5", "--out", out, "--no-progress", "--allow-beyond-positions"]
+    with caplog.at_level(logging.WARNING, logger="tokenweight.evaluation.preflight"):
         rc, err = run_cli(capsys, argv)
     assert rc == 0, err
-    assert "has 256 positions" in caplog.text and "300" in caplog.text
+    assert "has 256 positions" in caplog.text and "300 (--lengths)" in caplog.text
     md = (out / "results.md").read_text()
     assert "<b>" not in md and "&lt;b&gt;mine\\|yours&lt;/b&gt;" in md
     lines = md.splitlines()

@@ -95,3 +95,29 @@ def test_config_duplicate_keys_binary_files_and_ranges(env, tmp_path, capsys):
     fails(capsys, ["demo", f"work_dir={tmp_path / 'w'}", "seed=-1", "--print-config"], "seed")
     fails(capsys, ["demo", "probe_depths=[2]", "--print-config"], "probe_depths")
     fails(capsys, ["demo", "rope_theta=-1", "--print-config"], "rope_theta")
+
+
+def test_train_report_to_an_integration_not_installed_fails_before_loading(
+    env, tmp_path, capsys, monkeypatch
+):
+    """``train.report_to=[tensorboard]`` without tensorboard: an error naming the key
+    before any data or model is loaded (the Trainer would fail only after the model)."""
+    import transformers.integrations
+
+    import tokenweight.training.run as run
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", list)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before report_to was checked")
+
+    monkeypatch.setattr(run, "_load_model", refuse)
+    monkeypatch.setattr(run, "_load_dataset", refuse)
+    config = train_yaml(env, tmp_path)
+    fails(
+        capsys,
+        ["train", config, "train.report_to=[tensorboard]"],
+        "train.report_to: tensorboard is not installed",
+        "pip install tensorboard",
+    )
+    assert not (tmp_path / "run").exists()

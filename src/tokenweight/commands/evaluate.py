@@ -176,6 +176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="override maximum positions (default: the checkpoint's)",
     )
+    load.add_argument(
+        "--allow-beyond-positions",
+        action="store_true",
+        help="evaluate lengths beyond a model's max_position_embeddings (with a warning) "
+        "instead of refusing them",
+    )
     load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

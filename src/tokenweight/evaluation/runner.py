@@ -17,6 +17,7 @@ Models are loaded one at a time and released before the next is loaded.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -131,6 +132,7 @@ class EvalConfig:
     glob: str | None = None
     encoding_errors: str = "strict"
     hf_split: str | None = None
+    allow_beyond_positions: bool = False
 
     def __post_init__(self) -> None:
         data = (self.data,) if isinstance(self.data, (str, Path)) else self.data
@@ -226,22 +228,75 @@ def _tokenizer_key(tokenizer: Any) -> tuple:
     return tuple(ident.get(k) for k in IDENTITY_FIELDS)
 
 
-def _warn_beyond_positions(label: str, max_positions: int | None, cfg: EvalConfig) -> None:
-    """Say loudly, before any compute, when prompts or sequences are longer than the
-    model's positions (outputs past them are usually meaningless, or an error)."""
-    lengths = list(cfg.lengths) if cfg.probe_tasks else []
-    if cfg.text_tasks:
-        lengths.append(cfg.seq_len or max(cfg.lengths))
-    too_long = sorted({n for n in lengths if max_positions and n > max_positions})
-    if too_long:
-        logger.warning(
-            "warning: model %r has %d positions (max_position_embeddings) but is asked for "
-            "%s tokens; pass --max-position-embeddings (and --rope-theta) to extend its "
-            "context, or use shorter --lengths / --seq-len",
-            label,
-            max_positions,
-            ", ".join(map(str, too_long)),
-        )
+def _text_length(cfg: EvalConfig) -> int | None:
+    """Tokens per evaluation sequence of the text tasks: a prepared dataset's
+    ``seq_len`` (``None`` when it has no manifest), else ``--seq-len`` or the longest
+    probe length."""
+    from tokenweight.evaluation.sequences import is_prepared_dataset
+
+    if len(cfg.data) == 1 and is_prepared_dataset(cfg.data[0]):
+        if not (Path(cfg.data[0]) / "manifest.json").is_file():
+            return None
+        from tokenweight.data.manifest import read_manifest
+
+        return int(read_manifest(cfg.data[0])["seq_len"])
+    return cfg.seq_len or max(cfg.lengths)
+
+
+def _positions(spec: ModelSpec, load_kwargs: dict[str, Any]) -> int | None:
+    """``max_position_embeddings`` the model will have, from its config alone."""
+    from tokenweight.models import load_config, max_positions
+
+    if spec.model is not None:
+        return max_positions(spec.model)
+    if spec.source is None:
+        return None
+    config = load_config(
+        spec.source,
+        trust_remote_code=bool(load_kwargs.get("trust_remote_code", False)),
+        rope_theta=load_kwargs.get("rope_theta"),
+        max_position_embeddings=load_kwargs.get("max_position_embeddings"),
+    )
+    return max_positions(config)
+
+
+def _check_before_computing(
+    specs: Sequence[ModelSpec],
+    scorer: ModelSpec | None,
+    cfg: EvalConfig,
+    load_kwargs: dict[str, Any],
+    probe_cache: dict[tuple, list[Probe]],
+) -> None:
+    """Step: before any model call, the device, every length against every model's
+    positions and every probe task's prompts (into ``probe_cache``), all problems of a
+    kind reported together."""
+    from tokenweight.evaluation.preflight import asked_lengths, build_all_probes, check_positions
+    from tokenweight.models import resolve_device
+
+    if load_kwargs.get("device") is not None:
+        resolve_device(load_kwargs["device"])  # refuses a device this machine lacks
+    text = _text_length(cfg) if cfg.text_tasks else None
+    asked = asked_lengths(cfg.lengths if cfg.probe_tasks else (), text)
+    models = [(s.label, _positions(s, load_kwargs), asked) for s in specs]
+    if scorer is not None:
+        models.append((scorer.label, _positions(scorer, load_kwargs), asked_lengths((), text)))
+    check_positions(models, cfg.allow_beyond_positions)
+    if not cfg.probe_tasks:
+        return
+    for spec in specs:
+        tokenizer = spec.tokenizer
+        if tokenizer is None:
+            from tokenweight.models import load_tokenizer
+
+            if spec.source is None:
+                continue  # refused when loading (_Loaded)
+            trust = bool(load_kwargs.get("trust_remote_code", False))
+            tokenizer = load_tokenizer(spec.source, trust_remote_code=trust)
+        key = _tokenizer_key(tokenizer)
+        if key not in probe_cache:
+            probe_cache[key] = build_all_probes(
+                cfg.probe_tasks, functools.partial(_make_probes, tokenizer, cfg=cfg)
+            )
 
 
 class _Loaded:
@@ -509,17 +564,21 @@ def _probes_for(tokenizer: Any, cfg: EvalConfig, cache: dict[tuple, list[Probe]]
     """The probe prompts in this tokenizer (made once per tokenizer, shared by models)."""
     key = _tokenizer_key(tokenizer)
     if key not in cache:
-        cache[key] = make_probes(
-            tokenizer,
-            cfg.probe_tasks,
-            cfg.lengths,
-            cfg.depths,
-            trials=cfg.trials,
-            seed=cfg.seed,
-            distractors=cfg.distractors,
-            hops=cfg.hops,
-        )
+        cache[key] = _make_probes(tokenizer, cfg.probe_tasks, cfg)
     return cache[key]
+
+
+def _make_probes(tokenizer: Any, tasks: Sequence[str], cfg: EvalConfig) -> list[Probe]:
+    return make_probes(
+        tokenizer,
+        tasks,
+        cfg.lengths,
+        cfg.depths,
+        trials=cfg.trials,
+        seed=cfg.seed,
+        distractors=cfg.distractors,
+        hops=cfg.hops,
+    )
 
 
 def _run_probes(
@@ -566,7 +625,6 @@ def _evaluate_one(
     """Load one model, run every task on it, release it; its entry of ``results.json``."""
     with _Loaded(spec, load_kwargs) as (model, tokenizer, load_s):
         entry = _model_entry(spec, model, load_s)
-        _warn_beyond_positions(spec.label, entry["max_position_embeddings"], cfg)
         if cfg.text_tasks:
             _run_text_tasks(entry, spec, model, tokenizer, cfg, judge, is_judge, progress)
         if cfg.probe_tasks:
@@ -633,11 +691,13 @@ def run_evaluation(
     judge, scorer_spec = None, None
     if scorer is not None and "longppl" in cfg.text_tasks:
         scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
+    probe_cache: dict[tuple, list[Probe]] = {}
+    _check_before_computing(specs, scorer_spec, cfg, load_kwargs, probe_cache)
+    if scorer_spec is not None:
         judge = _judge_key_tokens(scorer_spec, cfg, load_kwargs, progress)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     results = _results_header(cfg, scorer)
-    probe_cache: dict[tuple, list[Probe]] = {}
     for spec in specs:
         is_judge = _same_model(spec, scorer_spec)
         entry = _evaluate_one(spec, cfg, load_kwargs, progress, judge, probe_cache, is_judge)
@@ -680,6 +740,10 @@ def evaluate_models(
             ``min(4096, seq_len // 2)`` and a quarter of it, see
             :func:`~tokenweight.evaluation.perplexity.default_short_window`).
         longppl_alpha / longppl_beta: key token if ``s - l > alpha`` and ``l < beta``.
+        allow_beyond_positions: evaluate lengths beyond a model's
+            ``max_position_embeddings`` (with a warning) instead of refusing them. Every
+            length and every probe task's minimum length are checked before any model
+            call.
         scorer: LongPPL evaluator for every model (default: each model judges itself).
         load_kwargs: passed to :func:`tokenweight.models.load_model` (default
             ``device="auto"``).

@@ -10,6 +10,8 @@ that the logged figures are made of (on the device, no synchronisation per micro
   targets with a non-zero weight)
 - ``abs_score``: mean ``|l - s|`` in nats, the raw long/short gap, whatever the scheme's
   transforms (absent for the uniform scheme, which runs no scorer)
+- ``no_context_share`` (self scorer only): the fraction of valid targets in rows no
+  longer than the scorer's window, which have no shorter context and so uniform weights
 - ``scoring_share``: the fraction of wall time spent in the short-context scorer
 - ``step_time``: wall seconds per optimizer step
 
@@ -39,7 +41,8 @@ __all__ = [
 ]
 
 # order of the summed statistics in StepStats._sums
-_N, _WL, _L, _W, _W2, _NZ, _ABS, _NS = range(8)
+_N, _WL, _L, _W, _W2, _NZ, _ABS, _NS, _NC, _NCN = range(10)
+_SUMS = 10
 
 
 class StepStats:
@@ -62,8 +65,11 @@ class StepStats:
         weights: torch.Tensor,
         mask: torch.Tensor,
         short_nll: torch.Tensor | None,
+        no_context_targets: int | None = None,
     ) -> None:
-        """Add one micro-batch: ``(B, T)`` NLL (nats), weights and bool mask of valid targets."""
+        """Add one micro-batch: ``(B, T)`` NLL (nats), weights and bool mask of valid
+        targets; ``no_context_targets``: those of them without a shorter context (self
+        scorer; ``None`` for others)."""
         with torch.no_grad():
             m = mask.to(torch.float64)
             lo = torch.where(mask, long_nll.detach().double(), 0.0)
@@ -76,10 +82,12 @@ class StepStats:
                     w.sum(),
                     (w * w).sum(),
                     ((w != 0) & mask).sum().double(),
-                    torch.zeros((), dtype=torch.float64, device=m.device),
-                    torch.zeros((), dtype=torch.float64, device=m.device),
+                    *[torch.zeros((), dtype=torch.float64, device=m.device)] * 4,
                 ]
             )
+            if no_context_targets is not None:
+                sums[_NC] = float(no_context_targets)
+                sums[_NCN] = m.sum()
             if short_nll is not None:
                 gap = torch.where(
                     mask, (long_nll.detach().double() - short_nll.double()).abs(), 0.0
@@ -104,12 +112,12 @@ class StepStats:
         if accelerator is not None and accelerator.num_processes > 1:
             device = accelerator.device
             if sums is None or wmax is None:  # keep the collective shape identical on every process
-                sums = torch.zeros(8, dtype=torch.float64)
+                sums = torch.zeros(_SUMS, dtype=torch.float64)
                 wmax = torch.tensor(-torch.inf, dtype=torch.float64)
             packed = torch.cat([sums.to(device), scoring.to(device).view(1)])
             packed = accelerator.reduce(packed, reduction="sum")
             wmax = accelerator.gather(wmax.to(device).view(1)).amax()
-            sums, scoring = packed[:8], packed[8] / accelerator.num_processes
+            sums, scoring = packed[:_SUMS], packed[_SUMS] / accelerator.num_processes
         if sums is None or wmax is None:  # both are set together
             return {}
         s = sums.cpu().tolist()
@@ -127,6 +135,8 @@ class StepStats:
             )
             if s[_NS] > 0:
                 out["abs_score"] = s[_ABS] / s[_NS]
+            if s[_NCN] > 0:
+                out["no_context_share"] = s[_NC] / s[_NCN]
         if elapsed > 0:
             out["scoring_share"] = min(float(scoring) / elapsed, 1.0)
             if steps > 0:

@@ -20,7 +20,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import Documents, find_documents, forward_inputs, target_mask
-from tokenweight.scoring import same_model_calls_across_processes
+from tokenweight.scoring import SelfScorer, same_model_calls_across_processes
 from tokenweight.weighting import (
     Scheme,
     compute_weights,
@@ -33,7 +33,7 @@ from tokenweight.weighting import (
 if TYPE_CHECKING:
     from tokenweight.scoring import Scorer
 
-__all__ = ["LossParts", "tie_seeds", "timed_score", "token_weighted_loss"]
+__all__ = ["LossParts", "note_no_context", "tie_seeds", "timed_score", "token_weighted_loss"]
 
 
 @dataclass
@@ -43,6 +43,9 @@ class LossParts:
 
     ``loss`` is ``None`` when a value was not finite; ``problem`` then says which
     (``where``: ``(row, target, value)`` of the first bad NLL, if that was it).
+    ``no_context_targets``: with the self scorer, the valid targets in rows (documents)
+    no longer than its window, which have no shorter context and get uniform weights
+    (``None`` with other scorers).
     """
 
     loss: torch.Tensor | None
@@ -53,6 +56,7 @@ class LossParts:
     scoring_seconds: float = 0.0
     problem: str | None = None
     where: tuple[int, int, float] | None = None
+    no_context_targets: int | None = None
 
     def flag_nonfinite_nll(self) -> bool:
         """Record the first non-finite long, then short NLL of a valid target in ``problem``
@@ -110,6 +114,27 @@ def _weights(
         tie_seeds=seeds,
     )
     return docs.scatter_targets(weights)
+
+
+def _row_lengths(batch: Mapping[str, Any]) -> torch.Tensor:
+    """Real tokens per row ``(B,)``: the attention mask's count, or the full width."""
+    ids, attention = batch["input_ids"], batch.get("attention_mask")
+    if attention is None:
+        return torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
+    return (attention != 0).sum(dim=-1)
+
+
+def note_no_context(scorer: Any, lengths: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """With the self scorer: the valid targets (``targets[r]`` per row or document of
+    ``lengths[r]`` real tokens) in rows no longer than its window, which have no shorter
+    context; the scorer warns about them once (:meth:`SelfScorer.note_no_context`).
+    ``None`` for other scorers."""
+    if not isinstance(scorer, SelfScorer):
+        return None
+    covered_by_window_zero = lengths.to(targets.device) <= scorer.settings.window
+    count = int(targets[covered_by_window_zero].sum())
+    scorer.note_no_context(count, int(targets.sum()))
+    return count
 
 
 def tie_seeds(
@@ -226,6 +251,12 @@ def weigh_nll(
             short_nll = docs.scatter_targets(short_docs)
 
     parts = LossParts(None, long_nll, short_nll, torch.zeros_like(long_nll), mask, seconds)
+    if short_nll is not None:
+        if docs is None:
+            lengths, targets = _row_lengths(batch), mask.sum(dim=-1)
+        else:
+            lengths, targets = docs.length, docs.targets(mask.to(torch.float32)).sum(dim=-1)
+        parts.no_context_targets = note_no_context(scorer, lengths, targets)
     if parts.flag_nonfinite_nll():
         return parts
     try:

@@ -30,6 +30,7 @@ from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.loss import LossParts, raise_if_nonfinite, weigh_nll
+from tokenweight.training.refusals import check_self_scorer
 from tokenweight.weighting import Scheme
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class TokenWeightLossFunc:
                 f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
                 "(tokenweight.scoring.SelfScorer or ModelScorer)"
             )
+        check_self_scorer(scorer, model, None, None)
         self.model = model
         self.scorer = scorer
         self.raise_on_nonfinite = raise_on_nonfinite

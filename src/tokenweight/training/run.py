@@ -300,6 +300,7 @@ def train(
     from tokenweight.training.distributed import check_sequence_parallel, is_distributed_launch
 
     out = Path(config.train.output_dir)
+    check_report_to(config.train.report_to)
     check_sequence_parallel(config.train.sequence_parallel)
     _check_output_dir(config)
     with contextlib.ExitStack() as held:
@@ -330,6 +331,33 @@ def train(
             atomic_write_text(out / CONFIG_NAME, config.to_yaml())
         result = trainer.train(resume_from_checkpoint=last)
         return _finish(config, trainer, result, tokenizer, out, last, manifest, plan.segments)
+
+
+# train.report_to values that name no integration (nothing, or every one installed)
+_REPORT_TO_KEYWORDS = ("none", "all")
+
+
+def check_report_to(report_to: list[str] | str | None) -> None:
+    """Refuse a ``train.report_to`` integration that is unknown or not installed, before
+    any data or model is loaded (the Trainer would fail only after loading the model)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    wanted = [str(n) for n in names if str(n) not in _REPORT_TO_KEYWORDS]
+    unknown = [n for n in wanted if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise TokenWeightError(
+            f"train.report_to: unknown integration(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none"
+        )
+    available = set(get_available_reporting_integrations())
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise TokenWeightError(
+            f"train.report_to: {', '.join(missing)} is not installed in this environment; "
+            f"install it (e.g. pip install {missing[0]}) or remove it from train.report_to"
+        )
 
 
 def _output_lock(out: Path, shared: bool = False) -> Any:

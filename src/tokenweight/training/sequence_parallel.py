@@ -40,7 +40,7 @@ import torch
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, tie_seeds, timed_score
+from tokenweight.training.loss import LossParts, note_no_context, tie_seeds, timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
@@ -196,6 +196,9 @@ def sequence_parallel_loss(
         if scheme.sparsification is not None:
             seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)
+    if short_full is not None:
+        lengths = (attention[:, :width] != 0).sum(dim=-1)
+        parts.no_context_targets = note_no_context(scorer, lengths, mask.sum(dim=-1))
     if not _weigh(parts, scheme, seeds):
         return parts
     # this slice's columns of the whole sequence's weights (padded to the slices' width)

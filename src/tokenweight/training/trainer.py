@@ -48,6 +48,7 @@ from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, token_weighted_loss
+from tokenweight.training.refusals import check_self_scorer, refuse_replaced_losses
 from tokenweight.weighting import Scheme
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ class TokenWeightTrainer(Trainer):
                 f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
                 "(tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer)"
             )
+        given_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        refuse_replaced_losses(given_args, kwargs.get("compute_loss_func"))
         if kwargs.get("data_collator") is None and _plain_trainer_parent(type(self)):
             tok = kwargs.get("processing_class")
             pad = getattr(tok, "pad_token_id", None)
@@ -137,6 +140,7 @@ class TokenWeightTrainer(Trainer):
             # its own division by the accumulation steps when ``model_accepts_loss_kwargs``
             # is set and ``num_items_in_batch`` is given (get_batch_samples always counts).
             self.model_accepts_loss_kwargs = True
+        check_self_scorer(scorer, self.model, self.args, self.train_dataset)
         self.scorer = scorer
         config = getattr(self.args, "parallelism_config", None)
         self.sequence_parallel = int(getattr(config, "sp_size", 1) or 1)  # Ulysses degree
@@ -245,7 +249,9 @@ class TokenWeightTrainer(Trainer):
         assert parts.loss is not None
         loss = parts.loss * self._loss_scale(num_items_in_batch)
 
-        self.step_stats.add(parts.long_nll, parts.weights, parts.mask, parts.short_nll)
+        self.step_stats.add(
+            parts.long_nll, parts.weights, parts.mask, parts.short_nll, parts.no_context_targets
+        )
         self._micro_step += 1
         if return_outputs:
             outputs = {"long_nll": parts.long_nll.detach(), "weights": parts.weights}

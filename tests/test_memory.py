@@ -48,6 +48,33 @@ def test_zero3_with_sequence_parallel_by_hand():
     assert (z2.parameters, z2.gradients, z2.optimizer) == (2 * p, 2 * p // 8, 0)
 
 
+def test_fsdp2_full_shard_and_cpu_offload_by_hand(capsys):
+    shape = MODEL_SHAPES["llama-3-8b"]
+    p, layer = 8_030_261_248, shape.layer_parameters()
+    est = estimate_memory(shape, 32768, gpus=8, fsdp=True)
+    assert est.parameters == 4 * p // 8 + 2 * 2 * layer  # fp32 shard + bf16 gathered layers
+    assert est.gradients == 4 * p // 8 + 2 * layer
+    assert est.optimizer == 8 * p // 8
+    zero3 = estimate_memory(shape, 32768, gpus=8, zero_stage=3)
+    # the same 16 sharded bytes per parameter as ZeRO-3, split differently
+    sharded = est.parameters + est.gradients + est.optimizer - 6 * layer
+    assert sharded == zero3.parameters + zero3.gradients + zero3.optimizer - 4 * layer == 2 * p
+    offload = estimate_memory(shape, 32768, gpus=8, fsdp=True, offload_parameters=True)
+    assert (offload.parameters, offload.gradients, offload.optimizer) == (
+        4 * layer,
+        2 * layer,
+        0,
+    )
+    assert offload.checkpoints == est.checkpoints  # activations stay on the GPU
+    with pytest.raises(TokenWeightError, match="choose one"):
+        estimate_memory(shape, 32768, gpus=8, fsdp=True, zero_stage=3)
+    with pytest.raises(TokenWeightError, match="--offload-params"):
+        estimate_memory(shape, 32768, gpus=8, fsdp=True, offload_optimizer=True)
+    command = ["memory", "--model", "llama-3-8b", "--seq-len", "32768", "--gpus", "8", "--fsdp"]
+    assert main([*command, "--offload-params"]) == 0
+    assert f"{(offload.total) / GIB:8.2f} GiB" in capsys.readouterr().out
+
+
 def test_the_one_gpu_estimate_is_near_the_measured_peak():
     # measured: 11.8 GiB peak, Llama-3.2-1B shape, one 32768-token sequence, bf16 weights
     # and AdamW state, gradient checkpointing, the chunked loss head

@@ -196,6 +196,11 @@ def test_context_verdict_reads_groups_with_enough_targets():
     verdict = context_verdict(check, 0.05)
     assert verdict["uses_context"] and verdict["gain"] == pytest.approx(2.9)
     assert context_warning(check, verdict) == []
+    # no key tokens: a second warning, with the gain beyond the window
+    check |= {"key_share": 0.0, "start_gain_beyond": 0.009}
+    (line, _) = context_warning(check, verdict)
+    assert line.startswith("> **Warning: the start model shows no long-range signal.**")
+    assert "whole sequence is 0.009 nats and 0.00% of the targets are LongPPL key tokens" in line
 
 
 @pytest.mark.slow

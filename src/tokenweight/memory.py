@@ -11,6 +11,12 @@ checkpointing and the chunked per-token loss head of :mod:`tokenweight.losses`:
     optimizer state over ``D``, ZeRO-2 also the gradients, ZeRO-3 also the weights (and
     gathers one layer's weights at a time, counted twice for prefetching). Offloading
     moves the optimizer state (and with ZeRO-3 the weights) to CPU memory.
+  - ``fsdp=True`` (FSDP2 full sharding with bf16 compute, as accelerate sets it up): fp32
+    weights, fp32 gradients and 8 bytes of AdamW moments per parameter, all split over
+    ``D`` (the same 16 bytes as ZeRO-3, split differently), plus one layer's weights
+    gathered in bf16 (counted twice for prefetching) and its bf16 gradient before the
+    reduce-scatter. CPU offload (``offload_parameters``) moves weights, gradients and
+    optimizer state to CPU memory together; the GPU keeps only the gathered layer.
   - ``precision="pure"`` (weights, gradients and AdamW moments all in bf16, one
     process, plain torch): 2 + 2 + 4 bytes per parameter. The gradients of the decoder
     layers appear while the backward pass frees their checkpoints, so at the peak (the
@@ -164,6 +170,7 @@ def estimate_memory(
     offload_parameters: bool = False,
     chunk_bytes: int = CHUNK_BYTES_CUDA,
     bytes_per_value: int = 2,
+    fsdp: bool = False,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one GPU in a training step (module docstring).
 
@@ -175,9 +182,11 @@ def estimate_memory(
         sequence_parallel: ranks that split each sequence (Ulysses); divides ``seq_len``.
         micro_batch: sequences per GPU per forward.
         precision: ``mixed`` (DeepSpeed bf16, fp32 AdamW state) or ``pure`` (all bf16).
-        offload_optimizer / offload_parameters: DeepSpeed CPU offload.
+        offload_optimizer / offload_parameters: DeepSpeed CPU offload; with ``fsdp``,
+            ``offload_parameters`` is FSDP2's CPU offload (weights, gradients, optimizer).
         chunk_bytes: the loss head's per-chunk logit budget.
         bytes_per_value: activation bytes (2 for bf16).
+        fsdp: FSDP2 full sharding over ``gpus`` instead of ZeRO (``zero_stage`` 0).
     """
     _check_layout(
         seq_len,
@@ -189,9 +198,13 @@ def estimate_memory(
         offload_optimizer,
         offload_parameters,
     )
-    parameters, gradients, optimizer = _state_bytes(
-        shape, gpus, zero_stage, precision, offload_optimizer, offload_parameters
-    )
+    if fsdp:
+        _check_fsdp(zero_stage, precision, offload_optimizer)
+        parameters, gradients, optimizer = _fsdp_state_bytes(shape, gpus, offload_parameters)
+    else:
+        parameters, gradients, optimizer = _state_bytes(
+            shape, gpus, zero_stage, precision, offload_optimizer, offload_parameters
+        )
     s = seq_len * micro_batch // sequence_parallel
     h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
     checkpoints = shape.layers * s * h * bytes_per_value
@@ -257,6 +270,29 @@ def _state_bytes(
         gradients = 2 * p // g
         optimizer = 0 if offload_optimizer else 12 * p // o
     return parameters, gradients, optimizer
+
+
+def _check_fsdp(zero_stage: int, precision: str, offload_optimizer: bool) -> None:
+    if zero_stage:
+        raise TokenWeightError("fsdp and zero_stage: choose one (FSDP2 shards like ZeRO-3)")
+    if precision != "mixed":
+        raise TokenWeightError("fsdp: only precision 'mixed' (fp32 shards, bf16 compute)")
+    if offload_optimizer:
+        raise TokenWeightError(
+            "fsdp: FSDP2 offloads weights, gradients and optimizer state together; use "
+            "offload_parameters (--offload-params)"
+        )
+
+
+def _fsdp_state_bytes(shape: ModelShape, gpus: int, offload: bool) -> tuple[int, int, int]:
+    """Bytes per GPU of ``(parameters, gradients, optimizer state)`` under FSDP2 full
+    sharding (module docstring)."""
+    p, layer = shape.parameters(), shape.layer_parameters()
+    gathered = 2 * 2 * layer  # one layer's bf16 weights, and the next one prefetched
+    unsharded_grad = 2 * layer  # one layer's bf16 gradient before its reduce-scatter
+    if offload:
+        return gathered, unsharded_grad, 0
+    return 4 * p // gpus + gathered, 4 * p // gpus + unsharded_grad, 8 * p // gpus
 
 
 def format_estimate(estimate: MemoryEstimate) -> str:

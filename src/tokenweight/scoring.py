@@ -14,7 +14,9 @@ or packed with others. All windows of a batch go through the model together,
 :func:`tokenweight.losses.model_token_nll` (no full-vocabulary logits). Inside
 :func:`same_model_calls_across_processes` (the training loss enters it) the processes of
 a run agree on the number of model calls and pad the work, not the plan, with calls
-whose result is dropped, so sharded models gather their parameters in step.
+whose result is dropped, so sharded models gather their parameters in step. Inside
+:func:`split_scoring` the processes of a group that all hold the same batch (a
+sequence-parallel group) share its windows out and gather the result.
 
 Scorers share one interface, ``scorer(batch, long_nll, model=None) -> short_nll``:
 ``self`` (the model being trained), ``model`` (a frozen or smaller model) and
@@ -65,6 +67,8 @@ __all__ = [
     "same_model_calls_across_processes",
     "score_windows",
     "short_context_nll",
+    "split_scoring",
+    "window_share",
 ]
 
 
@@ -273,6 +277,47 @@ def agreed_model_calls(calls: int) -> int:
     return int(agreed.item())
 
 
+_SPLIT_OVER: ContextVar[Any] = ContextVar("tokenweight_split_over", default=None)
+
+
+@contextmanager
+def split_scoring(group: Any) -> Iterator[None]:
+    """Inside this block, :func:`short_context_nll` shares each batch's windows among the
+    processes of ``group`` (a ``torch.distributed`` process group whose processes all
+    score the same batch together, as a sequence-parallel group does): process ``r`` of
+    ``D`` runs its :func:`window_share`, a process with one window fewer than the others
+    adds a padding call (so every process makes the same model calls, as sharded models
+    need), and one all-reduce over the group gives every process the whole result,
+    exactly (each target belongs to one window). Scoring work per process falls to about
+    ``1 / D``. Without a process group, or with a group of one, nothing changes.
+    """
+    token = _SPLIT_OVER.set(group)
+    try:
+        yield
+    finally:
+        _SPLIT_OVER.reset(token)
+
+
+def window_share(
+    windows: Sequence[ScoringWindow], rank: int, size: int
+) -> tuple[ScoringWindow, ...]:
+    """The windows process ``rank`` of ``size`` runs: every ``size``-th one, from
+    ``rank`` (disjoint, together all of them, counts differing by at most one)."""
+    return tuple(windows[rank::size])
+
+
+def _split_group() -> tuple[Any, int, int] | None:
+    """``(group, size, rank)`` inside :func:`split_scoring` with a group of several
+    processes, else ``None``."""
+    import torch.distributed as dist
+
+    group = _SPLIT_OVER.get()
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    size = dist.get_world_size(group)
+    return (group, size, dist.get_rank(group)) if size > 1 else None
+
+
 def short_context_nll(
     model: Any,
     input_ids: torch.Tensor,
@@ -302,7 +347,8 @@ def short_context_nll(
             windows are planned on its own real tokens (:func:`plan_batch_windows`), so
             a row's values are those of the row alone; targets at padding get NLL 0.
             Inside :func:`same_model_calls_across_processes` every process makes the
-            same number of model calls.
+            same number of model calls; inside :func:`split_scoring` the processes of
+            the group share the windows out.
 
     Returns:
         ``(batch, N - 1)`` float32 NLL in nats; column ``j`` is target ``t = j + 1``
@@ -321,16 +367,29 @@ def short_context_nll(
     if not first_window:  # window 0's targets are the caller's
         for row, length in enumerate(lengths):
             out[row, : min(window, length) - 1] = math.nan
-    calls = agreed_model_calls(plan.model_calls(windows_per_batch))
-    return score_windows(
+    windows, calls = plan.windows, plan.model_calls(windows_per_batch)
+    split = _split_group()
+    if split is not None:
+        _, size, rank = split
+        windows = window_share(plan.windows, rank, size)
+        # the largest share's calls, the same on every process of the group
+        calls = math.ceil(math.ceil(plan.num_windows / size) / windows_per_batch)
+    out = score_windows(
         model,
         input_ids,
-        plan.windows,
+        windows,
         bos_token_id=bos_token_id,
         windows_per_batch=windows_per_batch,
-        model_calls=calls,
+        model_calls=agreed_model_calls(calls),
         out=out,
     )
+    if split is not None:
+        import torch.distributed as dist
+
+        # each target is another process's or 0 here: the sum over the group is exact
+        # (NaN marks window 0's targets alike on every process)
+        dist.all_reduce(out, group=split[0])
+    return out
 
 
 def score_windows(

@@ -24,6 +24,7 @@ from tokenweight.paired import holm
 
 __all__ = [
     "LONG_RANGE",
+    "MIN_KEY_SHARE",
     "MIN_TARGETS",
     "OTHER",
     "PROBES",
@@ -38,6 +39,8 @@ OTHER = "other targets"
 PROBES = "retrieval probes"
 # the context check reads a group of targets inside the window only from this many on
 MIN_TARGETS = 30
+# under this share of LongPPL key tokens the start model shows no long-range signal
+MIN_KEY_SHARE = 0.001
 
 
 def apply_holm(differences: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
@@ -106,11 +109,16 @@ def context_warning(check: dict[str, Any], verdict: dict[str, Any]) -> list[str]
             "dependencies it can learn).",
             "",
         ]
-    if check.get("key_share") is not None and check["key_share"] < 0.001:
+    if check.get("key_share") is not None and check["key_share"] < MIN_KEY_SHARE:
+        beyond = check.get("start_gain_beyond")
+        gain = (
+            "" if beyond is None else f" its gain from the whole sequence is {beyond:.3f} nats and"
+        )
         lines += [
-            f"> **Caution:** LongPPL key tokens are {check['key_share']:.2%} of the targets: "
-            "the start model gains almost nothing from context beyond its window, so the "
-            "key-token row rests on few or no targets.",
+            "> **Warning: the start model shows no long-range signal.** Beyond its original "
+            f"context{gain} {check['key_share']:.2%} of the targets are LongPPL key tokens "
+            f"(under {MIN_KEY_SHARE:.1%}): the key-token row rests on few or no targets, and "
+            "the long-range rows can only show what the training itself teaches.",
             "",
         ]
     return lines

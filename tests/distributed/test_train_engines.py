@@ -1,7 +1,7 @@
 """Every engine that runs on CPU processes, with 2 gloo processes, ends where one process
-ends: DDP, DeepSpeed ZeRO-2 and ZeRO-3, each for the uniform loss, Dense with the self
-scorer, Dense with precomputed scores and Sparse with the self scorer. FSDP needs GPUs;
-on CPU processes it is refused with a message (accelerate would silently run DDP).
+ends: DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP2 (sharded by tokenweight itself on CPU
+processes), each for the uniform loss, Dense with the self scorer, Dense with precomputed
+scores and Sparse with the self scorer; each leaves a loadable model in its output folder.
 
 One process with gradient accumulation 2 is the reference for 2 processes with
 accumulation 1 (the same 2 sequences per optimizer step, padded rows of different
@@ -14,16 +14,20 @@ trains the four schemes one after another through the real command line.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
 from helpers.distributed import (
+    CONFIGS,
     LOSS_TOL,
     PARAM_TOL,
     assert_runs_match_one_process,
+    assert_same_parameters,
     deepspeed_file,
     logged_losses,
     torchrun_trainings,
@@ -58,14 +62,31 @@ def assets(tmp_path_factory):
     return root, model_dir, prepared, scored
 
 
+# the frozen scorers and an optimizer with state, clipping and a resume (FSDP2 only)
+FSDP2_RUNS = {
+    "dense_model": ("dense:0.75", "model", {}),
+    "rho1_reference": ("rho1:0.5", "reference", {}),
+    "adamw_clipped": (
+        "dense:0.75",
+        "self",
+        {"learning_rate": 0.05, "max_grad_norm": 1.0, "save_steps": 2, "optim": "adamw_torch"},
+    ),
+}
+
+
 def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> dict:
     _, model_dir, prepared, scored = assets
-    scheme, kind = SCHEMES[name]
+    scheme, kind, changes = (*SCHEMES[name], {}) if name in SCHEMES else FSDP2_RUNS[name]
+    changes = dict(changes)
+    optim = changes.pop("optim", "sgd")
+    scorer = {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE}
+    if kind == "reference":  # another model: the start model's own scores would all tie
+        scorer["model"] = str(model_dir.parent / "reference")
     return {
         "model": {"source": str(model_dir)},
         "data": {"path": str(scored if kind == "precomputed" else prepared)},
         "scheme": scheme,
-        "scorer": {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE},
+        "scorer": scorer,
         "train": {
             "output_dir": str(out),
             "learning_rate": 0.5,
@@ -77,7 +98,8 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
             "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
             "save_steps": 100,
             "seed": 0,
-            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
+            "training_arguments": {"optim": optim, "disable_tqdm": True},
+            **changes,
             **engine,
         },
     }
@@ -86,7 +108,18 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
 def _engine(name: str, folder: Path) -> dict:
     if name == "ddp":
         return {}
+    if name == "fsdp2":  # the shipped FSDP2 settings a GPU run uses
+        return {"fsdp": True, "fsdp_config": str(CONFIGS / "fsdp" / "llama.json")}
     return {"deepspeed": deepspeed_file(f"{name}.json", folder)}
+
+
+def assert_sharded(out: Path, processes: int = 2) -> None:
+    """The run's summary says each process held about 1/``processes`` of every sharded
+    tensor, and all of them together the whole model once."""
+    shards = json.loads((out / "train_summary.json").read_text())["fsdp2"]
+    assert shards["processes"] == processes
+    assert sum(shards["held_by_process"]) == shards["parameter_values"]
+    assert shards["largest_share_of_a_tensor"] <= 1 / processes + 0.05
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +134,7 @@ def single(assets, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3", "fsdp2"])
 def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_path, engine):
     settings = _engine(engine, tmp_path)
     files, outs = [], {}
@@ -113,6 +146,79 @@ def test_two_processes_equal_one_process_for_every_scheme(assets, single, tmp_pa
     torchrun_trainings(files)
     start = load_file(str(assets[1] / "model.safetensors"))
     assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, engine)
+    if engine == "fsdp2":
+        for out in outs.values():
+            assert_sharded(out)
+    if engine == "zero3":  # a user's ZeRO-3 file without the gather flag: a model to evaluate
+        from tokenweight.cli import main
+
+        out, evaluation = outs["dense_self"], tmp_path / "eval"
+        assert not list(out.glob("global_step*"))  # whole weights, not DeepSpeed's shards
+        data = ["--data", str(assets[2]), "--seq-len", str(SEQ)]
+        assert main(["eval", str(out), "--out", str(evaluation), "--tasks", "ppl", *data]) == 0
+        assert list(evaluation.iterdir())
+
+
+@pytest.mark.slow
+def test_fsdp2_with_frozen_scorers_adamw_clipping_and_a_resume(assets, tmp_path):
+    """FSDP2 over 2 processes equals one process with the model and reference scorers, and
+    with AdamW and gradient clipping (optimizer state in the checkpoints); a run stopped
+    after step 2 and resumed from its checkpoint ends where the uninterrupted run ends."""
+    engine = _engine("fsdp2", tmp_path)
+    reference = assets[1].parent / "reference"
+    if not reference.exists():
+        save_tiny_model(reference, make_tokenizer(), seed=7, max_position_embeddings=256)
+    single, files, outs = {}, [], {}
+    for name in FSDP2_RUNS:
+        out = tmp_path / f"single-{name}"
+        train(load_config(base=_config(assets, name, out, accumulation=2, engine={})))
+        single[name] = (load_file(str(out / "model.safetensors")), logged_losses(out))
+        outs[name] = tmp_path / f"out-{name}"
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(_config(assets, name, outs[name], 1, engine)))
+    stopped = _config(assets, "adamw_clipped", tmp_path / "stopped", 1, engine)
+    stopped["train"]["max_steps"] = 2
+    (tmp_path / "stopped.yaml").write_text(yaml.safe_dump(stopped))
+    stopped["train"]["max_steps"] = STEPS
+    (tmp_path / "resumed.yaml").write_text(yaml.safe_dump(stopped))
+    torchrun_trainings([*files, tmp_path / "stopped.yaml", f"resume:{tmp_path / 'resumed.yaml'}"])
+    start = load_file(str(assets[1] / "model.safetensors"))
+    sgd = {name: outs[name] for name in ("dense_model", "rho1_reference")}
+    assert_runs_match_one_process(sgd, single, start, STEPS, LOSS_TOL, PARAM_TOL, "fsdp2")
+    for out in outs.values():
+        assert_sharded(out)
+    # AdamW normalizes each update, so float-order differences in near-zero gradients move
+    # parameters by up to ~1e-2 * lr; the step losses and the clipped gradient norms (one
+    # norm over every shard) show the exactness
+    adamw = outs["adamw_clipped"]
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(
+            torch.tensor(_logged(adamw, key)),
+            torch.tensor(_logged(tmp_path / "single-adamw_clipped", key)),
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    assert max(_logged(adamw, "grad_norm")) > 1.0  # clipping was active
+    diff = assert_same_parameters(
+        load_file(str(adamw / "model.safetensors")),
+        single["adamw_clipped"][0],
+        start,
+        dict(rtol=0, atol=1e-3),
+        "adamw",
+    )
+    print(f"fsdp2 adamw_clipped: max parameter difference {diff:.2e}")
+    assert (adamw / "checkpoint-2" / "optimizer.pt").is_file()
+    resumed = load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    uninterrupted = load_file(str(adamw / "model.safetensors"))
+    diff = assert_same_parameters(resumed, uninterrupted, start, PARAM_TOL, "resumed")
+    print(f"fsdp2 resumed after step 2: max parameter difference {diff:.2e}")
+    summary = json.loads((tmp_path / "stopped" / "train_summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == STEPS
+
+
+def _logged(out: Path, key: str) -> list[float]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r and "learning_rate" in r]
 
 
 @pytest.mark.slow

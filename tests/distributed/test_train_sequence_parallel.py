@@ -61,7 +61,7 @@ def assets(tmp_path_factory):
     return model_dir, {"tail": tail, "scored": scored}
 
 
-def _config(assets, name: str, out: Path, engine: dict) -> dict:
+def _config(assets, name: str, out: Path, engine: dict, accumulation: int = 1) -> dict:
     model_dir, data = assets
     scheme, kind, which = RUNS[name]
     return {
@@ -76,7 +76,7 @@ def _config(assets, name: str, out: Path, engine: dict) -> dict:
             "warmup_steps": 0,
             "max_steps": STEPS,
             "micro_batch_size": 1,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": accumulation,
             "max_grad_norm": 0.0,
             "save_steps": 100,
             "seed": 0,
@@ -111,3 +111,60 @@ def test_two_sp_ranks_equal_one_process_for_every_scheme(assets, single, tmp_pat
     torchrun_trainings(files)
     start = load_file(str(assets[0] / "model.safetensors"))
     assert_runs_match_one_process(outs, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 {stage}")
+
+
+def _in_sp_dp_order(prepared: Path, out: Path, groups: int, degree: int) -> Path:
+    """A copy of ``prepared`` in the order one process meets the rows that ``groups`` SP
+    groups of ``degree`` processes train on together (unshuffled): process ``p`` reads
+    rows ``p, p + P, ...`` (``P = groups * degree``); each SP group gathers its processes'
+    rows and trains on them one after another, so step ``k`` holds the ``k``-th gathered
+    row of every group."""
+    import shutil
+
+    import datasets
+
+    rows = datasets.load_from_disk(str(prepared))
+    processes = groups * degree
+    order = []
+    for start in range(0, len(rows) - processes + 1, processes):
+        for k in range(degree):  # the k-th row each group gathered: one optimizer step
+            order += [start + g * degree + k for g in range(groups)]
+    out.mkdir(parents=True)
+    rows.select(order).save_to_disk(str(out / "rows"))
+    for item in (out / "rows").iterdir():
+        shutil.move(str(item), str(out / item.name))
+    (out / "rows").rmdir()
+    for item in prepared.iterdir():  # the manifest and what else the folder names
+        if not (out / item.name).exists():
+            shutil.copy(item, out / item.name)
+    return out
+
+
+@pytest.mark.slow
+def test_sp2_times_dp2_on_four_processes_equals_one_process(assets, tmp_path):
+    """4 processes, 2 SP groups of 2 (each a data-parallel rank): under ZeRO-2 and ZeRO-3
+    (whose gradient reductions over the SP and data-parallel ranks differ), Dense with the
+    self scorer ends where one process with the same 2 sequences per step ends."""
+    model_dir, data = assets
+    name = "dense_self"
+    reordered = _in_sp_dp_order(data["tail"], tmp_path / "reordered", groups=2, degree=2)
+    out = tmp_path / "single"
+    config = _config(assets, name, out, engine={}, accumulation=2)
+    config["data"]["path"] = str(reordered)
+    config["train"]["shuffle"] = False
+    train(load_config(base=config))
+    single = {name: (load_file(str(out / "model.safetensors")), logged_losses(out))}
+    files, outs = [], {}
+    for stage in ("zero2", "zero3"):
+        engine = {"deepspeed": deepspeed_file(f"{stage}.json", tmp_path), "sequence_parallel": 2}
+        outs[stage] = tmp_path / f"out-{stage}"
+        config = _config(assets, name, outs[stage], engine)
+        config["train"]["shuffle"] = False
+        files.append(tmp_path / f"{stage}.yaml")
+        files[-1].write_text(yaml.safe_dump(config))
+    torchrun_trainings(files, processes=4)
+    start = load_file(str(model_dir / "model.safetensors"))
+    for stage, folder in outs.items():
+        assert_runs_match_one_process(
+            {name: folder}, single, start, STEPS, LOSS_TOL, PARAM_TOL, f"sp2 x dp2 {stage}"
+        )

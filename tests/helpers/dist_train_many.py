@@ -5,7 +5,8 @@ Usage (what ``helpers.distributed.torchrun_trainings`` does)::
     torchrun --nproc_per_node 2 tests/helpers/dist_train_many.py CONFIG_A.yaml CONFIG_B.yaml ...
 
 Each config is trained by the real command line (``tokenweight.cli.main(["train", ...])``)
-in every process; starting the processes once keeps the test fast. The process group is
+in every process; starting the processes once keeps the test fast. ``resume:CONFIG.yaml``
+trains with ``--resume``. The process group is
 closed at exit (``tokenweight.training.distributed.end_process_group``).
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
+
+RESUME = "resume:"
 
 
 def main(configs: list[str]) -> int:
@@ -23,7 +26,8 @@ def main(configs: list[str]) -> int:
     # sequence parallelism replaces the attention function in this registry (per process)
     attention = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
     for config in configs:
-        code = cli_main(["train", config])
+        resume = config.startswith(RESUME)
+        code = cli_main(["train", config.removeprefix(RESUME), *(["--resume"] if resume else [])])
         if code != 0:
             return code
         _reset_accelerate_state()

@@ -30,16 +30,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def torchrun_trainings(config_files: list[Path], timeout: int = 600) -> None:
-    """Train every config in one two-process ``torchrun`` launch (``dist_train_many.py``);
-    fails the test, with the end of the output, when the launch fails."""
+def torchrun_trainings(
+    config_files: list[Path | str], timeout: int = 600, processes: int = 2
+) -> None:
+    """Train every config in one ``torchrun`` launch of ``processes`` processes
+    (``dist_train_many.py``; ``"resume:PATH"`` resumes); fails the test, with the end of
+    the output, when the launch fails."""
     import subprocess
     import sys
 
     driver = Path(__file__).with_name("dist_train_many.py")
     command = [
         sys.executable,
-        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)),
         str(driver),
         *map(str, config_files),
     ]
@@ -107,13 +110,16 @@ def deepspeed_file(shipped: str, folder: Path) -> str:
     """The shipped DeepSpeed file with the CPU test's changes: the torch SGD optimizer
     (DeepSpeed calls it untested; with CPU offload, the file's own DeepSpeed AdamW, a C++
     extension built at first use, gives way to it) and, for ZeRO-3, every parameter
-    partitioned (the default keeps a tiny model's small tensors whole)."""
+    partitioned (the default keeps a tiny model's small tensors whole) and, as in a file a
+    user writes, no ``stage3_gather_16bit_weights_on_model_save`` (the final model must
+    still be saved whole)."""
     data = json.loads((CONFIGS / "deepspeed" / shipped).read_text())
     data["zero_allow_untested_optimizer"] = True
     if data.pop("optimizer", None) is not None:
         data["zero_force_ds_cpu_optimizer"] = False
     if data["zero_optimization"]["stage"] == 3:
         data["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        del data["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
     path = folder / shipped
     path.write_text(json.dumps(data))
     return str(path)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "estimate the peak training memory per GPU (model shape, sequence length, ZeRO, SP)"
+HELP = "estimate the peak training memory per GPU (model shape, sequence length, ZeRO, FSDP2, SP)"
 
 EPILOG = """\
 examples:
   tokenweight memory --model llama-3-8b --seq-len 32768 --gpus 8 --zero-stage 3
   tokenweight memory --model llama-3-8b --seq-len 131072 --gpus 8 --zero-stage 3 --sp 8
+  tokenweight memory --model llama-3-8b --seq-len 32768 --gpus 8 --fsdp --offload-params
   tokenweight memory --model path/to/model --seq-len 32768 --precision pure
 """
 
@@ -33,8 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="mixed",
         help="mixed: DeepSpeed bf16 with fp32 AdamW state (default); pure: all bf16, one GPU",
     )
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="FSDP2 full sharding over --gpus instead of ZeRO (fp32 shards, bf16 compute)",
+    )
     parser.add_argument("--offload-optimizer", action="store_true")
-    parser.add_argument("--offload-params", action="store_true")
+    parser.add_argument(
+        "--offload-params",
+        action="store_true",
+        help="CPU offload of the weights (ZeRO-3); with --fsdp, of weights, gradients and "
+        "optimizer state",
+    )
 
 
 def _shape(model: str):
@@ -93,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         offload_optimizer=args.offload_optimizer,
         offload_parameters=args.offload_params,
+        fsdp=args.fsdp,
     )
     print(f"{shape.parameters() / 1e9:.2f}B parameters")
     print(format_estimate(estimate))

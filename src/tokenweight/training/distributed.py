@@ -12,7 +12,8 @@ On a machine without GPUs (CPU processes talking over gloo):
   started explicitly: accelerate's CPU route does not), and its optional shared-memory collective kernel
   (a C++ extension compiled on first use, minutes) is switched off: plain gloo
   collectives give the same results.
-* FSDP is refused (:func:`refuse_fsdp_on_cpu`): accelerate would silently run DDP.
+* FSDP is not handed to accelerate (which would silently run DDP): tokenweight shards the
+  model with FSDP2 itself (:func:`fsdp_on_cpu`, :mod:`tokenweight.training.fsdp2`).
 
 DeepSpeed always runs in a process group, also in one process. A launcher (``torchrun``,
 ``deepspeed``, ``accelerate launch``) describes it in the environment; started without one,
@@ -23,6 +24,7 @@ DeepSpeed would look for MPI instead (and fail without ``mpi4py``).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from typing import Any
 
@@ -31,9 +33,10 @@ from tokenweight.errors import TokenWeightError
 __all__ = [
     "LAUNCH_VARIABLES",
     "check_sequence_parallel",
+    "deepspeed_settings",
     "end_process_group",
+    "fsdp_on_cpu",
     "is_distributed_launch",
-    "refuse_fsdp_on_cpu",
     "single_process_environment",
     "start_process_group",
 ]
@@ -42,7 +45,10 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_P
 """What a launcher sets for every process (DeepSpeed needs all of them)."""
 
 _SHM_OP = "deepspeed_shm_comm"
+GATHER_ON_SAVE = "stage3_gather_16bit_weights_on_model_save"
 _END_REGISTERED = False
+
+logger = logging.getLogger(__name__)
 
 
 def end_process_group() -> None:
@@ -104,6 +110,34 @@ def single_process_environment() -> dict[str, str]:
     return values
 
 
+def deepspeed_settings(path: str) -> str | dict[str, Any]:
+    """The DeepSpeed config for ``TrainingArguments.deepspeed``: the file ``path`` as it
+    is, or, for ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save: true``, its
+    settings with that flag set (the weights are then gathered whole when a model is
+    saved; without it the Trainer writes only DeepSpeed's partitioned checkpoint and
+    ``output_dir`` holds no loadable model)."""
+    from pathlib import Path
+
+    from tokenweight.files import read_json
+
+    if not Path(path).is_file():
+        return path  # refused with its name by the config checks
+    data = read_json(path, "fix the JSON of train.deepspeed")
+    zero = data.get("zero_optimization") if isinstance(data, dict) else None
+    if not isinstance(zero, dict) or str(zero.get("stage")) != "3":
+        return path
+    if zero.get(GATHER_ON_SAVE) is True:
+        return path
+    if os.environ.get("RANK", "0") == "0":
+        logger.warning(
+            "train.deepspeed: %s is ZeRO-3 without %s: true; setting it, so that checkpoints "
+            "and output_dir hold whole model weights (model.safetensors)",
+            path,
+            GATHER_ON_SAVE,
+        )
+    return {**data, "zero_optimization": {**zero, GATHER_ON_SAVE: True}}
+
+
 def start_process_group(args: Any) -> None:
     """Bring up the process group ``args`` (``TrainingArguments``) describes, now.
 
@@ -139,17 +173,11 @@ def check_sequence_parallel(degree: int) -> None:
         )
 
 
-def refuse_fsdp_on_cpu(args: Any) -> None:
-    """FSDP needs GPUs: refuse a multi-process FSDP run without them.
-
-    accelerate turns its FSDP plugin on only for GPU-type process groups; on CPU processes
-    (gloo) the Trainer would silently train with plain DDP instead. Forcing accelerate's
-    state to a GPU type does shard the model, but the loss path then crashes in the
-    backward pass (tried with torch 2.13 CPU and accelerate 1.15), so there is no CPU FSDP.
-    """
-    if getattr(args, "fsdp", None) and is_distributed_launch() and not _accelerator_present():
-        raise TokenWeightError(
-            "train.fsdp: FSDP runs on GPUs only (accelerate does not shard over CPU "
-            "processes and would silently fall back to DDP); on CPU use DeepSpeed "
-            "(train.deepspeed=configs/deepspeed/zero3.json) or plain DDP (train.fsdp=false)"
-        )
+def fsdp_on_cpu(args: Any) -> bool:
+    """Whether ``args`` (``TrainingArguments``) ask for FSDP in a multi-process launch
+    without GPUs. accelerate turns its FSDP plugin on only for GPU-type process groups and
+    would train such a run with plain DDP; tokenweight then shards the model itself
+    (:func:`tokenweight.training.fsdp2.shard_model`)."""
+    return (
+        bool(getattr(args, "fsdp", None)) and is_distributed_launch() and not _accelerator_present()
+    )

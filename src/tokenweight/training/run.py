@@ -312,11 +312,12 @@ def train(
         plan = _RunPlan(config, out, resume, allow_changed_settings, fingerprint, manifest)
         last = plan.check(final=alone)  # a used folder or a changed resume: refused here
         tokenizer, model_path, frozen = _load_start(config, manifest)
-        args = _setup_training_arguments(config, training_arguments)
+        args, fsdp = _setup_training_arguments(config, training_arguments)
         if not alone:
             lock = held.enter_context(_output_lock(out, shared=True))
             last = plan.check(final=lock is not None)  # again, now under the lock
         model = _setup_model(config, model_path, manifest.get("seq_len"))
+        shards = _shard(model, fsdp)
         if frozen is not None:
             frozen[0].to(args.device if config.scorer.device is None else config.scorer.device)
         bos = _bos_token_id(manifest, dataset)
@@ -330,7 +331,9 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / CONFIG_NAME, config.to_yaml())
         result = trainer.train(resume_from_checkpoint=last)
-        return _finish(config, trainer, result, tokenizer, out, last, manifest, plan.segments)
+        return _finish(
+            config, trainer, result, tokenizer, out, last, manifest, plan.segments, shards
+        )
 
 
 # train.report_to values that name no integration (nothing, or every one installed)
@@ -488,19 +491,24 @@ def _remove_partial_checkpoints(saved: list[Path], last: str | None) -> None:
         remove_path(partial)
 
 
-def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> Any:
-    """``TrainingArguments`` for the run; starts the process group (before the model
+def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) -> tuple[Any, Any]:
+    """``TrainingArguments`` for the run, and the FSDP2 settings when tokenweight shards
+    the model itself (FSDP on CPU processes, :mod:`tokenweight.training.fsdp2`; the
+    arguments then carry no FSDP settings). Starts the process group (before the model
     loads: ZeRO-3 partitions at load time) and seeds every RNG."""
     import torch
     import transformers
 
     from tokenweight.training.distributed import (
-        refuse_fsdp_on_cpu,
+        deepspeed_settings,
+        fsdp_on_cpu,
         single_process_environment,
         start_process_group,
     )
 
     extra = dict(overrides or {})
+    if config.train.deepspeed and "deepspeed" not in extra:
+        extra["deepspeed"] = deepspeed_settings(config.train.deepspeed)
     if config.train.deepspeed:
         single_process_environment()  # DeepSpeed needs a process group, also of one
     accelerator_present = torch.cuda.is_available() or torch.backends.mps.is_available()
@@ -514,10 +522,31 @@ def _setup_training_arguments(config: Config, overrides: dict[str, Any] | None) 
             parallelism_config(config.train.sequence_parallel, config.model.attn_implementation),
         )
     args = to_training_arguments(config, **extra)
-    refuse_fsdp_on_cpu(args)
+    fsdp = None
+    if fsdp_on_cpu(args):
+        from tokenweight.training import fsdp2
+
+        if config.model.lora is not None:
+            raise TokenWeightError(
+                "model.lora: LoRA with train.fsdp is not supported on CPU processes; "
+                "train without one of them"
+            )
+        fsdp = fsdp2.fsdp2_settings(args.fsdp_plugin_args)  # read as a GPU run reads them
+        fsdp2.no_rank0_loading()
+        args = to_training_arguments(config, **{**extra, "fsdp": None, "fsdp_config": None})
     start_process_group(args)  # before from_pretrained: ZeRO-3 partitions at load time
     transformers.set_seed(args.seed)
-    return args
+    return args, fsdp
+
+
+def _shard(model: Any, fsdp: Any) -> list[Any] | None:
+    """Shard ``model`` with FSDP2 when ``fsdp`` holds settings; returns every process's
+    :class:`~tokenweight.training.fsdp2.ShardReport` (``None``: not sharded here)."""
+    if fsdp is None:
+        return None
+    from tokenweight.training.fsdp2 import gather_reports, shard_model
+
+    return gather_reports(shard_model(model, fsdp))
 
 
 def _setup_model(config: Config, model_path: str, seq_len: int | None) -> Any:
@@ -635,10 +664,12 @@ def _finish(
     resumed: str | None,
     manifest: dict[str, Any],
     segments: list[dict[str, Any]],
+    shards: list[Any] | None = None,
 ) -> TrainResult:
     """Write the model card, save the model (``push_to_hub``: and upload the folder,
     card included), the trainer state, the merged LoRA model and ``train_summary.json``
-    (with the run's segments: which settings trained which steps)."""
+    (with the run's segments: which settings trained which steps; and what each process
+    held of an FSDP2-sharded model, ``shards``)."""
     from tokenweight.training.run_record import close_segments, describe_segments
 
     # the Trainer averages the loss over the steps of this process only: after a resume,
@@ -667,6 +698,13 @@ def _finish(
             "segments": closed,
             "settings_changed": describe_segments(closed) or None,
         }
+        if shards is not None:
+            summary["fsdp2"] = {
+                "processes": len(shards),
+                "parameter_values": shards[0].total,
+                "held_by_process": [r.held for r in shards],
+                "largest_share_of_a_tensor": max(r.largest_share for r in shards),
+            }
         from tokenweight.files import atomic_write_json
 
         atomic_write_json(out / SUMMARY_NAME, json.loads(json.dumps(summary, default=str)))

@@ -14,10 +14,14 @@ process holding the whole sequence):
 2. the slices' NLL, target masks, token ids, attention masks and stored short NLL are
    gathered over the SP group (one float or int per token, no gradient): every process
    now holds the whole sequence's values;
-3. short NLL on the whole sequence: precomputed scores as gathered; the self scorer's
-   windows run on every process of the group with the same inputs (the model is in eval
-   mode there, where Ulysses steps aside, so each window is plain attention; under ZeRO-3
-   every process makes the same parameter gathers);
+3. short NLL on the whole sequence: precomputed scores as gathered; the windows of the
+   self and model scorers are shared out over the group
+   (:func:`tokenweight.scoring.split_scoring`): each process runs every ``S``-th window
+   (the model is in eval mode there, where Ulysses steps aside, so each window is plain
+   attention; a process with one window fewer adds a padding call, so under ZeRO-3 every
+   process makes the same parameter gathers), and one all-reduce gives every process the
+   whole sequence's short NLL. The reference scorer's full-sequence forward runs on every
+   process;
 4. weights on the whole sequence with :func:`~tokenweight.weighting.compute_weights`
    (L1 sums, top-kappa with its ties, LongCE: exactly the one-process values), then the
    local slice of them;
@@ -26,11 +30,16 @@ process holding the whole sequence):
 
 The batch is trimmed back to its one-process width before scoring, so the padding the
 SP collator adds (to make the width divisible by ``S``) changes nothing.
+
+Packed batches (several documents per row, marked by restarting ``position_ids`` or
+``cu_seq_lens_*``) are refused, by the collator and again by the loss: the Ulysses
+attention and the whole-sequence weights here treat each row as one sequence.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +48,8 @@ import torch
 
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
+from tokenweight.packed_batches import find_documents
+from tokenweight.scoring import split_scoring
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, note_no_context, tie_seeds, timed_score
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
@@ -48,13 +59,15 @@ __all__ = [
     "count_slice_targets",
     "gradient_scale",
     "parallelism_config",
+    "refuse_packed",
     "sequence_parallel_loss",
     "sp_group",
 ]
 
 
 def parallelism_config(degree: int, attn_implementation: str | None) -> Any:
-    """accelerate's ``ParallelismConfig`` for Ulysses SP over ``degree`` processes."""
+    """accelerate's ``ParallelismConfig`` for Ulysses SP over ``degree`` processes, with
+    the launch's other processes as data-parallel ranks (``WORLD_SIZE / degree`` SP groups)."""
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
@@ -67,7 +80,30 @@ def parallelism_config(degree: int, attn_implementation: str | None) -> Any:
     handler = DeepSpeedSequenceParallelConfig(
         sp_seq_length_is_variable=True, sp_attn_implementation=attn
     )
-    return ParallelismConfig(sp_size=degree, sp_backend="deepspeed", sp_handler=handler)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # a multiple of degree (checked)
+    # the data-parallel ranks (SP groups): DeepSpeed's batch size counts them
+    return ParallelismConfig(
+        sp_size=degree,
+        sp_backend="deepspeed",
+        sp_handler=handler,
+        dp_replicate_size=max(processes // degree, 1),
+    )
+
+
+PACKED_REFUSED = (
+    "train.sequence_parallel: packed batches (several documents per row, marked by "
+    "restarting position_ids or cu_seq_lens) are not supported with sequence parallelism; "
+    "give every document its own row (pad instead of pack, as TokenWeightCollator does) or "
+    "train packed batches without sequence_parallel"
+)
+
+
+def refuse_packed(position_ids: torch.Tensor, start: int) -> None:
+    """Raise unless every row of ``position_ids`` ``(B, n)`` counts up from ``start``
+    without a restart (one sequence per row; ``start``: this slice's first position)."""
+    expected = torch.arange(start, start + position_ids.shape[1], device=position_ids.device)
+    if not bool((position_ids == expected).all()):
+        raise TokenWeightError(PACKED_REFUSED)
 
 
 @dataclass
@@ -82,6 +118,8 @@ class SequenceParallelCollator:
 
     def __call__(self, examples: Any) -> dict[str, torch.Tensor]:
         batch = self.base(examples)
+        if find_documents(batch) is not None:
+            raise TokenWeightError(PACKED_REFUSED)
         ids = batch["input_ids"]
         rows, width = ids.shape
         padded = math.ceil(width / self.degree) * self.degree
@@ -176,6 +214,7 @@ def sequence_parallel_loss(
     group, size, rank = sp_group()
     ids, shift_labels = inputs["input_ids"], inputs["shift_labels"]
     local_width = ids.shape[1]
+    refuse_packed(inputs["position_ids"], rank * local_width)
     long_local = model_token_nll(
         model, ids, shift_labels=shift_labels, position_ids=inputs["position_ids"]
     )
@@ -192,7 +231,8 @@ def sequence_parallel_loss(
         if scorer is None:
             raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
         full_batch = _full_batch(inputs, attention, width, group, size)
-        short_full, seconds = timed_score(scorer, model, full_batch, long_full)
+        with split_scoring(group):  # each process of the group runs its share of windows
+            short_full, seconds = timed_score(scorer, model, full_batch, long_full)
         if scheme.sparsification is not None:
             seeds = tie_seeds(full_batch, None, generator)
     parts = LossParts(None, long_full, short_full, torch.zeros_like(long_full), mask, seconds)

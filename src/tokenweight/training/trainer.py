@@ -142,6 +142,11 @@ class TokenWeightTrainer(Trainer):
             self.model_accepts_loss_kwargs = True
         check_self_scorer(scorer, self.model, self.args, self.train_dataset)
         self.scorer = scorer
+        from tokenweight.training.fsdp2 import is_fully_sharded
+
+        # sharded with FSDP2 before the Trainer (tokenweight.training.fsdp2): saved and
+        # loaded here as whole tensors; accelerate's own FSDP route needs none of this
+        self.own_fsdp2 = is_fully_sharded(self.model) and not self.is_fsdp_enabled
         config = getattr(self.args, "parallelism_config", None)
         self.sequence_parallel = int(getattr(config, "sp_size", 1) or 1)  # Ulysses degree
         self.step_stats = StepStats()
@@ -319,6 +324,57 @@ class TokenWeightTrainer(Trainer):
             from tokenweight.training.card import write_model_card
 
             write_model_card(str(self.args.output_dir), self.model_card)
+
+    # ------------------------------------------------------------------ FSDP2 checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As the Trainer's; a model sharded by tokenweight (``own_fsdp2``) is gathered
+        whole in every process, then process 0 writes it."""
+        if not self.own_fsdp2:
+            super().save_model(output_dir, _internal_call)
+            return
+        from tokenweight.training.fsdp2 import full_model_state
+
+        state = full_model_state(self.model)
+        self._save(output_dir if output_dir is not None else self.args.output_dir, state)
+        if self.args.push_to_hub and not _internal_call:  # as the Trainer's save_model
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.own_fsdp2:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        from tokenweight.training.fsdp2 import full_optimizer_state
+
+        state = full_optimizer_state(self.model, self.optimizer)
+        scheduler = self.lr_scheduler
+        assert scheduler is not None  # made with the optimizer, before any checkpoint
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
+            torch.save(scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.own_fsdp2 or checkpoint is None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        from tokenweight.training.fsdp2 import load_full_optimizer_state
+
+        state = torch.load(os.path.join(checkpoint, OPTIMIZER_NAME), weights_only=True)
+        load_full_optimizer_state(self.model, self.optimizer, state)
+        schedule = torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True)
+        assert self.lr_scheduler is not None  # made with the optimizer, before resuming
+        self.lr_scheduler.load_state_dict(schedule)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if not self.own_fsdp2:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        from tokenweight.training.fsdp2 import load_full_model_state, read_saved_model
+
+        load_full_model_state(self.model, read_saved_model(resume_from_checkpoint))
 
     # ------------------------------------------------------------------ logging
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -10,8 +10,8 @@ from helpers.corpus import CORPUS_DIR
 from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
 from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
 from tokenweight.cli import main
-from tokenweight.errors import TokenWeightError
-from tokenweight.pipeline import load_pipeline_config, run_pipeline
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.workflows.pipeline import load_pipeline_config, run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ _HELD: list = []  # locks a case holds while its command runs (released by the t
 
 def _in_use(folder: Path) -> Path:
     """``folder``, locked as if another run were writing it."""
-    from tokenweight.folder_lock import acquire
+    from tokenweight.infra.folder_lock import acquire
 
     _HELD.append(acquire(folder))
     return folder

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="[CONFIG.yaml] key=value",
         help="an optional YAML file of settings, then overrides such as seq_len=4096 "
-        "window=1024 max_steps=50 device=cuda work_dir=runs/big (see tokenweight.pipeline)",
+        "window=1024 max_steps=50 device=cuda work_dir=runs/big (see tokenweight.workflows.pipeline)",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings and exit"
@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from tokenweight.pipeline import load_pipeline_config, run_pipeline
-    from tokenweight.pipeline_report import config_table
+    from tokenweight.workflows.pipeline import load_pipeline_config, run_pipeline
+    from tokenweight.workflows.pipeline_report import config_table
 
     items = list(args.settings)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             yaml.safe_dump({k: yaml.safe_load(v) for k, v in config_table(config)}, sort_keys=False)
         )
         return 0
-    from tokenweight.folder_lock import output_lock
+    from tokenweight.infra.folder_lock import output_lock
 
     with output_lock(config.work_dir, "work_dir"):  # one demo per folder
         report = run_pipeline(config)

@@ -38,7 +38,7 @@ def _tasks_text() -> str:
 
 
 def _ints(text: str) -> list[int]:
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     values = []
     for part in text.replace(" ", "").split(","):
@@ -55,7 +55,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _fractions(text: str) -> list[float]:
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     values = []
     for part in text.replace(" ", "").split(","):
@@ -200,9 +200,9 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
     from tokenweight.evaluation.runner import run_evaluation
+    from tokenweight.infra.errors import TokenWeightError
     from tokenweight.training.distributed import is_distributed_launch
 
     if is_distributed_launch():
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         "rope_theta": args.rope_theta,
         "max_position_embeddings": args.max_position_embeddings,
     }
-    from tokenweight.folder_lock import output_lock
+    from tokenweight.infra.folder_lock import output_lock
 
     with output_lock(args.out, "--out"):  # one writer per folder
         results = run_evaluation(

@@ -31,8 +31,8 @@ def _read_passage(args: argparse.Namespace) -> str:
     """Step: check the options and read the passage (from ``--offset`` characters on)."""
     from pathlib import Path
 
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.inspection import check_inspect_out
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.workflows.inspection import check_inspect_out
 
     path = Path(args.text)
     if not path.is_file():
@@ -51,8 +51,8 @@ def _read_passage(args: argparse.Namespace) -> str:
 def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Step: the tokenizer, the model and the ``--short-model`` (``None`` without one),
     refusing a short model of another tokenizer."""
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.models import (
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.infra.models import (
         compare_tokenizer_identity,
         load_model,
         load_tokenizer,
@@ -80,7 +80,7 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
-    from tokenweight.inspection import top_gains_markdown
+    from tokenweight.workflows.inspection import top_gains_markdown
 
     summary = result.summary()
     print(
@@ -95,9 +95,9 @@ def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.folder_lock import output_lock
-    from tokenweight.inspection import check_inspect_out
-    from tokenweight.weighting import Scheme
+    from tokenweight.core.weighting import Scheme
+    from tokenweight.infra.folder_lock import output_lock
+    from tokenweight.workflows.inspection import check_inspect_out
 
     scheme = Scheme.parse(args.scheme)
     text = _read_passage(args)
@@ -110,7 +110,7 @@ def _inspect(args: argparse.Namespace, scheme: Any, text: str) -> int:
     """Step: load the models, measure the passage, write and print the results."""
     from pathlib import Path
 
-    from tokenweight.inspection import inspect_passage, write_inspection
+    from tokenweight.workflows.inspection import inspect_passage, write_inspection
 
     tokenizer, model, short_model = _load_models(args)
     result = inspect_passage(

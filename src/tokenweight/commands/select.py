@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.selection import select_dataset
+    from tokenweight.workflows.selection import select_dataset
 
     result = select_dataset(
         args.scored,

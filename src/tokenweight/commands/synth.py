@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.models import default_cache_dir, ensure_local_model
-    from tokenweight.synth import SynthConfig, class_label, write_synth
+    from tokenweight.infra.models import default_cache_dir, ensure_local_model
+    from tokenweight.workflows.synth import SynthConfig, class_label, write_synth
 
     config = SynthConfig(
         seq_len=args.seq_len,

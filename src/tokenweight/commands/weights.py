@@ -8,7 +8,7 @@ HELP = "show the loss weights a scheme gives to long/short NLL values (explore s
 
 
 def _floats(text: str) -> list[float]:
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     try:
         return [float(x) for x in text.replace(" ", "").split(",") if x]
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.weighting import Scheme, compute_weights, preset_examples
+    from tokenweight.core.weighting import Scheme, compute_weights, preset_examples
+    from tokenweight.infra.errors import TokenWeightError
 
     long = args.long or [0.5, 3.0, 1.2, 0.1, 6.0, 2.0, 0.8, 4.1]
     short = args.short or [0.6, 7.5, 1.1, 0.1, 6.2, 5.5, 0.7, 4.0]

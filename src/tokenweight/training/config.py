@@ -5,7 +5,7 @@ A config has five sections::
     inherit: base.yaml          # optional: file(s) this one extends, relative to this file
     model:   {source, dtype, attn_implementation, gradient_checkpointing, rope_theta, ...}
     data:    {path, seq_len}
-    scheme:  dense:0.75         # text or mapping, see tokenweight.weighting.Scheme
+    scheme:  dense:0.75         # text or mapping, see tokenweight.core.weighting.Scheme
     scorer:  {kind, model, window, stride, windows_per_batch, dtype}
     train:   {output_dir, learning_rate, betas, ..., deepspeed, fsdp, bf16}
 
@@ -20,7 +20,7 @@ config (data, models, output folder) are taken from the current directory. Confi
 references — the file itself, ``inherit`` entries (relative to the file that names them),
 ``train.deepspeed`` and ``train.fsdp_config`` — are files first and packaged configs
 second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
-:mod:`tokenweight.config_files`.
+:mod:`tokenweight.infra.config_files`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,23 @@ from typing import Any
 
 import yaml
 
-from tokenweight.config_files import (
+from tokenweight.core.scorer_kinds import (
+    DEFAULT_SCORER,
+    SCORERS,
+    ScorerKind,
+    scorer_kind,
+    uniform_kind,
+)
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.config_files import (
     INHERIT_KEY,
     LIST_HINT,
     load_raw_config,
     merge_configs,
     resolve_config_paths,
 )
-from tokenweight.errors import TokenWeightError
-from tokenweight.schema import (
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.schema import (
     apply_overrides,
     at_least_two,
     build_dataclass,
@@ -53,14 +61,6 @@ from tokenweight.schema import (
     probability,
     seed_range,
 )
-from tokenweight.scorer_kinds import (
-    DEFAULT_SCORER,
-    SCORERS,
-    ScorerKind,
-    scorer_kind,
-    uniform_kind,
-)
-from tokenweight.weighting import Scheme
 
 __all__ = [
     "Config",

@@ -14,6 +14,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import prepare
 from tokenweight import TokenWeightError
 from tokenweight.training.card import (
@@ -40,22 +41,7 @@ def assets(tmp_path_factory):
 
 
 def make_config(assets, out: Path, *overrides: str):
-    base = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"])},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_steps": 100,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
+    base = tiny_train_config(assets["model"], assets["prepared"], out, window=WINDOW, stride=STRIDE)
     return load_config(base=base, overrides=list(overrides))
 
 

@@ -20,6 +20,7 @@ import pytest
 from transformers import TrainerCallback
 
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import prepare
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
@@ -52,25 +53,15 @@ def assets(tmp_path_factory):
 def config_file(assets, folder: Path, **train) -> Path:
     import yaml
 
-    config = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"])},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW},
-        "train": {
-            "output_dir": str(folder / "run"),
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_steps": 1,
-            "seed": 0,
-            "use_cpu": True,
-            "training_arguments": {"disable_tqdm": True},
-            **train,
-        },
-    }
+    config = tiny_train_config(
+        assets["model"],
+        assets["prepared"],
+        folder / "run",
+        window=WINDOW,
+        save_steps=1,
+        use_cpu=True,
+        **train,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import full_logits_nll, prepare
 from tokenweight import TokenWeightError
 from tokenweight.cli import main as cli_main
@@ -38,26 +39,19 @@ def assets(tmp_path_factory):
     return {"model": model_dir, "prepared": prepared, "scored": scored}
 
 
-def make_config(assets, out: Path, *overrides: str, **sections):
-    base = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"]), "seq_len": SEQ},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 5e-3,
-            "warmup_steps": 1,
-            "max_steps": 4,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 2,
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
-    for key, value in sections.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+def make_config(assets, out: Path, *overrides: str):
+    base = tiny_train_config(
+        assets["model"],
+        assets["prepared"],
+        out,
+        window=WINDOW,
+        stride=STRIDE,
+        data_options={"seq_len": SEQ},
+        learning_rate=5e-3,
+        warmup_steps=1,
+        max_steps=4,
+        gradient_accumulation_steps=2,
+    )
     return load_config(base=base, overrides=list(overrides))
 
 

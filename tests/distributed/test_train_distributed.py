@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from helpers.distributed import assert_same_parameters, subprocess_env
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
@@ -26,26 +27,17 @@ SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
 def _config(
     model_dir: Path, data: Path, out: Path, accumulation: int, save_steps: int = 100
 ) -> dict:
-    return {
-        "model": {"source": str(model_dir)},
-        "data": {"path": str(data)},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
-            "save_steps": save_steps,
-            "seed": 0,
-            # plain SGD: parameters move by exactly lr * gradient
-            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
-        },
-    }
+    return tiny_train_config(
+        model_dir,
+        data,
+        out,
+        window=WINDOW,
+        stride=STRIDE,
+        exact=True,
+        max_steps=STEPS,
+        gradient_accumulation_steps=accumulation,
+        save_steps=save_steps,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from helpers.distributed import (
     torchrun_trainings,
 )
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
@@ -79,30 +80,24 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
     scheme, kind, changes = (*SCHEMES[name], {}) if name in SCHEMES else FSDP2_RUNS[name]
     changes = dict(changes)
     optim = changes.pop("optim", "sgd")
-    scorer = {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE}
+    scorer = {"kind": "self" if kind == "none" else kind}
     if kind == "reference":  # another model: the start model's own scores would all tie
         scorer["model"] = str(model_dir.parent / "reference")
-    return {
-        "model": {"source": str(model_dir)},
-        "data": {"path": str(scored if kind == "precomputed" else prepared)},
-        "scheme": scheme,
-        "scorer": scorer,
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"optim": optim, "disable_tqdm": True},
-            **changes,
-            **engine,
-        },
-    }
+    return tiny_train_config(
+        model_dir,
+        scored if kind == "precomputed" else prepared,
+        out,
+        scheme=scheme,
+        scorer=scorer,
+        window=WINDOW,
+        stride=STRIDE,
+        exact=True,
+        optim=optim,
+        max_steps=STEPS,
+        gradient_accumulation_steps=accumulation,
+        **changes,
+        **engine,
+    )
 
 
 def _engine(name: str, folder: Path) -> dict:

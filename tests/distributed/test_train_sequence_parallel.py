@@ -26,6 +26,7 @@ from helpers.distributed import (
     torchrun_trainings,
 )
 from helpers.fixtures import make_tokenizer, save_tiny_model
+from helpers.train_config import tiny_train_config
 from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
@@ -64,26 +65,20 @@ def assets(tmp_path_factory):
 def _config(assets, name: str, out: Path, engine: dict, accumulation: int = 1) -> dict:
     model_dir, data = assets
     scheme, kind, which = RUNS[name]
-    return {
-        "model": {"source": str(model_dir), "attn_implementation": "sdpa"},
-        "data": {"path": str(data[which])},
-        "scheme": scheme,
-        "scorer": {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
-            **engine,
-        },
-    }
+    return tiny_train_config(
+        model_dir,
+        data[which],
+        out,
+        scheme=scheme,
+        scorer={"kind": "self" if kind == "none" else kind},
+        window=WINDOW,
+        stride=STRIDE,
+        exact=True,
+        model_options={"attn_implementation": "sdpa"},
+        max_steps=STEPS,
+        gradient_accumulation_steps=accumulation,
+        **engine,
+    )
 
 
 @pytest.fixture(scope="module")

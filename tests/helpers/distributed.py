@@ -29,21 +29,12 @@ def comparison_data(
     documents with kept tails, so many padded rows of different valid lengths; with
     ``scored``, also that data scored by the model itself (for ``precomputed``).
     Returns the model, prepared and scored folders (``None`` without ``scored``)."""
-    from helpers.fixtures import make_tokenizer, save_tiny_model
-    from helpers.train_support import prepare
-    from tokenweight.data import score_dataset
+    from helpers.train_support import model_and_data
 
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=model_seed, max_position_embeddings=256
-    )
-    prepared = prepare(root, model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
-    if not scored:
-        return model_dir, prepared, None
-    out = root / "scored"
-    score_dataset(
-        prepared, out, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False
-    )
-    return model_dir, prepared, out
+    score = {"window": WINDOW, "stride": STRIDE} if scored else None
+    corpus = {"docs": 8, "words": 70, "seed": 3}
+    out = model_and_data(root, SEQ, model_seed=model_seed, keep_tail=True, score=score, **corpus)
+    return out["model"], out["prepared"], out.get("scored")
 
 
 def comparison_config(model_dir: Path, data: Path, out: Path, accumulation: int, **options) -> dict:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from tokenweight.commands.options import (
+    add_corpus_options,
+    add_device,
+    add_load_dtype,
+    add_trust_remote_code,
+)
+
 if TYPE_CHECKING:
     from tokenweight.evaluation.runner import EvalConfig
 
@@ -117,29 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sequence for text data (default: the longest probe length)",
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
-    data.add_argument(
-        "--text-field", default="text", help="text field of JSONL/Parquet/hub records"
-    )
-    data.add_argument(
-        "--glob",
-        default=None,
-        metavar="PATTERN",
-        help="files to take from --data folders (default: every .txt .text .md .jsonl .json "
-        ".ndjson .parquet file)",
-    )
-    data.add_argument(
-        "--encoding-errors",
-        default="strict",
-        choices=["strict", "replace", "ignore"],
-        help="what to do with bytes that are not UTF-8 (default: strict, an error)",
-    )
-    data.add_argument(
-        "--hf-split",
-        default=None,
-        metavar="SPLIT",
-        help="read --data as Hugging Face datasets, this split, e.g. validation (needs "
-        "network; default: --data are local files)",
-    )
+    add_corpus_options(data, inputs="--data", split="validation")
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
     data.add_argument(
         "--longppl-window",
@@ -159,8 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluator model judging key tokens for all models (default: each model itself)",
     )
     load = parser.add_argument_group("model loading")
-    load.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: checkpoint)")
-    load.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+    add_load_dtype(load)
+    add_device(load)
     load.add_argument(
         "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
     )
@@ -182,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate lengths beyond a model's max_position_embeddings (with a warning) "
         "instead of refusing them",
     )
-    load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
+    add_trust_remote_code(load)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -30,7 +30,7 @@ from tokenweight.core.packed_batches import find_documents, target_mask
 from tokenweight.core.weighting import Scheme
 from tokenweight.infra.constants import IGNORE_INDEX
 from tokenweight.infra.errors import TokenWeightError
-from tokenweight.training.loss import LossParts, raise_if_nonfinite, weigh_nll
+from tokenweight.training.loss import LossParts, missing_scorer, raise_if_nonfinite, weigh_nll
 from tokenweight.training.refusals import check_self_scorer
 
 if TYPE_CHECKING:
@@ -59,10 +59,7 @@ class TokenWeightLossFunc:
     ) -> None:
         self.scheme = Scheme.coerce(scheme)
         if not self.scheme.is_uniform and scorer is None:
-            raise TokenWeightError(
-                f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
-                "(tokenweight.core.scoring.SelfScorer or ModelScorer)"
-            )
+            raise missing_scorer(self.scheme, "tokenweight.core.scoring.SelfScorer or ModelScorer")
         check_self_scorer(scorer, model, None, None)
         self.model = model
         self.scorer = scorer

@@ -52,7 +52,13 @@ from tokenweight.core.weighting import Scheme, compute_weights, weighted_nll_los
 from tokenweight.infra.constants import IGNORE_INDEX
 from tokenweight.infra.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, note_no_context, tie_seeds, timed_score
+from tokenweight.training.loss import (
+    LossParts,
+    missing_scorer,
+    note_no_context,
+    tie_seeds,
+    timed_score,
+)
 
 __all__ = [
     "SequenceParallelCollator",
@@ -229,7 +235,7 @@ def sequence_parallel_loss(
     short_full, seconds, seeds = None, 0.0, None
     if not scheme.is_uniform:
         if scorer is None:
-            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+            raise missing_scorer(scheme)
         full_batch = _full_batch(inputs, attention, width, group, size)
         with split_scoring(group):  # each process of the group runs its share of windows
             short_full, seconds = timed_score(scorer, model, full_batch, long_full)

@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import ModelCard
 
-from helpers.fixtures import make_tokenizer, save_tiny_model
 from helpers.train_config import tiny_train_config
-from helpers.train_support import prepare
+from helpers.train_support import model_and_data
 from tokenweight import TokenWeightError
 from tokenweight.training.card import (
     CARD_FALLBACK,
@@ -33,11 +32,7 @@ SEQ, WINDOW, STRIDE = 32, 16, 8
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("card")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=0, max_position_embeddings=256
-    )
-    return {"model": model_dir, "prepared": prepare(root, model_dir, SEQ, docs=4, words=80)}
+    return model_and_data(tmp_path_factory.mktemp("card"), SEQ, docs=4, words=80)
 
 
 def make_config(assets, out: Path, *overrides: str):

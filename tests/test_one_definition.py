@@ -225,3 +225,27 @@ def test_corpus_options_restate_the_corpus_reader():
         default = actions["glob"].help.split("(default: every ")[1]
         assert default.split()[:-1] == list(KNOWN_SUFFIXES), default
         assert tuple(actions["encoding_errors"].choices) == ENCODING_ERRORS
+
+
+@pytest.mark.parametrize(
+    ("command", "dest", "text", "expected", "what"),
+    [
+        ("eval", "lengths", " 1k, 3000,,2K", [1024, 3000, 2048], "token counts"),
+        ("eval", "depths", "25%,1, 0.5", [0.25, 1.0, 0.5], "fractions"),
+        ("synth", "distances", "32, 8-120", [32, [8, 120]], "distances or lo-hi ranges"),
+        ("weights", "long", "0.5, 3,", [0.5, 3.0], "numbers"),
+    ],
+)
+def test_comma_separated_options_are_read_one_way(capsys, command, dest, text, expected, what):
+    """Every comma-separated option skips spaces and empty parts; a bad part is an argparse
+    error naming the option and what it expects (exit 2, no traceback)."""
+    from tokenweight.cli import main
+
+    action = _option_actions(command)[dest]
+    assert action.type(text) == expected
+    flag = action.option_strings[0]
+    with pytest.raises(SystemExit) as stopped:
+        main([command, *(["m", "--out", "o"] if command == "eval" else []), flag, "1,x"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert f"argument {flag}: expected comma-separated {what}, got '1,x'" in err, err

@@ -12,7 +12,7 @@ import torch
 from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
 from helpers.packed import packed_batch, split_targets
 from helpers.train_config import tiny_train_config
-from helpers.train_support import VOCAB, full_logits_nll, prepare
+from helpers.train_support import VOCAB, full_logits_nll, model_and_data
 from tokenweight.errors import TokenWeightError
 from tokenweight.reference_scorer import ReferenceScorer
 from tokenweight.training.config import load_config
@@ -80,13 +80,11 @@ def test_excess_loss_weighting_matches_an_independent_computation():
 
 
 def test_training_with_a_reference_scorer_config(tmp_path):
-    model_dir = save_tiny_model(
-        tmp_path / "model", make_tokenizer(), seed=0, max_position_embeddings=256
-    )
+    assets = model_and_data(tmp_path, 32, docs=4, words=120)
+    model_dir, prepared = assets["model"], assets["prepared"]
     ref_dir = save_tiny_model(
         tmp_path / "ref", make_tokenizer(), seed=3, max_position_embeddings=256
     )
-    prepared = prepare(tmp_path, model_dir, 32, docs=4, words=120)
     base = tiny_train_config(
         model_dir,
         prepared,

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from helpers.fixtures import make_tokenizer, save_tiny_model
 from helpers.train_config import tiny_train_config
-from helpers.train_support import prepare
+from helpers.train_support import model_and_data, prepare
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.folder_lock import acquire, lock_file, output_lock
@@ -40,14 +39,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tokenweight.data import score_dataset
-
     root = tmp_path_factory.mktemp("run-folder")
-    model = save_tiny_model(root / "model", make_tokenizer(), seed=0, max_position_embeddings=128)
-    prepared = prepare(root, model, SEQ, docs=4, words=120)
-    scored = root / "scored"
-    score_dataset(prepared, scored, scorer=str(model), window=WINDOW, progress=False)
-    return {"root": root, "model": model, "prepared": prepared, "scored": scored}
+    score = {"window": WINDOW}
+    return {
+        "root": root,
+        **model_and_data(root, SEQ, positions=128, score=score, docs=4, words=120),
+    }
 
 
 def config_file(assets, folder: Path, **train) -> Path:

@@ -10,6 +10,7 @@ from tokenweight.commands.options import (
     add_device,
     add_load_dtype,
     add_trust_remote_code,
+    comma_separated,
 )
 
 if TYPE_CHECKING:
@@ -44,35 +45,15 @@ def _tasks_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ints(text: str) -> list[int]:
-    from tokenweight.errors import TokenWeightError
-
-    values = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        scale = 1
-        if part[-1] in "kK":
-            part, scale = part[:-1], 1024
-        try:
-            values.append(int(float(part) * scale))
-        except ValueError:
-            raise TokenWeightError(f"expected comma-separated token counts, got {text!r}") from None
-    return values
+def _tokens(text: str) -> int:
+    """A token count: ``4096`` or ``4k`` (times 1024)."""
+    scale = 1024 if text[-1:] in ("k", "K") else 1
+    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def _fractions(text: str) -> list[float]:
-    from tokenweight.errors import TokenWeightError
-
-    values = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
-        except ValueError:
-            raise TokenWeightError(f"expected comma-separated fractions, got {text!r}") from None
-    return values
+def _fraction(text: str) -> float:
+    """A fraction: ``0.25`` or ``25%``."""
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
 # A long but flat table of options, kept in one piece so that it reads like --help. Each
@@ -88,13 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lengths",
-        type=_ints,
+        type=comma_separated(_tokens, "token counts"),
         default=[1024, 2048, 4096],
         help="probe prompt lengths in tokens, e.g. 1k,2k,4k (default 1024,2048,4096)",
     )
     parser.add_argument(
         "--depths",
-        type=_fractions,
+        type=comma_separated(_fraction, "fractions"),
         default=[0.1, 0.3, 0.5, 0.7, 0.9],
         help="needle depths as fractions or percentages (default 0.1,0.3,0.5,0.7,0.9)",
     )

@@ -10,6 +10,8 @@ they agree.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = [
     "add_corpus_options",
@@ -17,11 +19,14 @@ __all__ = [
     "add_load_dtype",
     "add_trust_remote_code",
     "add_window_options",
+    "comma_separated",
 ]
 
 # tokenweight.data.corpus: KNOWN_SUFFIXES and ENCODING_ERRORS
 _CORPUS_SUFFIXES = ".txt .text .md .jsonl .json .ndjson .parquet"
 _ENCODING_ERRORS = ("strict", "replace", "ignore")
+
+T = TypeVar("T")
 
 
 def add_corpus_options(parser: argparse._ActionsContainer, *, inputs: str, split: str) -> None:
@@ -90,3 +95,19 @@ def add_trust_remote_code(parser: argparse._ActionsContainer, what: str = "model
     parser.add_argument(
         "--trust-remote-code", action="store_true", help=f"allow custom {what} code from the hub"
     )
+
+
+def comma_separated(item: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """An argparse ``type`` reading comma-separated values, each with ``item`` (spaces
+    ignored, empty parts skipped). A value ``item`` refuses (``ValueError``) is an
+    argparse error naming the option: ``expected comma-separated {what}, got '...'``."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            return [item(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse

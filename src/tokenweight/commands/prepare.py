@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import add_corpus_options, add_trust_remote_code
+from tokenweight.commands.options import (
+    add_corpus_options,
+    add_trust_remote_code,
+    call_with_options,
+)
 
 HELP = "tokenize a corpus into shuffled fixed-length sequences (datasets folder + manifest)"
 
@@ -56,22 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenweight.data.prepare import format_summary, prepare_dataset
 
-    result = prepare_dataset(
-        args.inputs,
-        tokenizer=args.tokenizer,
-        seq_len=args.seq_len,
-        out=args.out,
-        text_field=args.text_field,
-        hf_split=args.hf_split,
-        glob=args.glob,
-        stride=args.stride,
-        keep_tail=args.keep_tail,
-        seed=args.seed,
-        num_proc=args.num_proc,
-        encoding_errors=args.encoding_errors,
-        overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code,
-        max_sequences=args.max_sequences,
-    )
+    result = call_with_options(prepare_dataset, args)
     print(format_summary(result))
     return 0

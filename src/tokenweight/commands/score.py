@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import add_device, add_trust_remote_code, add_window_options
+from tokenweight.commands.options import (
+    add_device,
+    add_trust_remote_code,
+    add_window_options,
+    call_with_options,
+)
 
 HELP = "score a prepared dataset with a frozen model (short-context NLL, resumable shards)"
 
@@ -53,22 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenweight.data.score import score_dataset
 
-    result = score_dataset(
-        args.prepared,
-        args.out,
-        scorer=args.scorer,
-        window=args.window,
-        stride=args.stride,
-        dtype=args.dtype,
-        half=args.half,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        windows_per_batch=args.windows_per_batch,
-        device=args.device,
-        overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code,
-        with_long=args.with_long,
-    )
+    result = call_with_options(score_dataset, args)
     who = f"process {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     if result.scored:
         print(

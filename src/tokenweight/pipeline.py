@@ -19,63 +19,105 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenweight.config_files import load_raw_config
+from tokenweight.config_files import load_raw_config, resolve_config_paths
+from tokenweight.config_sections import coerce_sections, expand_config, section
 from tokenweight.corpora import HELD_OUT, fetch_shakespeare
 from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.probes import DEFAULT_PROBE_TASKS
 from tokenweight.schema import (
-    apply_overrides,
     at_least_two,
     build_dataclass,
     checked,
-    non_negative,
     one_of,
-    one_of_table,
     positive,
-    seed_range,
 )
 from tokenweight.scorer_kinds import one_model_kinds, stored_scores_kind
 from tokenweight.steps import StepRecord, Steps, folder_fingerprint, run_dir_name
+from tokenweight.training.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ScorerConfig,
+    TrainConfig,
+    config_from_sections,
+)
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline"]
 
 
 @dataclass
 class PipelineConfig:
-    """Every setting of the pipeline; defaults are the embedded CPU demo."""
+    """Every setting of the pipeline; defaults are the embedded CPU demo.
+
+    ``model``, ``data``, ``scorer`` and ``train`` are the training config's own sections
+    (:mod:`tokenweight.training.config`: same fields, checks and help) with the demo's
+    defaults; the pipeline sets the fields that name its own folders. The settings the
+    demo has always taken at the top level (``seq_len``, ``window``, ``max_steps``, ...)
+    are short for their section's key, and ``model: NAME`` for ``model.source``,
+    ``scorer: KIND`` for ``scorer.kind`` (:mod:`tokenweight.config_sections`).
+    """
 
     work_dir: str = "runs/demo"
     cache_dir: str | None = None  # converted models, fetched corpus (default ~/.cache/tokenweight)
-    model: str = "smollm2"
+    model: ModelConfig = section(
+        ModelConfig,
+        defaults={"source": "smollm2", "dtype": "fp32", "attn_implementation": "sdpa"},
+        scalar="source",
+        shorthand=(
+            "dtype",
+            "attn_implementation",
+            "gradient_checkpointing",
+            "rope_theta",
+            "max_position_embeddings",
+        ),
+        fixed={"cache_dir": "set by the pipeline: give cache_dir at the top level"},
+    )
     corpus: str | None = None  # a folder of .txt documents; default: the Shakespeare texts
     held_out: list[str] = field(default_factory=lambda: list(HELD_OUT))
-    # data
-    seq_len: int = field(default=2048, metadata=checked(at_least_two))
+    # data: the training sequences, cut from the corpus by the prepare step
+    data: DataConfig = section(
+        DataConfig,
+        defaults={"seq_len": 2048},
+        shorthand=("seq_len",),
+        fixed={"path": "set by the pipeline: its prepare and score steps write work_dir/scored"},
+    )
     train_sequences: int = field(default=16, metadata=checked(positive))
-    # scoring (frozen start model, docs/method.md#scorers)
-    window: int = field(default=512, metadata=checked(at_least_two))
-    stride: int | None = None
+    # scoring with the start model (docs/method.md#scorers); the window is also LongPPL's
+    scorer: ScorerConfig = section(
+        ScorerConfig,
+        defaults={"kind": stored_scores_kind().name, "window": 512},
+        scalar="kind",
+        shorthand=("window", "stride"),
+    )
     score_batch_size: int = field(default=1, metadata=checked(positive))
     # training: the baseline first, then the weighted scheme(s), all from the same start
     schemes: list[str] = field(default_factory=lambda: ["uniform", "dense:0.75"])
-    scorer: str = field(
-        default_factory=lambda: stored_scores_kind().name,
-        metadata=one_of_table(one_model_kinds),
+    train: TrainConfig = section(
+        TrainConfig,
+        defaults={
+            "max_steps": 8,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 5e-5,
+            "warmup_steps": 0,
+            "save_steps": 4,
+            "save_total_limit": 1,
+        },
+        shorthand=(
+            "max_steps",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "warmup_steps",
+            "save_steps",
+            "bf16",
+            "seed",
+        ),
+        fixed={
+            "output_dir": "set by the pipeline: each run goes to work_dir/runs/<scheme>",
+            "use_cpu": "set by the pipeline from device",
+        },
     )
-    max_steps: int = field(default=8, metadata=checked(positive))
-    micro_batch_size: int = field(default=1, metadata=checked(positive))
-    gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
-    learning_rate: float = field(default=5e-5, metadata=checked(positive))
-    warmup_steps: int = field(default=0, metadata=checked(non_negative))
-    save_steps: int = field(default=4, metadata=checked(positive))
-    rope_theta: float | None = field(default=None, metadata=checked(positive))
-    max_position_embeddings: int | None = field(default=None, metadata=checked(positive))
-    dtype: str = "fp32"
-    bf16: bool = False
-    attn_implementation: str | None = "sdpa"
-    gradient_checkpointing: bool = False
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
-    seed: int = field(default=42, metadata=checked(seed_range))
     # evaluation of the start and every trained model
     eval_sequences: int = field(default=2, metadata=checked(positive))
     eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
@@ -88,6 +130,29 @@ class PipelineConfig:
     inspect_tokens: int = field(default=2048, metadata=checked(positive))
     inspect_scheme: str | None = None  # default: the first weighted scheme
 
+    def __post_init__(self) -> None:
+        coerce_sections(self)
+
+    @property
+    def seq_len(self) -> int:
+        """The tokens per training sequence (``data.seq_len``, which the pipeline needs)."""
+        if self.data.seq_len is None:
+            raise TokenWeightError(
+                "data.seq_len (seq_len): required, the tokens per training sequence"
+            )
+        return self.data.seq_len
+
+    @property
+    def window(self) -> int:
+        """The short context in tokens (``scorer.window``, which the pipeline needs: for
+        scoring, LongPPL and the heat map)."""
+        if self.scorer.window is None:
+            raise TokenWeightError(
+                "scorer.window (window): required, the short context in tokens (scoring, "
+                "LongPPL, the heat map)"
+            )
+        return self.scorer.window
+
     def validate(self) -> None:
         from tokenweight.weighting import Scheme
 
@@ -98,13 +163,17 @@ class PipelineConfig:
                 Scheme.parse(text)
             except TokenWeightError as exc:
                 raise TokenWeightError(f"schemes[{i}]: {exc}") from None
+        kinds = one_model_kinds()
+        if self.scorer.kind not in kinds:
+            raise TokenWeightError(
+                f"scorer.kind: expected one of {', '.join(kinds)} (the pipeline scores with its "
+                f"start model or the model being trained), got {self.scorer.kind!r}"
+            )
         if self.window >= self.seq_len:
             raise TokenWeightError(
-                f"window: {self.window} must be shorter than seq_len {self.seq_len}, or no "
-                "target has more context in the long pass than in the short one"
+                f"scorer.window: {self.window} must be shorter than seq_len {self.seq_len}, "
+                "or no target has more context in the long pass than in the short one"
             )
-        if self.stride is not None and not 1 <= self.stride < self.window:
-            raise TokenWeightError(f"stride: must be in [1, window), got {self.stride}")
         if not self.probe_lengths or any(n < 1 for n in self.probe_lengths):
             raise TokenWeightError(
                 f"probe_lengths: give token counts >= 1, got {self.probe_lengths}"
@@ -113,6 +182,33 @@ class PipelineConfig:
             raise TokenWeightError(
                 f"probe_depths: give fractions in [0, 1], got {self.probe_depths}"
             )
+        # the training config's own checks, on each run's config before any step runs
+        for scheme in self.schemes:
+            self.train_config(scheme, self.model.source or "", self.device)
+
+    @property
+    def scored_dir(self) -> Path:
+        """The scored training data (the score step's folder, the training data)."""
+        return Path(self.work_dir) / "scored"
+
+    def run_dir(self, scheme: str) -> Path:
+        """The folder of the run that trains with ``scheme``."""
+        return Path(self.work_dir) / "runs" / run_dir_name(scheme)
+
+    def train_config(self, scheme: str, model_dir: str | Path, device: str) -> Config:
+        """The training config of the run of ``scheme``: the sections as they are, the
+        start model's local folder, and the folders and device this pipeline sets."""
+        return config_from_sections(
+            self,
+            scheme,
+            {
+                "model.source": str(model_dir),
+                "model.cache_dir": None,
+                "data.path": str(self.scored_dir),
+                "train.output_dir": str(self.run_dir(scheme)),
+                "train.use_cpu": device == "cpu",
+            },
+        )
 
     @property
     def weighted(self) -> list[str]:
@@ -124,9 +220,11 @@ class PipelineConfig:
 def load_pipeline_config(
     path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> PipelineConfig:
-    """Defaults, then a YAML file, then ``key=value`` overrides; validated."""
+    """Defaults, then a YAML file, then ``key=value`` overrides; validated. Top-level
+    shorthand (``max_steps=50``) and section keys (``train.max_steps=50``) both work."""
     data: dict[str, Any] = load_raw_config(path) if path is not None else {}
-    config = build_dataclass(PipelineConfig, apply_overrides(data, overrides))
+    nested = resolve_config_paths(expand_config(PipelineConfig, data, overrides))
+    config: PipelineConfig = build_dataclass(PipelineConfig, nested)
     config.validate()
     return config
 
@@ -157,7 +255,7 @@ class _Pipeline:
         self.eval_len = config.eval_seq_len or config.seq_len
         self.steps = Steps(total=6 + len(config.schemes), log=log, owner="demo")
         self.prepared = self.work / "prepared"
-        self.scored = self.work / "scored"
+        self.scored = config.scored_dir
         self.runs: dict[str, Path] = {}
 
     def run(self) -> Path:
@@ -178,7 +276,7 @@ class _Pipeline:
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         t0 = time.perf_counter()
         head = steps.announce("model and corpus ...")
-        self.model_dir = Path(str(ensure_local_model(config.model, cache)))
+        self.model_dir = Path(str(ensure_local_model(config.model.source or "", cache)))
         if config.corpus:
             corpus = Path(config.corpus)
             if not corpus.is_dir():
@@ -216,7 +314,7 @@ class _Pipeline:
                 tokenizer=str(self.model_dir),
                 seq_len=config.seq_len,
                 out=self.prepared,
-                seed=config.seed,
+                seed=config.train.seed,
                 max_sequences=config.train_sequences,
                 overwrite=True,
             )
@@ -232,7 +330,7 @@ class _Pipeline:
             "model": str(self.model_dir),
             "seq_len": config.seq_len,
             "n": config.train_sequences,
-            "seed": config.seed,
+            "seed": config.train.seed,
         }
         self.steps.run("prepare", self.prepared, settings, do_prepare, markers=("manifest.json",))
 
@@ -248,7 +346,7 @@ class _Pipeline:
                 self.scored,
                 scorer=str(self.model_dir),
                 window=config.window,
-                stride=config.stride,
+                stride=config.scorer.stride,
                 batch_size=config.score_batch_size,
                 device=self.device,
             )
@@ -257,7 +355,7 @@ class _Pipeline:
         settings = {
             "prepared": folder_fingerprint(self.prepared),
             "window": config.window,
-            "stride": config.stride,
+            "stride": config.scorer.stride,
             "model": str(self.model_dir),
         }
         self.steps.run(
@@ -274,11 +372,9 @@ class _Pipeline:
         from tokenweight.training.run import TRAIN_MARKERS
 
         for scheme in self.config.schemes:
-            out = self.work / "runs" / run_dir_name(scheme)
+            out = self.config.run_dir(scheme)
             self.runs[scheme] = out
-            train_config = _train_config(
-                self.config, scheme, self.model_dir, self.scored, out, self.device
-            )
+            train_config = self.config.train_config(scheme, self.model_dir, self.device)
 
             def do_train(tc=train_config) -> str:
                 from tokenweight.training.run import train
@@ -331,7 +427,7 @@ class _Pipeline:
                 lengths=config.probe_lengths,
                 depths=config.probe_depths,
                 trials=config.probe_trials,
-                seed=config.seed,
+                seed=config.train.seed,
                 data=[str(d) for d in self.held],
                 seq_len=eval_len,
                 max_sequences=config.eval_sequences,
@@ -344,7 +440,7 @@ class _Pipeline:
                 scorer=ModelSpec(label="start", source=str(model_dir)),
                 load_kwargs={
                     "device": self.device,
-                    "attn_implementation": config.attn_implementation,
+                    "attn_implementation": config.model.attn_implementation,
                 },
             )
             return f"{len(models)} models"
@@ -371,7 +467,7 @@ class _Pipeline:
 
             tokenizer = load_tokenizer(model_dir)
             model = load_model(
-                model_dir, device=self.device, attn_implementation=config.attn_implementation
+                model_dir, device=self.device, attn_implementation=config.model.attn_implementation
             )
             text = held[0].read_text(encoding="utf-8", errors="replace")
             result = inspect_passage(
@@ -379,7 +475,7 @@ class _Pipeline:
                 tokenizer,
                 text,
                 window=config.window,
-                stride=config.stride,
+                stride=config.scorer.stride,
                 scheme=inspect_scheme,
                 max_tokens=config.inspect_tokens,
             )
@@ -395,7 +491,7 @@ class _Pipeline:
             "doc": held[0].name,
             "tokens": config.inspect_tokens,
             "window": config.window,
-            "stride": config.stride,
+            "stride": config.scorer.stride,
             "scheme": inspect_scheme,
             "model": str(model_dir),
         }
@@ -425,40 +521,3 @@ class _Pipeline:
         )
         self.log(f"{head} report: {report}")
         return report
-
-
-def _train_config(
-    config: PipelineConfig, scheme: str, model_dir: Path, scored: Path, out: Path, device: str
-) -> Any:
-    from tokenweight.training.config import Config
-
-    return Config.from_dict(
-        {
-            "model": {
-                "source": str(model_dir),
-                "dtype": config.dtype,
-                "attn_implementation": config.attn_implementation,
-                "gradient_checkpointing": config.gradient_checkpointing,
-                "rope_theta": config.rope_theta,
-                "max_position_embeddings": config.max_position_embeddings,
-            },
-            "data": {"path": str(scored), "seq_len": config.seq_len},
-            "scheme": scheme,
-            "scorer": {"kind": config.scorer, "window": config.window, "stride": config.stride},
-            "train": {
-                "output_dir": str(out),
-                "learning_rate": config.learning_rate,
-                "scheduler": "constant_with_warmup",
-                "warmup_steps": config.warmup_steps,
-                "max_steps": config.max_steps,
-                "micro_batch_size": config.micro_batch_size,
-                "gradient_accumulation_steps": config.gradient_accumulation_steps,
-                "seed": config.seed,
-                "save_steps": config.save_steps,
-                "save_total_limit": 1,
-                "logging_steps": 1,
-                "bf16": config.bf16,
-                "use_cpu": device == "cpu",
-            },
-        }
-    )

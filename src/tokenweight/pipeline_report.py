@@ -7,13 +7,13 @@ finished ``work_dir`` at any time. Numbers are stated as measured, whichever way
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from tokenweight.config_sections import flat_settings
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
 from tokenweight.evaluation.probes import PROBES
@@ -26,8 +26,9 @@ __all__ = ["config_table", "write_report"]
 
 
 def config_table(config: Any) -> list[tuple[str, str]]:
-    """(setting, value) pairs of a pipeline config (any dataclass), values as JSON text."""
-    return [(f.name, json.dumps(getattr(config, f.name))) for f in dataclasses.fields(config)]
+    """(setting, value) pairs of a pipeline config (any config dataclass; the fields of an
+    embedded section as ``section.field``), values as JSON text."""
+    return [(key, json.dumps(value)) for key, value in flat_settings(config)]
 
 
 def _read_json(path: Path) -> Any:
@@ -274,15 +275,15 @@ def _summary_section(
         f"(torch {torch.__version__}, {platform.machine()}, device {md_escape(device)}, "
         f"{torch.get_num_threads()} CPU threads).",
         "",
-        f"**What ran.** The model {md_escape(config.model)} ({md_escape(model_dir)}) was "
+        f"**What ran.** The model {md_escape(config.model.source)} ({md_escape(model_dir)}) was "
         "trained on "
         f"{counts.get('sequences', '?')} sequences of {config.seq_len} tokens cut from "
         f"{counts.get('documents', '?')} documents of {md_escape(corpus)}, once per scheme "
-        f"({md_escape(', '.join(config.schemes))}), each for {config.max_steps} "
+        f"({md_escape(', '.join(config.schemes))}), each for {config.train.max_steps} "
         f"optimizer steps from the same start. Short-context NLL came from "
         f"{config.window}-token windows of "
-        + scorer_kind(config.scorer, "scorer").describe
-        + f". RoPE theta {'unchanged' if config.rope_theta is None else config.rope_theta}. "
+        + scorer_kind(config.scorer.kind).describe
+        + f". RoPE theta {'unchanged' if config.model.rope_theta is None else config.model.rope_theta}. "
         f"The start model and every trained model were then evaluated on the held-out "
         f"documents {md_escape(', '.join(config.held_out))}.",
         "",

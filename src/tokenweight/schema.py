@@ -6,7 +6,9 @@ types, nested dataclasses, and types with a ``coerce`` classmethod such as
 :class:`tokenweight.weighting.Scheme`) and applies the field's metadata:
 
 - ``checked(fn)``: ``fn(value)`` returns a problem (``"must be > 0"``) or ``None``;
-- ``one_of(*options)``: the value, lower-cased, must be one of the options.
+- ``one_of(*options)``: the value, lower-cased, must be one of the options;
+- ``before``: ``fn(value, key)`` prepares the raw value before it is converted (used by
+  :func:`tokenweight.config_sections.section` for a section embedded in another config).
 
 Every error is a :class:`TokenWeightError` naming the dotted key, e.g.
 ``train.learning_rate: expected a number, got 'abc'``. :func:`apply_overrides` applies
@@ -214,8 +216,10 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
-        converted = _convert(value, hints[name], key)
         meta = known[name].metadata
+        if "before" in meta:
+            value = meta["before"](value, key)
+        converted = _convert(value, hints[name], key)
         if converted is not None and "choices" in meta:
             text = str(converted).lower()
             choices = _choices(meta)
@@ -233,8 +237,15 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
 
 
 # ------------------------------------------------------------------ overrides
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``)."""
+def apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Sequence[str],
+    rename: Callable[[list[str], Any], list[str]] | None = None,
+) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are read as YAML (``3e-5``, ``null``).
+
+    ``rename(parts, value)``, when given, maps the key's dotted parts to the ones to set
+    (e.g. a shorthand ``max_steps`` to ``train.max_steps``)."""
     out = copy.deepcopy(dict(data))
     for text in overrides:
         key, eq, raw = text.partition("=")
@@ -248,6 +259,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         except yaml.YAMLError:
             value = raw  # e.g. an unbalanced bracket; let validation judge the text
         parts = key.split(".")
+        if rename is not None:
+            parts = rename(parts, value)
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import (
-    add_corpus_options,
-    add_trust_remote_code,
-    call_with_options,
-)
+from tokenweight.commands import options
 
 HELP = "tokenize a corpus into shuffled fixed-length sequences (datasets folder + manifest)"
 
@@ -31,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seq-len", type=int, required=True, metavar="N", help="tokens per sequence (BOS included)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    add_corpus_options(parser, inputs="INPUTs", split="train")
+    options.add_corpus_options(parser, inputs="INPUTs", split="train")
     parser.add_argument(
         "--stride",
         type=int,
@@ -54,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_trust_remote_code(parser, "tokenizer")
+    options.add_trust_remote_code(parser, "tokenizer")
 
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.data.prepare import format_summary, prepare_dataset
 
-    result = call_with_options(prepare_dataset, args)
+    result = options.call_with_options(prepare_dataset, args)
     print(format_summary(result))
     return 0

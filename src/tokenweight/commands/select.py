@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import call_with_options
+from tokenweight.commands import options
 
 HELP = "rank documents by long-context gain (scored --with-long) and keep the top ones"
 
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenweight.selection import select_dataset
 
-    result = call_with_options(select_dataset, args)
+    result = options.call_with_options(select_dataset, args)
     s = result.summary
     unit = "documents" if s["level"] == "document" else "sequences"
     print(

@@ -139,6 +139,40 @@ def test_cli_defaults_are_the_library_defaults(command, target, resolved_later):
     assert {k: options[k] for k in shared} == {k: library[k] for k in shared}
 
 
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [
+        ("prepare", "tokenweight.data.prepare:prepare_dataset"),
+        ("score", "tokenweight.data.score:score_dataset"),
+        ("select", "tokenweight.selection:select_dataset"),
+    ],
+)
+def test_every_option_is_a_parameter_of_the_function_the_command_runs(command, target):
+    """These commands hand every option to their function by name (``call_with_options``),
+    which refuses an option it has no parameter for."""
+    from tokenweight.commands.options import call_with_options
+
+    module, name = target.split(":")
+    function = getattr(importlib.import_module(module), name)
+    actions = [*_option_actions(command).values(), *_positionals(command)]
+    dests = {a.dest for a in actions if a.default is not argparse.SUPPRESS}  # not --help
+    assert dests <= set(inspect.signature(function).parameters), dests
+    seen = {}
+    args = argparse.Namespace(command=command, _run=None, **{d: d for d in dests})
+    assert call_with_options(lambda **kw: seen.update(kw) or 7, args) == 7
+    assert seen == {d: d for d in dests}
+    with pytest.raises(TypeError, match=r"no parameter for option\(s\) \['colour'\]"):
+        call_with_options(function, argparse.Namespace(**{d: d for d in dests}, colour=1))
+
+
+def _positionals(command: str) -> list[argparse.Action]:
+    from tokenweight.cli import build_parser
+
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [a for a in sub.choices[command]._actions if not a.option_strings]
+
+
 def test_probe_settings_have_one_default():
     from tokenweight.evaluation import EvalConfig
     from tokenweight.evaluation.probes import DISTRACTORS, HOPS, make_probe, make_probes

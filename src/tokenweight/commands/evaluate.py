@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from tokenweight.commands.options import (
-    add_corpus_options,
-    add_device,
-    add_load_dtype,
-    add_trust_remote_code,
-    comma_separated,
-)
+from tokenweight.commands import options
 
 if TYPE_CHECKING:
     from tokenweight.evaluation.runner import EvalConfig
@@ -69,13 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lengths",
-        type=comma_separated(_tokens, "token counts"),
+        type=options.comma_separated(_tokens, "token counts"),
         default=[1024, 2048, 4096],
         help="probe prompt lengths in tokens, e.g. 1k,2k,4k (default 1024,2048,4096)",
     )
     parser.add_argument(
         "--depths",
-        type=comma_separated(_fraction, "fractions"),
+        type=options.comma_separated(_fraction, "fractions"),
         default=[0.1, 0.3, 0.5, 0.7, 0.9],
         help="needle depths as fractions or percentages (default 0.1,0.3,0.5,0.7,0.9)",
     )
@@ -105,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sequence for text data (default: the longest probe length)",
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
-    add_corpus_options(data, inputs="--data", split="validation")
+    options.add_corpus_options(data, inputs="--data", split="validation")
     data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
     data.add_argument(
         "--longppl-window",
@@ -125,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluator model judging key tokens for all models (default: each model itself)",
     )
     load = parser.add_argument_group("model loading")
-    add_load_dtype(load)
-    add_device(load)
+    options.add_load_dtype(load)
+    options.add_device(load)
     load.add_argument(
         "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
     )
@@ -148,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate lengths beyond a model's max_position_embeddings (with a warning) "
         "instead of refusing them",
     )
-    add_trust_remote_code(load)
+    options.add_trust_remote_code(load)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -159,10 +153,10 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
     from tokenweight.evaluation.runner import EvalConfig
 
-    options = {f.name: getattr(args, f.name) for f in fields(EvalConfig)}
+    settings = {f.name: getattr(args, f.name) for f in fields(EvalConfig)}
     if args.tasks:
-        options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    return EvalConfig(**options)
+        settings["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return EvalConfig(**settings)
 
 
 def run(args: argparse.Namespace) -> int:

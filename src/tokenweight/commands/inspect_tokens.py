@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenweight.commands.options import (
-    add_device,
-    add_load_dtype,
-    add_trust_remote_code,
-    add_window_options,
-)
+from tokenweight.commands import options
 
 HELP = "show which tokens of a passage gain from long context and the weights they get"
 
@@ -18,7 +13,7 @@ HELP = "show which tokens of a passage gain from long context and the weights th
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder, hub name, GGUF folder, or 'smollm2'")
     parser.add_argument("text", help="a text file holding the passage")
-    add_window_options(parser)
+    options.add_window_options(parser)
     parser.add_argument("--scheme", default="dense:0.75", help="weighting scheme (dense:0.75)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens of the passage used")
     parser.add_argument("--offset", type=int, default=0, help="characters of the file to skip")
@@ -27,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="another model for the short NLL (default: the same model)",
     )
-    add_load_dtype(parser)
-    add_device(parser)
+    options.add_load_dtype(parser)
+    options.add_device(parser)
     parser.add_argument("--out", default="inspect", help="output folder (default ./inspect)")
-    add_trust_remote_code(parser)
+    options.add_trust_remote_code(parser)
 
 
 def _read_passage(args: argparse.Namespace) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import comma_separated
+from tokenweight.commands import options
 
 HELP = "show the loss weights a scheme gives to long/short NLL values (explore schemes)"
 
@@ -18,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--long",
-        type=comma_separated(float, "numbers"),
+        type=options.comma_separated(float, "numbers"),
         default=None,
         help="long-context NLL, comma-separated (default: 8 example values)",
     )
     parser.add_argument(
         "--short",
-        type=comma_separated(float, "numbers"),
+        type=options.comma_separated(float, "numbers"),
         default=None,
         help="short-context NLL, comma-separated (default: 8 example values)",
     )

@@ -144,7 +144,7 @@ def test_cli_defaults_are_the_library_defaults(command, target, resolved_later):
     [
         ("prepare", "tokenweight.data.prepare:prepare_dataset"),
         ("score", "tokenweight.data.score:score_dataset"),
-        ("select", "tokenweight.selection:select_dataset"),
+        ("select", "tokenweight.workflows.selection:select_dataset"),
     ],
 )
 def test_every_option_is_a_parameter_of_the_function_the_command_runs(command, target):

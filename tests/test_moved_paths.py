@@ -94,12 +94,32 @@ def test_our_code_and_docs_use_only_the_new_paths():
             names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
                 a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
             ]
+            # (a file format's name, ``*_FORMAT = "tokenweight.study"``, is no import path:
+            # it stays what earlier releases wrote)
+            formats = {
+                id(n.value)
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assign)
+                and all(isinstance(t, ast.Name) and t.id.endswith("_FORMAT") for t in n.targets)
+            }
             names += [
                 n.value
                 for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in formats
             ]
             found += [f"{path.name}: {m.group(1)}" for s in names for m in pattern.finditer(s)]
         else:
             found += [f"{path.name}: {m.group(1)}" for m in pattern.finditer(text)]
     assert found == []
+
+
+def test_file_formats_did_not_move_with_their_modules(tmp_path):
+    """The format names in files the package writes are not import paths: folders written
+    before the modules moved still read, and a study's results name the same format."""
+    from tokenweight.workflows.study import STUDY_FORMAT
+    from tokenweight.workflows.synth import DEPENDENCIES, read_dependencies
+
+    record = {"format": "tokenweight.synth-dependencies", "config": {}, "copies": []}
+    (tmp_path / DEPENDENCIES).write_text(json.dumps(record))  # as every release wrote it
+    assert read_dependencies(tmp_path) == record
+    assert STUDY_FORMAT == "tokenweight.study"

@@ -103,3 +103,12 @@ def test_our_code_and_docs_use_only_the_new_paths():
         else:
             found += [f"{path.name}: {m.group(1)}" for m in pattern.finditer(text)]
     assert found == []
+
+
+def test_file_formats_keep_their_names():
+    """A format tag names a file kind, not a module: files written before the move
+    (study.json, dependencies.json) are still read."""
+    from tokenweight.workflows.study import STUDY_FORMAT
+    from tokenweight.workflows.synth import SYNTH_FORMAT
+
+    assert (STUDY_FORMAT, SYNTH_FORMAT) == ("tokenweight.study", "tokenweight.synth-dependencies")

@@ -51,7 +51,7 @@ __all__ = [
     "run_study",
 ]
 
-STUDY_FORMAT = "tokenweight.workflows.study"
+STUDY_FORMAT = "tokenweight.study"
 EVAL_MARKER = "target_mask.npy"  # the first file the evaluation step writes
 
 

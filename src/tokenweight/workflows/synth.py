@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 DEPENDENCIES = "dependencies.json"
-SYNTH_FORMAT = "tokenweight.workflows.synth-dependencies"
+SYNTH_FORMAT = "tokenweight.synth-dependencies"
 
 
 @dataclass

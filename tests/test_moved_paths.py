@@ -74,7 +74,7 @@ def test_old_files_are_gone_and_targets_exist():
 
 def test_our_code_and_docs_use_only_the_new_paths():
     old = "|".join(re.escape(k) for k in sorted(MOVED, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w.])({old})\b")
+    pattern = re.compile(rf"(?<![\w.])({old})(?![\w-])")
     files = [
         *ROOT.rglob("*.py"),
         *(REPO / "tests").rglob("*.py"),
@@ -94,10 +94,17 @@ def test_our_code_and_docs_use_only_the_new_paths():
             names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
                 a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
             ]
+            # (a format tag, e.g. STUDY_FORMAT = "tokenweight.study", names a file kind)
+            tags = {
+                id(n.value)
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id.endswith("FORMAT") for t in n.targets)
+            }
             names += [
                 n.value
                 for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in tags
             ]
             found += [f"{path.name}: {m.group(1)}" for s in names for m in pattern.finditer(s)]
         else:

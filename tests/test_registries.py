@@ -115,7 +115,7 @@ def test_preset_and_transform_names_only_in_weighting():
     # selection's unrelated "max" (a summary statistic of its report).
     allowed = {
         ("workflows/pipeline.py", "uniform"),
-        ("workflows/study.py", "uniform"),
+        ("workflows/study/config.py", "uniform"),
         ("workflows/selection.py", "max"),
         ("workflows/selection.py", " max "),
     }

@@ -105,6 +105,8 @@ def test_every_option_help_states_its_default():
                     continue
                 if isinstance(action, argparse._SubParsersAction):
                     continue
+                if action.help == argparse.SUPPRESS:  # an old spelling, not in --help
+                    continue
                 rendered = HelpFormatter(where)._get_help_string(action) % vars(action)
                 if "default" not in rendered or "(default: None)" in rendered:
                     missing.append(f"{where} {action.option_strings or action.dest}")

@@ -200,11 +200,12 @@ class StudyConfig:
                 f"({self.synth.get('words', 256)}): the start model's vocabulary is the "
                 "synthetic data's words"
             )
-        from tokenweight.evaluation.probes import PROBES
+        from tokenweight.evaluation.tasks import PROBE, task_names
 
-        unknown = [t for t in self.probes if t not in PROBES]
+        probes = task_names(PROBE)
+        unknown = [t for t in self.probes if t not in probes]
         if unknown:
-            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(PROBES)}")
+            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(probes)}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.probe_lengths):
             raise TokenWeightError(
                 f"probe_lengths: positive token counts, got {self.probe_lengths}"
@@ -1099,10 +1100,13 @@ def _probe_differences(config: StudyConfig, eval_dir: Path) -> list[dict[str, An
         for s in config.seeds
     }
     table = []
+    from tokenweight.evaluation.tasks import EVAL_TASKS
+
     for task in dict.fromkeys(tasks):
         m = np.array([t == task for t in tasks])
         sums = {key: a[m] for key, a in correct.items()}
-        metric = f"probe {task} (accuracy)"
+        label = EVAL_TASKS[task].label if task in EVAL_TASKS else task
+        metric = f"probe {label} (accuracy)"
         table += _paired_rows(config, metric, sums, np.ones(int(m.sum())), lower_is_better=False)
     return table
 

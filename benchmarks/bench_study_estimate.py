@@ -29,7 +29,7 @@ SMALL = [
     "rope_theta=40000",
     "max_position_embeddings=256",
     "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
-    " {scheme: 'dense:0.75', scorer: frozen}, {scheme: uniform, data: selected}]",
+    " {scheme: 'dense:0.75', scorer: precomputed}, {scheme: uniform, data: selected}]",
     "seeds=[0, 1]",
     "max_steps=12",
     "micro_batch_size=4",

@@ -1,4 +1,4 @@
-"""Precomputed (frozen) scores: score the data once with the start model, then train.
+"""Precomputed scores: score the data once with the start model, then train.
 
 The same steps as ``tokenweight prepare``, ``tokenweight score`` and a config with
 ``scorer: {kind: precomputed}``, from Python. Every row's scores are checked against the

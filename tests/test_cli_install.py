@@ -19,6 +19,7 @@ from tokenweight import TokenWeightError
 from tokenweight.cli import COMMANDS, HelpFormatter, build_parser, main
 from tokenweight.config_files import (
     PACKAGED_DIR,
+    RENAMED,
     copy_config,
     find_config,
     packaged_configs,
@@ -142,6 +143,48 @@ def test_packaged_name_resolves_from_anywhere(name, tmp_path, monkeypatch):
     fsdp = load_config("fsdp/paper_fsdp")  # inherits ../paper/dense_self.yaml
     assert Path(fsdp.train.fsdp_config) == PACKAGED_DIR / "fsdp" / "llama.json"
     assert fsdp.train.deepspeed is None and str(fsdp.scheme) == "dense:0.75"
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_an_old_packaged_name_finds_the_renamed_file_and_warns(old, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    new = RENAMED[old]
+    assert not (PACKAGED_DIR / f"{old}.yaml").exists()
+    for spelling in (old, f"{old}.yaml", f"configs/{old}.yaml"):
+        with pytest.warns(FutureWarning, match=f"'{old}' is now called '{new}'"):
+            assert find_config(spelling) == PACKAGED_DIR / f"{new}.yaml"
+
+
+def test_old_packaged_names_load_the_same_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FutureWarning, match="'paper/dense_frozen' is now called"):
+        old = load_config("paper/dense_frozen")
+    new = load_config("paper/dense_precomputed")
+    assert old.to_dict() == new.to_dict() and new.scorer_kind == "precomputed"
+    assert new.train.output_dir == "runs/paper/dense_precomputed"
+    with pytest.warns(FutureWarning, match="'cpu/smollm2_frozen' is now called"):
+        cpu = load_config("cpu/smollm2_frozen")
+    assert cpu.to_dict() == load_config("cpu/smollm2_precomputed").to_dict()
+    # a file of yours inheriting the old fragment name
+    (tmp_path / "mine.yaml").write_text(
+        "inherit: [paper/base.yaml, paper/scorer_frozen.yaml]\nscheme: dense:0.75\n"
+        "train: {output_dir: runs/paper/dense_precomputed}\n"
+    )
+    with pytest.warns(FutureWarning, match="'paper/scorer_frozen' is now called"):
+        assert load_config("mine.yaml").to_dict() == new.to_dict()
+    # copied under its new name; the list shows new names, and the old ones beside them
+    with pytest.warns(FutureWarning):
+        assert main(["configs", "copy", "paper/ppmi_frozen"]) == 0
+    assert load_config("ppmi_precomputed.yaml").to_dict() == (
+        load_config("paper/ppmi_precomputed").to_dict()
+    )
+    capsys.readouterr()
+    assert main(["configs", "list"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()[1:]  # the names, up to the first blank line
+    listed = [line.split()[0] for line in table]
+    assert "paper/dense_precomputed" in listed and "paper/dense_frozen" not in listed
+    assert "  paper/dense_frozen -> paper/dense_precomputed" in out.splitlines()
 
 
 def test_a_file_of_yours_wins_over_a_packaged_name(tmp_path, monkeypatch):

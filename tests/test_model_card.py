@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import ModelCard
 
-from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import prepare
+from helpers.train_config import tiny_train_config
+from helpers.train_support import model_and_data
 from tokenweight import TokenWeightError
 from tokenweight.training.card import (
     CARD_FALLBACK,
@@ -32,30 +32,11 @@ SEQ, WINDOW, STRIDE = 32, 16, 8
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("card")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=0, max_position_embeddings=256
-    )
-    return {"model": model_dir, "prepared": prepare(root, model_dir, SEQ, docs=4, words=80)}
+    return model_and_data(tmp_path_factory.mktemp("card"), SEQ, docs=4, words=80)
 
 
 def make_config(assets, out: Path, *overrides: str):
-    base = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"])},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_steps": 100,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
+    base = tiny_train_config(assets["model"], assets["prepared"], out, window=WINDOW, stride=STRIDE)
     return load_config(base=base, overrides=list(overrides))
 
 

@@ -174,3 +174,78 @@ def test_one_number_formatter_for_the_reports():
     assert format_number(0.25, sign=True) == "+0.250"
     assert format_number(-0.25, 2, sign=True) == "-0.25"
     assert format_number(None, sign=True) == "-"
+
+
+# every flag built by tokenweight.commands.options, and the commands that take it
+SHARED_OPTIONS = {
+    "text_field": ("prepare", "eval"),
+    "glob": ("prepare", "eval"),
+    "encoding_errors": ("prepare", "eval"),
+    "hf_split": ("prepare", "eval"),
+    "window": ("score", "inspect"),
+    "stride": ("score", "inspect"),
+    "device": ("score", "eval", "inspect"),
+    "dtype": ("eval", "inspect"),
+    "trust_remote_code": ("prepare", "score", "eval", "inspect"),
+}
+
+
+def _option_actions(command: str) -> dict[str, argparse.Action]:
+    from tokenweight.cli import build_parser
+
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions if a.option_strings}
+
+
+def _seen(action: argparse.Action) -> tuple:
+    return action.default, action.choices, action.metavar, action.required, action.type
+
+
+def test_a_shared_option_means_the_same_in_every_command():
+    """Same flag, same default, choices and metavar; the help differs at most in the
+    word for what the command reads or loads."""
+    actions = {c: _option_actions(c) for c in {c for cs in SHARED_OPTIONS.values() for c in cs}}
+    for dest, commands in SHARED_OPTIONS.items():
+        first, *others = (actions[c][dest] for c in commands)
+        assert first.help
+        for other in others:
+            assert _seen(other) == _seen(first), dest
+    for dest in ("text_field", "encoding_errors", "window", "stride", "device", "dtype"):
+        assert len({actions[c][dest].help for c in SHARED_OPTIONS[dest]}) == 1, dest
+
+
+def test_corpus_options_restate_the_corpus_reader():
+    """``--glob``'s default names every suffix the reader takes, ``--encoding-errors``
+    offers its modes (the command modules cannot import the reader: numpy)."""
+    from tokenweight.data.corpus import ENCODING_ERRORS, KNOWN_SUFFIXES
+
+    for command in ("prepare", "eval"):
+        actions = _option_actions(command)
+        default = actions["glob"].help.split("(default: every ")[1]
+        assert default.split()[:-1] == list(KNOWN_SUFFIXES), default
+        assert tuple(actions["encoding_errors"].choices) == ENCODING_ERRORS
+
+
+@pytest.mark.parametrize(
+    ("command", "dest", "text", "expected", "what"),
+    [
+        ("eval", "lengths", " 1k, 3000,,2K", [1024, 3000, 2048], "token counts"),
+        ("eval", "depths", "25%,1, 0.5", [0.25, 1.0, 0.5], "fractions"),
+        ("synth", "distances", "32, 8-120", [32, [8, 120]], "distances or lo-hi ranges"),
+        ("weights", "long", "0.5, 3,", [0.5, 3.0], "numbers"),
+    ],
+)
+def test_comma_separated_options_are_read_one_way(capsys, command, dest, text, expected, what):
+    """Every comma-separated option skips spaces and empty parts; a bad part is an argparse
+    error naming the option and what it expects (exit 2, no traceback)."""
+    from tokenweight.cli import main
+
+    action = _option_actions(command)[dest]
+    assert action.type(text) == expected
+    flag = action.option_strings[0]
+    with pytest.raises(SystemExit) as stopped:
+        main([command, *(["m", "--out", "o"] if command == "eval" else []), flag, "1,x"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert f"argument {flag}: expected comma-separated {what}, got '1,x'" in err, err

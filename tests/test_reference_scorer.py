@@ -11,7 +11,8 @@ import torch
 
 from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_model
 from helpers.packed import packed_batch, split_targets
-from helpers.train_support import VOCAB, full_logits_nll, prepare
+from helpers.train_config import tiny_train_config
+from helpers.train_support import VOCAB, full_logits_nll, model_and_data
 from tokenweight.errors import TokenWeightError
 from tokenweight.reference_scorer import ReferenceScorer
 from tokenweight.training.config import load_config
@@ -79,27 +80,19 @@ def test_excess_loss_weighting_matches_an_independent_computation():
 
 
 def test_training_with_a_reference_scorer_config(tmp_path):
-    model_dir = save_tiny_model(
-        tmp_path / "model", make_tokenizer(), seed=0, max_position_embeddings=256
-    )
+    assets = model_and_data(tmp_path, 32, docs=4, words=120)
+    model_dir, prepared = assets["model"], assets["prepared"]
     ref_dir = save_tiny_model(
         tmp_path / "ref", make_tokenizer(), seed=3, max_position_embeddings=256
     )
-    prepared = prepare(tmp_path, model_dir, 32, docs=4, words=120)
-    base = {
-        "model": {"source": str(model_dir)},
-        "data": {"path": str(prepared), "seq_len": 32},
-        "scheme": "rho1:0.5",
-        "scorer": {"kind": "reference", "model": str(ref_dir)},
-        "train": {
-            "output_dir": str(tmp_path / "out"),
-            "learning_rate": 1e-3,
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "save_steps": 100,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
+    base = tiny_train_config(
+        model_dir,
+        prepared,
+        tmp_path / "out",
+        scheme="rho1:0.5",
+        scorer={"kind": "reference", "model": str(ref_dir)},
+        data_options={"seq_len": 32},
+    )
     result = train(load_config(base=base))
     assert result.global_step == 2 and result.train_loss == result.train_loss
     saved = json.dumps(json.loads((tmp_path / "out" / "train_summary.json").read_text()))

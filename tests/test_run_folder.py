@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import prepare
+from helpers.train_config import tiny_train_config
+from helpers.train_support import model_and_data, prepare
 from tokenweight.cli import main
 from tokenweight.errors import TokenWeightError
 from tokenweight.folder_lock import acquire, lock_file, output_lock
@@ -39,38 +39,26 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tokenweight.data import score_dataset
-
     root = tmp_path_factory.mktemp("run-folder")
-    model = save_tiny_model(root / "model", make_tokenizer(), seed=0, max_position_embeddings=128)
-    prepared = prepare(root, model, SEQ, docs=4, words=120)
-    scored = root / "scored"
-    score_dataset(prepared, scored, scorer=str(model), window=WINDOW, progress=False)
-    return {"root": root, "model": model, "prepared": prepared, "scored": scored}
+    score = {"window": WINDOW}
+    return {
+        "root": root,
+        **model_and_data(root, SEQ, positions=128, score=score, docs=4, words=120),
+    }
 
 
 def config_file(assets, folder: Path, **train) -> Path:
     import yaml
 
-    config = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"])},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW},
-        "train": {
-            "output_dir": str(folder / "run"),
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "max_steps": 2,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_steps": 1,
-            "seed": 0,
-            "use_cpu": True,
-            "training_arguments": {"disable_tqdm": True},
-            **train,
-        },
-    }
+    config = tiny_train_config(
+        assets["model"],
+        assets["prepared"],
+        folder / "run",
+        window=WINDOW,
+        save_steps=1,
+        use_cpu=True,
+        **train,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.yaml"
     path.write_text(yaml.safe_dump(config))

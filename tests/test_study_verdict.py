@@ -264,7 +264,7 @@ def test_estimate_counts_every_part_of_the_study():
 
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
-        " {scheme: 'sparse:0.5', scorer: frozen}, {scheme: uniform, data: selected}]"
+        " {scheme: 'sparse:0.5', scorer: precomputed}, {scheme: uniform, data: selected}]"
     )
     config = load_study_config(
         None,
@@ -286,7 +286,7 @@ def test_estimate_counts_every_part_of_the_study():
             "pretraining the start model": 3 + 10 * 0.2 + 0.4 + 10 * 2 * 16 * 0.001,
             "synthetic data": 2 * 0.4 + (8 + 4) * 64 * 0.001,  # training and held-out
             "scoring the training data": 1.5 + 8 * 0.25,
-            # uniform, frozen and selected step like uniform; self at its own rate
+            # uniform, precomputed and selected step like uniform; self at its own rate
             "training": 2 * (2 + 5 * 0.5) * 3 + 2 * (2 + 5 * 0.8),
             "evaluation": 9 * (1 + 4 * 0.1) + 4 * 0.3,
             # 3 runs against the baseline x (all, inside, beyond, 4 buckets of 16 in 64,

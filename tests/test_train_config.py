@@ -154,7 +154,7 @@ def test_the_paper_grid_is_complete():
     expected = {"uniform"} | {
         f"{s}_{k}"
         for s in ("dense", "sparse", "longce", "ppmi", "npmi")
-        for k in ("self", "frozen", "small")
+        for k in ("self", "precomputed", "small")
     }
     assert names == expected
 
@@ -179,7 +179,7 @@ def test_shipped_configs_validate(path, monkeypatch):
             config.scorer_kind
             == {
                 "self": "self",
-                "frozen": "precomputed",
+                "precomputed": "precomputed",
                 "small": "model",
                 "uniform": "none",
             }[kind]

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import full_logits_nll, prepare
+from helpers.train_config import tiny_train_config
+from helpers.train_support import CrashAtStep, SimulatedCrash, full_logits_nll, model_and_data
 from tokenweight import TokenWeightError
 from tokenweight.cli import main as cli_main
 from tokenweight.training.config import load_config
@@ -24,56 +24,25 @@ SEQ, WINDOW, STRIDE = 48, 16, 8
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tokenweight.data import score_dataset
-
     root = tmp_path_factory.mktemp("train-run")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=0, max_position_embeddings=256
-    )
-    prepared = prepare(root, model_dir, SEQ, keep_tail=True, docs=6, words=150)
-    scored = root / "scored"
-    score_dataset(
-        prepared, scored, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False
-    )
-    return {"model": model_dir, "prepared": prepared, "scored": scored}
+    score = {"window": WINDOW, "stride": STRIDE}
+    return model_and_data(root, SEQ, keep_tail=True, score=score, docs=6, words=150)
 
 
-def make_config(assets, out: Path, *overrides: str, **sections):
-    base = {
-        "model": {"source": str(assets["model"])},
-        "data": {"path": str(assets["prepared"]), "seq_len": SEQ},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 5e-3,
-            "warmup_steps": 1,
-            "max_steps": 4,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 2,
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
-    for key, value in sections.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+def make_config(assets, out: Path, *overrides: str):
+    base = tiny_train_config(
+        assets["model"],
+        assets["prepared"],
+        out,
+        window=WINDOW,
+        stride=STRIDE,
+        data_options={"seq_len": SEQ},
+        learning_rate=5e-3,
+        warmup_steps=1,
+        max_steps=4,
+        gradient_accumulation_steps=2,
+    )
     return load_config(base=base, overrides=list(overrides))
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtStep(TrainerCallback):
-    """Raises at the start of optimizer step ``step`` (after the previous one was saved)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            raise Crash(f"simulated crash at step {self.step}")
 
 
 class PoisonAtStep(TrainerCallback):
@@ -110,7 +79,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_parameters(assets, tmp_p
     straight = make_config(assets, tmp_path / "a", *common)
     train(straight)
     broken = make_config(assets, tmp_path / "b", *common)
-    with pytest.raises(Crash):
+    with pytest.raises(SimulatedCrash):
         train(broken, callbacks=[CrashAtStep(3)])
     assert (tmp_path / "b" / "checkpoint-2").is_dir()
     assert not (tmp_path / "b" / "checkpoint-3").exists()

@@ -13,12 +13,15 @@ file given to ``tokenweight train``, an ``inherit:`` entry, ``train.deepspeed`` 
    ``paper/dense_self``, ``paper/dense_self.yaml`` and ``configs/paper/dense_self.yaml``
    all name the same file.
 
-A file of yours therefore always wins over a packaged one of the same name.
+A file of yours therefore always wins over a packaged one of the same name. A packaged
+config that was renamed keeps its old name as an alias (:data:`RENAMED`): it finds the new
+file and warns (``FutureWarning``) that the old name will be removed.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ __all__ = [
     "INHERIT_KEY",
     "LIST_HINT",
     "PACKAGED_DIR",
+    "RENAMED",
     "PackagedConfig",
     "copy_config",
     "find_config",
@@ -48,6 +52,18 @@ _SUFFIXES = (".yaml", ".yml", ".json")
 LIST_HINT = "`tokenweight configs list` shows the packaged configs"
 # Settings of a training config that name another config file (a dotted key each).
 PATH_KEYS = (("train", "deepspeed"), ("train", "fsdp_config"))
+# Old packaged names -> new ones (names as ``tokenweight configs list`` shows them). The
+# ``*_frozen`` configs read scores stored by ``tokenweight score``: the ``precomputed``
+# scorer kind, whose old name ``frozen`` is an alias in ``tokenweight.scorer_kinds`` too.
+RENAMED: dict[str, str] = {
+    "paper/dense_frozen": "paper/dense_precomputed",
+    "paper/sparse_frozen": "paper/sparse_precomputed",
+    "paper/longce_frozen": "paper/longce_precomputed",
+    "paper/ppmi_frozen": "paper/ppmi_precomputed",
+    "paper/npmi_frozen": "paper/npmi_precomputed",
+    "paper/scorer_frozen": "paper/scorer_precomputed",
+    "cpu/smollm2_frozen": "cpu/smollm2_precomputed",
+}
 _KINDS = {
     "accelerate": "accelerate launch file",
     "deepspeed": "DeepSpeed file (train.deepspeed)",
@@ -92,7 +108,8 @@ def packaged_configs() -> list[PackagedConfig]:
 
 
 def find_packaged(name: str | Path) -> Path | None:
-    """The packaged file called ``name`` (see the module docstring), or ``None``."""
+    """The packaged file called ``name`` (see the module docstring), or ``None``. An old
+    name of :data:`RENAMED` finds the renamed file and warns."""
     text = Path(name).as_posix().removeprefix("./").removeprefix("configs/")
     if not text or text.startswith("/") or ".." in Path(text).parts:
         return None
@@ -101,7 +118,16 @@ def find_packaged(name: str | Path) -> Path | None:
         path = PACKAGED_DIR / candidate
         if path.is_file():
             return path
-    return None
+    old = text.removesuffix(".yaml")
+    new = RENAMED.get(old)
+    if new is None:
+        return None
+    warnings.warn(
+        f"packaged config {old!r} is now called {new!r}; the old name will be removed",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return PACKAGED_DIR / f"{new}.yaml"
 
 
 def find_config(ref: str | Path, *, relative_to: Path | None = None, what: str = "config") -> Path:

@@ -14,48 +14,27 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from helpers.distributed import assert_same_parameters, subprocess_env
-from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import prepare
+from helpers.distributed import (
+    STEPS,
+    assert_same_parameters,
+    comparison_config,
+    comparison_data,
+    subprocess_env,
+)
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
-
-SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
 
 
 def _config(
     model_dir: Path, data: Path, out: Path, accumulation: int, save_steps: int = 100
 ) -> dict:
-    return {
-        "model": {"source": str(model_dir)},
-        "data": {"path": str(data)},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
-            "save_steps": save_steps,
-            "seed": 0,
-            # plain SGD: parameters move by exactly lr * gradient
-            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
-        },
-    }
+    return comparison_config(model_dir, data, out, accumulation, save_steps=save_steps)
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-dist")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=4, max_position_embeddings=256
-    )
-    # short documents with kept tails: many padded rows of different valid lengths
-    data = prepare(root, model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
+    model_dir, data, _ = comparison_data(root, model_seed=4, scored=False)
     return root, model_dir, data
 
 

@@ -26,18 +26,20 @@ from helpers.distributed import (
     CONFIGS,
     LOSS_TOL,
     PARAM_TOL,
+    SEQ,
+    STEPS,
     assert_runs_match_one_process,
     assert_same_parameters,
+    comparison_config,
+    comparison_data,
     deepspeed_file,
     logged_losses,
     torchrun_trainings,
 )
 from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import prepare
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
-SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
 SCHEMES = {
     "uniform": ("uniform", "none"),
     "dense_self": ("dense:0.75", "self"),
@@ -48,18 +50,8 @@ SCHEMES = {
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from tokenweight.data import score_dataset
-
     root = tmp_path_factory.mktemp("engines")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=4, max_position_embeddings=256
-    )
-    prepared = prepare(root, model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
-    scored = root / "scored"
-    score_dataset(
-        prepared, scored, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False
-    )
-    return root, model_dir, prepared, scored
+    return root, *comparison_data(root, model_seed=4)
 
 
 # the frozen scorers and an optimizer with state, clipping and a resume (FSDP2 only)
@@ -79,30 +71,14 @@ def _config(assets, name: str, out: Path, accumulation: int, engine: dict) -> di
     scheme, kind, changes = (*SCHEMES[name], {}) if name in SCHEMES else FSDP2_RUNS[name]
     changes = dict(changes)
     optim = changes.pop("optim", "sgd")
-    scorer = {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE}
+    scorer = {"kind": "self" if kind == "none" else kind}
     if kind == "reference":  # another model: the start model's own scores would all tie
         scorer["model"] = str(model_dir.parent / "reference")
-    return {
-        "model": {"source": str(model_dir)},
-        "data": {"path": str(scored if kind == "precomputed" else prepared)},
-        "scheme": scheme,
-        "scorer": scorer,
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,  # clipping would hide a wrong gradient scale
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"optim": optim, "disable_tqdm": True},
-            **changes,
-            **engine,
-        },
-    }
+    data = scored if kind == "precomputed" else prepared
+    options = {**changes, **engine}
+    return comparison_config(
+        model_dir, data, out, accumulation, scheme=scheme, scorer=scorer, optim=optim, **options
+    )
 
 
 def _engine(name: str, folder: Path) -> dict:

@@ -20,17 +20,18 @@ from safetensors.torch import load_file
 from helpers.distributed import (
     LOSS_TOL,
     PARAM_TOL,
+    STEPS,
     assert_runs_match_one_process,
+    comparison_config,
+    comparison_data,
     deepspeed_file,
     logged_losses,
     torchrun_trainings,
 )
-from helpers.fixtures import make_tokenizer, save_tiny_model
-from helpers.train_support import prepare
+from helpers.fixtures import make_tokenizer
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 
-SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
 # (scheme, scorer kind, data): every paper scheme
 RUNS = {
     "uniform": ("uniform", "none", "tail"),
@@ -47,15 +48,7 @@ RUNS = {
 def assets(tmp_path_factory):
     import datasets
 
-    from tokenweight.data import score_dataset
-
-    root = tmp_path_factory.mktemp("sp")
-    model_dir = save_tiny_model(
-        root / "model", make_tokenizer(), seed=5, max_position_embeddings=256
-    )
-    tail = prepare(root / "tail", model_dir, SEQ, keep_tail=True, docs=8, words=70, seed=3)
-    scored = root / "scored"
-    score_dataset(tail, scored, scorer=str(model_dir), window=WINDOW, stride=STRIDE, progress=False)
+    model_dir, tail, scored = comparison_data(tmp_path_factory.mktemp("sp"), model_seed=5)
     first = datasets.load_from_disk(str(tail))[0]["input_ids"][0]
     assert first == make_tokenizer().bos_token_id  # BOS-led sequences: scorer windows get BOS
     return model_dir, {"tail": tail, "scored": scored}
@@ -64,26 +57,16 @@ def assets(tmp_path_factory):
 def _config(assets, name: str, out: Path, engine: dict, accumulation: int = 1) -> dict:
     model_dir, data = assets
     scheme, kind, which = RUNS[name]
-    return {
-        "model": {"source": str(model_dir), "attn_implementation": "sdpa"},
-        "data": {"path": str(data[which])},
-        "scheme": scheme,
-        "scorer": {"kind": "self" if kind == "none" else kind, "window": WINDOW, "stride": STRIDE},
-        "train": {
-            "output_dir": str(out),
-            "learning_rate": 0.5,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_steps": STEPS,
-            "micro_batch_size": 1,
-            "gradient_accumulation_steps": accumulation,
-            "max_grad_norm": 0.0,
-            "save_steps": 100,
-            "seed": 0,
-            "training_arguments": {"optim": "sgd", "disable_tqdm": True},
-            **engine,
-        },
-    }
+    return comparison_config(
+        model_dir,
+        data[which],
+        out,
+        accumulation,
+        scheme=scheme,
+        scorer={"kind": "self" if kind == "none" else kind},
+        model_options={"attn_implementation": "sdpa"},
+        **engine,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Helpers of the multi-process tests (``tests/distributed/``): the environment of a
-launched child, one ``torchrun`` launch training several configs (``dist_train_many.py``),
+"""Helpers of the multi-process tests (``tests/distributed/``): the tiny model, data and
+training config they compare on, the environment of a launched child, one ``torchrun`` launch training several configs (``dist_train_many.py``),
 the shipped DeepSpeed files with a CPU run's changes, and comparisons with one process.
 """
 
@@ -10,12 +10,48 @@ from pathlib import Path
 
 import torch
 
+from helpers.train_config import tiny_train_config
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_DIR / "src" / "tokenweight" / "configs"
 # float32 on the CPU; the engines sum the same gradients in another order (seen: up to
 # 2e-6 on the embedding after 3 steps at learning rate 0.5)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 PARAM_TOL = dict(rtol=1e-5, atol=1e-5)
+# what the comparisons train on: short sequences, short-context windows, a few steps
+SEQ, WINDOW, STRIDE, STEPS = 48, 16, 8, 3
+
+
+def comparison_data(
+    root: Path, model_seed: int, *, scored: bool = True
+) -> tuple[Path, Path, Path | None]:
+    """A tiny model (seeded ``model_seed``) and data prepared for it under ``root``: short
+    documents with kept tails, so many padded rows of different valid lengths; with
+    ``scored``, also that data scored by the model itself (for ``precomputed``).
+    Returns the model, prepared and scored folders (``None`` without ``scored``)."""
+    from helpers.train_support import model_and_data
+
+    score = {"window": WINDOW, "stride": STRIDE} if scored else None
+    corpus = {"docs": 8, "words": 70, "seed": 3}
+    out = model_and_data(root, SEQ, model_seed=model_seed, keep_tail=True, score=score, **corpus)
+    return out["model"], out["prepared"], out.get("scored")
+
+
+def comparison_config(model_dir: Path, data: Path, out: Path, accumulation: int, **options) -> dict:
+    """The training config of a comparison (:func:`tiny_train_config` with ``exact``):
+    ``STEPS`` steps of ``accumulation`` sequences per process, the self scorer over
+    ``WINDOW``/``STRIDE``; ``options`` as for :func:`tiny_train_config`."""
+    return tiny_train_config(
+        model_dir,
+        data,
+        out,
+        window=WINDOW,
+        stride=STRIDE,
+        exact=True,
+        max_steps=STEPS,
+        gradient_accumulation_steps=accumulation,
+        **options,
+    )
 
 
 def subprocess_env() -> dict[str, str]:

@@ -14,6 +14,7 @@ import yaml
 
 from helpers.corpus import CORPUS_DIR
 from helpers.fixtures import save_tiny_model, save_tokenizer
+from helpers.train_config import tiny_train_config
 from tokenweight.cli import main
 
 N, W = 32, 8
@@ -85,24 +86,9 @@ def fails(capsys, argv: list[str], *needles: str) -> str:
 
 def train_yaml(env, folder: Path, **sections) -> Path:
     """A training config file for the tiny model on the prepared data."""
-    config = {
-        "model": {"source": str(env["model"])},
-        "data": {"path": str(env["prep"])},
-        "scheme": "dense:0.75",
-        "scorer": {"kind": "self", "window": W},
-        "train": {
-            "output_dir": str(folder / "run"),
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "max_steps": 4,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_steps": 1,
-            "seed": 0,
-            "use_cpu": True,
-            "training_arguments": {"disable_tqdm": True},
-        },
-    }
+    config = tiny_train_config(
+        env["model"], env["prep"], folder / "run", window=W, max_steps=4, save_steps=1, use_cpu=True
+    )
     for key, value in sections.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     path = folder / "train.yaml"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
-from helpers.fixtures import SPECIALS, make_tokenizer
+from helpers.fixtures import SPECIALS, make_tokenizer, save_tiny_model
 
 VOCAB = len(make_tokenizer())  # 4 special tokens + the words w0 .. w55
 WORDS = VOCAB - len(SPECIALS)
@@ -46,6 +47,33 @@ def prepare(tmp: Path, model_dir: Path, seq_len: int, *, keep_tail: bool = False
     prepare_dataset(
         [str(corpus_dir)], tokenizer=str(model_dir), seq_len=seq_len, out=out, keep_tail=keep_tail
     )
+    return out
+
+
+def model_and_data(
+    root: Path,
+    seq_len: int,
+    *,
+    model_seed: int = 0,
+    positions: int = 256,
+    keep_tail: bool = False,
+    score: dict[str, int] | None = None,
+    **corpus,
+) -> dict[str, Path]:
+    """A tiny model over the ``"words"`` tokenizer (seeded ``model_seed``, ``positions``
+    positions) saved in ``root/model`` and a corpus prepared for it (:func:`prepare`;
+    ``corpus``: :func:`write_corpus`'s options); with ``score`` (``window``, ``stride``),
+    also that data scored by the model itself (``root/scored``, for ``precomputed``).
+    Returns the folders by name: ``model``, ``prepared`` and, with ``score``, ``scored``."""
+    from tokenweight.data.score import score_dataset
+
+    model = save_tiny_model(
+        Path(root) / "model", make_tokenizer(), seed=model_seed, max_position_embeddings=positions
+    )
+    out = {"model": model, "prepared": prepare(root, model, seq_len, keep_tail=keep_tail, **corpus)}
+    if score is not None:
+        out["scored"] = Path(root) / "scored"
+        score_dataset(out["prepared"], out["scored"], scorer=str(model), progress=False, **score)
     return out
 
 
@@ -128,3 +156,20 @@ def clone_params(model) -> dict[str, torch.Tensor]:
 
 def copy_model(model):
     return copy.deepcopy(model)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+class CrashAtStep(TrainerCallback):
+    """Raises ``error`` at the start of optimizer step ``step`` (after the previous one was
+    saved): a crash, or with ``KeyboardInterrupt`` a kill."""
+
+    def __init__(self, step: int, error: type[BaseException] = SimulatedCrash) -> None:
+        self.step = step
+        self.error = error
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            raise self.error(f"simulated crash at step {self.step}")

@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
 
 from helpers.safety import fails, train_yaml, tree
+from helpers.train_support import CrashAtStep
 
 
 def test_train_output_dir_may_not_be_an_input(env, tmp_path, capsys):
@@ -27,15 +27,6 @@ def test_train_output_dir_may_not_be_an_input(env, tmp_path, capsys):
     assert (foreign / "paper.pdf").read_bytes() == b"%PDF"
 
 
-class CrashAtStep(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            raise KeyboardInterrupt(f"killed before step {self.step}")
-
-
 def test_resume_after_a_kill_during_a_checkpoint_save(env, tmp_path, caplog):
     from tokenweight.training.config import load_config
     from tokenweight.training.run import find_last_checkpoint, train
@@ -43,7 +34,7 @@ def test_resume_after_a_kill_during_a_checkpoint_save(env, tmp_path, caplog):
     config = load_config(train_yaml(env, tmp_path))
     out = Path(config.train.output_dir)
     with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[CrashAtStep(4)])
+        train(config, callbacks=[CrashAtStep(4, KeyboardInterrupt)])
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == [
         "checkpoint-1",
         "checkpoint-2",

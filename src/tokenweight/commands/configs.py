@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.config_files import PACKAGED_DIR, copy_config, packaged_configs
+    from tokenweight.config_files import PACKAGED_DIR, RENAMED, copy_config, packaged_configs
 
     if args.action == "copy":
         print(f"wrote {copy_config(args.name, args.dest)}")
@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     print("NAME".ljust(width) + "DESCRIPTION")
     for c in configs:
         print(c.name.ljust(width) + c.description)
+    if RENAMED:
+        print("\nold names (still accepted, with a warning; they will be removed):")
+        for old, new in RENAMED.items():
+            print(f"  {old} -> {new}")
     print(
         f"\n{len(configs)} files in {PACKAGED_DIR}\n"
         "train one: tokenweight train NAME [key=value ...]; "

@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from tokenweight.commands.options import (
+    add_corpus_options,
+    add_device,
+    add_load_dtype,
+    add_trust_remote_code,
+    comma_separated,
+)
+
 if TYPE_CHECKING:
     from tokenweight.evaluation.runner import EvalConfig
 
@@ -73,35 +81,15 @@ def _add_task_settings(group: Any, kind: str) -> None:
         )
 
 
-def _ints(text: str) -> list[int]:
-    from tokenweight.errors import TokenWeightError
-
-    values = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        scale = 1
-        if part[-1] in "kK":
-            part, scale = part[:-1], 1024
-        try:
-            values.append(int(float(part) * scale))
-        except ValueError:
-            raise TokenWeightError(f"expected comma-separated token counts, got {text!r}") from None
-    return values
+def _tokens(text: str) -> int:
+    """A token count: ``4096`` or ``4k`` (times 1024)."""
+    scale = 1024 if text[-1:] in ("k", "K") else 1
+    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def _fractions(text: str) -> list[float]:
-    from tokenweight.errors import TokenWeightError
-
-    values = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
-        except ValueError:
-            raise TokenWeightError(f"expected comma-separated fractions, got {text!r}") from None
-    return values
+def _fraction(text: str) -> float:
+    """A fraction: ``0.25`` or ``25%``."""
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
 # A long but flat table of options, kept in one piece so that it reads like --help. Each
@@ -120,13 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lengths",
-        type=_ints,
+        type=comma_separated(_tokens, "token counts"),
         default=[1024, 2048, 4096],
         help="probe prompt lengths in tokens, e.g. 1k,2k,4k (default 1024,2048,4096)",
     )
     parser.add_argument(
         "--depths",
-        type=_fractions,
+        type=comma_separated(_fraction, "fractions"),
         default=[0.1, 0.3, 0.5, 0.7, 0.9],
         help="needle depths as fractions or percentages (default 0.1,0.3,0.5,0.7,0.9)",
     )
@@ -155,29 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sequence for text data (default: the longest probe length)",
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
-    data.add_argument(
-        "--text-field", default="text", help="text field of JSONL/Parquet/hub records"
-    )
-    data.add_argument(
-        "--glob",
-        default=None,
-        metavar="PATTERN",
-        help="files to take from --data folders (default: every .txt .text .md .jsonl .json "
-        ".ndjson .parquet file)",
-    )
-    data.add_argument(
-        "--encoding-errors",
-        default="strict",
-        choices=["strict", "replace", "ignore"],
-        help="what to do with bytes that are not UTF-8 (default: strict, an error)",
-    )
-    data.add_argument(
-        "--hf-split",
-        default=None,
-        metavar="SPLIT",
-        help="read --data as Hugging Face datasets, this split, e.g. validation (needs "
-        "network; default: --data are local files)",
-    )
+    add_corpus_options(data, inputs="--data", split="validation")
     _add_task_settings(data, TEXT)
     data.add_argument(
         "--longppl-evaluator",
@@ -188,8 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the old name of --longppl-evaluator, accepted with a deprecation message
     data.add_argument("--longppl-scorer", default=None, help=argparse.SUPPRESS)
     load = parser.add_argument_group("model loading")
-    load.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: checkpoint)")
-    load.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+    add_load_dtype(load)
+    add_device(load)
     load.add_argument(
         "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
     )
@@ -211,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate lengths beyond a model's max_position_embeddings (with a warning) "
         "instead of refusing them",
     )
-    load.add_argument("--trust-remote-code", action="store_true", help="allow model code")
+    add_trust_remote_code(load)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tokenweight.commands.options import (
+    add_device,
+    add_load_dtype,
+    add_trust_remote_code,
+    add_window_options,
+)
+
 HELP = "show which tokens of a passage gain from long context and the weights they get"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder, hub name, GGUF folder, or 'smollm2'")
     parser.add_argument("text", help="a text file holding the passage")
-    parser.add_argument("--window", type=int, required=True, help="short-context window (tokens)")
-    parser.add_argument("--stride", type=int, default=None, help="window stride (default: planned)")
+    add_window_options(parser)
     parser.add_argument("--scheme", default="dense:0.75", help="weighting scheme (dense:0.75)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens of the passage used")
     parser.add_argument("--offset", type=int, default=0, help="characters of the file to skip")
@@ -21,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="another model for the short NLL (default: the same model)",
     )
-    parser.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the model's)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_load_dtype(parser)
+    add_device(parser)
     parser.add_argument("--out", default="inspect", help="output folder (default ./inspect)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_trust_remote_code(parser)
 
 
 def _read_passage(args: argparse.Namespace) -> str:

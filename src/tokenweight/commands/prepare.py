@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tokenweight.commands.options import add_corpus_options, add_trust_remote_code
+
 HELP = "tokenize a corpus into shuffled fixed-length sequences (datasets folder + manifest)"
 
 
@@ -25,24 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seq-len", type=int, required=True, metavar="N", help="tokens per sequence (BOS included)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--text-field",
-        default="text",
-        help="text field of JSONL/Parquet/hub records (default: text)",
-    )
-    parser.add_argument(
-        "--hf-split",
-        default=None,
-        metavar="SPLIT",
-        help="read INPUTs as Hugging Face datasets, this split, e.g. train (needs network; "
-        "default: INPUTs are local files)",
-    )
-    parser.add_argument(
-        "--glob",
-        default=None,
-        metavar="PATTERN",
-        help="files to take from folders (default: *.txt *.md *.jsonl *.json *.parquet)",
-    )
+    add_corpus_options(parser, inputs="INPUTs", split="train")
     parser.add_argument(
         "--stride",
         type=int,
@@ -64,16 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep only the first K sequences of the shuffle (a random sample; default: all)",
     )
     parser.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (default: 1)")
-    parser.add_argument(
-        "--encoding-errors",
-        default="strict",
-        choices=["strict", "replace", "ignore"],
-        help="what to do with bytes that are not UTF-8 (default: strict, an error)",
-    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow custom tokenizer code from the hub"
-    )
+    add_trust_remote_code(parser, "tokenizer")
 
 
 def run(args: argparse.Namespace) -> int:

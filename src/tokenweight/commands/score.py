@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tokenweight.commands.options import add_device, add_trust_remote_code, add_window_options
+
 HELP = "score a prepared dataset with a frozen model (short-context NLL, resumable shards)"
 
 
@@ -17,16 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="scorer model: local folder, GGUF file/folder, 'smollm2', or hub name",
     )
-    parser.add_argument(
-        "--window", type=int, required=True, metavar="W", help="short-context window (tokens)"
-    )
-    parser.add_argument(
-        "--stride",
-        type=int,
-        default=None,
-        metavar="S",
-        help="window step (default: the cheapest stride costing N/W extra windows)",
-    )
+    add_window_options(parser)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -49,14 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="windows per model call (default: N/W, the tokens of one long forward)",
     )
     parser.add_argument("--shard-size", type=int, default=256, help="rows per output shard")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...")
+    add_device(parser)
     parser.add_argument("--out", required=True, metavar="DIR2", help="output folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="discard an existing --out and start over"
     )
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
-    )
+    add_trust_remote_code(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from tokenweight.commands.options import comma_separated
+
 HELP = "generate a synthetic long-range dataset (spans recur at given distances; side record)"
 
 
-def _distances(text: str) -> list[int | list[int]]:
-    """``32,128,512`` or ranges ``8-120`` (each copy draws its distance), mixed freely."""
-    out: list[int | list[int]] = []
-    try:
-        for part in (x.strip() for x in text.split(",")):
-            if "-" in part:
-                lo, hi = part.split("-")
-                out.append([int(lo), int(hi)])
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated distances or lo-hi ranges, got {text!r}"
-        ) from None
-    return out
+def _distance(text: str) -> int | list[int]:
+    """A distance ``32`` or a range ``8-120`` (each copy draws its distance)."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return [int(lo), int(hi)]
+    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=64, help="sequences")
     parser.add_argument(
         "--distances",
-        type=_distances,
+        type=comma_separated(_distance, "distances or lo-hi ranges"),
         default=[32, 128, 512],
         help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or 8-120",
     )

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from tokenweight.commands.options import comma_separated
+
 HELP = "show the loss weights a scheme gives to long/short NLL values (explore schemes)"
-
-
-def _floats(text: str) -> list[float]:
-    from tokenweight.errors import TokenWeightError
-
-    try:
-        return [float(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise TokenWeightError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--long",
-        type=_floats,
+        type=comma_separated(float, "numbers"),
         default=None,
         help="long-context NLL, comma-separated (default: 8 example values)",
     )
     parser.add_argument(
         "--short",
-        type=_floats,
+        type=comma_separated(float, "numbers"),
         default=None,
         help="short-context NLL, comma-separated (default: 8 example values)",
     )

@@ -33,7 +33,14 @@ from tokenweight.weighting import (
 if TYPE_CHECKING:
     from tokenweight.scoring import Scorer
 
-__all__ = ["LossParts", "note_no_context", "tie_seeds", "timed_score", "token_weighted_loss"]
+__all__ = [
+    "LossParts",
+    "missing_scorer",
+    "note_no_context",
+    "tie_seeds",
+    "timed_score",
+    "token_weighted_loss",
+]
 
 
 @dataclass
@@ -66,6 +73,13 @@ class LossParts:
                 self.problem, self.where = f"the {name}-context NLL", where
                 return True
         return False
+
+
+def missing_scorer(scheme: Scheme, accepted: str | None = None) -> TokenWeightError:
+    """The refusal of a weighted ``scheme`` given no short-context scorer; ``accepted``
+    names the scorers the caller takes."""
+    hint = f"; pass scorer= ({accepted})" if accepted else ""
+    return TokenWeightError(f"scheme {scheme} needs a short-context scorer{hint}")
 
 
 def timed_score(
@@ -241,7 +255,7 @@ def weigh_nll(
     short_nll, seconds = None, 0.0
     if not scheme.is_uniform:
         if scorer is None:
-            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+            raise missing_scorer(scheme)
         if docs is None:
             short_nll, seconds = timed_score(scorer, model, batch, long_nll)
         else:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tokenweight.constants import IGNORE_INDEX
 from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, target_mask
-from tokenweight.training.loss import LossParts, raise_if_nonfinite, weigh_nll
+from tokenweight.training.loss import LossParts, missing_scorer, raise_if_nonfinite, weigh_nll
 from tokenweight.training.refusals import check_self_scorer
 from tokenweight.weighting import Scheme
 
@@ -59,10 +59,7 @@ class TokenWeightLossFunc:
     ) -> None:
         self.scheme = Scheme.coerce(scheme)
         if not self.scheme.is_uniform and scorer is None:
-            raise TokenWeightError(
-                f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
-                "(tokenweight.scoring.SelfScorer or ModelScorer)"
-            )
+            raise missing_scorer(self.scheme, "tokenweight.scoring.SelfScorer or ModelScorer")
         check_self_scorer(scorer, model, None, None)
         self.model = model
         self.scorer = scorer

@@ -51,7 +51,13 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents
 from tokenweight.scoring import split_scoring
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, note_no_context, tie_seeds, timed_score
+from tokenweight.training.loss import (
+    LossParts,
+    missing_scorer,
+    note_no_context,
+    tie_seeds,
+    timed_score,
+)
 from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
@@ -229,7 +235,7 @@ def sequence_parallel_loss(
     short_full, seconds, seeds = None, 0.0, None
     if not scheme.is_uniform:
         if scorer is None:
-            raise TokenWeightError(f"scheme {scheme} needs a short-context scorer")
+            raise missing_scorer(scheme)
         full_batch = _full_batch(inputs, attention, width, group, size)
         with split_scoring(group):  # each process of the group runs its share of windows
             short_full, seconds = timed_score(scorer, model, full_batch, long_full)

@@ -47,7 +47,7 @@ from tokenweight.errors import TokenWeightError
 from tokenweight.packed_batches import find_documents, target_mask
 from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
 from tokenweight.training.collator import TokenWeightCollator
-from tokenweight.training.loss import LossParts, token_weighted_loss
+from tokenweight.training.loss import LossParts, missing_scorer, token_weighted_loss
 from tokenweight.training.refusals import check_self_scorer, refuse_replaced_losses
 from tokenweight.weighting import Scheme
 
@@ -118,10 +118,8 @@ class TokenWeightTrainer(Trainer):
     ) -> None:
         self.scheme = Scheme.coerce(scheme)
         if not self.scheme.is_uniform and scorer is None:
-            raise TokenWeightError(
-                f"scheme {self.scheme} needs a short-context scorer; pass scorer= "
-                "(tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer)"
-            )
+            scorers = "tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer"
+            raise missing_scorer(self.scheme, scorers)
         given_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         refuse_replaced_losses(given_args, kwargs.get("compute_loss_func"))
         if kwargs.get("data_collator") is None and _plain_trainer_parent(type(self)):

@@ -151,15 +151,15 @@ def run_longppl(inputs: TextTaskInputs) -> dict[str, Any]:
     """LongPPL: ``exp`` of the model's mean long NLL over the key tokens, judged by the
     evaluator (or by the model itself); its seconds go to ``timing["longppl_s"]``."""
     start = time.perf_counter()
-    cfg, judged = inputs.cfg, inputs.key_tokens
-    if judged is None:
+    cfg, from_evaluator = inputs.cfg, inputs.key_tokens
+    if from_evaluator is None:
         desc = f"{inputs.label}: short-context NLL"
         key, window = key_token_mask_of(
             inputs.model, inputs.seqs, inputs.long, cfg, desc, inputs.progress
         )
         info: dict[str, Any] = {**window, "key_tokens_from": "self"}
     else:
-        key, info = judged.mask, judged.info
+        key, info = from_evaluator.mask, from_evaluator.info
     result = {
         **longppl(inputs.long, key, inputs.seqs.target_mask).as_dict(),
         **info,

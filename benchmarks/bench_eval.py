@@ -28,7 +28,7 @@ import torch
 
 from tokenweight.evaluation.generate import greedy_generate
 from tokenweight.evaluation.probes import make_probes
-from tokenweight.models import load_model, load_tokenizer
+from tokenweight.infra.models import load_model, load_tokenizer
 
 
 def _prefill(model, prompts) -> None:

@@ -44,10 +44,10 @@ def main() -> None:
 
     import torch
 
+    from tokenweight.core.scoring import plan_stride
     from tokenweight.data import prepare_dataset, score_dataset
     from tokenweight.data.corpus import find_input_files
-    from tokenweight.models import ensure_local_model, load_model, load_tokenizer
-    from tokenweight.scoring import plan_stride
+    from tokenweight.infra.models import ensure_local_model, load_model, load_tokenizer
 
     model_dir = ensure_local_model(args.tokenizer)  # GGUF -> cached safetensors folder, once
     tokenizer = load_tokenizer(model_dir)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from common import DTYPES, REAL_SHAPES, LlamaShape, build_llama, timed
-from tokenweight.losses import model_token_nll
-from tokenweight.scoring import plan_stride, plan_windows, short_context_nll
+from tokenweight.core.losses import model_token_nll
+from tokenweight.core.scoring import plan_stride, plan_windows, short_context_nll
 
 SHAPES = {"tiny": LlamaShape(256, 4, 8, 4, 768, 49152), **REAL_SHAPES}
 

@@ -1,7 +1,7 @@
 """Per-process cost of short-context scoring, alone vs split over a sequence-parallel group.
 
 Under sequence parallelism every process of an SP group holds the same gathered sequence;
-``tokenweight.scoring.split_scoring(group)`` has each process run only its share of the
+``tokenweight.core.scoring.split_scoring(group)`` has each process run only its share of the
 windows, then gathers the short NLL. This script starts ``--processes`` gloo processes
 (CPU) that each score the same batch with the self scorer, interleaved:
 
@@ -35,8 +35,8 @@ TINY = LlamaShape(128, 2, 4, 2, 384, 4096)
 def _worker(rank: int, args: argparse.Namespace, port: int, results: dict) -> None:
     import torch.distributed as dist
 
-    from tokenweight.losses import model_token_nll
-    from tokenweight.scoring import SelfScorer, split_scoring
+    from tokenweight.core.losses import model_token_nll
+    from tokenweight.core.scoring import SelfScorer, split_scoring
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

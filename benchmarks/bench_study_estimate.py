@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--keep", help="copy the study's report files here afterwards")
     args = parser.parse_args()
 
-    from tokenweight.study import load_study_config, run_study
-    from tokenweight.study_cost import dry_run
+    from tokenweight.workflows.study import load_study_config, run_study
+    from tokenweight.workflows.study_cost import dry_run
 
     overrides = list(args.overrides) if args.config else SMALL + list(args.overrides)
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:

@@ -3,7 +3,7 @@
 Paths, each timed and measured in its own fresh process so memory peaks are clean:
 
 * ``full``   -- ``F.cross_entropy(F.linear(h, W).float(), y, reduction="none")`` (baseline)
-* ``ours``   -- ``tokenweight.losses.token_nll`` (chunked custom autograd, ``backend="chunked"``)
+* ``ours``   -- ``tokenweight.core.losses.token_nll`` (chunked custom autograd, ``backend="chunked"``)
 * ``sketch`` -- the plain efficient alternative: ``lm_head`` + cross-entropy on 4096-token
   chunks, each under ``torch.utils.checkpoint``
 * ``cce``    -- ``token_nll(backend="cce")``, only with ``--device cuda`` when
@@ -53,7 +53,7 @@ def _make_path(name: str, chunk_size: int | None):
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from tokenweight.losses import token_nll
+    from tokenweight.core.losses import token_nll
 
     def full(h, w, y):
         return F.cross_entropy(F.linear(h, w).float(), y, reduction="none")

@@ -52,7 +52,7 @@ from common import (
     reset_cpu_peak,
     sync,
 )
-from tokenweight.scoring import PrecomputedScorer, SelfScorer, plan_stride
+from tokenweight.core.scoring import PrecomputedScorer, SelfScorer, plan_stride
 from tokenweight.training.loss import token_weighted_loss
 
 SHAPES = {"tiny": LlamaShape(128, 4, 4, 2, 512, 8192, tied=False), **REAL_SHAPES}

@@ -15,7 +15,7 @@ import math
 import torch
 
 from common import median_time
-from tokenweight.weighting import PRESET_EXAMPLES, Scheme, compute_scores, compute_weights
+from tokenweight.core.weighting import PRESET_EXAMPLES, Scheme, compute_scores, compute_weights
 
 
 def per_row_loop(long: torch.Tensor, short: torch.Tensor, scheme: Scheme) -> torch.Tensor:

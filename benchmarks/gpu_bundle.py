@@ -260,7 +260,7 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _smollm2_gguf() -> Path:
-    from tokenweight.models import resolve_model_source
+    from tokenweight.infra.models import resolve_model_source
 
     return Path(str(resolve_model_source("smollm2")))
 

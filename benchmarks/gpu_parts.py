@@ -30,7 +30,7 @@ from gpu_checks import (
     Setting,
     result_path,
 )
-from tokenweight.constants import IGNORE_INDEX
+from tokenweight.infra.constants import IGNORE_INDEX
 
 Result = dict[str, Any]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -154,7 +154,7 @@ def _compare(name, got, grads, ref, tol) -> dict[str, Any]:
 
 def nll(setting: Setting, dtype_name: str) -> Result:
     """``token_nll`` (the chunked path, and ``auto``) against full-logit cross-entropy."""
-    from tokenweight.losses import cce_backend, token_nll
+    from tokenweight.core.losses import cce_backend, token_nll
 
     device, dtype = torch.device(setting.device), DTYPES[dtype_name]
     hidden, weight, labels, upstream = _head_case(setting, dtype, device)
@@ -177,7 +177,7 @@ def cce(setting: Setting) -> Result:
     full-logit cross-entropy in fp32, values only: its backward needs bf16 or fp16
     embeddings (cut-cross-entropy 25.1). On the CPU its Triton kernels run under
     ``TRITON_INTERPRET=1``."""
-    from tokenweight.losses import cce_backend
+    from tokenweight.core.losses import cce_backend
 
     if not cce_backend.available():
         raise SystemExit("error: cut-cross-entropy is not installed (the bundle carries it)")
@@ -198,7 +198,7 @@ def cce(setting: Setting) -> Result:
 def cce_bf16(setting: Setting) -> Result:
     """cut-cross-entropy in bf16: values and gradients against full-logit cross-entropy,
     and whether ``token_nll(backend="auto")`` passes its one-time check and picks it."""
-    from tokenweight.losses import cce_backend, token_nll
+    from tokenweight.core.losses import cce_backend, token_nll
 
     if not cce_backend.available():
         raise SystemExit("error: cut-cross-entropy is not installed (the bundle carries it)")
@@ -235,7 +235,7 @@ def _parity_model(device: torch.device):
 def _one_step(path: str, device: torch.device, batch: dict, window: int) -> dict[str, Any]:
     """Loss, gradients and parameter update of one AdamW step of ``path`` on ``device``."""
     from bench_train_step import PATHS
-    from tokenweight.scoring import PrecomputedScorer, SelfScorer, plan_stride
+    from tokenweight.core.scoring import PrecomputedScorer, SelfScorer, plan_stride
     from tokenweight.training.loss import token_weighted_loss
 
     model = _parity_model(device)
@@ -335,7 +335,7 @@ def loss_head(setting: Setting) -> Result:
 
 def _perf_setup(setting: Setting):
     from bench_train_step import build_model
-    from tokenweight.scoring import plan_stride
+    from tokenweight.core.scoring import plan_stride
 
     p = setting.perf
     device = torch.device(setting.device)
@@ -368,8 +368,8 @@ def perf_time(setting: Setting) -> Result:
     from bench_scoring import window_loop
     from bench_train_step import make_step
     from common import median_time
-    from tokenweight.losses import model_token_nll
-    from tokenweight.scoring import short_context_nll
+    from tokenweight.core.losses import model_token_nll
+    from tokenweight.core.scoring import short_context_nll
 
     p = setting.perf
     args, model, batch, device, stride = _perf_setup(setting)
@@ -477,7 +477,7 @@ def model(state: Path, bundle: Path) -> Result:
     """Join the parked first half with the carried second half, check the sha256 of the
     whole, and convert the GGUF once (the study reuses the conversion)."""
     from gpu_bundle import join
-    from tokenweight.models import ensure_local_model
+    from tokenweight.infra.models import ensure_local_model
 
     t0 = time.perf_counter()
     path, digest = join(bundle, state / "model")
@@ -507,7 +507,7 @@ def study(setting: Setting, state: Path, bundle: Path) -> Result:
     ``study.json``."""
     import yaml
 
-    from tokenweight.corpora import fetch_shakespeare
+    from tokenweight.data.corpora import fetch_shakespeare
 
     st = setting.study
     joined = json.loads(result_path(state, "model").read_text(encoding="utf-8"))["info"]

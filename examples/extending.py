@@ -8,9 +8,9 @@ Run: ``python examples/extending.py``.
 import torch
 
 from tokenweight import Scheme, compute_weights
-from tokenweight.scorer_kinds import ScorerInputs, ScorerKind, register_scorer_kind
+from tokenweight.core.scorer_kinds import ScorerInputs, ScorerKind, register_scorer_kind
+from tokenweight.core.weighting import Preset, register_preset
 from tokenweight.training.config import Config
-from tokenweight.weighting import Preset, register_preset
 
 # A preset "capped:GAMMA": min(|l - s|, gamma), L1-normalized.
 register_preset(

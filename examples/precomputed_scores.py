@@ -12,8 +12,8 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
+from tokenweight.core.scoring import PrecomputedScorer
 from tokenweight.data import load_scored_dataset, prepare_dataset, score_dataset
-from tokenweight.scoring import PrecomputedScorer
 from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
 
 work = Path("runs/examples/precomputed")

@@ -8,8 +8,8 @@ import torch
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
 from tokenweight import Scheme, compute_weights, weighted_nll_loss
-from tokenweight.losses import model_token_nll
-from tokenweight.scoring import short_context_nll
+from tokenweight.core.losses import model_token_nll
+from tokenweight.core.scoring import short_context_nll
 
 tokenizer = tiny_tokenizer()
 model = tiny_model(tokenizer)

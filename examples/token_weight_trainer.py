@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
-from tokenweight.scoring import SelfScorer
+from tokenweight.core.scoring import SelfScorer
 from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
 
 tokenizer = tiny_tokenizer()

@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
 from tokenweight import make_compute_loss_func
-from tokenweight.scoring import SelfScorer
+from tokenweight.core.scoring import SelfScorer
 from tokenweight.training import TokenWeightCollator
 
 tokenizer = tiny_tokenizer()

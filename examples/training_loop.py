@@ -9,7 +9,7 @@ Run: ``python examples/training_loop.py``.
 import torch
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
-from tokenweight.scoring import SelfScorer
+from tokenweight.core.scoring import SelfScorer
 from tokenweight.training import TokenWeightCollator, count_valid_targets, token_weighted_loss
 
 tokenizer = tiny_tokenizer()

@@ -10,7 +10,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from tiny import tiny_model, tiny_texts, tiny_tokenizer  # stand-ins: use from_pretrained
-from tokenweight.scoring import SelfScorer
+from tokenweight.core.scoring import SelfScorer
 from tokenweight.training import TokenWeightTrainer
 
 

@@ -17,7 +17,7 @@ import torch
 
 from helpers.fixtures import build_tiny_causal_lm
 from helpers.train_support import VOCAB
-from tokenweight import scoring
+from tokenweight.core import scoring
 from tokenweight.training.loss import LossParts, token_weighted_loss
 
 WINDOW, BOS = 8, 1

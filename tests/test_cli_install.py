@@ -17,7 +17,7 @@ import yaml
 
 from tokenweight import TokenWeightError
 from tokenweight.cli import COMMANDS, HelpFormatter, build_parser, main
-from tokenweight.config_files import (
+from tokenweight.infra.config_files import (
     PACKAGED_DIR,
     RENAMED,
     copy_config,
@@ -63,11 +63,11 @@ print("HEAVY", heavy)
 
 def test_lazy_names_and_submodules_resolve():
     import tokenweight
-    import tokenweight.weighting
+    import tokenweight.core.weighting
 
-    assert tokenweight.Scheme is tokenweight.weighting.Scheme
-    assert tokenweight.compute_weights is tokenweight.weighting.compute_weights
-    assert tokenweight.files.atomic_write_text  # a submodule on first attribute use
+    assert tokenweight.Scheme is tokenweight.core.weighting.Scheme
+    assert tokenweight.compute_weights is tokenweight.core.weighting.compute_weights
+    assert tokenweight.infra.files.atomic_write_text  # a submodule on first attribute use
     with pytest.raises(AttributeError):
         tokenweight.no_such_name  # noqa: B018
 

@@ -70,8 +70,8 @@ def test_eval_help_example_names_the_folders_the_demo_writes(capsys):
     """The model folders in ``eval --help`` are ones ``make demo`` writes: its work_dir,
     ``runs/``, and the folder name of each default scheme."""
     from tokenweight.cli import main
-    from tokenweight.pipeline import PipelineConfig
-    from tokenweight.steps import run_dir_name
+    from tokenweight.workflows.pipeline import PipelineConfig
+    from tokenweight.workflows.steps import run_dir_name
 
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

@@ -154,10 +154,10 @@ def test_key_token_thresholds_are_defined_once_for_eval_select_and_study():
 
     import numpy as np
 
-    from tokenweight import selection
     from tokenweight.commands.evaluate import add_arguments
     from tokenweight.evaluation import EvalConfig
     from tokenweight.evaluation.metrics import LONGPPL_ALPHA, LONGPPL_BETA, is_key_token
+    from tokenweight.workflows import selection
 
     assert (LONGPPL_ALPHA, LONGPPL_BETA) == (2.0, 2.0)
     config = EvalConfig()

@@ -222,8 +222,8 @@ def test_eval_targets_are_the_training_targets_with_a_real_token_before_them():
     """One target mask: evaluation counts the targets training counts
     (``packed_batches.target_mask`` of the same tokens and attention mask), less those
     whose previous token is padding (only left padding has them)."""
+    from tokenweight.core.packed_batches import target_mask
     from tokenweight.evaluation.sequences import EvalSequences
-    from tokenweight.packed_batches import target_mask
 
     ids = torch.arange(12).view(2, 6)
     right = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])

@@ -147,7 +147,7 @@ def test_training_loop(run_example):
 
 
 def test_extending(run_example):
-    from tokenweight import scorer_kinds, weighting
+    from tokenweight.core import scorer_kinds, weighting
 
     try:
         out, _ = run_example("extending.py")

@@ -346,7 +346,7 @@ def test_the_docs_page_has_the_block_and_says_no_gpu_figure_yet():
 
 
 def test_study_labels_are_the_labels_tokenweight_study_gives_its_runs():
-    from tokenweight.study import RunSpec
+    from tokenweight.workflows.study import RunSpec
 
     labels = tuple(RunSpec(**run).label() for run in gpu_checks.STUDY_RUNS)
     assert labels == gpu_checks.STUDY_LABELS

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from helpers.fixtures import BOS_ID, build_tiny_causal_lm, make_tokenizer, save_tiny_model
 from tokenweight.cli import main
-from tokenweight.inspection import inspect_passage, render_html, write_inspection
-from tokenweight.weighting import Scheme, compute_weights
+from tokenweight.core.weighting import Scheme, compute_weights
+from tokenweight.workflows.inspection import inspect_passage, render_html, write_inspection
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -97,7 +97,7 @@ def _view_colours(page: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def test_heat_map_scale_is_fixed_and_shown_in_nats():
-    from tokenweight.inspection import Inspection
+    from tokenweight.workflows.inspection import Inspection
 
     def page(tokens, long, short, weight):
         result = Inspection(tokens, list(range(len(tokens))), long, short, weight, "x", 4, 4)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.losses import DEFAULT_CHUNK_BYTES, cce_backend, default_chunk_size, token_nll
+from tokenweight.core.losses import DEFAULT_CHUNK_BYTES, cce_backend, default_chunk_size, token_nll
+from tokenweight.infra.errors import TokenWeightError
 
 
 def make_case(
@@ -229,7 +229,7 @@ def test_default_chunk_size_fits_budget(vocab, dtype, device, budget):
 
 
 def test_cce_check_accepts_agreeing_and_rejects_others(monkeypatch):
-    from tokenweight.losses.chunked import _ChunkedTokenNLL
+    from tokenweight.core.losses.chunked import _ChunkedTokenNLL
 
     def agreeing(hidden, weight, labels, bias, ignore_index, softcap):
         return _ChunkedTokenNLL.apply(hidden, weight, bias, labels, ignore_index, 33, softcap, 1.0)

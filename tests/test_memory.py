@@ -7,8 +7,8 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokenweight.cli import main
-from tokenweight.errors import TokenWeightError
-from tokenweight.memory import GIB, MODEL_SHAPES, estimate_memory, shape_from_config
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.training.memory import GIB, MODEL_SHAPES, estimate_memory, shape_from_config
 
 
 def test_parameter_counts_match_the_published_and_a_built_model():

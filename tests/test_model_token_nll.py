@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.losses import FAMILIES, head_transform, model_token_nll, select_head
+from tokenweight.core.losses import FAMILIES, head_transform, model_token_nll, select_head
+from tokenweight.infra.errors import TokenWeightError
 
 # make every family's output transform non-trivial at tiny-model logit sizes
 TRANSFORMS = {

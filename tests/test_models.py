@@ -22,8 +22,8 @@ from transformers import (
 )
 
 from helpers.fixtures import save_tiny_model, save_tokenizer
-from tokenweight.errors import TokenWeightError
-from tokenweight.models import (
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.models import (
     GGUF_ALIASES,
     ModelSource,
     compare_tokenizer_identity,

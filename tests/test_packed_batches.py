@@ -13,13 +13,14 @@ import torch
 from helpers.fixtures import build_tiny_causal_lm
 from helpers.packed import packed_batch, split_targets
 from helpers.train_support import VOCAB, copy_model, full_logits_nll, reference_short_nll
-from tokenweight import TokenWeightError, scoring
-from tokenweight.packed_batches import find_documents, right_padded_lengths
-from tokenweight.scoring import SelfScorer
+from tokenweight import TokenWeightError
+from tokenweight.core import scoring
+from tokenweight.core.packed_batches import find_documents, right_padded_lengths
+from tokenweight.core.scoring import SelfScorer
+from tokenweight.core.weighting import compute_weights
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.training.trainer import count_valid_targets
-from tokenweight.weighting import compute_weights
 
 WINDOW, STRIDE, BOS = 8, 4, 1
 LENGTHS = (28, 16, 40, 8)  # (n - WINDOW) % STRIDE == 0 for the window loop
@@ -255,7 +256,7 @@ def test_packed_batches_depends_on_nothing_above_it():
     import ast
     import inspect
 
-    import tokenweight.packed_batches as module
+    import tokenweight.core.packed_batches as module
 
     imported = {
         node.module if isinstance(node, ast.ImportFrom) else alias.name
@@ -264,6 +265,6 @@ def test_packed_batches_depends_on_nothing_above_it():
         for alias in node.names
     }
     assert {m for m in imported if m and m.startswith("tokenweight")} == {
-        "tokenweight.constants",
-        "tokenweight.errors",
+        "tokenweight.infra.constants",
+        "tokenweight.infra.errors",
     }

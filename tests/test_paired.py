@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.paired import paired_difference
+from tokenweight.evaluation.paired import paired_difference
+from tokenweight.infra.errors import TokenWeightError
 
 
 def test_a_constant_per_token_shift_is_exact_with_a_zero_width_interval():

@@ -18,8 +18,8 @@ from helpers.corpus import CORPUS_DIR, JSONL_FILE, corpus_files
 from helpers.fixtures import PAD_ID, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data.prepare import prepare_dataset
-from tokenweight.errors import TokenWeightError
-from tokenweight.models import load_tokenizer, tokenizer_identity
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.models import load_tokenizer, tokenizer_identity
 
 N = 32
 

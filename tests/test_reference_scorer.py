@@ -13,8 +13,8 @@ from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, save_tiny_mod
 from helpers.packed import packed_batch, split_targets
 from helpers.train_config import tiny_train_config
 from helpers.train_support import VOCAB, full_logits_nll, model_and_data
-from tokenweight.errors import TokenWeightError
-from tokenweight.reference_scorer import ReferenceScorer
+from tokenweight.core.reference_scorer import ReferenceScorer
+from tokenweight.infra.errors import TokenWeightError
 from tokenweight.training.config import load_config
 from tokenweight.training.loss import token_weighted_loss
 from tokenweight.training.run import train

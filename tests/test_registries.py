@@ -12,7 +12,7 @@ import torch
 
 from tokenweight import TokenWeightError
 from tokenweight.cli import main
-from tokenweight.weighting import (
+from tokenweight.core.weighting import (
     PRESETS,
     TRANSFORM_KINDS,
     Preset,
@@ -114,15 +114,15 @@ def test_preset_and_transform_names_only_in_weighting():
     # Config defaults that name the baseline scheme (a value a user could write too), and
     # selection's unrelated "max" (a summary statistic of its report).
     allowed = {
-        ("pipeline.py", "uniform"),
-        ("study.py", "uniform"),
-        ("selection.py", "max"),
-        ("selection.py", " max "),
+        ("workflows/pipeline.py", "uniform"),
+        ("workflows/study.py", "uniform"),
+        ("workflows/selection.py", "max"),
+        ("workflows/selection.py", " max "),
     }
     hits = [
         (f, line, text)
         for f, line, text in string_literals(names)
-        if f != "weighting.py" and (f, text) not in allowed
+        if f != "core/weighting.py" and (f, text) not in allowed
     ]
     assert hits == []
 
@@ -135,7 +135,7 @@ def _half_scorer(inputs):
 
 @pytest.fixture
 def half_kind():
-    from tokenweight import scorer_kinds
+    from tokenweight.core import scorer_kinds
 
     yield scorer_kinds.register_scorer_kind(
         scorer_kinds.ScorerKind(
@@ -159,7 +159,7 @@ def _train_config(**scorer):
 def test_dummy_scorer_kind_in_config_validation_and_train(half_kind):
     config = _train_config(kind="half")
     assert config.used_scorer is half_kind and config.scorer_kind == "half"
-    from tokenweight.scorer_kinds import ScorerInputs
+    from tokenweight.core.scorer_kinds import ScorerInputs
 
     scorer = config.used_scorer.build(ScorerInputs())
     long = torch.tensor([[2.0, 4.0]])
@@ -172,10 +172,10 @@ def test_dummy_scorer_kind_in_config_validation_and_train(half_kind):
 
 
 def test_dummy_scorer_kind_in_help_errors_study_and_report(half_kind, capsys):
-    from tokenweight.pipeline import PipelineConfig
-    from tokenweight.pipeline_report import _summary_section
-    from tokenweight.scoring import build_scorer
-    from tokenweight.study import StudyConfig
+    from tokenweight.core.scoring import build_scorer
+    from tokenweight.workflows.pipeline import PipelineConfig
+    from tokenweight.workflows.pipeline_report import _summary_section
+    from tokenweight.workflows.study import StudyConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -191,12 +191,12 @@ def test_dummy_scorer_kind_in_help_errors_study_and_report(half_kind, capsys):
 
 
 def test_scorer_kinds_table_and_old_name():
-    from tokenweight.scorer_kinds import SCORERS, scorer_kind
+    from tokenweight.core.scorer_kinds import SCORERS, scorer_kind
 
     assert list(SCORERS) == ["self", "model", "reference", "precomputed", "none"]
     with pytest.warns(FutureWarning, match="'frozen' is now called 'precomputed'"):
         assert scorer_kind("frozen").name == "precomputed"
-    from tokenweight.study import StudyConfig
+    from tokenweight.workflows.study import StudyConfig
 
     with pytest.warns(FutureWarning, match=r"runs\[1\]\.scorer: 'frozen'"):
         study = StudyConfig(runs=[{"scheme": "uniform"}, {"scheme": "dense:1", "scorer": "frozen"}])
@@ -221,7 +221,7 @@ def compared_literals(names: set[str]) -> list[tuple[str, int, str]]:
 
 
 def test_scorer_kind_names_only_in_their_table():
-    from tokenweight.scorer_kinds import SCORERS
+    from tokenweight.core.scorer_kinds import SCORERS
 
     names = set(SCORERS) | {a for k in SCORERS.values() for a in k.aliases}
     # "self", "model" and "none" are ordinary words of other settings too (the "model"
@@ -231,13 +231,13 @@ def test_scorer_kind_names_only_in_their_table():
     allowed = {
         ("training/run.py", "reference"),  # ModelScorer's keyword: the model being trained
         ("evaluation/report.py", "self"),  # the LongPPL evaluator "self", not a scorer
-        ("weighting.py", "none"),  # "none": no normalization / no transforms
+        ("core/weighting.py", "none"),  # "none": no normalization / no transforms
     }
     found = string_literals(names - words) + compared_literals(names)
     hits = [
         (f, line, text)
         for f, line, text in found
-        if f != "scorer_kinds.py" and (f, text.strip().lower()) not in allowed
+        if f != "core/scorer_kinds.py" and (f, text.strip().lower()) not in allowed
     ]
     assert hits == []
 
@@ -414,9 +414,9 @@ def test_dummy_tasks_in_pipeline_and_study_reports(dummy_tasks, tmp_path):
 
     import numpy as np
 
-    from tokenweight.pipeline import PipelineConfig
-    from tokenweight.pipeline_report import _eval_section
-    from tokenweight.study import StudyConfig, _probe_differences
+    from tokenweight.workflows.pipeline import PipelineConfig
+    from tokenweight.workflows.pipeline_report import _eval_section
+    from tokenweight.workflows.study import StudyConfig, _probe_differences
 
     StudyConfig(probes=["echo"]).validate()
     with pytest.raises(TokenWeightError, match=r"probes: unknown \['strided'\]; .*, echo"):
@@ -495,7 +495,7 @@ def test_eval_task_names_only_in_their_table():
         ("evaluation/metrics.py", "longppl"),
         ("evaluation/metrics.py", "longppl "),
         ("evaluation/report.py", "longppl"),
-        ("study.py", "longppl"),
+        ("workflows/study.py", "longppl"),
     }
     hits = [
         (f, line, t)

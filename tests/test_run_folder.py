@@ -22,8 +22,8 @@ from transformers import TrainerCallback
 from helpers.train_config import tiny_train_config
 from helpers.train_support import model_and_data, prepare
 from tokenweight.cli import main
-from tokenweight.errors import TokenWeightError
-from tokenweight.folder_lock import acquire, lock_file, output_lock
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.folder_lock import acquire, lock_file, output_lock
 from tokenweight.training.config import load_config
 from tokenweight.training.run import train
 from tokenweight.training.run_record import (
@@ -116,7 +116,7 @@ def _holder(out: Path) -> subprocess.Popen:
     """Another process holding the lock of ``out`` until killed."""
     code = (
         "import sys, time\n"
-        "from tokenweight.folder_lock import acquire\n"
+        "from tokenweight.infra.folder_lock import acquire\n"
         "lock = acquire(sys.argv[1])\n"
         "print('held', flush=True)\n"
         "time.sleep(600)\n"
@@ -202,7 +202,7 @@ def test_two_trainings_started_together_into_one_folder(assets, tmp_path, capsys
 
 
 def test_output_folder_rule_ignores_lock_files(tmp_path):
-    from tokenweight.files import check_output_dir
+    from tokenweight.infra.files import check_output_dir
 
     work = tmp_path / "work"
     work.mkdir()
@@ -340,7 +340,7 @@ def test_the_markdown_escaper_keeps_user_text_literal(text):
 
     import markdown
 
-    from tokenweight.evaluation.report import md_escape
+    from tokenweight.infra.markdown import md_escape
 
     escaped = md_escape(text)
     cell = markdown.markdown(f"| a | b |\n|---|---|\n| x | {escaped} |", extensions=["tables"])
@@ -353,8 +353,8 @@ def test_the_markdown_escaper_keeps_user_text_literal(text):
 
 
 def test_study_report_escapes_run_names_in_prose_and_tables(tmp_path, monkeypatch):
-    from tokenweight import study
-    from tokenweight.study import write_study_report
+    from tokenweight.workflows import study
+    from tokenweight.workflows.study import write_study_report
 
     # only the parts that show run names: no start-model section, no figure
     monkeypatch.setattr(study, "_context_section", lambda c: [])

@@ -1,4 +1,4 @@
-"""The config-schema helpers (tokenweight.schema) on a small dataclass of their own."""
+"""The config-schema helpers (tokenweight.infra.schema) on a small dataclass of their own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tokenweight import TokenWeightError
-from tokenweight.schema import (
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.schema import (
     apply_overrides,
     at_least_two,
     build_dataclass,
@@ -16,7 +17,6 @@ from tokenweight.schema import (
     positive,
     probability,
 )
-from tokenweight.weighting import Scheme
 
 
 @dataclass

@@ -23,10 +23,10 @@ from transformers import LlamaForCausalLM
 from helpers.corpus import CORPUS_DIR
 from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
+from tokenweight.core.scoring import plan_stride, short_context_nll
 from tokenweight.data import load_scored_dataset, prepare_dataset, score_dataset
 from tokenweight.data.store import verify_row, verify_rows
-from tokenweight.errors import TokenWeightError
-from tokenweight.scoring import plan_stride, short_context_nll
+from tokenweight.infra.errors import TokenWeightError
 
 N, W = 32, 8
 
@@ -143,12 +143,12 @@ def test_half_storage_and_padded_rows(env, tmp_path):
 def test_scorer_with_another_tokenizer_is_refused_before_compute(
     env, tmp_path, capsys, monkeypatch
 ):
-    import tokenweight.models
+    import tokenweight.infra.models
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr(tokenweight.models, "load_model", no_load)
+    monkeypatch.setattr(tokenweight.infra.models, "load_model", no_load)
     argv = ["score", str(env["prep"]), "--scorer", str(env["other"]), "--window", str(W)]
     rc = main([*argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

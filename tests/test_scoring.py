@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from helpers.fixtures import build_tiny_causal_lm
 from tokenweight import TokenWeightError
-from tokenweight.scoring import (
+from tokenweight.core.scoring import (
     ModelScorer,
     PrecomputedScorer,
     Scorer,

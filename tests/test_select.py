@@ -15,8 +15,8 @@ from helpers.corpus import CORPUS_DIR
 from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import load_scored_dataset, prepare_dataset
-from tokenweight.errors import TokenWeightError
-from tokenweight.selection import aggregate, choose, target_stats
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.workflows.selection import aggregate, choose, target_stats
 
 N, W = 32, 8
 
@@ -177,7 +177,7 @@ def test_select_warns_when_every_unit_scores_zero(scored, tmp_path, capsys, capl
     import dataclasses
     import logging
 
-    from tokenweight import selection
+    from tokenweight.workflows import selection
 
     real = selection._read_scores
 
@@ -189,7 +189,7 @@ def test_select_warns_when_every_unit_scores_zero(scored, tmp_path, capsys, capl
     out = tmp_path / "sel"
     argv = ["select", scored["long"], "--prepared", scored["prep"], "--top", 0.5]
     argv += ["--by", "mean_gain"]  # (the tiny model has no key tokens at all: key_share 0)
-    with caplog.at_level(logging.WARNING, logger="tokenweight.selection"):
+    with caplog.at_level(logging.WARNING, logger="tokenweight.workflows.selection"):
         assert main([*map(str, argv), "--out", str(out)]) == 0
     assert "has mean_gain 0" in caplog.text and "arbitrary" in caplog.text
     assert (out / "manifest.json").is_file()

@@ -14,8 +14,8 @@ import pytest
 
 from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.cli import main
-from tokenweight.errors import TokenWeightError
-from tokenweight.study import load_study_config
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.workflows.study import load_study_config
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_study_end_to_end_with_independent_paired_differences(
         assert (work / name).stat().st_size > 0
     assert "copied at distance 40" in results["metrics"]
     # the cost estimate counts the report's comparisons as the report makes them
-    from tokenweight.study_cost import _metric_count
+    from tokenweight.workflows.study_cost import _metric_count
 
     nll_metrics = [m for m in results["metrics"] if not m.startswith("probe")]
     assert _metric_count(load_study_config(None, argv[1:]), 64) == len(nll_metrics)
@@ -193,7 +193,7 @@ def test_shipped_study_configs_validate(name):
 def test_study_report_sections_from_hand_made_results(tmp_path):
     """The report of a hand-made result: the context table with the extended-RoPE column,
     every difference as a row, and the per-run sentence counting better/worse metrics."""
-    from tokenweight.study import write_study_report
+    from tokenweight.workflows.study import write_study_report
 
     def diff(metric, run, d, verdict):
         return {
@@ -252,7 +252,7 @@ def test_study_report_sections_from_hand_made_results(tmp_path):
 
 
 def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
-    from tokenweight.study import _probe_differences
+    from tokenweight.workflows.study import _probe_differences
 
     config = load_study_config(
         None, ["runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self}]", "seeds=[0, 1]"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from helpers.fixtures import save_tiny_model, save_tokenizer
-from tokenweight.paired import holm, normal_p_value, paired_difference
-from tokenweight.study import (
+from tokenweight.evaluation.paired import holm, normal_p_value, paired_difference
+from tokenweight.workflows.study import (
     _context_check,
     _evaluate,
     _metric_masks,
@@ -22,7 +22,7 @@ from tokenweight.study import (
     study_results,
     write_study_report,
 )
-from tokenweight.study_verdict import (
+from tokenweight.workflows.study_verdict import (
     LONG_RANGE,
     OTHER,
     apply_holm,
@@ -209,7 +209,7 @@ def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
     itself alone: its whole-context and short-window NLL are the same, its gain is 0."""
     from transformers import AutoModelForCausalLM
 
-    from tokenweight.synth import SynthConfig, write_synth
+    from tokenweight.workflows.synth import SynthConfig, write_synth
 
     tok = save_tokenizer(tmp_path / "tok")
     folder = save_tiny_model(tmp_path / "model", tok, max_position_embeddings=256)
@@ -238,7 +238,7 @@ def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
 
 # ------------------------------------------------------------------ the cost estimate
 def _timings(**kw):
-    from tokenweight.study_cost import Timings
+    from tokenweight.workflows.study_cost import Timings
 
     base = dict(
         train_start=2.0,
@@ -260,7 +260,7 @@ def _timings(**kw):
 
 
 def test_estimate_counts_every_part_of_the_study():
-    from tokenweight.study_cost import estimate
+    from tokenweight.workflows.study_cost import estimate
 
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
@@ -330,7 +330,7 @@ def test_timed_training_splits_start_up_from_steps(monkeypatch):
     import time
 
     import tokenweight.training.run as run
-    from tokenweight.study_cost import _timed_training
+    from tokenweight.workflows.study_cost import _timed_training
 
     def fake_train(tc, callbacks):
         (clock,) = callbacks
@@ -348,9 +348,9 @@ def test_timed_training_splits_start_up_from_steps(monkeypatch):
 
 
 def test_dry_run_checks_settings_before_calibrating(tmp_path, monkeypatch, capsys):
-    import tokenweight.study_cost as cost
+    import tokenweight.workflows.study_cost as cost
     from tokenweight.cli import main
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     def refuse(*args, **kwargs):
         raise AssertionError("calibrated before the settings were checked")

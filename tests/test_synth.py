@@ -12,8 +12,8 @@ import pytest
 from helpers.fixtures import save_tokenizer
 from tokenweight.cli import main
 from tokenweight.data import read_manifest
-from tokenweight.errors import TokenWeightError
-from tokenweight.synth import SynthConfig, dependency_map, generate, nll_by_distance
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.workflows.synth import SynthConfig, dependency_map, generate, nll_by_distance
 
 
 def test_side_record_points_at_the_copies_and_nothing_else_breaks_the_grammar():

@@ -51,7 +51,7 @@ def test_checkpoint_marker_waits_for_every_process(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "barrier", lambda: events.append("barrier"))
     folder = tmp_path / "checkpoint-7"
     folder.mkdir()
-    import tokenweight.files as files
+    import tokenweight.infra.files as files
 
     real = files.atomic_write_json
     monkeypatch.setattr(

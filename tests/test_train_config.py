@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tokenweight import TokenWeightError
+from tokenweight.core.weighting import Scheme
 from tokenweight.training.config import (
     Config,
     apply_overrides,
@@ -15,7 +16,6 @@ from tokenweight.training.config import (
     load_raw_config,
     to_training_arguments,
 )
-from tokenweight.weighting import Scheme
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINIMAL = {

@@ -39,7 +39,7 @@ def test_eval_refuses_a_distributed_launch(monkeypatch, tmp_path, capsys):
 
 
 def test_sequence_parallel_needs_deepspeed_and_a_positive_degree(tmp_path):
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     base = {"model": {"source": "m"}, "data": {"path": "d"}, "scheme": "uniform"}
     with pytest.raises(TokenWeightError, match=r"train\.sequence_parallel: needs DeepSpeed"):
@@ -78,7 +78,7 @@ class _PackingCollator(TokenWeightCollator):
 
 
 def test_packed_batches_are_refused_under_sequence_parallelism():
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
     from tokenweight.training.sequence_parallel import SequenceParallelCollator, refuse_packed
 
     rows = [{"input_ids": list(range(4, 12))}, {"input_ids": list(range(4, 10))}]

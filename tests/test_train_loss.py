@@ -19,11 +19,12 @@ from helpers.train_support import (
     full_logits_nll,
     reference_short_nll,
 )
-from tokenweight import TokenWeightError, scoring
-from tokenweight.scoring import PrecomputedScorer
+from tokenweight import TokenWeightError
+from tokenweight.core import scoring
+from tokenweight.core.scoring import PrecomputedScorer
+from tokenweight.core.weighting import compute_weights
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.trainer import TokenWeightTrainer
-from tokenweight.weighting import compute_weights
 
 N, WINDOW, STRIDE, BOS = 48, 16, 8, 1
 

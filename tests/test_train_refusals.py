@@ -15,7 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, training_args
 from helpers.train_support import VOCAB
 from tokenweight import TokenWeightError, make_compute_loss_func
-from tokenweight.scoring import ModelScorer, SelfScorer
+from tokenweight.core.scoring import ModelScorer, SelfScorer
 from tokenweight.training import TokenWeightTrainer
 from tokenweight.training.loss import token_weighted_loss
 
@@ -130,7 +130,7 @@ def test_rows_without_a_shorter_context_are_counted_warned_once_and_logged(tmp_p
         scheme="dense:0.75",
         scorer=scorer,
     )
-    with caplog.at_level(logging.WARNING, logger="tokenweight.scoring"):
+    with caplog.at_level(logging.WARNING, logger="tokenweight.core.scoring"):
         trainer.train()
     short_targets = (10 - 1) + (16 - 1)
     share = short_targets / sum(n - 1 for n in lengths)

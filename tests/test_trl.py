@@ -24,9 +24,9 @@ from trl import SFTConfig, SFTTrainer
 from helpers.fixtures import build_tiny_causal_lm, make_tokenizer, training_args
 from helpers.train_support import VOCAB, copy_model, markov_words
 from tokenweight import make_compute_loss_func
-from tokenweight.scoring import ModelScorer
+from tokenweight.core.scoring import ModelScorer
+from tokenweight.core.weighting import compute_weights
 from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
-from tokenweight.weighting import compute_weights
 
 SCHEME = "dense:0.75"
 MAX_LEN = 48
@@ -228,7 +228,7 @@ def test_sft_trainer_self_scored_documents_weigh_as_if_alone(tmp_path, scheme, p
     documents: padded rows and padding-free packing give each document the short NLL,
     weights and tie choices (NPMI: many tied zeros) it has alone, so the loss and the
     gradients equal the documents run one by one (the same optimizer step's seed)."""
-    from tokenweight.scoring import SelfScorer
+    from tokenweight.core.scoring import SelfScorer
     from tokenweight.training.loss import token_weighted_loss
 
     model = build_tiny_causal_lm(seed=1, vocab_size=VOCAB).train()

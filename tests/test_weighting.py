@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenweight import TokenWeightError
-from tokenweight.weighting import Scheme, Transform, compute_weights, weighted_nll_loss
+from tokenweight.core.weighting import Scheme, Transform, compute_weights, weighted_nll_loss
 
 LONG = torch.tensor([[0.5, 3.0, 1.2, 0.1, 6.0, 2.0, 0.8, 4.1]])
 SHORT = torch.tensor([[0.6, 7.5, 1.1, 0.1, 6.2, 5.5, 0.7, 4.0]])

@@ -1,8 +1,8 @@
 """tokenweight: token-weighted loss for long-context language model training.
 
 The data flow is one way: text -> tokens -> sequences -> scores -> weights -> loss ->
-checkpoint -> evaluation. The pure core lives in :mod:`tokenweight.weighting` (scores to
-weights) and :mod:`tokenweight.losses` (memory-flat per-token NLL); everything else is a
+checkpoint -> evaluation. The pure core lives in :mod:`tokenweight.core.weighting` (scores to
+weights) and :mod:`tokenweight.core.losses` (memory-flat per-token NLL); everything else is a
 thin adapter around it.
 
 ``import tokenweight`` is light: the names below and every submodule
@@ -15,18 +15,21 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.moved import install as _install_moved_paths
+
+_install_moved_paths()
 
 if TYPE_CHECKING:
+    from tokenweight.core.weighting import Scheme, compute_weights, weighted_nll_loss
     from tokenweight.training import make_compute_loss_func, token_weighted_loss
-    from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 # public name -> the module defining it (imported on first use)
 _LAZY: dict[str, str] = {
-    "Scheme": "tokenweight.weighting",
-    "compute_weights": "tokenweight.weighting",
-    "weighted_nll_loss": "tokenweight.weighting",
+    "Scheme": "tokenweight.core.weighting",
+    "compute_weights": "tokenweight.core.weighting",
+    "weighted_nll_loss": "tokenweight.core.weighting",
     # bring-your-own-trainer helpers (load transformers on first use)
     "make_compute_loss_func": "tokenweight.training",
     "token_weighted_loss": "tokenweight.training",

@@ -4,7 +4,7 @@ Each subcommand lives in its own module under :mod:`tokenweight.commands` and ex
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Only the module
 of the command being run is imported (all of them for ``tokenweight --help``), and heavy
 imports (torch, transformers) stay inside ``run``, so every ``--help`` is instant.
-A :class:`~tokenweight.errors.TokenWeightError` raised anywhere is printed as
+A :class:`~tokenweight.infra.errors.TokenWeightError` raised anywhere is printed as
 ``error: ...`` and exits with status 2, without a traceback.
 """
 
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 # name -> module
 COMMANDS: dict[str, str] = {

@@ -25,7 +25,7 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.*
 
 from helpers.fixtures import build_tiny_causal_lm
-from tokenweight.scoring import SelfScorer
+from tokenweight.core.scoring import SelfScorer
 from tokenweight.training.loss import token_weighted_loss
 
 VOCAB, WINDOW = 61, 8

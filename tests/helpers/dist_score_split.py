@@ -7,7 +7,7 @@ Usage (what ``tests/distributed/test_score_split.py`` does)::
 Every process builds the same tiny model, a frozen scorer model and a right-padded batch
 of rows of different lengths, then scores the batch with the self and the model scorer
 twice: alone (every window in this process) and inside
-``tokenweight.scoring.split_scoring`` over all processes. A forward pre-hook on each model
+``tokenweight.core.scoring.split_scoring`` over all processes. A forward pre-hook on each model
 counts the windows every model call carried (rows of the call) and the calls themselves,
 independently of the scoring code. Each process writes ``OUT_DIR/rank<R>.json``.
 """
@@ -52,8 +52,8 @@ def main(out: Path) -> None:
     import torch.distributed as dist
 
     from helpers.fixtures import build_tiny_causal_lm
-    from tokenweight.losses import model_token_nll
-    from tokenweight.scoring import ModelScorer, SelfScorer, split_scoring
+    from tokenweight.core.losses import model_token_nll
+    from tokenweight.core.scoring import ModelScorer, SelfScorer, split_scoring
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -85,7 +85,7 @@ _HELD: list = []  # locks a case holds while its command runs (released by the t
 
 def _in_use(folder: Path) -> Path:
     """``folder``, locked as if another run were writing it."""
-    from tokenweight.folder_lock import acquire
+    from tokenweight.infra.folder_lock import acquire
 
     _HELD.append(acquire(folder))
     return folder
@@ -359,6 +359,22 @@ CATALOGUE = {
     "demo duplicate key": lambda env, work: (
         ["demo", _yaml(work, "s.yaml", b"seq_len: 64\nseq_len: 128\n"), "--print-config"],
         "'seq_len' is given twice",
+    ),
+    "demo shorthand and section key in one file": lambda env, work: (
+        ["demo", _yaml(work, "s.yaml", b"max_steps: 4\ntrain: {max_steps: 8}\n"), "--print-config"],
+        "max_steps and train.max_steps",
+    ),
+    "demo train.output_dir (the pipeline's own)": lambda env, work: (
+        ["demo", f"work_dir={work / 'w'}", "train.output_dir=elsewhere", "--print-config"],
+        "train.output_dir: set by the pipeline",
+    ),
+    "demo train.warmup_steps=-1": lambda env, work: (
+        ["demo", f"work_dir={work / 'w'}", "warmup_steps=-1", "--print-config"],
+        "train.warmup_steps: must be >= 0",
+    ),
+    "demo max_position_embeddings below seq_len": lambda env, work: (
+        ["demo", f"work_dir={work / 'w'}", "max_position_embeddings=1024", "--print-config"],
+        "model.max_position_embeddings: 1024 is shorter than data.seq_len 2048",
     ),
     # one writer per folder; outputs that cannot be written (under a regular file)
     **{

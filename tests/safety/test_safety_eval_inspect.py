@@ -117,12 +117,12 @@ def test_eval_and_inspect_check_tokenizer_identity(env, tmp_path, capsys):
 
 def _no_model_loads(monkeypatch):
     """Make any model load (or model call) fail the test: the checks must come first."""
-    import tokenweight.models
+    import tokenweight.infra.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the settings were checked")
 
-    monkeypatch.setattr(tokenweight.models, "load_model", refuse)
+    monkeypatch.setattr(tokenweight.infra.models, "load_model", refuse)
 
 
 def test_eval_refuses_lengths_beyond_the_model_before_loading_it(
@@ -170,7 +170,7 @@ def test_eval_beyond_positions_when_allowed_warns_and_escapes_markdown(
 
 
 def test_inspect_markdown_escapes_tokens(env, tmp_path, capsys):
-    from tokenweight.inspection import Inspection, top_gains_markdown
+    from tokenweight.workflows.inspection import Inspection, top_gains_markdown
 
     result = Inspection(
         tokens=["<s>", "<script>", "a|b", "x"],

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers.safety import fails
-from tokenweight.errors import TokenWeightError
-from tokenweight.weighting import Scheme
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.errors import TokenWeightError
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_schemes_with_negative_or_constant_weights_are_refused(text, capsys):
     ],
 )
 def test_schemes_with_valid_weights_still_parse_and_give_non_negative_weights(text):
-    from tokenweight.weighting import compute_weights
+    from tokenweight.core.weighting import compute_weights
 
     scheme = Scheme.parse(text)
     g = torch.Generator().manual_seed(0)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.config_files import PACKAGED_DIR, RENAMED, copy_config, packaged_configs
+    from tokenweight.infra.config_files import PACKAGED_DIR, RENAMED, copy_config, packaged_configs
 
     if args.action == "copy":
         print(f"wrote {copy_config(args.name, args.dest)}")

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="[CONFIG.yaml] key=value",
         help="an optional YAML file of settings, then overrides such as seq_len=4096 "
-        "window=1024 max_steps=50 device=cuda work_dir=runs/big (see tokenweight.pipeline)",
+        "window=1024 max_steps=50 device=cuda work_dir=runs/big train.weight_decay=0 "
+        "(sections model, data, scorer, train as in a training config; see docs/demo.md)",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings and exit"
@@ -23,18 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from tokenweight.pipeline import load_pipeline_config, run_pipeline
-    from tokenweight.pipeline_report import config_table
+    from tokenweight.infra.config_sections import plain_config
+    from tokenweight.workflows.pipeline import load_pipeline_config, run_pipeline
 
     items = list(args.settings)
     path = items.pop(0) if items and "=" not in items[0] else None
     config = load_pipeline_config(path, items)
-    if args.print_config:
-        print(
-            yaml.safe_dump({k: yaml.safe_load(v) for k, v in config_table(config)}, sort_keys=False)
-        )
+    if args.print_config:  # a settings file that reads back to the same config
+        print(yaml.safe_dump(plain_config(config), sort_keys=False))
         return 0
-    from tokenweight.folder_lock import output_lock
+    from tokenweight.infra.folder_lock import output_lock
 
     with output_lock(config.work_dir, "work_dir"):  # one demo per folder
         report = run_pipeline(config)

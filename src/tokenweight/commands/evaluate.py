@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tokenweight.commands.options import (
-    add_corpus_options,
-    add_device,
-    add_load_dtype,
-    add_trust_remote_code,
-    comma_separated,
-)
+from tokenweight.commands import options
 
 if TYPE_CHECKING:
     from tokenweight.evaluation.runner import EvalConfig
@@ -108,13 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lengths",
-        type=comma_separated(_tokens, "token counts"),
+        type=options.comma_separated(_tokens, "token counts"),
         default=[1024, 2048, 4096],
         help="probe prompt lengths in tokens, e.g. 1k,2k,4k (default 1024,2048,4096)",
     )
     parser.add_argument(
         "--depths",
-        type=comma_separated(_fraction, "fractions"),
+        type=options.comma_separated(_fraction, "fractions"),
         default=[0.1, 0.3, 0.5, 0.7, 0.9],
         help="needle depths as fractions or percentages (default 0.1,0.3,0.5,0.7,0.9)",
     )
@@ -143,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sequence for text data (default: the longest probe length)",
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
-    add_corpus_options(data, inputs="--data", split="validation")
+    options.add_corpus_options(data, inputs="--data", split="validation")
     _add_task_settings(data, TEXT)
     data.add_argument(
         "--longppl-evaluator",
@@ -154,8 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the old name of --longppl-evaluator, accepted with a deprecation message
     data.add_argument("--longppl-scorer", default=None, help=argparse.SUPPRESS)
     load = parser.add_argument_group("model loading")
-    add_load_dtype(load)
-    add_device(load)
+    options.add_load_dtype(load)
+    options.add_device(load)
     load.add_argument(
         "--attn-implementation", default=None, help="e.g. sdpa, eager (default: the model's own)"
     )
@@ -177,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate lengths beyond a model's max_position_embeddings (with a warning) "
         "instead of refusing them",
     )
-    add_trust_remote_code(load)
+    options.add_trust_remote_code(load)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -186,16 +180,16 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     settings of :class:`~tokenweight.evaluation.runner.EvalConfig`)."""
     from tokenweight.evaluation.runner import EvalConfig
 
-    options = {name: getattr(args, name) for name in EvalConfig.option_names()}
+    settings = {name: getattr(args, name) for name in EvalConfig.option_names()}
     if args.tasks:
-        options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    return EvalConfig(**options)
+        settings["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return EvalConfig(**settings)
 
 
 def _evaluator(args: argparse.Namespace) -> str | None:
     """``--longppl-evaluator``, or ``--longppl-scorer``, its old name (with a deprecation
     message)."""
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     if args.longppl_scorer is None:
         return args.longppl_evaluator
@@ -214,9 +208,9 @@ def _evaluator(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.errors import TokenWeightError
     from tokenweight.evaluation.report import results_markdown
     from tokenweight.evaluation.runner import run_evaluation
+    from tokenweight.infra.errors import TokenWeightError
     from tokenweight.training.distributed import is_distributed_launch
 
     if is_distributed_launch():
@@ -232,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         "rope_theta": args.rope_theta,
         "max_position_embeddings": args.max_position_embeddings,
     }
-    from tokenweight.folder_lock import output_lock
+    from tokenweight.infra.folder_lock import output_lock
 
     with output_lock(args.out, "--out"):  # one writer per folder
         results = run_evaluation(

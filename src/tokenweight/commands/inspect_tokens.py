@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenweight.commands.options import (
-    add_device,
-    add_load_dtype,
-    add_trust_remote_code,
-    add_window_options,
-)
+from tokenweight.commands import options
 
 HELP = "show which tokens of a passage gain from long context and the weights they get"
 
@@ -18,7 +13,7 @@ HELP = "show which tokens of a passage gain from long context and the weights th
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder, hub name, GGUF folder, or 'smollm2'")
     parser.add_argument("text", help="a text file holding the passage")
-    add_window_options(parser)
+    options.add_window_options(parser)
     parser.add_argument("--scheme", default="dense:0.75", help="weighting scheme (dense:0.75)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="tokens of the passage used")
     parser.add_argument("--offset", type=int, default=0, help="characters of the file to skip")
@@ -27,18 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="another model for the short NLL (default: the same model)",
     )
-    add_load_dtype(parser)
-    add_device(parser)
+    options.add_load_dtype(parser)
+    options.add_device(parser)
     parser.add_argument("--out", default="inspect", help="output folder (default ./inspect)")
-    add_trust_remote_code(parser)
+    options.add_trust_remote_code(parser)
 
 
 def _read_passage(args: argparse.Namespace) -> str:
     """Step: check the options and read the passage (from ``--offset`` characters on)."""
     from pathlib import Path
 
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.inspection import check_inspect_out
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.workflows.inspection import check_inspect_out
 
     path = Path(args.text)
     if not path.is_file():
@@ -57,8 +52,8 @@ def _read_passage(args: argparse.Namespace) -> str:
 def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Step: the tokenizer, the model and the ``--short-model`` (``None`` without one),
     refusing a short model of another tokenizer."""
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.models import (
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.infra.models import (
         compare_tokenizer_identity,
         load_model,
         load_tokenizer,
@@ -86,7 +81,7 @@ def _load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
-    from tokenweight.inspection import top_gains_markdown
+    from tokenweight.workflows.inspection import top_gains_markdown
 
     summary = result.summary()
     print(
@@ -101,9 +96,9 @@ def _print_summary(result: Any, window: int, paths: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.folder_lock import output_lock
-    from tokenweight.inspection import check_inspect_out
-    from tokenweight.weighting import Scheme
+    from tokenweight.core.weighting import Scheme
+    from tokenweight.infra.folder_lock import output_lock
+    from tokenweight.workflows.inspection import check_inspect_out
 
     scheme = Scheme.parse(args.scheme)
     text = _read_passage(args)
@@ -116,7 +111,7 @@ def _inspect(args: argparse.Namespace, scheme: Any, text: str) -> int:
     """Step: load the models, measure the passage, write and print the results."""
     from pathlib import Path
 
-    from tokenweight.inspection import inspect_passage, write_inspection
+    from tokenweight.workflows.inspection import inspect_passage, write_inspection
 
     tokenizer, model, short_model = _load_models(args)
     result = inspect_passage(

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
 
     commands, met = pip_commands(sys.executable, quiet=args.quiet)
     if met:

@@ -52,8 +52,8 @@ def _shape(model: str):
     import json
     from pathlib import Path
 
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.memory import MODEL_SHAPES, shape_from_config
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.training.memory import MODEL_SHAPES, shape_from_config
 
     if model.lower() in MODEL_SHAPES:
         return MODEL_SHAPES[model.lower()]
@@ -76,8 +76,8 @@ def _shape(model: str):
 
 def _check_options(args: argparse.Namespace) -> None:
     """Step: the numbers given, named by their flags."""
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.schema import at_least_two, positive, require
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.infra.schema import at_least_two, positive, require
 
     require(args.seq_len, at_least_two, "--seq-len")
     require(args.gpus, positive, "--gpus")
@@ -90,7 +90,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.memory import estimate_memory, format_estimate
+    from tokenweight.training.memory import estimate_memory, format_estimate
 
     _check_options(args)
     shape = _shape(args.model)

@@ -10,6 +10,7 @@ they agree.
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ __all__ = [
     "add_load_dtype",
     "add_trust_remote_code",
     "add_window_options",
+    "call_with_options",
     "comma_separated",
 ]
 
@@ -27,6 +29,7 @@ _CORPUS_SUFFIXES = ".txt .text .md .jsonl .json .ndjson .parquet"
 _ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def add_corpus_options(parser: argparse._ActionsContainer, *, inputs: str, split: str) -> None:
@@ -60,7 +63,7 @@ def add_corpus_options(parser: argparse._ActionsContainer, *, inputs: str, split
 
 
 def add_window_options(parser: argparse._ActionsContainer) -> None:
-    """The short-context scorer's windows (:func:`tokenweight.scoring.plan_stride`):
+    """The short-context scorer's windows (:func:`tokenweight.core.scoring.plan_stride`):
     ``--window`` (required) and ``--stride``."""
     parser.add_argument(
         "--window", type=int, required=True, metavar="W", help="short-context window (tokens)"
@@ -75,7 +78,7 @@ def add_window_options(parser: argparse._ActionsContainer) -> None:
 
 
 def add_device(parser: argparse._ActionsContainer) -> None:
-    """``--device`` (:func:`tokenweight.models.resolve_device`)."""
+    """``--device`` (:func:`tokenweight.infra.models.resolve_device`)."""
     parser.add_argument(
         "--device",
         default="auto",
@@ -84,7 +87,7 @@ def add_device(parser: argparse._ActionsContainer) -> None:
 
 
 def add_load_dtype(parser: argparse._ActionsContainer) -> None:
-    """``--dtype`` of a loaded model (:func:`tokenweight.models.load_model`)."""
+    """``--dtype`` of a loaded model (:func:`tokenweight.infra.models.load_model`)."""
     parser.add_argument(
         "--dtype", default=None, help="fp32, bf16 or fp16 (default: the checkpoint's)"
     )
@@ -111,3 +114,18 @@ def comma_separated(item: Callable[[str], T], what: str) -> Callable[[str], list
             ) from None
 
     return parse
+
+
+def call_with_options(function: Callable[..., R], args: argparse.Namespace) -> R:
+    """``function(**options)``: each option of the command line given as the keyword
+    argument of the same name. A command that runs one library function names its options
+    after that function's parameters (``--seq-len`` sets ``seq_len``), so every option
+    reaches it; an option without a parameter is a mistake in the command (``TypeError``).
+    """
+    options = {k: v for k, v in vars(args).items() if k != "command" and not k.startswith("_")}
+    params = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else sorted(set(options) - set(params))
+    if unknown:
+        raise TypeError(f"{function.__name__} has no parameter for option(s) {unknown}")
+    return function(**options)

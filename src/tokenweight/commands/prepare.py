@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import add_corpus_options, add_trust_remote_code
+from tokenweight.commands import options
 
 HELP = "tokenize a corpus into shuffled fixed-length sequences (datasets folder + manifest)"
 
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seq-len", type=int, required=True, metavar="N", help="tokens per sequence (BOS included)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    add_corpus_options(parser, inputs="INPUTs", split="train")
+    options.add_corpus_options(parser, inputs="INPUTs", split="train")
     parser.add_argument(
         "--stride",
         type=int,
@@ -50,28 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-proc", type=int, default=1, help="tokenizer processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_trust_remote_code(parser, "tokenizer")
+    options.add_trust_remote_code(parser, "tokenizer")
 
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.data.prepare import format_summary, prepare_dataset
 
-    result = prepare_dataset(
-        args.inputs,
-        tokenizer=args.tokenizer,
-        seq_len=args.seq_len,
-        out=args.out,
-        text_field=args.text_field,
-        hf_split=args.hf_split,
-        glob=args.glob,
-        stride=args.stride,
-        keep_tail=args.keep_tail,
-        seed=args.seed,
-        num_proc=args.num_proc,
-        encoding_errors=args.encoding_errors,
-        overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code,
-        max_sequences=args.max_sequences,
-    )
+    result = options.call_with_options(prepare_dataset, args)
     print(format_summary(result))
     return 0

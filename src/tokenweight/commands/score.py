@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import add_device, add_trust_remote_code, add_window_options
+from tokenweight.commands import options
 
 HELP = "score a prepared dataset with a frozen model (short-context NLL, resumable shards)"
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="scorer model: local folder, GGUF file/folder, 'smollm2', or hub name",
     )
-    add_window_options(parser)
+    options.add_window_options(parser)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -42,33 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="windows per model call (default: N/W, the tokens of one long forward)",
     )
     parser.add_argument("--shard-size", type=int, default=256, help="rows per output shard")
-    add_device(parser)
+    options.add_device(parser)
     parser.add_argument("--out", required=True, metavar="DIR2", help="output folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="discard an existing --out and start over"
     )
-    add_trust_remote_code(parser)
+    options.add_trust_remote_code(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.data.score import score_dataset
 
-    result = score_dataset(
-        args.prepared,
-        args.out,
-        scorer=args.scorer,
-        window=args.window,
-        stride=args.stride,
-        dtype=args.dtype,
-        half=args.half,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        windows_per_batch=args.windows_per_batch,
-        device=args.device,
-        overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code,
-        with_long=args.with_long,
-    )
+    result = options.call_with_options(score_dataset, args)
     who = f"process {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     if result.scored:
         print(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tokenweight.commands import options
+
 HELP = "rank documents by long-context gain (scored --with-long) and keep the top ones"
 
 
@@ -59,22 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.selection import select_dataset
+    from tokenweight.workflows.selection import select_dataset
 
-    result = select_dataset(
-        args.scored,
-        args.prepared,
-        args.out,
-        by=args.by,
-        level=args.level,
-        top=args.top,
-        threshold=args.threshold,
-        keep_short=args.keep_short,
-        seed=args.seed,
-        bucket=args.bucket,
-        overwrite=args.overwrite,
-        show=args.show,
-    )
+    result = options.call_with_options(select_dataset, args)
     s = result.summary
     unit = "documents" if s["level"] == "document" else "sequences"
     print(

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.study import load_study_config, run_study
+    from tokenweight.workflows.study import load_study_config, run_study
 
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path:
@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
         config_path = None
     config = load_study_config(config_path, overrides)
     if args.dry_run:
-        from tokenweight.study_cost import dry_run
+        from tokenweight.workflows.study_cost import dry_run
 
         dry_run(config)
         return 0
-    from tokenweight.folder_lock import output_lock
+    from tokenweight.infra.folder_lock import output_lock
 
     with output_lock(config.work_dir, "work_dir"):  # one study per folder
         report = run_study(config)

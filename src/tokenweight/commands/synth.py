@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import comma_separated
+from tokenweight.commands import options
 
 HELP = "generate a synthetic long-range dataset (spans recur at given distances; side record)"
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=64, help="sequences")
     parser.add_argument(
         "--distances",
-        type=comma_separated(_distance, "distances or lo-hi ranges"),
+        type=options.comma_separated(_distance, "distances or lo-hi ranges"),
         default=[32, 128, 512],
         help="copy distance classes: fixed distances or lo-hi ranges, e.g. 32,128,512 or 8-120",
     )
@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.models import default_cache_dir, ensure_local_model
-    from tokenweight.synth import SynthConfig, class_label, write_synth
+    from tokenweight.infra.models import default_cache_dir, ensure_local_model
+    from tokenweight.workflows.synth import SynthConfig, class_label, write_synth
 
     config = SynthConfig(
         seq_len=args.seq_len,

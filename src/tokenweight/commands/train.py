@@ -23,7 +23,7 @@ scheme=sparse:0.25, scorer.kind=precomputed, train.report_to=[tensorboard]
 
 def _scorer_kinds_text() -> str:
     """The ``scorer.kind`` values, one a line, from the scorer table."""
-    from tokenweight.scorer_kinds import SCORERS
+    from tokenweight.core.scorer_kinds import SCORERS
 
     width = max(len(name) for name in SCORERS) + 2
     lines = [f"  {name.ljust(width)}{kind.summary}" for name, kind in SCORERS.items()]
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.errors import TokenWeightError
+    from tokenweight.infra.errors import TokenWeightError
     from tokenweight.training.config import load_config
 
     if args.allow_changed_settings and not args.resume:

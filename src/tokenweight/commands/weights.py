@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenweight.commands.options import comma_separated
+from tokenweight.commands import options
 
 HELP = "show the loss weights a scheme gives to long/short NLL values (explore schemes)"
 
@@ -18,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--long",
-        type=comma_separated(float, "numbers"),
+        type=options.comma_separated(float, "numbers"),
         default=None,
         help="long-context NLL, comma-separated (default: 8 example values)",
     )
     parser.add_argument(
         "--short",
-        type=comma_separated(float, "numbers"),
+        type=options.comma_separated(float, "numbers"),
         default=None,
         help="short-context NLL, comma-separated (default: 8 example values)",
     )
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.weighting import Scheme, compute_weights, preset_examples
+    from tokenweight.core.weighting import Scheme, compute_weights, preset_examples
+    from tokenweight.infra.errors import TokenWeightError
 
     long = args.long or [0.5, 3.0, 1.2, 0.1, 6.0, 2.0, 0.8, 4.1]
     short = args.short or [0.6, 7.5, 1.1, 0.1, 6.2, 5.5, 0.7, 4.0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 if TYPE_CHECKING:
     import datasets
@@ -184,7 +184,7 @@ def _read_parquet(f: InputFile, text_field: str) -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tokenweight.files import sha256_file
+    from tokenweight.infra.files import sha256_file
 
     try:
         pf = pq.ParquetFile(f.path)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.files import read_json
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.files import read_json
 
 __all__ = [
     "DONE_SUFFIX",

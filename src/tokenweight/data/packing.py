@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = ["Packing"]
 

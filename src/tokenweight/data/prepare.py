@@ -24,8 +24,8 @@ from tokenweight.data.corpus import InputFile, find_input_files, iter_documents,
 from tokenweight.data.manifest import FINGERPRINT, MANIFEST, PREPARED_FORMAT, read_manifest
 from tokenweight.data.packing import Packing
 from tokenweight.data.store import rows_fingerprint
-from tokenweight.errors import TokenWeightError
-from tokenweight.files import (
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.files import (
     atomic_dir,
     atomic_write_json,
     check_output_dir,
@@ -35,8 +35,8 @@ from tokenweight.files import (
     remove_path,
     temp_sibling,
 )
-from tokenweight.folder_lock import output_lock
-from tokenweight.schema import require, seed_range
+from tokenweight.infra.folder_lock import output_lock
+from tokenweight.infra.schema import require, seed_range
 
 if TYPE_CHECKING:
     import datasets
@@ -205,7 +205,7 @@ def _tokenizer_and_packing(
     trust_remote_code: bool,
 ) -> tuple[Any, Packing]:
     """Step: the tokenizer (loaded when given by name) and how documents are cut."""
-    from tokenweight.models import load_tokenizer
+    from tokenweight.infra.models import load_tokenizer
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
@@ -406,7 +406,7 @@ def prepare_dataset(
     (int8). See docs/data.md for every option. Raises :class:`TokenWeightError` for
     every bad input, before writing anything.
     """
-    from tokenweight.models import tokenizer_identity
+    from tokenweight.infra.models import tokenizer_identity
 
     start = time.perf_counter()
     out = Path(out)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from tokenweight.constants import IGNORE_INDEX
 from tokenweight.data.prepare import MANIFEST, load_prepared, read_manifest
 from tokenweight.data.store import (
     DONE_SUFFIX,
@@ -29,8 +28,9 @@ from tokenweight.data.store import (
     shard_done,
     write_shard,
 )
-from tokenweight.errors import TokenWeightError
-from tokenweight.files import (
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.files import (
     atomic_write_json,
     check_output_dir,
     json_text,
@@ -38,7 +38,7 @@ from tokenweight.files import (
     remove_path,
     sha256_file,
 )
-from tokenweight.folder_lock import shared_output_lock
+from tokenweight.infra.folder_lock import shared_output_lock
 
 __all__ = ["ScoreResult", "distributed_rank", "score_dataset"]
 
@@ -143,7 +143,7 @@ def score_dataset(
 
     ``nll_fn(model, input_ids, *, window, stride, bos_token_id, windows_per_batch
     [, attention_mask]) -> (batch, N - 1)`` defaults to
-    :func:`tokenweight.scoring.short_context_nll`. ``dtype`` ``auto`` means bf16 on CUDA,
+    :func:`tokenweight.core.scoring.short_context_nll`. ``dtype`` ``auto`` means bf16 on CUDA,
     fp32 otherwise. ``rank``/``world_size`` default to the launcher's environment.
     The scorer's tokenizer is checked against the prepared manifest before any compute.
     ``with_long`` also stores ``long_nll``: the same model's NLL of every target with the
@@ -239,7 +239,7 @@ def _load_rows(prepared: Path, plan: ShardPlan) -> Any:
 
 
 def _default_nll_fn() -> NllFn:
-    from tokenweight.scoring import short_context_nll
+    from tokenweight.core.scoring import short_context_nll
 
     return short_context_nll
 
@@ -248,7 +248,7 @@ def _check_settings(
     seq_len: int, window: int, stride: int | None, batch_size: int, windows_per_batch: int | None
 ) -> int:
     """Validate the window plan and batch sizes; returns the stride (planned when ``None``)."""
-    from tokenweight.scoring import plan_stride, plan_windows, require_short_window
+    from tokenweight.core.scoring import plan_stride, plan_windows, require_short_window
 
     if isinstance(window, int) and not isinstance(window, bool):
         require_short_window(window, seq_len, "--window")
@@ -266,7 +266,7 @@ def _scoring_device(device: str, local_rank: int) -> Any:
     """The ``torch.device`` to score on; ``auto`` on CUDA picks this process's GPU."""
     import torch
 
-    from tokenweight.models import resolve_device
+    from tokenweight.infra.models import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda" and str(device) == "auto":
@@ -279,7 +279,7 @@ def _check_scorer_tokenizer(
 ) -> tuple[Any, dict[str, Any]]:
     """Resolve the scorer and refuse one whose tokenizer differs from the prepared data's;
     returns ``(source, tokenizer identity)``."""
-    from tokenweight.models import (
+    from tokenweight.infra.models import (
         compare_tokenizer_identity,
         load_tokenizer,
         resolve_model_source,
@@ -349,7 +349,7 @@ def _score_shards(
     tokens and compute time in ``result``."""
     from tqdm.auto import tqdm
 
-    from tokenweight.models import load_model
+    from tokenweight.infra.models import load_model
 
     model = load_model(
         job.source, dtype=job.dtype_name, device=job.device, trust_remote_code=job.trust_remote_code
@@ -424,7 +424,7 @@ def _long_nll(model: Any, input_ids: Any, kwargs: dict[str, Any]) -> np.ndarray:
     """``(batch, N - 1)`` float32 NLL with the whole sequence as context (no gradient)."""
     import torch
 
-    from tokenweight.losses import model_token_nll
+    from tokenweight.core.losses import model_token_nll
 
     mask = kwargs.get("attention_mask")
     labels = None if mask is None else torch.where(mask.bool(), input_ids, IGNORE_INDEX)

@@ -36,8 +36,8 @@ from tokenweight.data.manifest import (
     SCORED_FORMAT,
     read_manifest,
 )
-from tokenweight.errors import TokenWeightError
-from tokenweight.files import (
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.files import (
     atomic_write_bytes,
     atomic_write_json,
     file_in_folder,

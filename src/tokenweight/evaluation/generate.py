@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = ["greedy_generate"]
 

@@ -2,7 +2,7 @@
 
 Layout of every NLL tensor here: shape ``(batch, N - 1)``, float, natural-log NLL in nats;
 column ``j`` is the NLL of token ``j + 1`` predicted from tokens ``0 .. j`` (the layout of
-:func:`tokenweight.losses.model_token_nll`). A boolean ``mask`` of the same shape marks
+:func:`tokenweight.core.losses.model_token_nll`). A boolean ``mask`` of the same shape marks
 valid targets (``None``: all valid).
 
 Position of a target = index of the predicted token in its sequence (``j + 1``), so the
@@ -25,8 +25,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from tokenweight.constants import LONGPPL_ALPHA, LONGPPL_BETA  # the one definition
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.constants import LONGPPL_ALPHA, LONGPPL_BETA  # the one definition
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "LONGPPL_ALPHA",

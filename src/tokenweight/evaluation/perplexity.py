@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
+from tokenweight.core.scoring import require_short_window
 from tokenweight.evaluation.sequences import EvalSequences
-from tokenweight.scoring import require_short_window
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "DEFAULT_LONGPPL_WINDOW",
@@ -67,7 +67,7 @@ def long_context_nll(
     on_done: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """NLL of every target with the full sequence as context, ``(S, N - 1)`` float32."""
-    from tokenweight.losses import model_token_nll
+    from tokenweight.core.losses import model_token_nll
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TokenWeightError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -103,7 +103,7 @@ def short_context_nll_of(
     Targets of the first window take their value from ``long_nll`` (identical context).
     Returns ``(S, N - 1)`` float32, 0 at padding targets.
     """
-    from tokenweight.scoring import short_context_nll
+    from tokenweight.core.scoring import short_context_nll
 
     device = _device(model)
     rows = []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenweight.files import atomic_write_bytes
+from tokenweight.infra.files import atomic_write_bytes
 
 __all__ = [
     "HeatmapPanel",

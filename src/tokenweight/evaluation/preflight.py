@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = ["asked_lengths", "build_all_probes", "check_positions"]
 

@@ -34,7 +34,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.tasks import (
     DISTRACTORS,
     EVAL_TASKS,
@@ -47,6 +46,7 @@ from tokenweight.evaluation.tasks import (
     task_names,
     task_settings,
 )
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "DEFAULT_PROBE_TASKS",  # noqa: F822 (module __getattr__: read from the task table)

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import math
-import numbers
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tokenweight.evaluation.tasks import PROBE, TEXT, Column, EvalTask, load, tasks_of
+from tokenweight.infra.markdown import format_number, markdown_table, md_escape
 
 __all__ = [
     "EVAL_FILES",
@@ -33,53 +32,6 @@ EVAL_FILES = ("results.json", "results.md", "*.png")
 
 def _pct(correct: int, total: int) -> str:
     return f"{correct / total:.0%} ({correct}/{total})" if total else "-"
-
-
-def format_number(x: Any, digits: int = 3, *, sign: bool = False) -> str:
-    """A number in a report: ``digits`` decimals (and a ``+`` on positive values with
-    ``sign``); ``-`` for a missing value (``None`` or NaN); anything but a number as text.
-    The one number formatter of the markdown reports."""
-    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
-        return "-"
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        return str(x)
-    return f"{x:{'+' if sign else ''}.{digits}f}"
-
-
-# markdown characters that user text may not use as markup, each shown as itself
-_MD_ESCAPES = str.maketrans(
-    {
-        "\\": "\\\\",  # first of all: no escape of the escapes below is undone
-        "&": "&amp;",  # no entity: the text shows as written
-        "<": "&lt;",  # no HTML tag, no <autolink>
-        ">": "&gt;",
-        "|": "\\|",  # no table cell break
-        "`": "\\`",  # no code span (inside one, the escapes here would show)
-        "\r": "",
-        "\n": "⏎",  # one line: a table row or a bullet stays whole
-    }
-)
-# a link, image or reference needs "](", "][" or "]:" (images: "![...](...)"); a bracket
-# pair alone, e.g. a position range "[16, 64)", renders as itself and is left alone
-_MD_LINK = re.compile(r"\](?=[(\[:])")
-
-
-def md_escape(text: object) -> str:
-    """User text (a label, a run name, a token, a file name) made safe inside any markdown
-    file the package writes, in a table cell or in prose: no HTML (``<``, ``>``, ``&`` as
-    entities), no table break (``|``), no link, image or reference definition (``]``
-    escaped before ``(``, ``[`` or ``:``), no code span (`````), one line (a line break
-    shows as ``⏎``); it renders as the text itself. Emphasis characters (``*``, ``_``)
-    are left: they can only format, and snake_case names stay readable. The one markdown
-    escaper of the package: every markdown writer passes user text through it."""
-    return _MD_LINK.sub("\\\\]", str(text).translate(_MD_ESCAPES))
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Lines of a markdown table; every cell goes through :func:`md_escape`."""
-    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
-    return lines
 
 
 def column_value(result: dict[str, Any], column: Column) -> str:
@@ -251,7 +203,7 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     ``out_dir``; returns the file names written. ``results.json`` goes first: it is the
     record that lets a rerun replace a folder an interrupted write left behind."""
     from tokenweight.evaluation.plots import HeatmapPanel, plot_probe_heatmap
-    from tokenweight.files import atomic_write_json, atomic_write_text
+    from tokenweight.infra.files import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

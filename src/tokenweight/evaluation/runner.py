@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from tokenweight.errors import TokenWeightError
 from tokenweight.evaluation.probes import Probe, make_probes
 from tokenweight.evaluation.tasks import (
     EVAL_TASKS,
@@ -49,7 +48,8 @@ from tokenweight.evaluation.text_tasks import (
     evaluator_key_tokens,
     progress_bar,
 )
-from tokenweight.models import rope_theta
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.models import rope_theta
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def _clean(obj: Any) -> Any:
 
 
 def _tokenizer_key(tokenizer: Any) -> tuple:
-    from tokenweight.models import IDENTITY_FIELDS, tokenizer_identity
+    from tokenweight.infra.models import IDENTITY_FIELDS, tokenizer_identity
 
     ident = tokenizer_identity(tokenizer)
     return tuple(ident.get(k) for k in IDENTITY_FIELDS)
@@ -298,7 +298,7 @@ def _text_length(cfg: EvalConfig) -> int | None:
 
 def _positions(spec: ModelSpec, load_kwargs: dict[str, Any]) -> int | None:
     """``max_position_embeddings`` the model will have, from its config alone."""
-    from tokenweight.models import load_config, max_positions
+    from tokenweight.infra.models import load_config, max_positions
 
     if spec.model is not None:
         return max_positions(spec.model)
@@ -324,7 +324,7 @@ def _check_before_computing(
     positions and every probe task's prompts (into ``probe_cache``), all problems of a
     kind reported together."""
     from tokenweight.evaluation.preflight import asked_lengths, build_all_probes, check_positions
-    from tokenweight.models import resolve_device
+    from tokenweight.infra.models import resolve_device
 
     if load_kwargs.get("device") is not None:
         resolve_device(load_kwargs["device"])  # refuses a device this machine lacks
@@ -340,7 +340,7 @@ def _check_before_computing(
     for spec in specs:
         tokenizer = spec.tokenizer
         if tokenizer is None:
-            from tokenweight.models import load_tokenizer
+            from tokenweight.infra.models import load_tokenizer
 
             if spec.source is None:
                 continue  # refused when loading (_Loaded)
@@ -371,7 +371,7 @@ class _Loaded:
                     f"model {self.spec.label!r} has neither a source nor a loaded model and "
                     "tokenizer"
                 )
-            from tokenweight.models import load_model, load_tokenizer
+            from tokenweight.infra.models import load_model, load_tokenizer
 
             if tokenizer is None:
                 tokenizer = load_tokenizer(
@@ -613,7 +613,7 @@ def _check_out_dir(out_dir: str | Path | None) -> None:
     if out_dir is None:
         return
     from tokenweight.evaluation.report import EVAL_FILES
-    from tokenweight.files import check_output_dir
+    from tokenweight.infra.files import check_output_dir
 
     check_output_dir(out_dir, "tokenweight eval output", markers=EVAL_FILES[:1], known=EVAL_FILES)
 
@@ -751,7 +751,7 @@ def evaluate_models(
             call.
         evaluator: the LongPPL evaluator, one model that judges the key tokens for every
             model (default: each model judges its own); ``scorer`` is its old name.
-        load_kwargs: passed to :func:`tokenweight.models.load_model` (default
+        load_kwargs: passed to :func:`tokenweight.infra.models.load_model` (default
             ``device="auto"``).
         progress: show tqdm progress bars (stderr).
 

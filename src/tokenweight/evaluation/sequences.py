@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import valid_target_mask
+from tokenweight.core.packed_batches import valid_target_mask
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = ["EvalSequences", "is_prepared_dataset", "load_eval_sequences"]
 
@@ -40,7 +40,7 @@ class EvalSequences:
     @property
     def target_mask(self) -> torch.Tensor:
         """``(S, N - 1)`` bool (column ``j`` = token ``j+1``): the targets that count in
-        training (:func:`tokenweight.packed_batches.valid_target_mask`: real tokens) that
+        training (:func:`tokenweight.core.packed_batches.valid_target_mask`: real tokens) that
         also have a real token before them (differs only under left padding)."""
         mask = valid_target_mask(self.input_ids, attention_mask=self.attention_mask)
         if self.attention_mask is not None:
@@ -150,7 +150,7 @@ def _from_corpus(
 def _check_data_tokenizer(path: Path, tokenizer: Any) -> None:
     """A ``tokenweight prepare`` folder records its tokenizer: it must be the model's."""
     from tokenweight.data.manifest import MANIFEST, read_manifest
-    from tokenweight.models import check_data_tokenizer
+    from tokenweight.infra.models import check_data_tokenizer
 
     if (path / MANIFEST).is_file() and tokenizer is not None:
         check_data_tokenizer(read_manifest(path), tokenizer, f"--data {path}")

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenweight.constants import LONGPPL_ALPHA, LONGPPL_BETA
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.constants import LONGPPL_ALPHA, LONGPPL_BETA
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "DISTRACTORS",

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "JsonlLogCallback",
@@ -237,7 +237,7 @@ class JsonlLogCallback(TrainerCallback):
                             kept.append(line)
                     except json.JSONDecodeError:
                         continue
-            from tokenweight.files import atomic_write_text
+            from tokenweight.infra.files import atomic_write_text
 
             # atomic: a kill here keeps the old log whole rather than half-written
             atomic_write_text(self.path, "".join(k + "\n" for k in kept))
@@ -262,7 +262,7 @@ class CheckpointMarkerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
-        from tokenweight.files import atomic_write_json
+        from tokenweight.infra.files import atomic_write_json
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every process has written its part (RNG state, ZeRO shards)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tokenweight.files import atomic_write_text, sha256_bytes
+from tokenweight.infra.files import atomic_write_text, sha256_bytes
 
 __all__ = [
     "CARD_FALLBACK",
@@ -83,7 +83,7 @@ class CardFacts:
 
 
 def _md(text: object) -> str:
-    from tokenweight.evaluation.report import md_escape
+    from tokenweight.infra.markdown import md_escape
 
     return md_escape(text)
 
@@ -115,7 +115,7 @@ def _loss_text(f: CardFacts) -> str:
 
 def model_card_text(f: CardFacts) -> str:
     """The card (front matter, body, hash line) for the run described by ``f``."""
-    from tokenweight.evaluation.report import markdown_table
+    from tokenweight.infra.markdown import markdown_table
 
     data = f.data
     rows = [
@@ -230,8 +230,8 @@ def model_origin(source: str) -> tuple[str | None, str | None]:
     """``(base_model, license)`` of a start model for the card's metadata: the Hub id of
     a hub name or of a packaged alias, and a license when known (an alias's, or the one a
     local folder's own ``README.md`` states); ``None`` where unknown."""
-    from tokenweight.errors import TokenWeightError
-    from tokenweight.models import ALIAS_ORIGINS, resolve_model_source
+    from tokenweight.infra.errors import TokenWeightError
+    from tokenweight.infra.models import ALIAS_ORIGINS, resolve_model_source
 
     if source.lower() in ALIAS_ORIGINS and not Path(source).exists():
         return ALIAS_ORIGINS[source.lower()]

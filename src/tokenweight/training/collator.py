@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import valid_target_mask
+from tokenweight.core.packed_batches import valid_target_mask
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
 
-# valid_target_mask is defined in tokenweight.packed_batches; importable from here as before
+# valid_target_mask is defined in tokenweight.core.packed_batches; importable from here as before
 __all__ = ["TokenWeightCollator", "valid_target_mask"]
 
 

@@ -5,7 +5,7 @@ A config has five sections::
     inherit: base.yaml          # optional: file(s) this one extends, relative to this file
     model:   {source, dtype, attn_implementation, gradient_checkpointing, rope_theta, ...}
     data:    {path, seq_len}
-    scheme:  dense:0.75         # text or mapping, see tokenweight.weighting.Scheme
+    scheme:  dense:0.75         # text or mapping, see tokenweight.core.weighting.Scheme
     scorer:  {kind, model, window, stride, windows_per_batch, dtype}
     train:   {output_dir, learning_rate, betas, ..., deepspeed, fsdp, bf16}
 
@@ -20,12 +20,13 @@ config (data, models, output folder) are taken from the current directory. Confi
 references — the file itself, ``inherit`` entries (relative to the file that names them),
 ``train.deepspeed`` and ``train.fsdp_config`` — are files first and packaged configs
 second (``paper/base.yaml``, ``configs/deepspeed/zero2.json``): see
-:mod:`tokenweight.config_files`.
+:mod:`tokenweight.infra.config_files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,23 @@ from typing import Any
 
 import yaml
 
-from tokenweight.config_files import (
+from tokenweight.core.scorer_kinds import (
+    DEFAULT_SCORER,
+    SCORERS,
+    ScorerKind,
+    scorer_kind,
+    uniform_kind,
+)
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.config_files import (
     INHERIT_KEY,
     LIST_HINT,
     load_raw_config,
     merge_configs,
     resolve_config_paths,
 )
-from tokenweight.errors import TokenWeightError
-from tokenweight.schema import (
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.schema import (
     apply_overrides,
     at_least_two,
     build_dataclass,
@@ -53,14 +62,6 @@ from tokenweight.schema import (
     probability,
     seed_range,
 )
-from tokenweight.scorer_kinds import (
-    DEFAULT_SCORER,
-    SCORERS,
-    ScorerKind,
-    scorer_kind,
-    uniform_kind,
-)
-from tokenweight.weighting import Scheme
 
 __all__ = [
     "Config",
@@ -70,6 +71,7 @@ __all__ = [
     "ScorerConfig",
     "TrainConfig",
     "apply_overrides",
+    "config_from_sections",
     "load_config",
     "load_raw_config",
     "to_training_arguments",
@@ -341,6 +343,48 @@ def load_config(
         data = merge_configs(data, load_raw_config(path))
     data.pop(INHERIT_KEY, None)
     return Config.from_dict(resolve_config_paths(apply_overrides(data, overrides)))
+
+
+# ------------------------------------------------------------------ embedded sections
+def config_from_sections(
+    parent: Any, scheme: str | Scheme, values: Mapping[str, Any] | None = None
+) -> Config:
+    """The training :class:`Config` of one run of a workflow whose config embeds the
+    training sections (:mod:`tokenweight.infra.config_sections`).
+
+    Args:
+        parent: the workflow's config; each of its fields named like a section of
+            :class:`Config` and holding that section's type (e.g. ``parent.train``, a
+            :class:`TrainConfig`) is taken as it is; a section it lacks keeps the training
+            defaults.
+        scheme: the run's weighting scheme.
+        values: dotted keys the workflow sets for this run (``{"train.output_dir": ...,
+            "model.source": <local folder>}``), on top of the sections; it must set every
+            field the parent declares ``fixed``.
+
+    Validated like any training config (:meth:`Config.from_dict`): every check of the
+    sections and of :meth:`Config.validate` applies, with errors naming the dotted key.
+    """
+    from tokenweight.infra.config_sections import sections_of
+
+    values = dict(values or {})
+    missing = [
+        f"{name}.{key}"
+        for name, spec in sections_of(type(parent)).items()
+        for key in spec.fixed
+        if f"{name}.{key}" not in values
+    ]
+    if missing:  # the workflow's own mistake: it declared a field it does not set
+        raise TypeError(f"config_from_sections: fixed fields not set: {missing}")
+    data: dict[str, Any] = {"scheme": str(scheme)}
+    for name, kind in typing.get_type_hints(Config).items():
+        section = getattr(parent, name, None)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind) and isinstance(section, kind):
+            data[name] = dataclasses.asdict(section)
+    for dotted, value in values.items():
+        name, _, key = dotted.partition(".")
+        data.setdefault(name, {})[key] = value
+    return Config.from_dict(data)
 
 
 # ------------------------------------------------------------------ TrainingArguments

@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "LAUNCH_VARIABLES",
@@ -118,7 +118,7 @@ def deepspeed_settings(path: str) -> str | dict[str, Any]:
     ``output_dir`` holds no loadable model)."""
     from pathlib import Path
 
-    from tokenweight.files import read_json
+    from tokenweight.infra.files import read_json
 
     if not Path(path).is_file():
         return path  # refused with its name by the config checks

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
     "Fsdp2Settings",
@@ -248,7 +248,7 @@ def read_saved_model(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     from safetensors.torch import load_file
 
-    from tokenweight.files import read_json
+    from tokenweight.infra.files import read_json
 
     folder = Path(folder)
     single = folder / "model.safetensors"

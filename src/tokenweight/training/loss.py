@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import Documents, find_documents, forward_inputs, target_mask
-from tokenweight.scoring import SelfScorer, same_model_calls_across_processes
-from tokenweight.weighting import (
+from tokenweight.core.packed_batches import Documents, find_documents, forward_inputs, target_mask
+from tokenweight.core.scoring import SelfScorer, same_model_calls_across_processes
+from tokenweight.core.weighting import (
     Scheme,
     compute_weights,
     document_tie_seeds,
@@ -29,9 +27,11 @@ from tokenweight.weighting import (
     first_nonfinite,
     weighted_nll_loss,
 )
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
 
 if TYPE_CHECKING:
-    from tokenweight.scoring import Scorer
+    from tokenweight.core.scoring import Scorer
 
 __all__ = [
     "LossParts",
@@ -155,9 +155,9 @@ def tie_seeds(
     batch: Mapping[str, Any], docs: Documents | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     """One tie-breaking seed per document of ``batch`` (per row, or per document of a
-    packed batch, in :class:`~tokenweight.packed_batches.Documents` order): a hash of the
+    packed batch, in :class:`~tokenweight.core.packed_batches.Documents` order): a hash of the
     document's real tokens and one number drawn from ``generator`` (a fixed one without),
-    :func:`~tokenweight.weighting.document_tie_seeds`. So a document's top-kappa choice
+    :func:`~tokenweight.core.weighting.document_tie_seeds`. So a document's top-kappa choice
     among tied targets is the same alone, padded, packed or on another process."""
     base = draw_tie_seed(generator)
     ids = batch["input_ids"]
@@ -183,10 +183,10 @@ def token_weighted_loss(
 
     Args:
         model: the causal LM being trained (possibly wrapped); called once for the long
-            NLL through :func:`tokenweight.losses.model_token_nll` (no full logits).
+            NLL through :func:`tokenweight.core.losses.model_token_nll` (no full logits).
         batch: ``input_ids`` ``(B, N)``, optional ``attention_mask`` and ``labels``
             (``-100`` = no target), and whatever the scorer reads (``short_nll``).
-        scheme: the weighting scheme (:class:`~tokenweight.weighting.Scheme` or text).
+        scheme: the weighting scheme (:class:`~tokenweight.core.weighting.Scheme` or text).
         scorer: ``scorer(batch, long_nll, model=model) -> short_nll``; not called for
             the uniform scheme.
         num_items: the divisor; default the number of valid targets of this batch. Pass
@@ -197,12 +197,12 @@ def token_weighted_loss(
             instead of returning ``loss=None`` when a value is NaN or infinite.
 
     Packed batches (``position_ids`` restarting inside a row, or ``cu_seq_lens_q``) are
-    handled per document (:mod:`tokenweight.packed_batches`): attention, short-context
+    handled per document (:mod:`tokenweight.core.packed_batches`): attention, short-context
     windows and weight normalization stay inside each document, and a document's first
     token is not a target, so the result equals the same documents run unpacked. The
     returned per-target tensors keep the batch's packed ``(B, N - 1)`` layout.
     """
-    from tokenweight.losses import model_token_nll
+    from tokenweight.core.losses import model_token_nll
 
     input_ids = batch["input_ids"]
     labels = batch.get("labels")

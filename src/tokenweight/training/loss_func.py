@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import find_documents, target_mask
+from tokenweight.core.packed_batches import find_documents, target_mask
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
 from tokenweight.training.loss import LossParts, missing_scorer, raise_if_nonfinite, weigh_nll
 from tokenweight.training.refusals import check_self_scorer
-from tokenweight.weighting import Scheme
 
 if TYPE_CHECKING:
-    from tokenweight.scoring import Scorer
+    from tokenweight.core.scoring import Scorer
 
 __all__ = ["TokenWeightLossFunc", "make_compute_loss_func"]
 
@@ -59,7 +59,7 @@ class TokenWeightLossFunc:
     ) -> None:
         self.scheme = Scheme.coerce(scheme)
         if not self.scheme.is_uniform and scorer is None:
-            raise missing_scorer(self.scheme, "tokenweight.scoring.SelfScorer or ModelScorer")
+            raise missing_scorer(self.scheme, "tokenweight.core.scoring.SelfScorer or ModelScorer")
         check_self_scorer(scorer, model, None, None)
         self.model = model
         self.scorer = scorer
@@ -135,10 +135,10 @@ def make_compute_loss_func(
 
     Args:
         model: the model the Trainer trains (its forward inputs are recorded by a hook).
-        scheme: a :class:`~tokenweight.weighting.Scheme` or its text (``"dense:0.75"``).
+        scheme: a :class:`~tokenweight.core.weighting.Scheme` or its text (``"dense:0.75"``).
         scorer: ``scorer(batch, long_nll, model=model) -> short_nll``
-            (:class:`~tokenweight.scoring.SelfScorer` or
-            :class:`~tokenweight.scoring.ModelScorer`); not needed for ``"uniform"``.
+            (:class:`~tokenweight.core.scoring.SelfScorer` or
+            :class:`~tokenweight.core.scoring.ModelScorer`); not needed for ``"uniform"``.
         raise_on_nonfinite: raise :class:`TokenWeightError` on a NaN/inf NLL, weight or
             loss (default); ``False`` returns a NaN loss instead.
 

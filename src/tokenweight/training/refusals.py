@@ -7,14 +7,14 @@
   training sequence) or exceeds the model's positions: every weight would be uniform.
 
 Rows shorter than the window among longer ones are legitimate (SFT data); those are
-reported, not refused (:meth:`tokenweight.scoring.SelfScorer.note_no_context`).
+reported, not refused (:meth:`tokenweight.core.scoring.SelfScorer.note_no_context`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
+from tokenweight.infra.errors import TokenWeightError
 
 __all__ = ["check_self_scorer", "longest_sequence", "refuse_replaced_losses"]
 
@@ -72,10 +72,10 @@ def longest_sequence(args: Any, dataset: Any) -> tuple[int, str] | None:
 
 
 def check_self_scorer(scorer: Any, model: Any, args: Any, dataset: Any) -> None:
-    """Refuse a :class:`~tokenweight.scoring.SelfScorer` whose window is above the model's
+    """Refuse a :class:`~tokenweight.core.scoring.SelfScorer` whose window is above the model's
     positions or at or above the longest sequence the run trains on (other scorers
     pass)."""
-    from tokenweight.scoring import SelfScorer
+    from tokenweight.core.scoring import SelfScorer
 
     if not isinstance(scorer, SelfScorer):
         return

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.files import check_output_dir, read_json, remove_path
+from tokenweight.infra.errors import TokenWeightError
+from tokenweight.infra.files import check_output_dir, read_json, remove_path
 from tokenweight.training.config import Config, to_training_arguments
 
 __all__ = ["TrainResult", "find_last_checkpoint", "train"]
@@ -103,7 +103,7 @@ def _check_output_dir(config: Config) -> None:
 # ------------------------------------------------------------------ pieces
 def _model_path(source: str, cache_dir: str | None) -> str:
     """A folder (or hub name) that loads fast: GGUF sources are converted once and cached."""
-    from tokenweight.models import ensure_local_model
+    from tokenweight.infra.models import ensure_local_model
 
     return str(ensure_local_model(source, cache_dir))
 
@@ -111,7 +111,7 @@ def _model_path(source: str, cache_dir: str | None) -> str:
 def _load_model(config: Config, path: str, dtype: str, **extra: Any) -> Any:
     """``load_model`` with the run's attention and remote-code settings; ``dtype`` "auto"
     keeps the checkpoint's. ``extra`` goes to ``load_model`` (e.g. RoPE settings)."""
-    from tokenweight.models import load_model
+    from tokenweight.infra.models import load_model
 
     return load_model(
         path,
@@ -220,7 +220,7 @@ def _build_frozen_scorer_model(config: Config) -> tuple[Any, Any] | None:
     """The frozen scorer model (original RoPE settings) and its tokenizer, on the CPU."""
     if not config.used_scorer.uses_model:
         return None
-    from tokenweight.models import load_tokenizer
+    from tokenweight.infra.models import load_tokenizer
 
     source = config.scorer.model or config.model.source
     assert source  # model.source is required by Config.validate
@@ -240,7 +240,7 @@ def _bos_token_id(manifest: dict[str, Any], dataset: Any) -> int | None:
 def _build_scorer(
     config: Config, frozen: tuple[Any, Any] | None, tokenizer: Any, model: Any, bos: int | None
 ) -> Any:
-    from tokenweight.scorer_kinds import ScorerInputs
+    from tokenweight.core.scorer_kinds import ScorerInputs
 
     s = config.scorer
     scorer_model = None
@@ -294,7 +294,7 @@ def train(
     Returns:
         a :class:`TrainResult`; the final model is saved in ``train.output_dir``.
 
-    The output folder is locked (:mod:`tokenweight.folder_lock`) from before the first
+    The output folder is locked (:mod:`tokenweight.infra.folder_lock`) from before the first
     write to the end; in a multi-process launch rank 0 holds the lock for every rank.
     """
     from tokenweight.training.distributed import check_sequence_parallel, is_distributed_launch
@@ -326,7 +326,7 @@ def train(
             config, model, args, dataset, manifest, tokenizer, scorer, out, callbacks, plan.segments
         )
         if trainer.is_world_process_zero():
-            from tokenweight.files import atomic_write_text
+            from tokenweight.infra.files import atomic_write_text
 
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / CONFIG_NAME, config.to_yaml())
@@ -365,7 +365,7 @@ def check_report_to(report_to: list[str] | str | None) -> None:
 
 def _output_lock(out: Path, shared: bool = False) -> Any:
     """The lock of ``train.output_dir`` (``shared``: rank 0's, for every rank)."""
-    from tokenweight.folder_lock import output_lock, shared_output_lock
+    from tokenweight.infra.folder_lock import output_lock, shared_output_lock
 
     return (shared_output_lock if shared else output_lock)(out, "train.output_dir")
 
@@ -373,10 +373,10 @@ def _output_lock(out: Path, shared: bool = False) -> Any:
 def _load_start(config: Config, manifest: dict[str, Any]) -> tuple[Any, str, Any]:
     """The tokenizer (checked against the data's), the start model's folder and the frozen
     scorer model (loaded before the ``TrainingArguments``: ZeRO-3 would partition it)."""
-    from tokenweight.models import check_data_tokenizer, load_tokenizer
+    from tokenweight.infra.models import check_data_tokenizer, load_tokenizer
 
     if config.used_scorer.window and manifest.get("seq_len"):
-        from tokenweight.scoring import require_short_window
+        from tokenweight.core.scoring import require_short_window
 
         assert config.scorer.window is not None  # required for these scorers by Config.validate
         require_short_window(config.scorer.window, int(manifest["seq_len"]), "scorer.window")
@@ -705,7 +705,7 @@ def _finish(
                 "held_by_process": [r.held for r in shards],
                 "largest_share_of_a_tensor": max(r.largest_share for r in shards),
             }
-        from tokenweight.files import atomic_write_json
+        from tokenweight.infra.files import atomic_write_json
 
         atomic_write_json(out / SUMMARY_NAME, json.loads(json.dumps(summary, default=str)))
     return TrainResult(

@@ -16,13 +16,13 @@ process holding the whole sequence):
    now holds the whole sequence's values;
 3. short NLL on the whole sequence: precomputed scores as gathered; the windows of the
    self and model scorers are shared out over the group
-   (:func:`tokenweight.scoring.split_scoring`): each process runs every ``S``-th window
+   (:func:`tokenweight.core.scoring.split_scoring`): each process runs every ``S``-th window
    (the model is in eval mode there, where Ulysses steps aside, so each window is plain
    attention; a process with one window fewer adds a padding call, so under ZeRO-3 every
    process makes the same parameter gathers), and one all-reduce gives every process the
    whole sequence's short NLL. The reference scorer's full-sequence forward runs on every
    process;
-4. weights on the whole sequence with :func:`~tokenweight.weighting.compute_weights`
+4. weights on the whole sequence with :func:`~tokenweight.core.weighting.compute_weights`
    (L1 sums, top-kappa with its ties, LongCE: exactly the one-process values), then the
    local slice of them;
 5. loss = local ``sum w * l`` over the valid targets of the whole optimizer step (every
@@ -46,10 +46,11 @@ from typing import Any
 
 import torch
 
-from tokenweight.constants import IGNORE_INDEX
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import find_documents
-from tokenweight.scoring import split_scoring
+from tokenweight.core.packed_batches import find_documents
+from tokenweight.core.scoring import split_scoring
+from tokenweight.core.weighting import Scheme, compute_weights, weighted_nll_loss
+from tokenweight.infra.constants import IGNORE_INDEX
+from tokenweight.infra.errors import TokenWeightError
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import (
     LossParts,
@@ -58,7 +59,6 @@ from tokenweight.training.loss import (
     tie_seeds,
     timed_score,
 )
-from tokenweight.weighting import Scheme, compute_weights, weighted_nll_loss
 
 __all__ = [
     "SequenceParallelCollator",
@@ -215,7 +215,7 @@ def sequence_parallel_loss(
     The returned ``long_nll``, ``short_nll``, ``weights`` and ``mask`` cover the whole
     sequence ``(B, W - 1)``; ``loss`` is this slice's share.
     """
-    from tokenweight.losses import model_token_nll
+    from tokenweight.core.losses import model_token_nll
 
     group, size, rank = sp_group()
     ids, shift_labels = inputs["input_ids"], inputs["shift_labels"]

@@ -2,11 +2,11 @@
 
 Per micro-batch (``compute_loss``):
 
-1. long NLL ``l``: :func:`tokenweight.losses.model_token_nll` through the (possibly
+1. long NLL ``l``: :func:`tokenweight.core.losses.model_token_nll` through the (possibly
    DDP/DeepSpeed/FSDP-wrapped) model, never materializing full logits, ``(B, N-1)``;
 2. short NLL ``s``: the scorer (skipped for the uniform scheme), ``(B, N-1)``;
 3. weights ``w = compute_weights(l, s, scheme, mask)`` (detached);
-4. loss ``sum_i w_i l_i / n`` with :func:`tokenweight.weighting.weighted_nll_loss`.
+4. loss ``sum_i w_i l_i / n`` with :func:`tokenweight.core.weighting.weighted_nll_loss`.
 
 ``n`` is the number of valid targets of the whole optimizer step: every micro-batch of
 the gradient accumulation, summed over all processes (``num_items_in_batch``, counted by
@@ -19,7 +19,7 @@ each process normalizes by its own count instead, as in the plain Trainer.)
 
 Used as a library::
 
-    from tokenweight.scoring import SelfScorer
+    from tokenweight.core.scoring import SelfScorer
     from tokenweight.training import TokenWeightCollator, TokenWeightTrainer
 
     trainer = TokenWeightTrainer(
@@ -43,16 +43,16 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from tokenweight.errors import TokenWeightError
-from tokenweight.packed_batches import find_documents, target_mask
+from tokenweight.core.packed_batches import find_documents, target_mask
+from tokenweight.core.weighting import Scheme
+from tokenweight.infra.errors import TokenWeightError
 from tokenweight.training.callbacks import StepStats, describe_batch, nonfinite_error
 from tokenweight.training.collator import TokenWeightCollator
 from tokenweight.training.loss import LossParts, missing_scorer, token_weighted_loss
 from tokenweight.training.refusals import check_self_scorer, refuse_replaced_losses
-from tokenweight.weighting import Scheme
 
 if TYPE_CHECKING:
-    from tokenweight.scoring import Scorer
+    from tokenweight.core.scoring import Scorer
 
 __all__ = ["TokenWeightTrainer", "count_valid_targets"]
 
@@ -65,7 +65,7 @@ _SEED_MIX = (1_000_003, 10_007)
 def count_valid_targets(batch: dict[str, Any]) -> torch.Tensor:
     """Number of valid targets in a collated batch (int64 scalar on the batch's device);
     completion masks and packed documents count as in the loss
-    (:func:`tokenweight.packed_batches.target_mask`)."""
+    (:func:`tokenweight.core.packed_batches.target_mask`)."""
     return target_mask(batch, find_documents(batch)).sum()
 
 
@@ -84,9 +84,9 @@ class TokenWeightTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is the token-weighted NLL (module docstring).
 
     Args:
-        scheme: a :class:`~tokenweight.weighting.Scheme`, its text (``"dense:0.75"``) or
+        scheme: a :class:`~tokenweight.core.weighting.Scheme`, its text (``"dense:0.75"``) or
             dict form. Default: uniform (plain cross-entropy, no scorer).
-        scorer: a :class:`~tokenweight.scoring.Scorer`,
+        scorer: a :class:`~tokenweight.core.scoring.Scorer`,
             ``scorer(batch, long_nll, model=None) -> short_nll``; required unless the
             scheme is uniform.
         *args, **kwargs: everything ``Trainer`` takes. ``data_collator`` defaults to a
@@ -94,7 +94,7 @@ class TokenWeightTrainer(Trainer):
             trainer follows in the MRO (``class X(TokenWeightTrainer, SFTTrainer)``),
             whose own collator is then used. Labels ``-100``, ``completion_mask`` 0 and
             padding are not targets; packed batches are handled per document
-            (:mod:`tokenweight.packed_batches`).
+            (:mod:`tokenweight.core.packed_batches`).
 
     Every log line gets the figures of :class:`~tokenweight.training.callbacks.StepStats`
     (through :meth:`log`, so ``report_to`` integrations see them). A NaN or infinite
@@ -118,7 +118,7 @@ class TokenWeightTrainer(Trainer):
     ) -> None:
         self.scheme = Scheme.coerce(scheme)
         if not self.scheme.is_uniform and scorer is None:
-            scorers = "tokenweight.scoring.SelfScorer, ModelScorer or PrecomputedScorer"
+            scorers = "tokenweight.core.scoring.SelfScorer, ModelScorer or PrecomputedScorer"
             raise missing_scorer(self.scheme, scorers)
         given_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         refuse_replaced_losses(given_args, kwargs.get("compute_loss_func"))

@@ -67,7 +67,12 @@ def test_lazy_names_and_submodules_resolve():
 
     assert tokenweight.Scheme is tokenweight.core.weighting.Scheme
     assert tokenweight.compute_weights is tokenweight.core.weighting.compute_weights
-    assert tokenweight.infra.files.atomic_write_text  # a submodule on first attribute use
+    # a submodule on first attribute use, of the package and of each layer
+    assert tokenweight.infra.files.atomic_write_text
+    assert tokenweight.core.scorer_kinds.SCORERS
+    assert tokenweight.workflows.steps.Steps
+    with pytest.raises(AttributeError):
+        tokenweight.core.no_such_module  # noqa: B018
     with pytest.raises(AttributeError):
         tokenweight.no_such_name  # noqa: B018
 

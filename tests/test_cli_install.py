@@ -67,7 +67,12 @@ def test_lazy_names_and_submodules_resolve():
 
     assert tokenweight.Scheme is tokenweight.core.weighting.Scheme
     assert tokenweight.compute_weights is tokenweight.core.weighting.compute_weights
-    assert tokenweight.infra.files.atomic_write_text  # a submodule on first attribute use
+    # a submodule on first attribute use, of the package and of each layer
+    assert tokenweight.infra.files.atomic_write_text
+    assert tokenweight.core.scorer_kinds.SCORERS
+    assert tokenweight.workflows.steps.Steps
+    with pytest.raises(AttributeError):
+        tokenweight.core.no_such_module  # noqa: B018
     with pytest.raises(AttributeError):
         tokenweight.no_such_name  # noqa: B018
 
@@ -105,6 +110,8 @@ def test_every_option_help_states_its_default():
                 if not takes_value or (not action.option_strings and action.nargs not in "?*"):
                     continue
                 if isinstance(action, argparse._SubParsersAction):
+                    continue
+                if action.help == argparse.SUPPRESS:  # an old spelling, not in --help
                     continue
                 rendered = HelpFormatter(where)._get_help_string(action) % vars(action)
                 if "default" not in rendered or "(default: None)" in rendered:

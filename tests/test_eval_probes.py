@@ -11,7 +11,7 @@ from helpers.fixtures import make_tokenizer
 from tokenweight import TokenWeightError
 from tokenweight.evaluation.probes import (
     FILLER,
-    TASKS,
+    PROBE_TASKS,
     make_probe,
     make_probes,
     match_all,
@@ -72,7 +72,7 @@ TOKENIZERS = {
     # the real SmolLM2 tokenizer takes about 6 s to load, once per process: slow
     [pytest.param(w, marks=pytest.mark.slow) if w == "smollm2" else w for w in TOKENIZERS],
 )
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", PROBE_TASKS)
 def test_length_depth_and_answer(which, task):
     tok = TOKENIZERS[which]()
     lengths = (512, 1000, 3000) if which.startswith("tiny") else (1024, 4096, 8192)
@@ -96,7 +96,7 @@ def test_length_depth_and_answer(which, task):
 @pytest.mark.slow  # the real SmolLM2 tokenizer: about 6 s to load, once per process
 def test_lengths_are_mostly_exact_with_real_tokenizer():
     tok = smollm2_tokenizer()
-    probes = make_probes(tok, TASKS, [1024, 2048], [0.1, 0.5, 0.9], trials=2, seed=5)
+    probes = make_probes(tok, PROBE_TASKS, [1024, 2048], [0.1, 0.5, 0.9], trials=2, seed=5)
     exact = sum(len(p.input_ids) == p.length for p in probes)
     assert exact >= 0.9 * len(probes)
 

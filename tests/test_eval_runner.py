@@ -270,23 +270,19 @@ def test_probe_accounting(run):
         assert entry["timing"]["probe_prompts_per_s"] > 0
 
 
-def test_scorer_judges_key_tokens_for_every_model(tmp_path, corpus, tok):
+@pytest.mark.parametrize("argument", ["evaluator", "scorer"])
+def test_evaluator_judges_key_tokens_for_every_model(tmp_path, corpus, tok, argument):
+    """One evaluator model picks the key tokens for all; ``scorer`` is its old name
+    (accepted with a deprecation message, the same results)."""
+    import contextlib
+
     judge = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)
     other = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=1)
-    results = evaluate_models(
-        [("judge-itself", judge, tok), ("other", other, tok)],
-        out_dir=None,
-        tasks=["longppl"],
-        data=[str(corpus)],
-        seq_len=SEQ_LEN,
-        max_sequences=2,
-        longppl_window=WINDOW,
-        longppl_stride=STRIDE,
-        longppl_alpha=0.0,
-        longppl_beta=50.0,
-        scorer=ModelSpec("judge", model=judge, tokenizer=tok),
-        progress=False,
-    )
+    old = argument == "scorer"
+    warns = pytest.warns(FutureWarning, match="is now called evaluator")
+    with warns if old else contextlib.nullcontext():
+        results = _longppl_with_one_evaluator(judge, other, tok, corpus, argument)
+    assert results["settings"]["longppl_evaluator"] == "judge"
     ids = _sequences(tok, corpus, 2)
     long_judge = _long_nll(judge, ids)
     short_judge = _short_nll_exact(judge, ids, long_judge, tok.bos_token_id)
@@ -297,6 +293,28 @@ def test_scorer_judges_key_tokens_for_every_model(tmp_path, corpus, tok):
     assert a["key_tokens_from"] == b["key_tokens_from"] == "judge"
     assert a["longppl"] == pytest.approx(math.exp(float(long_judge[key].mean())), rel=1e-4)
     assert b["longppl"] == pytest.approx(math.exp(float(long_other[key].mean())), rel=1e-4)
+
+
+def _longppl_with_one_evaluator(judge, other, tok, corpus, argument):
+    return evaluate_models(
+        [("judge-itself", judge, tok), ("other", other, tok)],
+        out_dir=None,
+        tasks=["longppl"],
+        data=[str(corpus)],
+        seq_len=SEQ_LEN,
+        max_sequences=2,
+        longppl_window=WINDOW,
+        longppl_stride=STRIDE,
+        longppl_alpha=0.0,
+        longppl_beta=50.0,
+        progress=False,
+        **{argument: ModelSpec("judge", model=judge, tokenizer=tok)},
+    )
+
+
+def test_evaluator_given_twice_is_refused(tok):
+    with pytest.warns(FutureWarning), pytest.raises(TokenWeightError, match="evaluator once"):
+        evaluate_models([("m", None, tok)], out_dir=None, evaluator="a", scorer="b")
 
 
 def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, corpus, tok):
@@ -325,7 +343,7 @@ def test_evaluator_that_is_also_evaluated_runs_its_long_pass_once(monkeypatch, c
         max_sequences=2,
         longppl_window=WINDOW,
         longppl_stride=STRIDE,
-        scorer=ModelSpec("judge", model=judge, tokenizer=tok),
+        evaluator=ModelSpec("judge", model=judge, tokenizer=tok),
         progress=False,
     )
     assert [id(m) for m in calls] == [id(judge), id(other)]
@@ -577,3 +595,15 @@ def test_an_eval_cut_off_while_plotting_can_be_rerun_into_the_same_folder(
     monkeypatch.undo()
     files = report.write_outputs(json.loads(json.dumps(results)), out)
     assert {p.name for p in out.iterdir()} == set(files)
+
+
+def test_longppl_evaluator_option_and_its_old_name():
+    from tokenweight.commands.evaluate import _evaluator
+
+    assert _evaluator(_eval_args()) is None
+    assert _evaluator(_eval_args("--longppl-evaluator", "start=m")) == "start=m"
+    with pytest.warns(FutureWarning, match="--longppl-scorer is now called --longppl-evaluator"):
+        assert _evaluator(_eval_args("--longppl-scorer", "start=m")) == "start=m"
+    both = _eval_args("--longppl-evaluator", "a", "--longppl-scorer", "b")
+    with pytest.warns(FutureWarning), pytest.raises(TokenWeightError, match="once"):
+        _evaluator(both)

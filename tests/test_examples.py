@@ -47,6 +47,7 @@ RUN = (
     "trl_sft.py",
     "precomputed_scores.py",
     "extending.py",
+    "eval_task.py",
 )
 
 
@@ -158,6 +159,32 @@ def test_extending(run_example):
     finally:  # the tables are global: leave them as they were
         weighting.PRESETS.pop("capped", None)
         scorer_kinds.SCORERS.pop("half", None)
+
+
+def test_eval_task(run_example):
+    from tiny import tiny_model  # the example's model: seeded, so the same weights
+    from tokenweight.evaluation.sequences import load_eval_sequences
+    from tokenweight.evaluation.tasks import EVAL_TASKS
+
+    try:
+        out, g = run_example("eval_task.py")
+        # independent: the model's own NLL of the same sequences, last 8 valid targets
+        seqs = load_eval_sequences(["runs/examples/texts.txt"], g["tokenizer"], seq_len=64)
+        ids = seqs.input_ids
+        with torch.no_grad():
+            logits = tiny_model(g["tokenizer"])(ids).logits[:, :-1].float()
+        long = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        picked = long[:, -8:][seqs.target_mask[:, -8:]]
+        want = math.exp(picked.mean().item())
+        (entry,) = g["results"]["models"]
+        assert entry["tail"]["targets"] == picked.numel() == 4 * 8
+        assert entry["tail"]["perplexity"] == pytest.approx(want, rel=1e-4)
+        assert out == f"tail perplexity {want:.2f} over 32 targets\n"
+        md = Path("runs/examples/eval/results.md").read_text()
+        assert "## tail perplexity" in md and f"| tiny | {want:.2f} | 32 |" in md
+        assert g["results"]["settings"]["tail_tokens"] == 8
+    finally:  # the table is global: leave it as it was
+        EVAL_TASKS.pop("tail", None)
 
 
 @pytest.mark.slow

@@ -242,57 +242,264 @@ def test_scorer_kind_names_only_in_their_table():
     assert hits == []
 
 
-# ----------------------------------------------------------------- probe tasks
+# ----------------------------------------------------------------- eval tasks
+def _doubled_passkey_spec(rng, copies=2):
+    """The dummy probe's prompt: the pass-key probe's, its needle said ``copies`` times."""
+    from tokenweight.evaluation.probes import passkey_spec
+
+    spec = passkey_spec(rng)
+    spec.target = spec.target * copies
+    return spec
+
+
+def _mean_nll_over_stride(inputs):
+    """The dummy text task: mean long-context NLL of every ``nll_stride``-th target."""
+    long, mask = inputs.long, inputs.seqs.target_mask
+    step = inputs.cfg.nll_stride
+    picked = long[:, ::step][mask[:, ::step]]
+    return {"mean_nll": float(picked.mean()), "targets": int(picked.numel())}
+
+
+def _stride_section(entries, task):
+    return ["", f"## {task.label}", ""] + [
+        f"- {e['label']}: {e[task.key]['mean_nll']:.4f}" for e in entries
+    ]
+
+
 @pytest.fixture
-def echo_probe():
-    """A dummy probe ``echo``: the pass-key probe's prompt under another name."""
-    from tokenweight.evaluation import probes
-
-    task = probes.ProbeTask(
-        "echo", "the pass key again (a test dummy)", probes.PROBES["passkey"].spec
+def dummy_tasks():
+    """A dummy probe ``echo`` (the pass key, said ``--copies`` times) and a dummy text task
+    ``strided`` (mean NLL of every ``--nll-stride``-th target), each with a setting;
+    registered in the one table and removed after the test."""
+    from tokenweight.evaluation.tasks import (
+        EVAL_TASKS,
+        PROBE,
+        TEXT,
+        Column,
+        EvalTask,
+        TaskSetting,
+        register_eval_task,
     )
-    probes.PROBES["echo"] = task
-    yield task
-    del probes.PROBES["echo"]  # the table is global: leave it as it was
+
+    def at_least(low):
+        def check(value, name):
+            if not isinstance(value, int) or value < low:
+                raise TokenWeightError(f"{name} must be an integer >= {low}, got {value!r}")
+
+        return check
+
+    probe = register_eval_task(
+        EvalTask(
+            "echo",
+            PROBE,
+            "the pass key said several times (a test dummy)",
+            _doubled_passkey_spec,
+            settings=(
+                TaskSetting("copies", 2, "echo: needle copies (a dummy)", check=at_least(1)),
+            ),
+        )
+    )
+    text = register_eval_task(
+        EvalTask(
+            "strided",
+            TEXT,
+            "mean NLL of every n-th target (a test dummy)",
+            _mean_nll_over_stride,
+            settings=(
+                TaskSetting("nll_stride", 3, "strided: take every n-th target", check=at_least(1)),
+            ),
+            key="strided_nll",
+            label="strided NLL",
+            columns=(Column("strided NLL", "mean_nll", 3), Column("strided targets", "targets")),
+            section=_stride_section,
+        )
+    )
+    yield probe, text
+    del EVAL_TASKS["echo"], EVAL_TASKS["strided"]  # the table is global: leave it as it was
 
 
-def test_dummy_probe_in_eval_config_help_study_and_reports(echo_probe, capsys, tmp_path):
-    import json
-    import random
-
-    from tokenweight.evaluation.probes import _spec
+def test_dummy_tasks_in_eval_config_and_its_errors(dummy_tasks):
+    from tokenweight.evaluation import ALL_TASKS, PROBE_TASKS
     from tokenweight.evaluation.runner import EvalConfig
-    from tokenweight.workflows.pipeline_report import _eval_section
-    from tokenweight.workflows.study import StudyConfig
 
-    # the probe's prompt comes from its table entry (the same draws as passkey's)
-    ours, theirs = _spec("echo", random.Random(3), 0, 0), _spec("passkey", random.Random(3), 0, 0)
-    assert ours == theirs
-    assert EvalConfig(tasks=("echo", "needle")).probe_tasks == ("echo", "needle")
-    with pytest.raises(TokenWeightError, match=r"choose from .*vartrack, echo"):
+    assert ALL_TASKS[-1] == "echo" and "strided" in ALL_TASKS and PROBE_TASKS[-1] == "echo"
+    cfg = EvalConfig(tasks=("echo", "strided", "needle"), data="x", copies=3, nll_stride=5)
+    assert (cfg.probe_tasks, cfg.text_tasks) == (("echo", "needle"), ("strided",))
+    assert (cfg.copies, cfg.nll_stride) == (3, 5)
+    assert cfg.as_dict()["copies"] == 3 and cfg.as_dict()["nll_stride"] == 5
+    assert EvalConfig().copies == 2 and EvalConfig().nll_stride == 3  # the table's defaults
+    with pytest.raises(TokenWeightError, match=r"choose from ppl, longppl, strided, .*, echo"):
         EvalConfig(tasks=("echoo",))
+    with pytest.raises(TokenWeightError, match=r"copies must be an integer >= 1, got 0"):
+        EvalConfig(copies=0)
+    with pytest.raises(TokenWeightError, match=r"task\(s\) strided need evaluation text"):
+        EvalConfig(tasks=("strided",))
+    with pytest.raises(TokenWeightError, match=r"unknown evaluation setting.*known: .*copies"):
+        EvalConfig(copys=1)
+
+
+def test_dummy_tasks_in_eval_help_and_cli_errors(dummy_tasks, capsys, tmp_path):
+    from tokenweight.commands.evaluate import _eval_config
+    from tokenweight.evaluation.runner import EvalConfig
+
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
-    assert "the pass key again (a test dummy)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "the pass key said several times (a test dummy)" in text
+    assert "mean NLL of every n-th target (a test dummy)" in text
+    assert "--copies COPIES" in text and "--nll-stride NLL_STRIDE" in text
+    assert "echo: needle copies (a dummy)" in text
+    from tokenweight.cli import build_parser
+
+    args = build_parser("eval").parse_args(
+        ["eval", "m", "--out", "o", "--tasks", "echo", "--copies", "4", "--nll-stride", "2"]
+    )
+    assert _eval_config(args) == EvalConfig(tasks=("echo",), copies=4, nll_stride=2)
+    code = main(["eval", "m", "--out", str(tmp_path / "o"), "--tasks", "echoo"])
+    assert code == 2
+    assert "unknown evaluation task(s) echoo; choose from" in capsys.readouterr().err
+
+
+def test_dummy_tasks_run_and_show_in_results_md(dummy_tasks, tmp_path):
+    """Both dummies run through ``evaluate_models`` from their table entries alone: the
+    probe's prompt holds the needle ``copies`` times, the text task's number is an
+    independent mean over the model's own NLL, and ``results.md`` shows both."""
+    import torch.nn.functional as F
+
+    from helpers.corpus import CORPUS_DIR
+    from helpers.eval_support import EVAL_BPE, EVAL_INIT_STD
+    from helpers.fixtures import build_tiny_causal_lm, make_tokenizer
+    from tokenweight.evaluation import evaluate_models
+    from tokenweight.evaluation.sequences import load_eval_sequences
+
+    tok = make_tokenizer("bpe", **EVAL_BPE)
+    model = build_tiny_causal_lm(tokenizer=tok, init_std=EVAL_INIT_STD, seed=0)
+    corpus = CORPUS_DIR / "orchard.txt"
+    results = evaluate_models(
+        [("m", model, tok)],
+        out_dir=tmp_path / "eval",
+        tasks=["echo", "strided"],
+        lengths=[300],
+        depths=[0.5],
+        data=[str(corpus)],
+        seq_len=64,
+        max_sequences=2,
+        copies=3,
+        nll_stride=4,
+        progress=False,
+    )
+    entry = results["models"][0]
+    (sample,) = entry["probes"]["echo"]["samples"]
+    assert results["settings"]["copies"] == 3 and results["settings"]["nll_stride"] == 4
+    seqs = load_eval_sequences([str(corpus)], tok, seq_len=64, max_sequences=2)
+    ids = seqs.input_ids
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    picked = nll[:, ::4][seqs.target_mask[:, ::4]]
+    assert entry["strided_nll"]["targets"] == picked.numel()
+    assert entry["strided_nll"]["mean_nll"] == pytest.approx(picked.mean().item(), rel=1e-4)
+    from tokenweight.evaluation.probes import make_probe
+
+    probe = make_probe(tok, "echo", 300, 0.5, copies=3)
+    assert probe.prompt.count(probe.needle) == 3 and sample["answer"] == probe.answers[0]
+    md = (tmp_path / "eval" / "results.md").read_text()
+    assert "| echo |" in md and "### echo: accuracy by prompt length" in md
+    assert "## strided NLL" in md and f"- m: {picked.mean():.4f}" in md
+    assert (tmp_path / "eval" / "probe_echo.png").is_file()
+
+
+def test_dummy_tasks_in_pipeline_and_study_reports(dummy_tasks, tmp_path):
+    import json
+
+    import numpy as np
+
+    from tokenweight.workflows.pipeline import PipelineConfig
+    from tokenweight.workflows.pipeline_report import _eval_section
+    from tokenweight.workflows.study import StudyConfig, _probe_differences
+
     StudyConfig(probes=["echo"]).validate()
-    # reports: the pipeline report shows it as a probe column, ppl/longppl are not probes
+    with pytest.raises(TokenWeightError, match=r"probes: unknown \['strided'\]; .*, echo"):
+        StudyConfig(probes=["strided"]).validate()  # a text task is not a probe
+    assert "echo" not in PipelineConfig().probes  # not a default probe
+    # the pipeline report: the text task's columns and the probe's, ppl/longppl as before
     (tmp_path / "eval").mkdir()
     results = {
-        "settings": {"tasks": ["ppl", "longppl", "echo"]},
+        "settings": {"tasks": ["ppl", "longppl", "strided", "echo"]},
         "models": [
-            {"label": "start", "probes": {"echo": {"correct": 2, "total": 3}}},
+            {
+                "label": "start",
+                "perplexity": {"perplexity": 12.345},
+                "strided_nll": {"mean_nll": 2.5, "targets": 7},
+                "probes": {"echo": {"correct": 2, "total": 3}},
+            },
         ],
     }
     (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
     table = "\n".join(_eval_section(tmp_path, ["start"]))
-    assert "| echo (correct) |" in table and "2/3" in table
-    assert "ppl (correct)" not in table
+    header = (
+        "| model | perplexity | LongPPL | key tokens | strided NLL | strided targets "
+        "| echo (correct) |"
+    )
+    assert header in table
+    assert "| start | 12.35 | - | - | 2.500 | 7 | 2/3 |" in table
+    assert "ppl (correct)" not in table and "strided (correct)" not in table
+    # the study report: the probe's row, under its label
+    config = StudyConfig(runs=[{"scheme": "uniform"}, {"scheme": "dense:0.75"}], seeds=[0])
+    (tmp_path / "probes.json").write_text(json.dumps([{"task": "echo"}] * 2))
+    np.save(tmp_path / "0-0-probes.npy", np.array([0, 1], np.int8))
+    np.save(tmp_path / "1-0-probes.npy", np.array([1, 1], np.int8))
+    (row,) = _probe_differences(config, tmp_path)
+    assert row["metric"] == "probe echo (accuracy)" and row["diff"] == 0.5
 
 
-def test_probe_names_only_in_their_table():
-    from tokenweight.evaluation.probes import PROBES
+def test_old_probe_names_keep_working():
+    """``PROBES``, ``ProbeTask`` (old-form specs called with distractors and hops) and
+    ``TASKS`` (with a deprecation message) read and write the one table."""
+    import random
 
+    from tokenweight.evaluation import probes
+    from tokenweight.evaluation.tasks import EVAL_TASKS, PROBE
+
+    calls = []
+
+    def old_spec(rng, distractors, hops):
+        calls.append((distractors, hops))
+        return probes.passkey_spec(rng)
+
+    probes.PROBES["old"] = probes.ProbeTask("old", "an old-style probe", old_spec)
+    try:
+        assert EVAL_TASKS["old"].kind == PROBE and "old" in probes.PROBE_TASKS
+        spec = probes._spec("old", random.Random(3), {"hops": 6})
+        assert spec == probes.passkey_spec(random.Random(3)) and calls == [(3, 6)]
+    finally:
+        del probes.PROBES["old"]
+    assert "old" not in EVAL_TASKS
+    with pytest.warns(FutureWarning, match="TASKS is now called PROBE_TASKS"):
+        from tokenweight.evaluation import TASKS
+    assert TASKS == probes.PROBE_TASKS
+    assert list(probes.PROBES) == list(probes.PROBE_TASKS)
+    with pytest.raises(KeyError):
+        probes.PROBES["ppl"]  # a text task is not a probe
+
+
+def test_eval_task_names_only_in_their_table():
+    from tokenweight.evaluation.tasks import EVAL_TASKS
+
+    # "longppl" also names the metric: its function (``metrics.longppl``, listed in the
+    # lazy imports) and the number in its result (``LongPPLResult.as_dict``), which the
+    # LongPPL section and the metric's own error message read; study.py's metric
+    # "LongPPL key tokens" is the study's own. None of these selects a task.
+    allowed = {
+        ("evaluation/__init__.py", "longppl"),
+        ("evaluation/metrics.py", "longppl"),
+        ("evaluation/metrics.py", "longppl "),
+        ("evaluation/report.py", "longppl"),
+        ("workflows/study.py", "longppl"),
+    }
     hits = [
-        (f, line, t) for f, line, t in string_literals(set(PROBES)) if f != "evaluation/probes.py"
+        (f, line, t)
+        for f, line, t in string_literals(set(EVAL_TASKS))
+        if f != "evaluation/tasks.py" and (f, t.lower()) not in allowed
     ]
     assert hits == []

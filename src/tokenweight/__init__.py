@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from tokenweight.infra import submodule_on_first_use
 from tokenweight.infra.constants import IGNORE_INDEX
 from tokenweight.infra.errors import TokenWeightError
 from tokenweight.infra.moved import install as _install_moved_paths
@@ -61,10 +62,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name == "__version__":
         value = _version()
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
-        value = importlib.import_module(f"{__name__}.{name}")
     else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = submodule_on_first_use(__name__, name)
     globals()[name] = value
     return value
 

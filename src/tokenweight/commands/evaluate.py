@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenweight.commands import options
 
@@ -21,22 +21,58 @@ checkpoint-N folder in it), a .gguf file, a hub name or the alias smollm2; after
 LongPPL: key tokens have short-context NLL - long NLL > --longppl-alpha and long NLL <
 --longppl-beta. The short context is a window of --longppl-window tokens (default
 min(4096, seq_len // 2)) moving by --longppl-stride (default window / 4), from the same
-model, or with --longppl-scorer one evaluator model judges the key tokens for all models.
+model, or with --longppl-evaluator one evaluator model judges the key tokens for all
+models.
 
-outputs in --out: results.json, results.md, probe_<task>.png, nll_by_position.png
+outputs in --out: results.json, results.md, {figures}
 """
 
 
 def _tasks_text() -> str:
-    """The tasks part of the help: the text tasks, then every probe of the probe table."""
-    from tokenweight.evaluation.probes import PROBES
+    """The tasks part of the help: every task of the task table, text tasks first."""
+    from tokenweight.evaluation.tasks import EVAL_TASKS, KINDS, PROBE, TEXT
 
-    lines = ["tasks: ppl, longppl (need --data); probes (* = run by default):"]
-    width = max(len(name) for name in PROBES) + 4
-    for name, task in PROBES.items():
-        mark = "*" if task.default else " "
-        lines.append(f"  {(name + ' ' + mark).ljust(width)}{task.summary}")
+    heading = {
+        TEXT: "text tasks (need --data; * = run by default with --data):",
+        PROBE: "probes (* = run by default):",
+    }
+    width = max(len(name) for name in EVAL_TASKS) + 4
+    lines = []
+    for kind in KINDS:
+        lines.append(heading[kind])
+        for name, task in EVAL_TASKS.items():  # table order within a kind
+            if task.kind == kind:
+                mark = "*" if task.default else " "
+                lines.append(f"  {(name + ' ' + mark).ljust(width)}{task.summary}")
     return "\n".join(lines) + "\n"
+
+
+def _figures_text() -> str:
+    """The figure files an evaluation may write, from the task table."""
+    from tokenweight.evaluation.tasks import EVAL_TASKS, PROBE
+
+    names = ["probe_<task>.png"] if any(t.kind == PROBE for t in EVAL_TASKS.values()) else []
+    names += [t.figure[0] for t in EVAL_TASKS.values() if t.figure is not None]
+    return ", ".join(names)
+
+
+def _default_tasks_text() -> str:
+    from tokenweight.evaluation.tasks import PROBE, TEXT, default_task_names
+
+    probes, text = default_task_names(PROBE), default_task_names(TEXT)
+    return f"default: {','.join(probes)}" + (f"; plus {','.join(text)} with --data" if text else "")
+
+
+def _add_task_settings(group: Any, kind: str) -> None:
+    """One option per setting of the task table's tasks of ``kind`` (named, defaulted and
+    explained by the table)."""
+    from tokenweight.evaluation.tasks import task_settings
+
+    for setting in task_settings(kind):
+        extra = {} if setting.metavar is None else {"metavar": setting.metavar}
+        group.add_argument(
+            setting.option, type=setting.type, default=setting.default, help=setting.help, **extra
+        )
 
 
 def _tokens(text: str) -> int:
@@ -51,15 +87,18 @@ def _fraction(text: str) -> float:
 
 
 # A long but flat table of options, kept in one piece so that it reads like --help. Each
-# evaluation option is named as its EvalConfig field and has its default (a test checks).
+# evaluation option is named as its EvalConfig setting and has its default (a test
+# checks); the tasks' own settings come from the task table.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = _EPILOG.replace("{tasks}", _tasks_text())
+    from tokenweight.evaluation.tasks import PROBE, TEXT
+
+    parser.epilog = _EPILOG.replace("{tasks}", _tasks_text()).replace("{figures}", _figures_text())
     parser.add_argument("models", nargs="+", metavar="MODEL", help="SOURCE or LABEL=SOURCE")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--tasks",
         default=None,
-        help="comma-separated tasks (default: passkey,needle; plus ppl,longppl with --data)",
+        help=f"comma-separated tasks ({_default_tasks_text()})",
     )
     parser.add_argument(
         "--lengths",
@@ -81,9 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="prompts decoded together / sequences per forward (default 1)",
     )
-    parser.add_argument("--distractors", type=int, default=3, help="multikey distractor needles")
-    parser.add_argument("--hops", type=int, default=4, help="vartrack chain links")
-    data = parser.add_argument_group("perplexity and LongPPL data")
+    _add_task_settings(parser, PROBE)
+    data = parser.add_argument_group("text task data (perplexity, LongPPL)")
     data.add_argument(
         "--data",
         action="append",
@@ -100,24 +138,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--max-sequences", type=int, default=16, help="sequences used at most")
     options.add_corpus_options(data, inputs="--data", split="validation")
-    data.add_argument("--bucket-size", type=int, default=1024, help="position bucket (tokens)")
+    _add_task_settings(data, TEXT)
     data.add_argument(
-        "--longppl-window",
-        type=int,
-        default=None,
-        help="short context window (default: min(4096, seq_len // 2))",
-    )
-    data.add_argument(
-        "--longppl-stride", type=int, default=None, help="short window stride (default: window / 4)"
-    )
-    data.add_argument("--longppl-alpha", type=float, default=2.0, help="min NLL gain (nats)")
-    data.add_argument("--longppl-beta", type=float, default=2.0, help="max long NLL (nats)")
-    data.add_argument(
-        "--longppl-scorer",
+        "--longppl-evaluator",
         default=None,
         metavar="MODEL",
         help="evaluator model judging key tokens for all models (default: each model itself)",
     )
+    # the old name of --longppl-evaluator, accepted with a deprecation message
+    data.add_argument("--longppl-scorer", default=None, help=argparse.SUPPRESS)
     load = parser.add_argument_group("model loading")
     options.add_load_dtype(load)
     options.add_device(load)
@@ -147,16 +176,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The evaluation settings given on the command line (option names match the fields
-    of :class:`~tokenweight.evaluation.runner.EvalConfig`)."""
-    from dataclasses import fields
-
+    """The evaluation settings given on the command line (option names match the
+    settings of :class:`~tokenweight.evaluation.runner.EvalConfig`)."""
     from tokenweight.evaluation.runner import EvalConfig
 
-    settings = {f.name: getattr(args, f.name) for f in fields(EvalConfig)}
+    settings = {name: getattr(args, name) for name in EvalConfig.option_names()}
     if args.tasks:
         settings["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     return EvalConfig(**settings)
+
+
+def _evaluator(args: argparse.Namespace) -> str | None:
+    """``--longppl-evaluator``, or ``--longppl-scorer``, its old name (with a deprecation
+    message)."""
+    from tokenweight.infra.errors import TokenWeightError
+
+    if args.longppl_scorer is None:
+        return args.longppl_evaluator
+    import warnings
+
+    warnings.warn(
+        "--longppl-scorer is now called --longppl-evaluator; the old name will be removed",
+        FutureWarning,
+        stacklevel=2,
+    )
+    if args.longppl_evaluator is not None:
+        raise TokenWeightError(
+            "give --longppl-evaluator once (--longppl-scorer is its old name), not both"
+        )
+    return args.longppl_scorer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             args.models,
             _eval_config(args),
             out_dir=args.out,
-            scorer=args.longppl_scorer,
+            evaluator=_evaluator(args),
             load_kwargs=load_kwargs,
             progress=not args.no_progress,
         )

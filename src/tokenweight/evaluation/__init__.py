@@ -1,14 +1,17 @@
 """Evaluation: perplexity by position, LongPPL, offline retrieval probes, plots, report.
 
-Modules, one job each: :mod:`.metrics` (pure functions on NLL tensors),
-:mod:`.probes` (prompt generation and exact-match scoring), :mod:`.generate` (batched
-greedy decoding), :mod:`.sequences` (evaluation data), :mod:`.perplexity` (long / short
-context NLL of a model), :mod:`.plots` (PNG figures), :mod:`.report` (results.md /
-results.json) and :mod:`.runner` (:func:`evaluate_models`, which ties them together).
+Modules, one job each: :mod:`.tasks` (the task table :data:`.tasks.EVAL_TASKS`, no
+torch), :mod:`.metrics` (pure functions on NLL tensors), :mod:`.text_tasks` (the text
+tasks' code), :mod:`.probes` (prompt generation and exact-match scoring),
+:mod:`.generate` (batched greedy decoding), :mod:`.sequences` (evaluation data),
+:mod:`.perplexity` (long / short context NLL of a model), :mod:`.plots` (PNG figures),
+:mod:`.report` (results.md / results.json) and :mod:`.runner` (:func:`evaluate_models`,
+which ties them together).
 
 ``import tokenweight.evaluation`` is light: the names below load from their module on
-first use, so the probe table (:data:`.probes.PROBES`, no torch) serves help texts and
-config checks without importing torch.
+first use, so the task table (no torch) serves help texts and config checks without
+importing torch. The task name lists (``ALL_TASKS``, ``PROBE_TASKS``, ``TASKS``, the
+old name of ``PROBE_TASKS``) are read from the table at every use.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
         match_first,
     )
     from tokenweight.evaluation.runner import ALL_TASKS, EvalConfig, ModelSpec, evaluate_models
+    from tokenweight.evaluation.tasks import EVAL_TASKS, EvalTask, TaskSetting, register_eval_task
 
 # public name -> the module defining it (imported on first use)
 _LAZY: dict[str, str] = {
@@ -57,17 +61,26 @@ _LAZY: dict[str, str] = {
         ("ALL_TASKS", "EvalConfig", "ModelSpec", "evaluate_models"),
         "tokenweight.evaluation.runner",
     ),
+    **dict.fromkeys(
+        ("EVAL_TASKS", "EvalTask", "TaskSetting", "register_eval_task"),
+        "tokenweight.evaluation.tasks",
+    ),
 }
+# names computed from the task table at every use (never cached here)
+_LIVE = {"ALL_TASKS", "PROBE_TASKS", "TASKS"}
 
 __all__ = [
     "ALL_TASKS",
+    "EVAL_TASKS",
     "PROBE_TASKS",
     "TASKS",
     "BucketStat",
     "EvalConfig",
+    "EvalTask",
     "LongPPLResult",
     "ModelSpec",
     "Probe",
+    "TaskSetting",
     "evaluate_models",
     "key_token_mask",
     "longppl",
@@ -77,6 +90,7 @@ __all__ = [
     "match_first",
     "position_bucket_nll",
     "position_curve",
+    "register_eval_task",
 ]
 
 
@@ -84,7 +98,8 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
+    if name not in _LIVE:
+        globals()[name] = value
     return value
 
 

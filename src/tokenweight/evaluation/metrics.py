@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from tokenweight.infra.constants import LONGPPL_ALPHA, LONGPPL_BETA  # the one definition
 from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
@@ -39,10 +40,6 @@ __all__ = [
     "position_curve",
 ]
 
-# LongPPL's key-token thresholds (nats), the one definition: a key token gains more than
-# LONGPPL_ALPHA from long context and its long-context NLL is below LONGPPL_BETA
-LONGPPL_ALPHA = 2.0
-LONGPPL_BETA = 2.0
 
 _NLL = TypeVar("_NLL", torch.Tensor, np.ndarray)
 

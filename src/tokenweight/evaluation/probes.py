@@ -16,6 +16,12 @@ sit at sentence boundaries of the filler, so the realized depth is the nearest b
 the same prompts, whichever other probes are requested.
 
 Scoring is exact match on the greedy continuation (:func:`match_first`, :func:`match_all`).
+
+The probes are the entries of kind ``probe`` of the task table
+(:data:`tokenweight.evaluation.tasks.EVAL_TASKS`); this module holds their prompt builders
+(the ``*_spec`` functions) and the shared code that places the needles in the filler.
+``PROBES`` (name -> task), ``PROBE_TASKS`` and ``DEFAULT_PROBE_TASKS`` are read from the
+table when asked.
 """
 
 from __future__ import annotations
@@ -23,20 +29,33 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tokenweight.evaluation.tasks import (
+    DISTRACTORS,
+    EVAL_TASKS,
+    HOPS,
+    PROBE,
+    EvalTask,
+    TasksOfKind,
+    default_task_names,
+    load,
+    task_names,
+    task_settings,
+)
 from tokenweight.infra.errors import TokenWeightError
 
 __all__ = [
-    "DEFAULT_PROBE_TASKS",
+    "DEFAULT_PROBE_TASKS",  # noqa: F822 (module __getattr__: read from the task table)
     "DISTRACTORS",
     "FILLER",
     "HOPS",
-    "PROBES",
-    "PROBE_TASKS",
-    "TASKS",
+    "PROBES",  # noqa: F822 (module __getattr__: read from the task table)
+    "PROBE_TASKS",  # noqa: F822 (module __getattr__: read from the task table)
+    "TASKS",  # noqa: F822 (module __getattr__: read from the task table)
     "Probe",
     "ProbeSpec",
     "ProbeTask",
@@ -45,12 +64,6 @@ __all__ = [
     "match_all",
     "match_first",
 ]
-
-
-# the defaults of every probe builder and of `tokenweight eval`: multikey distractor needles,
-# vartrack chain links
-DISTRACTORS = 3
-HOPS = 4
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -217,7 +230,8 @@ def _value(rng: random.Random, kind: str) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
+def passkey_spec(rng: random.Random) -> ProbeSpec:
+    """A 5-digit pass key in the filler (the pass-key retrieval task)."""
     value = str(rng.randint(10_000, 99_999))
     return ProbeSpec(
         prefix=_PASSKEY_PREFIX,
@@ -230,33 +244,50 @@ def _passkey_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
     )
 
 
-def _needle_spec(kind: str, with_distractors: bool) -> Callable[..., ProbeSpec]:
-    """A needle probe whose value is a ``kind`` (number, word, uuid), among
-    ``distractors`` needles with other keys when ``with_distractors``."""
-
-    def spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
-        kinds = kind + "s"
-        taken: set[str] = set()
-        key = _key(rng, taken)
-        value = _value(rng, kind)
-        extra = []
-        for _ in range(distractors if with_distractors else 0):
-            sentence = _NEEDLE.format(kinds=kinds, key=_key(rng, taken), value=_value(rng, kind))
-            extra.append((rng.random(), sentence))
-        return ProbeSpec(
-            prefix=_NEEDLE_PREFIX.format(kinds=kinds),
-            target=[_NEEDLE.format(kinds=kinds, key=key, value=value)],
-            extra=extra,
-            after_target=False,
-            question=_NEEDLE_QUESTION.format(kind=kind, key=key),
-            answers=(value,),
-            match="first",
-        )
-
-    return spec
+def _needle_spec(kind: str, rng: random.Random, distractors: int = 0) -> ProbeSpec:
+    """A needle whose value is a ``kind`` (number, word, uuid), among ``distractors``
+    needles with other keys."""
+    kinds = kind + "s"
+    taken: set[str] = set()
+    key = _key(rng, taken)
+    value = _value(rng, kind)
+    extra = []
+    for _ in range(distractors):
+        sentence = _NEEDLE.format(kinds=kinds, key=_key(rng, taken), value=_value(rng, kind))
+        extra.append((rng.random(), sentence))
+    return ProbeSpec(
+        prefix=_NEEDLE_PREFIX.format(kinds=kinds),
+        target=[_NEEDLE.format(kinds=kinds, key=key, value=value)],
+        extra=extra,
+        after_target=False,
+        question=_NEEDLE_QUESTION.format(kind=kind, key=key),
+        answers=(value,),
+        match="first",
+    )
 
 
-def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
+def number_needle_spec(rng: random.Random) -> ProbeSpec:
+    """A 7-digit number needle."""
+    return _needle_spec("number", rng)
+
+
+def word_needle_spec(rng: random.Random) -> ProbeSpec:
+    """A word needle."""
+    return _needle_spec("word", rng)
+
+
+def uuid_needle_spec(rng: random.Random) -> ProbeSpec:
+    """A UUID needle."""
+    return _needle_spec("uuid", rng)
+
+
+def multikey_spec(rng: random.Random, distractors: int = DISTRACTORS) -> ProbeSpec:
+    """A number needle among ``distractors`` needles with other keys."""
+    return _needle_spec("number", rng, distractors)
+
+
+def vartrack_spec(rng: random.Random, hops: int = HOPS) -> ProbeSpec:
+    """Variable tracking: a first assignment, then ``hops`` ``VAR X = VAR Y`` links."""
     value = str(rng.randint(10_000, 99_999))
     names: list[str] = []
     while len(names) < hops + 1:
@@ -276,45 +307,60 @@ def _vartrack_spec(rng: random.Random, distractors: int, hops: int) -> ProbeSpec
     )
 
 
-@dataclass(frozen=True)
-class ProbeTask:
-    """One probe task of :data:`PROBES`: ``spec(rng, distractors, hops)`` draws the
-    instruction, needle sentence(s), question and accepted answers of one prompt;
-    ``summary`` is its line in ``tokenweight eval --help``; ``default`` puts it in the
-    tasks ``eval`` runs when ``--tasks`` is not given."""
-
-    name: str
-    summary: str
-    spec: Callable[[random.Random, int, int], ProbeSpec]
-    default: bool = False
-
-
-#: The probe table (``docs/method.md#evaluation``): ``eval``'s task checks and help, its
-#: default tasks, ``study``'s ``probes``, the reports and the pipeline report read it.
-#: Adding a probe is one entry here plus its ``spec`` function and tests.
-PROBES: dict[str, ProbeTask] = {
-    t.name: t
-    for t in (
-        ProbeTask("passkey", "a 5-digit pass key in filler text", _passkey_spec, default=True),
-        ProbeTask("needle", "a 7-digit number needle", _needle_spec("number", False), True),
-        ProbeTask("needle_word", "a word needle", _needle_spec("word", False)),
-        ProbeTask("needle_uuid", "a UUID needle", _needle_spec("uuid", False)),
-        ProbeTask(
-            "multikey", "a number needle among distractor needles", _needle_spec("number", True)
-        ),
-        ProbeTask("vartrack", "variable tracking: a chain of assignments", _vartrack_spec),
-    )
-}
-PROBE_TASKS = tuple(PROBES)  # the probe names, in table order
-TASKS = PROBE_TASKS  # the old name of PROBE_TASKS
-DEFAULT_PROBE_TASKS = tuple(name for name, t in PROBES.items() if t.default)
+def ProbeTask(  # the old class name, kept as a constructor
+    name: str,
+    summary: str,
+    spec: Callable[..., ProbeSpec],
+    default: bool = False,
+) -> EvalTask:
+    """A probe entry of :data:`~tokenweight.evaluation.tasks.EVAL_TASKS` in the old form,
+    whose ``spec(rng, distractors, hops)`` (called by keyword) draws one prompt's parts.
+    New probes are :class:`~tokenweight.evaluation.tasks.EvalTask` entries of kind
+    ``probe`` that declare the settings they use."""
+    shared = {s.name: s for s in task_settings(PROBE)}
+    settings = tuple(shared[n] for n in ("distractors", "hops"))
+    return EvalTask(name, PROBE, summary, spec, default=default, settings=settings)
 
 
-def _spec(task: str, rng: random.Random, distractors: int, hops: int) -> ProbeSpec:
-    probe = PROBES.get(task)
-    if probe is None:
-        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(PROBES)}")
-    return probe.spec(rng, distractors, hops)
+def _probe_task(task: str) -> EvalTask:
+    probe = EVAL_TASKS.get(task)
+    if probe is None or probe.kind != PROBE:
+        names = ", ".join(task_names(PROBE))
+        raise TokenWeightError(f"unknown probe task {task!r}; choose from {names}")
+    return probe
+
+
+def _spec(task: str, rng: random.Random, settings: Mapping[str, Any]) -> ProbeSpec:
+    """One prompt's parts of ``task``, drawn with the task's own settings (from
+    ``settings``, the default for one not there)."""
+    probe = _probe_task(task)
+    own = {s.name: settings.get(s.name, s.default) for s in probe.settings}
+    return load(probe.run)(rng, **own)
+
+
+def __getattr__(name: str) -> Any:
+    """The probe names of the task table, read when asked (so they include probes
+    registered later): ``PROBES`` (name -> task), ``PROBE_TASKS``, ``DEFAULT_PROBE_TASKS``
+    and ``TASKS``, the old name of ``PROBE_TASKS``."""
+    if name == "TASKS":
+        warnings.warn(
+            "tokenweight.evaluation.TASKS is now called PROBE_TASKS (the probe names; "
+            "EVAL_TASKS in tokenweight.evaluation.tasks holds every task); the old name "
+            "will be removed",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return task_names(PROBE)
+    if name == "PROBE_TASKS":
+        return task_names(PROBE)
+    if name == "DEFAULT_PROBE_TASKS":
+        return default_task_names(PROBE)
+    if name == "PROBES":
+        return _PROBES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_PROBES = TasksOfKind(PROBE)
 
 
 class _Counter:
@@ -381,15 +427,28 @@ def _assemble(spec: ProbeSpec, units: list[str], counter: _Counter, depth: float
     return text, before[target_at] / total
 
 
-def _check_probe_args(task: str, length: int, depth: float, distractors: int, hops: int) -> None:
-    if task not in PROBES:
-        raise TokenWeightError(f"unknown probe task {task!r}; choose from {', '.join(PROBES)}")
+def _check_probe_args(task: str, length: int, depth: float, settings: Mapping[str, Any]) -> None:
+    _probe_task(task)
     if not (isinstance(depth, (int, float)) and 0.0 <= float(depth) <= 1.0):
         raise TokenWeightError(f"probe depth must be a fraction in [0, 1], got {depth!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise TokenWeightError(f"probe length must be a positive integer, got {length!r}")
-    if distractors < 0 or hops < 1:
-        raise TokenWeightError(f"need distractors >= 0 and hops >= 1, got {distractors}, {hops}")
+    _check_probe_settings(settings)
+
+
+def _check_probe_settings(settings: Mapping[str, Any]) -> None:
+    """Every value in ``settings`` is a probe setting of the task table and passes its
+    check (whichever task it belongs to)."""
+    known = {s.name: s for s in task_settings(PROBE)}
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise TokenWeightError(
+            f"unknown probe setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    for name, value in settings.items():
+        check = known[name].check
+        if check is not None:
+            check(value, name)
 
 
 # a filler fit: (tokens over the requested length, filler units, text, actual depth, ids)
@@ -460,6 +519,7 @@ def make_probe(
     seed: int = 0,
     distractors: int = DISTRACTORS,
     hops: int = HOPS,
+    **settings: Any,
 ) -> Probe:
     """Build one probe prompt of ``length`` tokens with the needle at ``depth``.
 
@@ -471,14 +531,18 @@ def make_probe(
         trial: index that, with ``seed``, selects the random values.
         distractors: extra needles with other keys (``multikey`` only).
         hops: ``VAR X = VAR Y`` links after the first assignment (``vartrack``).
+        settings: values of other probe settings of the task table (each task reads its
+            own settings; the others are checked and unused).
 
     Raises:
-        TokenWeightError: unknown task, depth outside [0, 1], or a length too short to hold
-            the instruction, needles and question with some filler.
+        TokenWeightError: unknown task or setting, a bad setting, depth outside [0, 1], or
+            a length too short to hold the instruction, needles and question with some
+            filler.
     """
-    _check_probe_args(task, length, depth, distractors, hops)
+    values = {"distractors": distractors, "hops": hops, **settings}
+    _check_probe_args(task, length, depth, values)
     rng = random.Random(f"tokenweight-probe:{seed}:{task}:{length}:{float(depth)!r}:{trial}")
-    spec = _spec(task, rng, distractors, hops)
+    spec = _spec(task, rng, values)
     counter = _Counter(tokenizer)
     _, _, text, actual, ids = _fit_filler(spec, counter, task, length, float(depth))
     answer_tokens = counter.bare(" " + ", ".join(spec.answers))
@@ -507,6 +571,7 @@ def make_probes(
     seed: int = 0,
     distractors: int = DISTRACTORS,
     hops: int = HOPS,
+    **settings: Any,
 ) -> list[Probe]:
     """Every probe of ``tasks x lengths x depths x range(trials)``, in that order."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -521,6 +586,7 @@ def make_probes(
             seed=seed,
             distractors=distractors,
             hops=hops,
+            **settings,
         )
         for task in tasks
         for length in lengths

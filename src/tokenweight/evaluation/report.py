@@ -9,14 +9,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tokenweight.evaluation.probes import PROBES
+from tokenweight.evaluation.tasks import PROBE, TEXT, Column, EvalTask, load, tasks_of
 from tokenweight.infra.markdown import format_number, markdown_table, md_escape
 
 __all__ = [
     "EVAL_FILES",
+    "column_value",
+    "columns_section",
     "format_number",
+    "longppl_section",
     "markdown_table",
     "md_escape",
+    "perplexity_section",
+    "plot_nll_figure",
     "results_markdown",
     "write_outputs",
 ]
@@ -27,6 +32,26 @@ EVAL_FILES = ("results.json", "results.md", "*.png")
 
 def _pct(correct: int, total: int) -> str:
     return f"{correct / total:.0%} ({correct}/{total})" if total else "-"
+
+
+def column_value(result: dict[str, Any], column: Column) -> str:
+    """One number of a text task's ``result`` as its ``column`` shows it (``-`` when
+    missing)."""
+    value = result.get(column.key)
+    if column.digits is None:
+        return "-" if value is None else str(value)
+    return format_number(value, column.digits)
+
+
+def columns_section(entries: list[dict[str, Any]], task: EvalTask) -> list[str]:
+    """The ``results.md`` section of a text task without a ``section`` of its own: its
+    columns, one row per model."""
+    header = ["model", *(c.label for c in task.columns)]
+    rows = [
+        [e["label"], *(column_value(e.get(task.key) or {}, c) for c in task.columns)]
+        for e in entries
+    ]
+    return ["", f"## {task.label}", "", *markdown_table(header, rows)]
 
 
 def _span(start: int, end: int) -> str:
@@ -52,7 +77,7 @@ def _models_section(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def _probes_section(
-    entries: list[dict[str, Any]], settings: dict[str, Any], probe_tasks: list[str]
+    entries: list[dict[str, Any]], settings: dict[str, Any], probe_tasks: list[EvalTask]
 ) -> list[str]:
     labels = [e["label"] for e in entries]
     out = ["", "## Probes", ""]
@@ -65,26 +90,30 @@ def _probes_section(
     out += markdown_table(
         ["probe", *labels],
         [
-            [task]
-            + [_pct(e["probes"][task]["correct"], e["probes"][task]["total"]) for e in entries]
+            [task.label]
+            + [
+                _pct(e["probes"][task.key]["correct"], e["probes"][task.key]["total"])
+                for e in entries
+            ]
             for task in probe_tasks
         ],
     )
     for task in probe_tasks:
-        out += ["", f"### {task}: accuracy by prompt length", ""]
+        out += ["", f"### {task.label}: accuracy by prompt length", ""]
         rows = []
         for n in settings["lengths"]:
             row = [str(n)]
             for e in entries:
-                cell = e["probes"][task]["by_length"][str(n)]
+                cell = e["probes"][task.key]["by_length"][str(n)]
                 row.append(f"{cell['correct']}/{cell['total']}")
             rows.append(row)
         out += markdown_table(["tokens", *labels], rows)
     return out
 
 
-def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
-    first = entries[0]["perplexity"]
+def perplexity_section(entries: list[dict[str, Any]], task: EvalTask) -> list[str]:
+    """The perplexity-by-position section of ``results.md`` (a text task's ``section``)."""
+    first = entries[0][task.key]
     out = ["", "## Perplexity by position", ""]
     out.append(
         f"Mean NLL (nats) of targets by position, {first['sequences']} sequences of "
@@ -94,12 +123,12 @@ def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
     for i, bucket in enumerate(first["buckets"]):
         rows.append(
             [_span(bucket["start"], bucket["end"])]
-            + [format_number(e["perplexity"]["buckets"][i]["mean_nll"]) for e in entries]
+            + [format_number(e[task.key]["buckets"][i]["mean_nll"]) for e in entries]
         )
     rows.append(
         ["all"]
         + [
-            f"{format_number(e['perplexity']['mean_nll'])} ({format_number(e['perplexity']['perplexity'], 2)})"
+            f"{format_number(e[task.key]['mean_nll'])} ({format_number(e[task.key]['perplexity'], 2)})"
             for e in entries
         ]
     )
@@ -108,31 +137,48 @@ def _perplexity_section(entries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _longppl_section(entries: list[dict[str, Any]]) -> list[str]:
-    info = entries[0]["longppl"]
-    judge = info["key_tokens_from"]
-    out = ["", "## LongPPL", ""]
+def longppl_section(entries: list[dict[str, Any]], task: EvalTask) -> list[str]:
+    """The LongPPL section of ``results.md`` (a text task's ``section``)."""
+    info = entries[0][task.key]
+    evaluator = info["key_tokens_from"]
+    out = ["", f"## {task.label}", ""]
     out.append(
         f"Key tokens: short-context NLL minus long-context NLL > {info['alpha']:g} nats "
         f"and long NLL < {info['beta']:g}; short context: {info['window']}-token windows, "
         f"stride {info['stride']}; key tokens judged by "
-        f"{'each model itself' if judge == 'self' else md_escape(judge)}."
+        f"{'each model itself' if evaluator == 'self' else md_escape(evaluator)}."
     )
     out.append("")
     out += markdown_table(
-        ["model", "LongPPL", "key tokens", "tokens", "perplexity"],
+        ["model", task.label, "key tokens", "tokens", "perplexity"],
         [
             [
                 e["label"],
-                format_number(e["longppl"]["longppl"], 2),
-                str(e["longppl"]["key_tokens"]),
-                str(e["longppl"]["tokens"]),
-                format_number(e["longppl"]["perplexity"], 2),
+                format_number(e[task.key]["longppl"], 2),
+                str(e[task.key]["key_tokens"]),
+                str(e[task.key]["tokens"]),
+                format_number(e[task.key]["perplexity"], 2),
             ]
             for e in entries
         ],
     )
     return out
+
+
+def plot_nll_figure(entries: list[dict[str, Any]], path: Path, task: EvalTask) -> None:
+    """The NLL-against-position figure of every model (a text task's ``figure``)."""
+    from tokenweight.evaluation.plots import plot_nll_by_position
+
+    curves = [
+        (
+            e["label"],
+            e[task.key]["curve"]["positions"],
+            [math.nan if y is None else y for y in e[task.key]["curve"]["mean_nll"]],
+        )
+        for e in entries
+    ]
+    native = [e.get("max_position_embeddings") for e in entries]
+    plot_nll_by_position(curves, path, native_context=native)
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -141,13 +187,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
     out = ["# tokenweight evaluation", ""]
     out += _models_section(entries)
-    probe_tasks = [t for t in settings["tasks"] if t in PROBES]
+    probe_tasks = tasks_of(settings["tasks"], PROBE)
     if probe_tasks:
         out += _probes_section(entries, settings, probe_tasks)
-    if "ppl" in settings["tasks"]:
-        out += _perplexity_section(entries)
-    if "longppl" in settings["tasks"]:
-        out += _longppl_section(entries)
+    for task in tasks_of(settings["tasks"], TEXT):
+        out += load(task.section or columns_section)(entries, task)
     files = [f for f in results.get("files", []) if f.endswith(".png")]
     if files:
         out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in files]
@@ -158,7 +202,7 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Write ``results.json``, the PNG figures and ``results.md`` (each atomically) into
     ``out_dir``; returns the file names written. ``results.json`` goes first: it is the
     record that lets a rerun replace a folder an interrupted write left behind."""
-    from tokenweight.evaluation.plots import HeatmapPanel, plot_nll_by_position, plot_probe_heatmap
+    from tokenweight.evaluation.plots import HeatmapPanel, plot_probe_heatmap
     from tokenweight.infra.files import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
@@ -167,10 +211,10 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     entries = results["models"]
     files: list[str] = []
     plots: list[Callable[[], Any]] = []
-    for task in (t for t in settings["tasks"] if t in PROBES):
+    for task in tasks_of(settings["tasks"], PROBE):
         panels = []
         for e in entries:
-            cells = {(c["length"], c["depth"]): c for c in e["probes"][task]["cells"]}
+            cells = {(c["length"], c["depth"]): c for c in e["probes"][task.key]["cells"]}
             panels.append(
                 HeatmapPanel(
                     label=e["label"],
@@ -186,27 +230,14 @@ def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[str]:
                     ],
                 )
             )
-        name = f"probe_{task}.png"
-        plots.append(partial(plot_probe_heatmap, task, panels, out / name))
+        name = str(task.figure_name)
+        plots.append(partial(plot_probe_heatmap, task.label, panels, out / name))
         files.append(name)
-    if "ppl" in settings["tasks"]:
-        curves = [
-            (
-                e["label"],
-                e["perplexity"]["curve"]["positions"],
-                [math.nan if y is None else y for y in e["perplexity"]["curve"]["mean_nll"]],
-            )
-            for e in entries
-        ]
-        plots.append(
-            partial(
-                plot_nll_by_position,
-                curves,
-                out / "nll_by_position.png",
-                native_context=[e.get("max_position_embeddings") for e in entries],
-            )
-        )
-        files.append("nll_by_position.png")
+    for task in tasks_of(settings["tasks"], TEXT):
+        if task.figure is not None:
+            name, plot = task.figure
+            plots.append(partial(load(plot), entries, out / name, task))
+            files.append(name)
     files = ["results.json", *files, "results.md"]
     results["files"] = files
     atomic_write_json(out / "results.json", results)

@@ -1,16 +1,17 @@
 """Evaluate one or more models side by side; write results.json, results.md and PNGs.
 
-Tasks:
+The tasks are the table :data:`~tokenweight.evaluation.tasks.EVAL_TASKS`:
 
-- ``ppl``: mean NLL by target-position bucket on evaluation sequences (``data``), and the
-  NLL-against-position curve.
-- ``longppl``: LongPPL (Fang et al.; ``docs/method.md#evaluation``). Key tokens are judged by an *evaluator*:
-  by default each model itself (its long NLL against its own short-window NLL), or with
-  ``scorer`` one fixed model for all (its long and short NLL), so that every model is
-  measured on the same key tokens, as in Fang et al. LongPPL = exp(mean of the evaluated
-  model's long NLL over the key tokens).
-- probes (:data:`~tokenweight.evaluation.probes.PROBES`): greedy answers to offline
-  retrieval prompts at every ``length x depth x trial``, exact-match scored.
+- text tasks, on evaluation sequences (``data``): the runner computes each model's
+  long-context NLL once and hands it to every text task's code
+  (:mod:`tokenweight.evaluation.text_tasks`: perplexity by position, LongPPL). LongPPL's
+  key tokens are judged by an *evaluator*: by default each model itself (its long NLL
+  against its own short-window NLL), or with ``evaluator`` one fixed model for all (its
+  long and short NLL), so that every model is measured on the same key tokens, as in Fang
+  et al. (``docs/method.md#evaluation``);
+- probes: greedy answers to offline retrieval prompts
+  (:mod:`tokenweight.evaluation.probes`) at every ``length x depth x trial``, exact-match
+  scored.
 
 Models are loaded one at a time and released before the next is loaded.
 """
@@ -22,29 +23,30 @@ import gc
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tokenweight.evaluation.metrics import (
-    LONGPPL_ALPHA,
-    LONGPPL_BETA,
-    key_token_mask,
-    longppl,
-    position_bucket_nll,
-    position_curve,
+from tokenweight.evaluation.probes import Probe, make_probes
+from tokenweight.evaluation.tasks import (
+    EVAL_TASKS,
+    PROBE,
+    TEXT,
+    default_task_names,
+    load,
+    task_names,
+    task_settings,
+    tasks_of,
 )
-from tokenweight.evaluation.probes import (
-    DEFAULT_PROBE_TASKS,
-    DISTRACTORS,
-    HOPS,
-    PROBE_TASKS,
-    PROBES,
-    Probe,
-    make_probes,
+from tokenweight.evaluation.text_tasks import (
+    KeyTokens,
+    TextTaskInputs,
+    evaluator_key_tokens,
+    progress_bar,
 )
 from tokenweight.infra.errors import TokenWeightError
 from tokenweight.infra.models import rope_theta
@@ -52,15 +54,22 @@ from tokenweight.infra.models import rope_theta
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ALL_TASKS",
+    "ALL_TASKS",  # noqa: F822 (module __getattr__: read from the task table)
     "EvalConfig",
     "ModelSpec",
     "evaluate_models",
     "run_evaluation",
 ]
 
-TEXT_TASKS = ("ppl", "longppl")  # need evaluation text (--data)
-ALL_TASKS = (*TEXT_TASKS, *PROBE_TASKS)
+
+def __getattr__(name: str) -> Any:
+    """The task names of the table, read when asked (tasks registered later included):
+    ``ALL_TASKS`` (every task) and ``TEXT_TASKS`` (those that need ``data``)."""
+    if name == "ALL_TASKS":
+        return task_names()
+    if name == "TEXT_TASKS":
+        return task_names(TEXT)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -103,13 +112,19 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class EvalConfig:
-    """Settings of one evaluation, validated at construction (every field is a CLI option
+    """Settings of one evaluation, validated at construction (every setting is a CLI option
     of ``tokenweight eval``; :func:`evaluate_models` documents each one).
 
-    ``tasks=None`` means ``passkey`` and ``needle``, plus ``ppl`` and ``longppl`` when
-    ``data`` is given. Sequences may be given as lists; they are stored as tuples.
+    The fields below are the settings every evaluation has; the tasks' own settings
+    (``bucket_size``, ``longppl_alpha``, ``hops`` ...) come from the task table
+    (:func:`~tokenweight.evaluation.tasks.task_settings`): they are keywords of the
+    constructor and attributes like the fields, held in ``task_settings``.
+
+    ``tasks=None`` means the table's default tasks: its default probes, plus its default
+    text tasks when ``data`` is given. Sequences may be given as lists; they are stored as
+    tuples. Keywords only, except ``tasks``.
     """
 
     tasks: tuple[str, ...] | None = None
@@ -118,23 +133,49 @@ class EvalConfig:
     trials: int = 1
     seed: int = 0
     batch_size: int = 1
-    distractors: int = DISTRACTORS
-    hops: int = HOPS
     data: tuple[str, ...] = ()
     seq_len: int | None = None
     max_sequences: int | None = 16
     text_field: str = "text"
-    bucket_size: int = 1024
-    longppl_window: int | None = None
-    longppl_stride: int | None = None
-    longppl_alpha: float = LONGPPL_ALPHA
-    longppl_beta: float = LONGPPL_BETA
     glob: str | None = None
     encoding_errors: str = "strict"
     hf_split: str | None = None
     allow_beyond_positions: bool = False
+    # (name, value) of every task setting of the table, in table order
+    task_settings: tuple[tuple[str, Any], ...] = ()
 
-    def __post_init__(self) -> None:
+    def __init__(self, tasks: Any = None, **options: Any) -> None:
+        own = {f.name: f for f in fields(self) if f.name != "task_settings"}
+        given = dict(options.pop("task_settings", None) or ())
+        settings = {s.name: s for s in task_settings()}
+        clash = sorted(set(settings) & set(own))
+        if clash:
+            raise TokenWeightError(
+                f"task setting(s) {', '.join(clash)} would hide an evaluation setting; "
+                "rename them in the task table"
+            )
+        unknown = sorted(set(options) - set(own) - set(settings))
+        if unknown:
+            raise TokenWeightError(
+                f"unknown evaluation setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted({*own, *settings}))}"
+            )
+        options["tasks"] = tasks
+        for name, f in own.items():
+            object.__setattr__(self, name, options.get(name, f.default))
+        values = {n: options.get(n, given.get(n, s.default)) for n, s in settings.items()}
+        object.__setattr__(self, "task_settings", tuple(values.items()))
+        self._validate()
+
+    def __getattr__(self, name: str) -> Any:
+        """A task setting by its name (``cfg.bucket_size``)."""
+        if name != "task_settings":
+            for key, value in self.__dict__.get("task_settings", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__!r} has no setting {name!r}")
+
+    def _validate(self) -> None:
         data = (self.data,) if isinstance(self.data, (str, Path)) else self.data
         object.__setattr__(self, "data", tuple(str(p) for p in data))
         object.__setattr__(self, "tasks", self._checked_tasks())
@@ -142,32 +183,38 @@ class EvalConfig:
             self._check_probe_grid()
         object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
-        for name in ("trials", "batch_size", "bucket_size", "hops"):
+        for name in ("trials", "batch_size"):
             _positive_int(getattr(self, name), name)
+        checks = {s.name: s.check for s in task_settings()}
+        for name, value in self.task_settings:
+            check = checks.get(name)
+            if check is not None:
+                check(value, name)
         self._check_text_settings()
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """Every setting's name: the fields, then the task settings in table order (the
+        options of ``tokenweight eval``, underscores as dashes)."""
+        names = [f.name for f in fields(cls) if f.name != "task_settings"]
+        return names + [s.name for s in task_settings()]
+
+    @classmethod
     def from_options(cls, **options: Any) -> EvalConfig:
-        """An ``EvalConfig`` from keyword options named as its fields (an unknown name is
-        an error, not silently ignored)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TokenWeightError(
-                f"unknown evaluation setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(names))}"
-            )
+        """An ``EvalConfig`` from keyword options named as its settings (an unknown name
+        is an error, not silently ignored)."""
         return cls(**options)
 
     def _checked_tasks(self) -> tuple[str, ...]:
         if self.tasks is None:
-            return TEXT_TASKS + DEFAULT_PROBE_TASKS if self.data else DEFAULT_PROBE_TASKS
+            defaults = default_task_names()
+            return tuple(t for t in defaults if self.data or EVAL_TASKS[t].kind != TEXT)
         tasks = tuple(dict.fromkeys(str(t).strip().lower() for t in self.tasks))
-        unknown = [t for t in tasks if t not in TEXT_TASKS and t not in PROBES]
+        unknown = [t for t in tasks if t not in EVAL_TASKS]
         if unknown or not tasks:
             raise TokenWeightError(
                 f"unknown evaluation task(s) {', '.join(unknown) or '(none given)'}; "
-                f"choose from {', '.join((*TEXT_TASKS, *PROBES))}"
+                f"choose from {', '.join(task_names())}"
             )
         return tasks
 
@@ -194,14 +241,26 @@ class EvalConfig:
 
     @property
     def probe_tasks(self) -> tuple[str, ...]:
-        return tuple(t for t in self.tasks or () if t in PROBES)
+        """The probes among ``tasks``, in the order given."""
+        probes = task_names(PROBE)
+        return tuple(t for t in self.tasks or () if t in probes)
 
     @property
     def text_tasks(self) -> tuple[str, ...]:
-        return tuple(t for t in self.tasks or () if t in TEXT_TASKS)
+        """The text tasks among ``tasks``, in the order given."""
+        text = task_names(TEXT)
+        return tuple(t for t in self.tasks or () if t in text)
+
+    @property
+    def probe_settings(self) -> dict[str, Any]:
+        """The values of the probe tasks' settings (what :func:`make_probes` takes)."""
+        names = {s.name for s in task_settings(PROBE)}
+        return {n: v for n, v in self.task_settings if n in names}
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting by name (``results.json``'s ``settings``)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task_settings"}
+        return {**own, **dict(self.task_settings)}
 
 
 def _clean(obj: Any) -> Any:
@@ -213,12 +272,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-def _bar(total: int, desc: str, enabled: bool, unit: str = "seq"):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, dynamic_ncols=True)
 
 
 def _tokenizer_key(tokenizer: Any) -> tuple:
@@ -262,7 +315,7 @@ def _positions(spec: ModelSpec, load_kwargs: dict[str, Any]) -> int | None:
 
 def _check_before_computing(
     specs: Sequence[ModelSpec],
-    scorer: ModelSpec | None,
+    evaluator: ModelSpec | None,
     cfg: EvalConfig,
     load_kwargs: dict[str, Any],
     probe_cache: dict[tuple, list[Probe]],
@@ -278,8 +331,9 @@ def _check_before_computing(
     text = _text_length(cfg) if cfg.text_tasks else None
     asked = asked_lengths(cfg.lengths if cfg.probe_tasks else (), text)
     models = [(s.label, _positions(s, load_kwargs), asked) for s in specs]
-    if scorer is not None:
-        models.append((scorer.label, _positions(scorer, load_kwargs), asked_lengths((), text)))
+    if evaluator is not None:
+        only_text = asked_lengths((), text)
+        models.append((evaluator.label, _positions(evaluator, load_kwargs), only_text))
     check_positions(models, cfg.allow_beyond_positions)
     if not cfg.probe_tasks:
         return
@@ -341,32 +395,6 @@ class _Loaded:
                 torch.cuda.empty_cache()
 
 
-def _perplexity_result(nll: torch.Tensor, mask: torch.Tensor, bucket_size: int) -> dict:
-    buckets = position_bucket_nll(nll, mask, bucket_size=bucket_size)
-    positions, curve = position_curve(nll, mask, points=64)
-    tokens = sum(b.tokens for b in buckets)
-    mean = sum(b.sum_nll for b in buckets) / tokens if tokens else math.nan
-    return {
-        "sequences": int(nll.shape[0]),
-        "seq_len": int(nll.shape[1]) + 1,
-        "tokens": tokens,
-        "mean_nll": mean,
-        "perplexity": math.exp(mean) if tokens else math.nan,
-        "bucket_size": bucket_size,
-        "buckets": [
-            {
-                "start": b.start,
-                "end": b.end,
-                "tokens": b.tokens,
-                "mean_nll": b.mean_nll,
-                "perplexity": b.perplexity,
-            }
-            for b in buckets
-        ],
-        "curve": {"positions": positions, "mean_nll": curve},
-    }
-
-
 def _probe_result(probes: Sequence[Probe], outputs: Sequence[str], cfg: EvalConfig) -> dict:
     by_task: dict[str, Any] = {}
     for task in cfg.probe_tasks:
@@ -418,22 +446,6 @@ def _load_sequences(cfg: EvalConfig, tokenizer: Any) -> Any:
     )
 
 
-@dataclass(frozen=True)
-class _KeyTokens:
-    """LongPPL key tokens judged by one evaluator model for every evaluated model.
-
-    ``mask`` is ``[n, T-1]`` bool over the targets of ``seqs``; ``long`` is the
-    evaluator's own long-context NLL ``[n, T-1]`` (nats) and ``long_s`` the seconds it
-    took, both reused when the evaluator is also evaluated."""
-
-    mask: torch.Tensor
-    tokenizer_key: tuple
-    seqs: Any
-    info: dict[str, Any]
-    long: torch.Tensor
-    long_s: float
-
-
 def _long_nll(
     model: Any, seqs: Any, cfg: EvalConfig, desc: str, progress: bool
 ) -> tuple[torch.Tensor, float]:
@@ -441,52 +453,35 @@ def _long_nll(
     from tokenweight.evaluation.perplexity import long_context_nll
 
     start = time.perf_counter()
-    with _bar(seqs.input_ids.shape[0], desc, progress) as bar:
+    with progress_bar(seqs.input_ids.shape[0], desc, progress) as bar:
         long = long_context_nll(model, seqs, batch_size=cfg.batch_size, on_done=bar.update)
     return long, time.perf_counter() - start
 
 
-def _key_token_mask(
-    model: Any, seqs: Any, long: torch.Tensor, cfg: EvalConfig, desc: str, progress: bool
-) -> tuple[torch.Tensor, dict[str, int]]:
-    """LongPPL key tokens of ``seqs`` as judged by ``model`` (its long NLL ``long`` against
-    its short-window NLL) and the short window used."""
-    from tokenweight.evaluation.perplexity import default_short_window, short_context_nll_of
-
-    window, stride = default_short_window(
-        seqs.input_ids.shape[1], cfg.longppl_window, cfg.longppl_stride
-    )
-    with _bar(seqs.input_ids.shape[0], desc, progress) as bar:
-        short = short_context_nll_of(
-            model, seqs, long, window=window, stride=stride, on_done=bar.update
-        )
-    mask = key_token_mask(
-        long, short, seqs.target_mask, alpha=cfg.longppl_alpha, beta=cfg.longppl_beta
-    )
-    return mask, {"window": window, "stride": stride}
+def _uses_evaluator(cfg: EvalConfig) -> bool:
+    """Whether a chosen text task reads the LongPPL evaluator's key tokens."""
+    return any(t.uses_evaluator for t in tasks_of(cfg.text_tasks, TEXT))
 
 
-def _judge_key_tokens(
-    scorer: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
-) -> _KeyTokens:
-    """Step: load the LongPPL evaluator ``scorer`` once and judge the key tokens."""
-    with _Loaded(scorer, load_kwargs) as (model, tokenizer, _):
+def _load_evaluator_key_tokens(
+    evaluator: ModelSpec, cfg: EvalConfig, load_kwargs: dict[str, Any], progress: bool
+) -> KeyTokens:
+    """Step: load the LongPPL evaluator once and judge the key tokens."""
+    with _Loaded(evaluator, load_kwargs) as (model, tokenizer, _):
         seqs = _load_sequences(cfg, tokenizer)
-        long, long_s = _long_nll(model, seqs, cfg, f"{scorer.label}: evaluator long NLL", progress)
-        mask, window = _key_token_mask(
-            model, seqs, long, cfg, f"{scorer.label}: evaluator short NLL", progress
-        )
-        info = {**window, "key_tokens_from": scorer.label}
-        return _KeyTokens(mask, _tokenizer_key(tokenizer), seqs, info, long, long_s)
+        desc = f"{evaluator.label}: evaluator long NLL"
+        long, long_s = _long_nll(model, seqs, cfg, desc, progress)
+        key = _tokenizer_key(tokenizer)
+        return evaluator_key_tokens(evaluator.label, model, seqs, long, long_s, key, cfg, progress)
 
 
-def _same_model(spec: ModelSpec, scorer: ModelSpec | None) -> bool:
+def _same_model(spec: ModelSpec, evaluator: ModelSpec | None) -> bool:
     """Whether ``spec`` loads exactly the LongPPL evaluator (same source, or same object)."""
-    if scorer is None:
+    if evaluator is None:
         return False
-    if spec.model is not None or scorer.model is not None:
-        return spec.model is not None and spec.model is scorer.model
-    return spec.source is not None and spec.source == scorer.source
+    if spec.model is not None or evaluator.model is not None:
+        return spec.model is not None and spec.model is evaluator.model
+    return spec.source is not None and spec.source == evaluator.source
 
 
 def _model_entry(spec: ModelSpec, model: Any, load_s: float) -> dict[str, Any]:
@@ -502,28 +497,17 @@ def _model_entry(spec: ModelSpec, model: Any, load_s: float) -> dict[str, Any]:
 
 
 def _text_sequences(
-    spec: ModelSpec, tokenizer: Any, cfg: EvalConfig, judge: _KeyTokens | None
+    spec: ModelSpec, tokenizer: Any, cfg: EvalConfig, key_tokens: KeyTokens | None
 ) -> Any:
     """Step: the evaluation sequences, the evaluator's when it judges (same tokens)."""
-    if judge is None:
+    if key_tokens is None:
         return _load_sequences(cfg, tokenizer)
-    if judge.tokenizer_key != _tokenizer_key(tokenizer):
+    if key_tokens.tokenizer_key != _tokenizer_key(tokenizer):
         raise TokenWeightError(
             f"model {spec.label!r} does not share the LongPPL evaluator's "
             "tokenizer; key tokens can only be compared on the same tokens"
         )
-    return judge.seqs
-
-
-def _longppl_result(
-    long: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, info: dict, cfg: EvalConfig
-) -> dict[str, Any]:
-    return {
-        **longppl(long, key, mask).as_dict(),
-        **info,
-        "alpha": cfg.longppl_alpha,
-        "beta": cfg.longppl_beta,
-    }
+    return key_tokens.seqs
 
 
 def _run_text_tasks(
@@ -532,32 +516,24 @@ def _run_text_tasks(
     model: Any,
     tokenizer: Any,
     cfg: EvalConfig,
-    judge: _KeyTokens | None,
-    is_judge: bool,
+    key_tokens: KeyTokens | None,
+    is_evaluator: bool,
     progress: bool,
 ) -> None:
-    """Step: perplexity by position and LongPPL of one model, into ``entry``."""
-    seqs = _text_sequences(spec, tokenizer, cfg, judge)
+    """Step: the model's long-context NLL of the evaluation sequences (once), then every
+    chosen text task on it, in table order, each result into ``entry``."""
+    seqs = _text_sequences(spec, tokenizer, cfg, key_tokens)
     mask, timing = seqs.target_mask, entry["timing"]
-    if judge is not None and is_judge:
+    if key_tokens is not None and is_evaluator:
         # the LongPPL evaluator is this very model: computed once, timed there
-        long, ppl_s = judge.long, judge.long_s
+        long, ppl_s = key_tokens.long, key_tokens.long_s
     else:
         long, ppl_s = _long_nll(model, seqs, cfg, f"{spec.label}: long-context NLL", progress)
     timing["perplexity_s"] = ppl_s
     timing["perplexity_tokens_per_s"] = int(mask.sum()) / max(ppl_s, 1e-9)
-    if "ppl" in cfg.text_tasks:
-        entry["perplexity"] = _perplexity_result(long, mask, cfg.bucket_size)
-    if "longppl" in cfg.text_tasks:
-        start = time.perf_counter()
-        if judge is None:
-            desc = f"{spec.label}: short-context NLL"
-            key, window = _key_token_mask(model, seqs, long, cfg, desc, progress)
-            info = {**window, "key_tokens_from": "self"}
-        else:
-            key, info = judge.mask, judge.info
-        entry["longppl"] = _longppl_result(long, key, mask, info, cfg)
-        timing["longppl_s"] = time.perf_counter() - start
+    inputs = TextTaskInputs(spec.label, model, seqs, long, cfg, timing, progress, key_tokens)
+    for task in tasks_of(cfg.text_tasks, TEXT):
+        entry[task.key] = load(task.run)(inputs)
 
 
 def _probes_for(tokenizer: Any, cfg: EvalConfig, cache: dict[tuple, list[Probe]]) -> list[Probe]:
@@ -576,8 +552,7 @@ def _make_probes(tokenizer: Any, tasks: Sequence[str], cfg: EvalConfig) -> list[
         cfg.depths,
         trials=cfg.trials,
         seed=cfg.seed,
-        distractors=cfg.distractors,
-        hops=cfg.hops,
+        **cfg.probe_settings,
     )
 
 
@@ -596,7 +571,7 @@ def _run_probes(
     probes = _probes_for(tokenizer, cfg, probe_cache)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    with _bar(len(probes), f"{spec.label}: probes", progress, "prompt") as bar:
+    with progress_bar(len(probes), f"{spec.label}: probes", progress, "prompt") as bar:
         outputs = greedy_generate(
             model,
             tokenizer,
@@ -618,15 +593,16 @@ def _evaluate_one(
     cfg: EvalConfig,
     load_kwargs: dict[str, Any],
     progress: bool,
-    judge: _KeyTokens | None,
+    key_tokens: KeyTokens | None,
     probe_cache: dict[tuple, list[Probe]],
-    is_judge: bool = False,
+    is_evaluator: bool = False,
 ) -> dict[str, Any]:
     """Load one model, run every task on it, release it; its entry of ``results.json``."""
     with _Loaded(spec, load_kwargs) as (model, tokenizer, load_s):
         entry = _model_entry(spec, model, load_s)
         if cfg.text_tasks:
-            _run_text_tasks(entry, spec, model, tokenizer, cfg, judge, is_judge, progress)
+            args = (cfg, key_tokens, is_evaluator, progress)
+            _run_text_tasks(entry, spec, model, tokenizer, *args)
         if cfg.probe_tasks:
             _run_probes(entry, spec, model, tokenizer, cfg, probe_cache, progress)
     return entry
@@ -655,13 +631,34 @@ def _model_specs(models: Sequence[ModelSpec | str | tuple[str, Any, Any]]) -> li
     return specs
 
 
-def _results_header(cfg: EvalConfig, scorer: ModelSpec | str | None) -> dict[str, Any]:
-    """The start of ``results.json``: version and settings, no models yet."""
+def _results_header(cfg: EvalConfig, evaluator: ModelSpec | str | None) -> dict[str, Any]:
+    """The start of ``results.json``: version and settings (with the LongPPL evaluator's
+    label), no models yet."""
     from tokenweight import __version__
 
     settings = cfg.as_dict()
-    settings["longppl_scorer"] = None if scorer is None else str(getattr(scorer, "label", scorer))
+    label = None if evaluator is None else str(getattr(evaluator, "label", evaluator))
+    settings["longppl_evaluator"] = label
     return {"tokenweight_version": __version__, "settings": settings, "models": []}
+
+
+def _evaluator_argument(
+    evaluator: ModelSpec | str | None, scorer: ModelSpec | str | None
+) -> ModelSpec | str | None:
+    """``evaluator``, or ``scorer``, its old name (with a deprecation message)."""
+    if scorer is None:
+        return evaluator
+    warnings.warn(
+        "the scorer argument is now called evaluator (the LongPPL evaluator); the old name "
+        "will be removed",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if evaluator is not None:
+        raise TokenWeightError(
+            "give the LongPPL evaluator once, as evaluator (scorer is its old name)"
+        )
+    return scorer
 
 
 def _write_results(results: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
@@ -679,28 +676,33 @@ def run_evaluation(
     cfg: EvalConfig,
     *,
     out_dir: str | Path | None,
-    scorer: ModelSpec | str | None = None,
+    evaluator: ModelSpec | str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    scorer: ModelSpec | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` with the settings ``cfg``; the recipe behind
-    :func:`evaluate_models` (which documents the arguments and the result)."""
+    :func:`evaluate_models` (which documents the arguments and the result; ``scorer`` is
+    the old name of ``evaluator``)."""
+    evaluator = _evaluator_argument(evaluator, scorer)
     _check_out_dir(out_dir)
     specs = _model_specs(models)
     load_kwargs = {"device": "auto", **(load_kwargs or {})}
-    judge, scorer_spec = None, None
-    if scorer is not None and "longppl" in cfg.text_tasks:
-        scorer_spec = scorer if isinstance(scorer, ModelSpec) else ModelSpec.parse(scorer)
+    key_tokens, evaluator_spec = None, None
+    if evaluator is not None and _uses_evaluator(cfg):
+        evaluator_spec = _as_spec(evaluator)
     probe_cache: dict[tuple, list[Probe]] = {}
-    _check_before_computing(specs, scorer_spec, cfg, load_kwargs, probe_cache)
-    if scorer_spec is not None:
-        judge = _judge_key_tokens(scorer_spec, cfg, load_kwargs, progress)
+    _check_before_computing(specs, evaluator_spec, cfg, load_kwargs, probe_cache)
+    if evaluator_spec is not None:
+        key_tokens = _load_evaluator_key_tokens(evaluator_spec, cfg, load_kwargs, progress)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    results = _results_header(cfg, scorer)
+    results = _results_header(cfg, evaluator)
     for spec in specs:
-        is_judge = _same_model(spec, scorer_spec)
-        entry = _evaluate_one(spec, cfg, load_kwargs, progress, judge, probe_cache, is_judge)
+        is_evaluator = _same_model(spec, evaluator_spec)
+        entry = _evaluate_one(
+            spec, cfg, load_kwargs, progress, key_tokens, probe_cache, is_evaluator
+        )
         results["models"].append(entry)
     return _write_results(results, out_dir)
 
@@ -710,9 +712,10 @@ def evaluate_models(
     *,
     out_dir: str | Path | None,
     config: EvalConfig | None = None,
-    scorer: ModelSpec | str | None = None,
+    evaluator: ModelSpec | str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    scorer: ModelSpec | str | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate ``models`` side by side and (with ``out_dir``) write every output file.
@@ -721,9 +724,11 @@ def evaluate_models(
         models: ``ModelSpec``, ``"LABEL=SOURCE"`` text, or ``(label, model, tokenizer)``.
         out_dir: folder for ``results.json``, ``results.md`` and PNGs (``None``: no files).
         config: the evaluation settings as an :class:`EvalConfig`; or, instead, give them
-            as keyword ``settings`` named as its fields (not both):
-        tasks: subset of :data:`ALL_TASKS`; default ``passkey`` and ``needle``, plus
-            ``ppl`` and ``longppl`` when ``data`` is given.
+            as keyword ``settings`` named as its settings (not both):
+        tasks: names of the task table
+            (:data:`~tokenweight.evaluation.tasks.EVAL_TASKS`, :data:`ALL_TASKS`); default
+            the table's default probes (``passkey``, ``needle``), plus its default text
+            tasks (``ppl``, ``longppl``) when ``data`` is given.
         lengths / depths / trials: probe prompt lengths (tokens), needle depths
             (fractions) and prompts per (length, depth) cell.
         seed: selects the probe values and positions (same seed, same prompts).
@@ -744,7 +749,8 @@ def evaluate_models(
             ``max_position_embeddings`` (with a warning) instead of refusing them. Every
             length and every probe task's minimum length are checked before any model
             call.
-        scorer: LongPPL evaluator for every model (default: each model judges itself).
+        evaluator: the LongPPL evaluator, one model that judges the key tokens for every
+            model (default: each model judges its own); ``scorer`` is its old name.
         load_kwargs: passed to :func:`tokenweight.infra.models.load_model` (default
             ``device="auto"``).
         progress: show tqdm progress bars (stderr).
@@ -759,5 +765,10 @@ def evaluate_models(
         )
     cfg = config if config is not None else EvalConfig.from_options(**settings)
     return run_evaluation(
-        models, cfg, out_dir=out_dir, scorer=scorer, load_kwargs=load_kwargs, progress=progress
+        models,
+        cfg,
+        out_dir=out_dir,
+        evaluator=_evaluator_argument(evaluator, scorer),
+        load_kwargs=load_kwargs,
+        progress=progress,
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenweight.core.scorer_kinds import one_model_kinds, stored_scores_kind
 from tokenweight.data.corpora import HELD_OUT, fetch_shakespeare
-from tokenweight.evaluation.probes import DEFAULT_PROBE_TASKS
+from tokenweight.evaluation.tasks import PROBE, TEXT, default_task_names, task_names
 from tokenweight.infra.config_files import load_raw_config, resolve_config_paths
 from tokenweight.infra.config_sections import coerce_sections, expand_config, section
 from tokenweight.infra.errors import TokenWeightError
@@ -122,7 +122,7 @@ class PipelineConfig:
     eval_sequences: int = field(default=2, metadata=checked(positive))
     eval_seq_len: int | None = field(default=None, metadata=checked(at_least_two))  # seq_len
     bucket_size: int | None = field(default=None, metadata=checked(positive))  # eval len / 8
-    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBE_TASKS))
+    probes: list[str] = field(default_factory=lambda: list(default_task_names(PROBE)))
     probe_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
     probe_depths: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
     probe_trials: int = field(default=1, metadata=checked(positive))
@@ -423,7 +423,7 @@ class _Pipeline:
             evaluate_models(
                 [ModelSpec(label=label, source=str(path)) for label, path in models],
                 out_dir=eval_dir,
-                tasks=["ppl", "longppl", *config.probes],
+                tasks=[*task_names(TEXT), *config.probes],
                 lengths=config.probe_lengths,
                 depths=config.probe_depths,
                 trials=config.probe_trials,
@@ -436,8 +436,8 @@ class _Pipeline:
                 # the start model is measured at the trained length on purpose (with a
                 # warning when that is past its positions): how far it falls behind there
                 allow_beyond_positions=True,
-                # one judge (the start model) picks LongPPL's key tokens for every model
-                scorer=ModelSpec(label="start", source=str(model_dir)),
+                # one evaluator (the start model) picks LongPPL's key tokens for every model
+                evaluator=ModelSpec(label="start", source=str(model_dir)),
                 load_kwargs={
                     "device": self.device,
                     "attn_implementation": config.model.attn_implementation,

@@ -16,7 +16,8 @@ from typing import Any
 from tokenweight.core.scorer_kinds import scorer_kind
 from tokenweight.data.prepare import MANIFEST
 from tokenweight.evaluation.plots import save_png
-from tokenweight.evaluation.probes import PROBES
+from tokenweight.evaluation.report import column_value
+from tokenweight.evaluation.tasks import PROBE, TEXT, EvalTask, tasks_of
 from tokenweight.infra.config_sections import flat_settings
 from tokenweight.infra.files import atomic_write_text
 from tokenweight.infra.markdown import format_number, markdown_table, md_escape
@@ -164,34 +165,25 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
     if not results:
         return []
     entries = {e["label"]: e for e in results["models"]}
-    probe_tasks = [t for t in results["settings"].get("tasks", []) if t in PROBES]
+    tasks = results["settings"].get("tasks", [])
+    text_tasks, probe_tasks = tasks_of(tasks, TEXT), tasks_of(tasks, PROBE)
     out = ["## Evaluation on held-out text", ""]
     rows = []
     for label in labels:
         e = entries.get(label, {})
-        ppl = e.get("perplexity") or {}
-        lp = e.get("longppl") or {}
+        cells = [column_value(e.get(t.key) or {}, c) for t in text_tasks for c in t.columns]
         probes = e.get("probes") or {}
-        cells = []
         for task in probe_tasks:
-            p = probes.get(task) or {}
+            p = probes.get(task.key) or {}
             cells.append(f"{p['correct']}/{p['total']}" if p.get("total") else "-")
-        rows.append(
-            [
-                label,
-                format_number(ppl.get("perplexity"), 2),
-                format_number(lp.get("longppl"), 2),
-                str(lp.get("key_tokens", "-")),
-                *cells,
-            ]
-        )
-    out += markdown_table(
-        ["model", "perplexity", "LongPPL", "key tokens", *[f"{t} (correct)" for t in probe_tasks]],
-        rows,
-    )
-    out += ["", md_escape(_findings(entries, labels)), ""]
-    for name in ("nll_by_position.png", *(f"probe_{t}.png" for t in probe_tasks)):
-        if (work / "eval" / name).is_file():
+        rows.append([label, *cells])
+    header = [c.label for t in text_tasks for c in t.columns]
+    header += [f"{t.label} (correct)" for t in probe_tasks]
+    out += markdown_table(["model", *header], rows)
+    out += ["", md_escape(_findings(entries, labels, text_tasks)), ""]
+    for task in [*text_tasks, *probe_tasks]:
+        name = task.figure_name
+        if name and (work / "eval" / name).is_file():
             out += [f"![{name}](eval/{name})", ""]
     out += [
         "Full tables: [eval/results.md](eval/results.md); raw numbers and every probe "
@@ -201,23 +193,27 @@ def _eval_section(work: Path, labels: list[str]) -> list[str]:
     return out
 
 
-def _findings(entries: dict[str, Any], labels: list[str]) -> str:
-    """A neutral sentence per metric comparing each trained model with the start and with
-    the first (baseline) run."""
+def _findings(entries: dict[str, Any], labels: list[str], text_tasks: list[EvalTask]) -> str:
+    """A neutral sentence per text task's headline number (its first column) comparing
+    each trained model with the start and with the first (baseline) run."""
     if len(labels) < 2:
         return ""
     baseline = labels[1]
     parts = []
-    for metric, key, name in (
-        ("perplexity", "perplexity", "Perplexity"),
-        ("longppl", "longppl", "LongPPL"),
-    ):
+    for task in text_tasks:
+        if not task.columns:
+            continue
+        column = task.columns[0]
+        name = column.label[:1].upper() + column.label[1:]
         values: dict[str, Any] = {
-            lab: (entries.get(lab, {}).get(metric) or {}).get(key) for lab in labels
+            lab: (entries.get(lab, {}).get(task.key) or {}).get(column.key) for lab in labels
         }
         if any(v is None for v in values.values()):
             continue
-        text = f"{name}: " + ", ".join(f"{lab} {values[lab]:.2f}" for lab in labels)
+        digits = 2 if column.digits is None else column.digits
+        text = f"{name}: " + ", ".join(
+            f"{lab} {format_number(values[lab], digits)}" for lab in labels
+        )
         diffs = []
         for lab in labels[2:]:
             change = 100 * (values[lab] / values[baseline] - 1)

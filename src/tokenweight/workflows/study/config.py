@@ -179,11 +179,12 @@ class StudyConfig:
                 f"({self.synth.get('words', 256)}): the start model's vocabulary is the "
                 "synthetic data's words"
             )
-        from tokenweight.evaluation.probes import PROBES
+        from tokenweight.evaluation.tasks import PROBE, task_names
 
-        unknown = [t for t in self.probes if t not in PROBES]
+        probes = task_names(PROBE)
+        unknown = [t for t in self.probes if t not in probes]
         if unknown:
-            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(PROBES)}")
+            raise TokenWeightError(f"probes: unknown {unknown}; choose from {', '.join(probes)}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.probe_lengths):
             raise TokenWeightError(
                 f"probe_lengths: positive token counts, got {self.probe_lengths}"

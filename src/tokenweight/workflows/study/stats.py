@@ -213,9 +213,12 @@ def probe_differences(config: StudyConfig, eval_dir: Path) -> list[dict[str, Any
         for s in config.seeds
     }
     table = []
+    from tokenweight.evaluation.tasks import EVAL_TASKS
+
     for task in dict.fromkeys(tasks):
         m = np.array([t == task for t in tasks])
         sums = {key: a[m] for key, a in correct.items()}
-        metric = f"probe {task} (accuracy)"
+        label = EVAL_TASKS[task].label if task in EVAL_TASKS else task
+        metric = f"probe {label} (accuracy)"
         table += _paired_rows(config, metric, sums, np.ones(int(m.sum())), lower_is_better=False)
     return table

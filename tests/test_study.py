@@ -283,3 +283,15 @@ def test_settings_after_an_option_still_count(capsys):
     assert exc.value.code == 2 and "unrecognized arguments: --no-such-flag" in (
         capsys.readouterr().err
     )
+
+
+def test_start_model_windows_are_the_original_context_and_an_eighth_of_it():
+    from tokenweight.workflows.study.evaluate import start_windows
+
+    # LongPPL's step (a quarter window) unless the study sets its own stride
+    assert start_windows(load_study_config(None, ["window=64"])) == {
+        "start-short": (64, 16),
+        "start-local": (8, 2),
+    }
+    windows = start_windows(load_study_config(None, ["window=64", "stride=10"]))
+    assert windows == {"start-short": (64, 10), "start-local": (8, 2)}

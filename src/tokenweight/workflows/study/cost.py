@@ -35,7 +35,7 @@ from tokenweight.workflows.study.config import (
     sequence_length,
     train_config,
 )
-from tokenweight.workflows.study.evaluate import answer_probes, local_window, study_probes
+from tokenweight.workflows.study.evaluate import answer_probes, start_windows, study_probes
 from tokenweight.workflows.study.plan import check_study
 from tokenweight.workflows.study.pretrain import build_tiny_llama, pretrain_synth
 
@@ -469,11 +469,9 @@ def _time_evaluation(config: StudyConfig, start: Path, data: Path, device: str) 
     long_context_nll(model, seqs)  # warm-up (first calls allocate and pick kernels)
     with _timer() as fwd:
         long = long_context_nll(model, seqs)
-    local = local_window(config)
     with _timer() as extra:
-        stride = config.stride or max(1, config.window // 4)
-        short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
-        short_context_nll_of(model, seqs, long, window=local, stride=max(1, local // 4))
+        for window, stride in start_windows(config).values():
+            short_context_nll_of(model, seqs, long, window=window, stride=stride)
     # with RoPE settings the start model is also evaluated extended (loaded again)
     start_extra = extra() + (fwd() if _extended(config) else 0.0)
     probe = 0.0

@@ -22,6 +22,7 @@ __all__ = [
     "load_array",
     "local_window",
     "save_array",
+    "start_windows",
     "study_probes",
 ]
 
@@ -46,6 +47,21 @@ def local_window(config: StudyConfig) -> int:
     return max(2, config.window // 8)
 
 
+def start_windows(config: StudyConfig) -> dict[str, tuple[int, int]]:
+    """``(window, stride)`` of the start model's short-context passes, by the name of the
+    array each writes: ``start-short``, windows of the original context for LongPPL's key
+    tokens (``stride``, else LongPPL's default
+    :func:`~tokenweight.evaluation.perplexity.default_stride`), and ``start-local``, the
+    windows of the inside-the-window check (:func:`local_window`)."""
+    from tokenweight.evaluation.perplexity import default_stride
+
+    local = local_window(config)
+    return {
+        "start-short": (config.window, config.stride or default_stride(config.window)),
+        "start-local": (local, default_stride(local)),  # does it use its context inside?
+    }
+
+
 def evaluate_held_out(
     config: StudyConfig,
     models: dict[str, Path],
@@ -55,7 +71,10 @@ def evaluate_held_out(
     log: Callable[[str], None],
 ) -> None:
     """``out/<key>.npy``: ``(S, N - 1)`` long-context NLL of every model; the start model's
-    short-context NLL too (``start-short.npy``), for LongPPL's key tokens."""
+    short-context NLL too (:func:`start_windows`: ``start-short.npy`` for LongPPL's key
+    tokens, ``start-local.npy``) and, with RoPE settings, its NLL extended but untrained
+    (``start-extended.npy``); ``<key>-probes.npy``, the probes' answers
+    (:func:`answer_probes`)."""
     import torch
 
     from tokenweight.evaluation.perplexity import long_context_nll, short_context_nll_of
@@ -84,12 +103,9 @@ def evaluate_held_out(
         if probes:
             save_array(out / f"{key}-probes.npy", answer_probes(model, tok, probes))
         if key == "start":
-            stride = config.stride or max(1, config.window // 4)
-            short = short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
-            save_array(out / "start-short.npy", short.numpy())
-            local = local_window(config)  # does it use its context inside the window?
-            near = short_context_nll_of(model, seqs, long, window=local, stride=max(1, local // 4))
-            save_array(out / "start-local.npy", near.numpy())
+            for name, (window, stride) in start_windows(config).items():
+                short = short_context_nll_of(model, seqs, long, window=window, stride=stride)
+                save_array(out / f"{name}.npy", short.numpy())
             if any(rope.values()):  # the start model with the extended RoPE, untrained
                 ext = load_model(
                     path,

@@ -7,20 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.infra.files import atomic_write_json, atomic_write_text
+from tokenweight.infra.markdown import format_number, markdown_table, md_escape
 
 __all__ = ["write_study_report"]
-
-
-def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
-    if x is None or x != x:
-        return "-"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
 def write_study_report(results: dict[str, Any], work: Path) -> Path:
     """``study.md``, ``study.json`` and ``study.png`` in ``work``; returns the markdown.
     Run names and metrics are user text: escaped in tables and prose alike."""
-    from tokenweight.infra.markdown import md_escape
     from tokenweight.workflows.study.verdict import bottom_line, context_warning
 
     atomic_write_json(work / "study.json", results)
@@ -67,15 +61,14 @@ def write_study_report(results: dict[str, Any], work: Path) -> Path:
 
 def _context_section(c: dict[str, Any]) -> list[str]:
     """Markdown: does the start model use its context (:func:`context_check`)?"""
-    from tokenweight.infra.markdown import markdown_table
 
     extended = "start_extended_by_metric" in c
     lines = [
         "## Does the start model use its context?",
         "",
         f"Start model, held-out targets beyond the original context: NLL "
-        f"{_fmt(c['start_nll_beyond'])} with the whole sequence vs {_fmt(c['start_short_nll_beyond'])} "
-        f"from windows of the original context (gain {_fmt(c['start_gain_beyond'])} nats); "
+        f"{format_number(c['start_nll_beyond'])} with the whole sequence vs {format_number(c['start_short_nll_beyond'])} "
+        f"from windows of the original context (gain {format_number(c['start_gain_beyond'])} nats); "
         f"LongPPL key tokens: {c['key_share']:.2%} of targets.",
         "",
     ]
@@ -92,9 +85,9 @@ def _context_section(c: dict[str, Any]) -> list[str]:
                     [
                         k,
                         f"{v['targets']:,}",
-                        _fmt(v["whole"]),
-                        _fmt(v["local"]),
-                        _fmt(v["local"] - v["whole"], sign=True),
+                        format_number(v["whole"]),
+                        format_number(v["local"]),
+                        format_number(v["local"] - v["whole"], sign=True),
                     ]
                     for k, v in inside.items()
                 ],
@@ -104,7 +97,8 @@ def _context_section(c: dict[str, Any]) -> list[str]:
     return lines + markdown_table(
         ["targets", "start model NLL"] + (["start, extended RoPE, untrained"] if extended else []),
         [
-            [k, _fmt(v)] + ([_fmt(c["start_extended_by_metric"][k])] if extended else [])
+            [k, format_number(v)]
+            + ([format_number(c["start_extended_by_metric"][k])] if extended else [])
             for k, v in c["start_by_metric"].items()
         ],
     )
@@ -112,18 +106,17 @@ def _context_section(c: dict[str, Any]) -> list[str]:
 
 def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[str]:
     """Markdown table of every paired difference (:func:`metric_differences`)."""
-    from tokenweight.infra.markdown import markdown_table
 
     rows = [
         [
             d["metric"],
             d["run"],
             f"{d['targets']:,}",
-            _fmt(d["baseline"]),
-            _fmt(d["diff"], sign=True),
-            f"[{_fmt(d['low'], sign=True)}, {_fmt(d['high'], sign=True)}]",
+            format_number(d["baseline"]),
+            format_number(d["diff"], sign=True),
+            f"[{format_number(d['low'], sign=True)}, {format_number(d['high'], sign=True)}]",
             d["verdict"],
-            *([_fmt(d["p_holm"]), d["holds"] or "-"] if "p_holm" in d else []),
+            *([format_number(d["p_holm"]), d["holds"] or "-"] if "p_holm" in d else []),
         ]
         for d in differences
     ]
@@ -134,7 +127,6 @@ def _differences_table(differences: list[dict[str, Any]], conf: float) -> list[s
 
 def _in_words(results: dict[str, Any]) -> list[str]:
     """One bullet per run: its first metric and how many metrics it is better or worse on."""
-    from tokenweight.infra.markdown import md_escape
 
     lines = []
     diffs = [d for d in results["differences"] if d["targets"]]
@@ -147,8 +139,8 @@ def _in_words(results: dict[str, Any]) -> list[str]:
         head = mine[0]
         lines.append(
             f"- **{md_escape(run)}**: {md_escape(head['metric'])} "
-            f"{_fmt(head['diff'], sign=True)} nats "
-            f"[{_fmt(head['low'], sign=True)}, {_fmt(head['high'], sign=True)}], "
+            f"{format_number(head['diff'], sign=True)} nats "
+            f"[{format_number(head['low'], sign=True)}, {format_number(head['high'], sign=True)}], "
             f"{head['verdict']}; over all {len(mine)} metrics: better on {len(better)}"
             + (f" ({md_escape(', '.join(better))})" if better else "")
             + f", worse on {len(worse)}, inside the noise on {len(mine) - len(better) - len(worse)}."

@@ -12,9 +12,9 @@ from typing import Any
 
 from tokenweight.core.scorer_kinds import SCORERS, ScorerKind, scorer_kind, uniform_kind
 from tokenweight.infra.config_files import load_raw_config
+from tokenweight.infra.config_sections import coerce_sections, expand_config, section
 from tokenweight.infra.errors import TokenWeightError
 from tokenweight.infra.schema import (
-    apply_overrides,
     at_least_two,
     build_dataclass,
     checked,
@@ -23,8 +23,10 @@ from tokenweight.infra.schema import (
     positive,
     seed_range,
 )
+from tokenweight.training.config import Config, TrainConfig
 
 __all__ = [
+    "TRAIN_DEFAULTS",
     "RunSpec",
     "StudyConfig",
     "data_fingerprint",
@@ -58,6 +60,21 @@ class RunSpec:
             return self.name
         text = self.scheme if self.kind.uniform_only else f"{self.scheme} ({self.scorer})"
         return text + (" on selected" if self.data == "selected" else "")
+
+
+# the study's own defaults for the training config's ``train`` section: short trainings
+# at a constant learning rate, one checkpoint kept, no progress bars
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 8,
+    "micro_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0,
+    "scheduler": "constant_with_warmup",
+    "save_total_limit": 1,
+    "logging_steps": 1,
+    "training_arguments": {"disable_tqdm": True},
+}
 
 
 @dataclass
@@ -116,13 +133,27 @@ class StudyConfig:
     select_top: float = 0.5  # for runs on ``selected`` data: top fraction by key share
     select_by: str = field(default="key_share", metadata=one_of("key_share", "mean_gain"))
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    max_steps: int = field(default=8, metadata=checked(positive))
-    micro_batch_size: int = field(default=1, metadata=checked(positive))
-    gradient_accumulation_steps: int = field(default=1, metadata=checked(positive))
-    learning_rate: float = field(default=1e-4, metadata=checked(positive))
-    warmup_steps: int = 0
+    # every run's training settings: the training config's ``train`` section with the
+    # study's defaults; ``max_steps=50`` is short for ``train.max_steps=50``
+    train: TrainConfig = section(
+        TrainConfig,
+        defaults=TRAIN_DEFAULTS,
+        shorthand=(
+            "max_steps",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "warmup_steps",
+            "bf16",
+        ),
+        fixed={
+            "output_dir": "set by the study: each run goes to work_dir/runs/<run>/seed<seed>",
+            "seed": "set by the study: give the runs' seeds in seeds",
+            "save_steps": "set by the study: one checkpoint, after train.max_steps",
+            "use_cpu": "set by the study from device",
+        },
+    )
     dtype: str = "fp32"
-    bf16: bool = False
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
@@ -138,6 +169,9 @@ class StudyConfig:
     # the context check warns when the start model's largest gain from its whole context
     # inside the original window (nats, over windows of window / 8) is below this
     min_context_gain: float = field(default=0.05, metadata=checked(non_negative))
+
+    def __post_init__(self) -> None:
+        coerce_sections(self)
 
     def validate(self) -> None:
         from tokenweight.core.weighting import Scheme
@@ -195,6 +229,9 @@ class StudyConfig:
             raise TokenWeightError(f"confidence: must be in (0, 1), got {self.confidence}")
         self._validate_numbers()
         self._validate_folders()
+        # the training config's own checks, on each run's config before any step runs
+        for spec in self.run_specs:
+            train_config(self, spec, self.seeds[0], Path("model"), Path("data"), Path("out"), "cpu")
 
     def _validate_numbers(self) -> None:
         """Seeds, the window and its stride, the selection fraction: before any work."""
@@ -262,9 +299,11 @@ class StudyConfig:
 
 
 def load_study_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> StudyConfig:
-    """Defaults, then a YAML file, then ``key=value`` overrides; validated."""
+    """Defaults, then a YAML file, then ``key=value`` overrides; validated. The training
+    settings may be written flat (``max_steps: 8``, ``max_steps=8``) or in the ``train``
+    section (``train: {max_steps: 8}``, ``train.max_steps=8``)."""
     data: dict[str, Any] = load_raw_config(path) if path is not None else {}
-    config = build_dataclass(StudyConfig, apply_overrides(data, overrides))
+    config: StudyConfig = build_dataclass(StudyConfig, expand_config(StudyConfig, data, overrides))
     config.validate()
     return config
 
@@ -307,47 +346,51 @@ def train_config(
     device: str,
     *,
     pretrain: bool = False,
-) -> Any:
-    from tokenweight.training.config import Config
-
-    p = config.pretrain
+) -> Config:
+    """The training config of ``spec`` with ``seed`` (``config.train`` with the study's
+    folders, seed and device), or with ``pretrain`` that of the tiny start model's
+    pretraining, whose schedule comes from ``config.pretrain`` (only ``train.bf16`` and
+    the model settings are shared). Validated like any training config."""
+    from tokenweight.training.config import config_from_sections
 
     kind = spec.kind
-    return Config.from_dict(
-        {
-            "model": {
-                "source": str(model_dir),
-                "dtype": config.dtype,
-                "attn_implementation": config.attn_implementation,
-                "gradient_checkpointing": config.gradient_checkpointing,
-                "rope_theta": None if pretrain else config.rope_theta,
-                "max_position_embeddings": None if pretrain else config.max_position_embeddings,
-            },
-            "data": {"path": str(data)},
-            "scheme": spec.scheme,
-            "scorer": {
-                "kind": kind.name,
-                "window": config.window if kind.window else None,
-                "stride": config.stride if kind.window else None,
-                "model": spec.reference_model if kind.uses_model else None,
-            },
-            "train": {
-                "output_dir": str(out),
-                "learning_rate": p["learning_rate"] if pretrain else config.learning_rate,
-                "scheduler": "cosine" if pretrain else "constant_with_warmup",
-                "warmup_steps": max(1, p["steps"] // 20) if pretrain else config.warmup_steps,
-                "max_steps": p["steps"] if pretrain else config.max_steps,
-                "micro_batch_size": p["batch"] if pretrain else config.micro_batch_size,
-                "gradient_accumulation_steps": 1
-                if pretrain
-                else config.gradient_accumulation_steps,
-                "seed": seed,
-                "save_steps": p["steps"] if pretrain else config.max_steps,
-                "save_total_limit": 1,
-                "logging_steps": max(1, p["steps"] // 20) if pretrain else 1,
-                "bf16": config.bf16,
-                "use_cpu": device == "cpu",
-                "training_arguments": {"disable_tqdm": True},
-            },
-        }
-    )
+    values: dict[str, Any] = {
+        "model.source": str(model_dir),
+        "model.dtype": config.dtype,
+        "model.attn_implementation": config.attn_implementation,
+        "model.gradient_checkpointing": config.gradient_checkpointing,
+        "model.rope_theta": None if pretrain else config.rope_theta,
+        "model.max_position_embeddings": None if pretrain else config.max_position_embeddings,
+        "data.path": str(data),
+        "scorer.kind": kind.name,
+        "scorer.window": config.window if kind.window else None,
+        "scorer.stride": config.stride if kind.window else None,
+        "scorer.model": spec.reference_model if kind.uses_model else None,
+        "train.output_dir": str(out),
+        "train.seed": seed,
+        "train.save_steps": config.train.max_steps,
+        "train.use_cpu": device == "cpu",
+    }
+    if not pretrain:
+        return config_from_sections(config, spec.scheme, values)
+    p = config.pretrain
+    steps, every = p["steps"], max(1, p["steps"] // 20)
+    schedule = {
+        "learning_rate": p["learning_rate"],
+        "scheduler": "cosine",
+        "warmup_steps": every,
+        "max_steps": steps,
+        "micro_batch_size": p["batch"],
+        "gradient_accumulation_steps": 1,
+        "save_steps": steps,
+        "save_total_limit": 1,
+        "logging_steps": every,
+        "bf16": config.train.bf16,
+        "training_arguments": {"disable_tqdm": True},
+    }
+    data_dict: dict[str, Any] = {"scheme": spec.scheme, "train": schedule}
+    for dotted, value in values.items():
+        name, _, key = dotted.partition(".")
+        if name != "train" or key not in schedule:
+            data_dict.setdefault(name, {})[key] = value
+    return Config.from_dict(data_dict)

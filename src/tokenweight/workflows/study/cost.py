@@ -147,18 +147,18 @@ def estimate(config: StudyConfig, t: Timings, *, train_sequences: int, seq_len: 
                 t.score_start + train_sequences * t.score_per_sequence,
             )
         )
-    per_seq = config.micro_batch_size * config.gradient_accumulation_steps
+    per_seq = config.train.micro_batch_size * config.train.gradient_accumulation_steps
     total, kinds = 0.0, []
     for r in specs:
         step = t.train_step[_step_kind(r.kind)]
         if r.kind.forward_per_step and not r.kind.window:  # a full-sequence forward
             step += per_seq * t.eval_per_sequence
-        total += seeds * (t.train_start + config.max_steps * step)
+        total += seeds * (t.train_start + config.train.max_steps * step)
         kinds.append(f"{r.scorer} {step:.3f} s")
     parts.append(
         Part(
             "training",
-            f"{len(specs)} runs x {seeds} seeds x ({config.max_steps} steps + "
+            f"{len(specs)} runs x {seeds} seeds x ({config.train.max_steps} steps + "
             f"{t.train_start:.1f} s start-up); per step: " + ", ".join(dict.fromkeys(kinds)),
             total,
         )
@@ -359,9 +359,12 @@ def calibrate(
             )
             log(f"    {k} pretraining steps ...")
             extra["pretrain_start"], extra["pretrain_step"] = _timed_training(tc)
-        rows = max(_SEQUENCES, k * config.micro_batch_size * config.gradient_accumulation_steps)
+        per_step = config.train.micro_batch_size * config.train.gradient_accumulation_steps
+        rows = max(_SEQUENCES, k * per_step)
         data, synth_per_token, synth_start = _small_data(config, start, tmp / "data", rows)
-        brief = dataclasses.replace(config, max_steps=k, warmup_steps=0)
+        brief = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, max_steps=k, warmup_steps=0)
+        )
         steps: dict[str, float] = {}
         starts = []
         for kind in dict.fromkeys(_step_kind(r.kind) for r in specs):

@@ -18,7 +18,9 @@ def plan_text(config: StudyConfig) -> str:
     ``--dry-run`` follows it, :mod:`tokenweight.workflows.study.cost`)."""
     n = sequence_length(config)
     specs = config.run_specs
-    tokens = config.max_steps * config.micro_batch_size * config.gradient_accumulation_steps * n
+    train = config.train
+    per_step = train.micro_batch_size * train.gradient_accumulation_steps
+    tokens = train.max_steps * per_step * n
     lines = [
         f"study in {config.work_dir}: {len(specs)} runs x {len(config.seeds)} seeds "
         f"({', '.join(map(str, config.seeds))}) = {len(specs) * len(config.seeds)} trainings",
@@ -31,8 +33,7 @@ def plan_text(config: StudyConfig) -> str:
             if config.data
             else f"synthetic {config.synth}"
         ),
-        f"  each training: {config.max_steps} steps x {config.micro_batch_size * config.gradient_accumulation_steps} "
-        f"sequences = {tokens:,} tokens",
+        f"  each training: {train.max_steps} steps x {per_step} sequences = {tokens:,} tokens",
     ]
     if config.model == "tiny":
         p = config.pretrain

@@ -6,13 +6,13 @@ arrays (:mod:`tokenweight.workflows.study.evaluate`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tokenweight.infra.config_sections import plain_config
 from tokenweight.infra.errors import TokenWeightError
 from tokenweight.workflows.study.config import StudyConfig
 from tokenweight.workflows.study.evaluate import EVAL_MARKER, load_array, local_window
@@ -44,7 +44,7 @@ def study_results(config: StudyConfig, eval_dir: Path, eval_data: Path) -> dict[
     check["verdict"] = context_verdict(check, config.min_context_gain)
     return {
         "format": STUDY_FORMAT,
-        "config": dataclasses.asdict(config),
+        "config": plain_config(config),
         "baseline": specs[config.baseline].label(),
         "runs": [r.label() for r in specs],
         "seeds": list(config.seeds),

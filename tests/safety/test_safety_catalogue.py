@@ -485,6 +485,19 @@ CATALOGUE = {
         "select_top: must be a fraction in (0, 1], got 2",
     ),
     "study --dry-run stride=0": lambda env, work: (_study_dry("stride=0"), "stride:"),
+    # the training settings are the training config's train section, with its checks
+    "study --dry-run warmup_steps=-1": lambda env, work: (
+        _study_dry("warmup_steps=-1"),
+        "train.warmup_steps: must be >= 0, got -1",
+    ),
+    "study --dry-run train.seed=3": lambda env, work: (
+        _study_dry("train.seed=3"),
+        "train.seed: set by the study",
+    ),
+    "study --dry-run bf16=true dtype=fp16": lambda env, work: (
+        _study_dry("bf16=true", "dtype=fp16"),
+        "model.dtype: fp16 weights with train.bf16 do not mix",
+    ),
     "study --dry-run work_dir=PREPARED": lambda env, work: (
         _study_dry(f"work_dir={env['prep']}"),
         "work_dir:",

@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tokenweight.workflows.study import load_study_config, run_study
-    from tokenweight.workflows.study_cost import dry_run
+    from tokenweight.workflows.study.cost import dry_run
 
     overrides = list(args.overrides) if args.config else SMALL + list(args.overrides)
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:

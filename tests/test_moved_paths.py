@@ -119,3 +119,34 @@ def test_file_formats_keep_their_names():
     from tokenweight.workflows.synth import SYNTH_FORMAT
 
     assert (STUDY_FORMAT, SYNTH_FORMAT) == ("tokenweight.study", "tokenweight.synth-dependencies")
+
+
+def test_the_package_keeps_the_names_of_the_former_modules():
+    """``tokenweight.workflows.study`` exports every public name the single module had, and
+    the old paths (``tokenweight.study``, ``tokenweight.study_cost``,
+    ``tokenweight.study_verdict``) are the package and its ``cost`` and ``verdict``."""
+    import importlib
+    import warnings
+
+    from tokenweight.workflows import study
+    from tokenweight.workflows.study import cost, verdict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old paths say where they moved
+        old = {
+            m: importlib.import_module(f"tokenweight.{m}")
+            for m in ("study", "study_cost", "study_verdict")
+        }
+    assert old == {"study": study, "study_cost": cost, "study_verdict": verdict}
+    former = {
+        study: "CheckedStudy RunSpec StudyConfig check_study load_study_config plan_text "
+        "run_study study_results write_study_report STUDY_FORMAT EVAL_MARKER",
+        cost: "CALIBRATION_STEPS Part Timings calibrate dry_run estimate estimate_text",
+        verdict: "LONG_RANGE MIN_KEY_SHARE MIN_TARGETS OTHER PROBES apply_holm bottom_line "
+        "context_verdict context_warning",
+    }
+    missing = [
+        (m.__name__, n) for m, names in former.items() for n in names.split() if not hasattr(m, n)
+    ]
+    assert missing == []
+    assert set(study.__all__) == set(former[study].split())

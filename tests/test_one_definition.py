@@ -62,22 +62,6 @@ def test_held_out_documents_are_named_once():
     assert where == {"data/corpora.py"}
 
 
-# study_cost.py times the study's own steps; these become public when study.py is split
-# into a package (its layout is changing). Nothing may join this list.
-PRIVATE_IMPORTS_PENDING = {
-    ("workflows/study_cost.py", "tokenweight.workflows.study", name)
-    for name in (
-        "_answer_probes",
-        "_build_tiny_llama",
-        "_local_window",
-        "_make_probes",
-        "_pretrain_synth",
-        "_seq_len",
-        "_train_config",
-    )
-}
-
-
 def test_no_module_imports_a_private_name_of_another():
     """A helper two modules share is public in one of them (e.g. ``training.loss.timed_score``)."""
     private = {
@@ -88,7 +72,7 @@ def test_no_module_imports_a_private_name_of_another():
         for alias in node.names
         if alias.name.startswith("_") and not alias.name.startswith("__")
     }
-    assert private - PRIVATE_IMPORTS_PENDING == set()
+    assert private == set()
 
 
 def _library_defaults(target: str) -> dict[str, object]:

@@ -115,7 +115,7 @@ def test_preset_and_transform_names_only_in_weighting():
     # selection's unrelated "max" (a summary statistic of its report).
     allowed = {
         ("workflows/pipeline.py", "uniform"),
-        ("workflows/study.py", "uniform"),
+        ("workflows/study/config.py", "uniform"),
         ("workflows/selection.py", " max "),
         ("workflows/selection_report.py", "max"),
     }
@@ -416,7 +416,8 @@ def test_dummy_tasks_in_pipeline_and_study_reports(dummy_tasks, tmp_path):
 
     from tokenweight.workflows.pipeline import PipelineConfig
     from tokenweight.workflows.pipeline_report import _eval_section
-    from tokenweight.workflows.study import StudyConfig, _probe_differences
+    from tokenweight.workflows.study import StudyConfig
+    from tokenweight.workflows.study.stats import probe_differences
 
     StudyConfig(probes=["echo"]).validate()
     with pytest.raises(TokenWeightError, match=r"probes: unknown \['strided'\]; .*, echo"):
@@ -449,7 +450,7 @@ def test_dummy_tasks_in_pipeline_and_study_reports(dummy_tasks, tmp_path):
     (tmp_path / "probes.json").write_text(json.dumps([{"task": "echo"}] * 2))
     np.save(tmp_path / "0-0-probes.npy", np.array([0, 1], np.int8))
     np.save(tmp_path / "1-0-probes.npy", np.array([1, 1], np.int8))
-    (row,) = _probe_differences(config, tmp_path)
+    (row,) = probe_differences(config, tmp_path)
     assert row["metric"] == "probe echo (accuracy)" and row["diff"] == 0.5
 
 
@@ -488,14 +489,14 @@ def test_eval_task_names_only_in_their_table():
 
     # "longppl" also names the metric: its function (``metrics.longppl``, listed in the
     # lazy imports) and the number in its result (``LongPPLResult.as_dict``), which the
-    # LongPPL section and the metric's own error message read; study.py's metric
-    # "LongPPL key tokens" is the study's own. None of these selects a task.
+    # LongPPL section and the metric's own error message read; the study's metric
+    # "LongPPL key tokens" (its masks, its figure) is its own. None of these selects a task.
     allowed = {
         ("evaluation/__init__.py", "longppl"),
         ("evaluation/metrics.py", "longppl"),
         ("evaluation/metrics.py", "longppl "),
         ("evaluation/report.py", "longppl"),
-        ("workflows/study.py", "longppl"),
+        ("workflows/study/report.py", "longppl"),
     }
     hits = [
         (f, line, t)

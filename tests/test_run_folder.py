@@ -353,12 +353,12 @@ def test_the_markdown_escaper_keeps_user_text_literal(text):
 
 
 def test_study_report_escapes_run_names_in_prose_and_tables(tmp_path, monkeypatch):
-    from tokenweight.workflows import study
-    from tokenweight.workflows.study import write_study_report
+    from tokenweight.workflows.study import report
+    from tokenweight.workflows.study.report import write_study_report
 
     # only the parts that show run names: no start-model section, no figure
-    monkeypatch.setattr(study, "_context_section", lambda c: [])
-    monkeypatch.setattr(study, "_plot", lambda results, path: None)
+    monkeypatch.setattr(report, "_context_section", lambda c: [])
+    monkeypatch.setattr(report, "_plot", lambda results, path: None)
 
     name = "<img src=x onerror=alert(1)>[a](javascript:x)"
     diff = {

@@ -95,7 +95,7 @@ def test_study_end_to_end_with_independent_paired_differences(
         assert (work / name).stat().st_size > 0
     assert "copied at distance 40" in results["metrics"]
     # the cost estimate counts the report's comparisons as the report makes them
-    from tokenweight.workflows.study_cost import _metric_count
+    from tokenweight.workflows.study.cost import _metric_count
 
     nll_metrics = [m for m in results["metrics"] if not m.startswith("probe")]
     assert _metric_count(load_study_config(None, argv[1:]), 64) == len(nll_metrics)
@@ -252,7 +252,7 @@ def test_study_report_sections_from_hand_made_results(tmp_path):
 
 
 def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
-    from tokenweight.workflows.study import _probe_differences
+    from tokenweight.workflows.study.stats import probe_differences
 
     config = load_study_config(
         None, ["runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self}]", "seeds=[0, 1]"]
@@ -263,7 +263,7 @@ def test_probe_rows_are_accuracy_differences_where_higher_is_better(tmp_path):
         # the baseline answers no passkey and every needle; the run every passkey, no needle
         np.save(tmp_path / f"0-{seed}-probes.npy", np.array([0, 0, 0, 0, 1, 1], np.int8))
         np.save(tmp_path / f"1-{seed}-probes.npy", np.array([1, 1, 1, 1, 0, 0], np.int8))
-    rows = {r["metric"]: r for r in _probe_differences(config, tmp_path)}
+    rows = {r["metric"]: r for r in probe_differences(config, tmp_path)}
     passkey, needle = rows["probe passkey (accuracy)"], rows["probe needle (accuracy)"]
     assert passkey["targets"] == 4 and passkey["diff"] == 1.0 and passkey["baseline"] == 0.0
     assert passkey["verdict"] == "better than baseline"
@@ -283,3 +283,15 @@ def test_settings_after_an_option_still_count(capsys):
     assert exc.value.code == 2 and "unrecognized arguments: --no-such-flag" in (
         capsys.readouterr().err
     )
+
+
+def test_start_model_windows_are_the_original_context_and_an_eighth_of_it():
+    from tokenweight.workflows.study.evaluate import start_windows
+
+    # LongPPL's step (a quarter window) unless the study sets its own stride
+    assert start_windows(load_study_config(None, ["window=64"])) == {
+        "start-short": (64, 16),
+        "start-local": (8, 2),
+    }
+    windows = start_windows(load_study_config(None, ["window=64", "stride=10"]))
+    assert windows == {"start-short": (64, 10), "start-local": (8, 2)}

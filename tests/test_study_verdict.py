@@ -14,15 +14,10 @@ import torch
 
 from helpers.fixtures import save_tiny_model, save_tokenizer
 from tokenweight.evaluation.paired import holm, normal_p_value, paired_difference
-from tokenweight.workflows.study import (
-    _context_check,
-    _evaluate,
-    _metric_masks,
-    load_study_config,
-    study_results,
-    write_study_report,
-)
-from tokenweight.workflows.study_verdict import (
+from tokenweight.workflows.study import load_study_config, study_results, write_study_report
+from tokenweight.workflows.study.evaluate import evaluate_held_out
+from tokenweight.workflows.study.stats import context_check, metric_masks
+from tokenweight.workflows.study.verdict import (
     LONG_RANGE,
     OTHER,
     apply_holm,
@@ -224,9 +219,9 @@ def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
     write_synth(SynthConfig(**synth), folder, held)
     config = load_study_config(None, [f"model={folder}", "window=16", "eval_sequences=4"])
     ev = tmp_path / "eval"
-    _evaluate(config, {"start": folder}, held, ev, "cpu", lambda _: None)
-    masks, _ = _metric_masks(config, ev, held)
-    check = _context_check(config, ev, masks)
+    evaluate_held_out(config, {"start": folder}, held, ev, "cpu", lambda _: None)
+    masks, _ = metric_masks(config, ev, held)
+    check = context_check(config, ev, masks)
     verdict = context_verdict(check, config.min_context_gain)
     # not exactly 0: a short window's first input is BOS in place of the token there
     assert abs(verdict["gain"]) < 0.005 and not verdict["uses_context"]
@@ -238,7 +233,7 @@ def test_warning_for_a_start_model_that_does_not_use_its_context(tmp_path):
 
 # ------------------------------------------------------------------ the cost estimate
 def _timings(**kw):
-    from tokenweight.workflows.study_cost import Timings
+    from tokenweight.workflows.study.cost import Timings
 
     base = dict(
         train_start=2.0,
@@ -260,7 +255,7 @@ def _timings(**kw):
 
 
 def test_estimate_counts_every_part_of_the_study():
-    from tokenweight.workflows.study_cost import estimate
+    from tokenweight.workflows.study.cost import estimate
 
     runs = (
         "runs=[{scheme: uniform}, {scheme: 'dense:0.75', scorer: self},"
@@ -330,7 +325,7 @@ def test_timed_training_splits_start_up_from_steps(monkeypatch):
     import time
 
     import tokenweight.training.run as run
-    from tokenweight.workflows.study_cost import _timed_training
+    from tokenweight.workflows.study.cost import _timed_training
 
     def fake_train(tc, callbacks):
         (clock,) = callbacks
@@ -348,7 +343,7 @@ def test_timed_training_splits_start_up_from_steps(monkeypatch):
 
 
 def test_dry_run_checks_settings_before_calibrating(tmp_path, monkeypatch, capsys):
-    import tokenweight.workflows.study_cost as cost
+    import tokenweight.workflows.study.cost as cost
     from tokenweight.cli import main
     from tokenweight.infra.errors import TokenWeightError
 

@@ -145,7 +145,8 @@ def test_overrides_create_nested_keys():
 COMPLETE = sorted(
     p
     for p in CONFIGS.rglob("*.yaml")
-    if not {"accelerate", "study"} & set(p.parts) and not p.name.startswith(("scorer_", "base"))
+    if not {"accelerate", "study"} & set(p.relative_to(CONFIGS).parts)
+    and not p.name.startswith(("scorer_", "base"))
 )
 
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         config_path = None
     config = load_study_config(config_path, overrides)
     if args.dry_run:
-        from tokenweight.workflows.study_cost import dry_run
+        from tokenweight.workflows.study.cost import dry_run
 
         dry_run(config)
         return 0

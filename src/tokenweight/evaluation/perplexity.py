@@ -27,11 +27,17 @@ from tokenweight.infra.errors import TokenWeightError
 __all__ = [
     "DEFAULT_LONGPPL_WINDOW",
     "default_short_window",
+    "default_stride",
     "long_context_nll",
     "short_context_nll_of",
 ]
 
 DEFAULT_LONGPPL_WINDOW = 4096
+
+
+def default_stride(window: int) -> int:
+    """LongPPL's step between short-context windows: a quarter ``window`` (at least 1)."""
+    return max(1, window // 4)
 
 
 def default_short_window(
@@ -47,7 +53,7 @@ def default_short_window(
         raise TokenWeightError(f"the LongPPL window must be an integer >= 2, got {window!r}")
     require_short_window(window, seq_len, "--longppl-window")
     if stride is None:
-        stride = max(1, window // 4)
+        stride = default_stride(window)
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
         raise TokenWeightError(
             f"the LongPPL stride must be an integer in [1, window={window}], got {stride!r}"

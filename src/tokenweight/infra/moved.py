@@ -41,8 +41,8 @@ MOVED: dict[str, str] = {
     "tokenweight.selection": "tokenweight.workflows.selection",
     "tokenweight.steps": "tokenweight.workflows.steps",
     "tokenweight.study": "tokenweight.workflows.study",
-    "tokenweight.study_cost": "tokenweight.workflows.study_cost",
-    "tokenweight.study_verdict": "tokenweight.workflows.study_verdict",
+    "tokenweight.study_cost": "tokenweight.workflows.study.cost",
+    "tokenweight.study_verdict": "tokenweight.workflows.study.verdict",
     "tokenweight.synth": "tokenweight.workflows.synth",
 }
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenweight.evaluation.paired import holm
-from tokenweight.infra.markdown import md_escape
+from tokenweight.infra.markdown import format_number, md_escape
 
 __all__ = [
     "LONG_RANGE",
@@ -124,14 +124,10 @@ def context_warning(check: dict[str, Any], verdict: dict[str, Any]) -> list[str]
     return lines
 
 
-def _num(x: float, digits: int = 3) -> str:
-    return f"{x:+.{digits}f}"
-
-
 def _item(d: dict[str, Any]) -> str:
     unit = "" if d["metric"].startswith("probe") else " nats"
-    metric = md_escape(d["metric"])
-    return f"{metric} {_num(d['diff'])}{unit} [{_num(d['low'])}, {_num(d['high'])}]"
+    diff, low, high = (format_number(d[k], sign=True) for k in ("diff", "low", "high"))
+    return f"{md_escape(d['metric'])} {diff}{unit} [{low}, {high}]"
 
 
 def _listing(rows: Sequence[dict[str, Any]]) -> str:

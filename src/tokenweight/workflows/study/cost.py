@@ -29,18 +29,15 @@ from typing import Any
 
 from tokenweight.core.scorer_kinds import DEFAULT_SCORER, ScorerKind, uniform_kind
 from tokenweight.infra.errors import TokenWeightError
-from tokenweight.workflows.study import (
+from tokenweight.workflows.study.config import (
     RunSpec,
     StudyConfig,
-    _answer_probes,
-    _build_tiny_llama,
-    _local_window,
-    _make_probes,
-    _pretrain_synth,
-    _seq_len,
-    _train_config,
-    check_study,
+    sequence_length,
+    train_config,
 )
+from tokenweight.workflows.study.evaluate import answer_probes, start_windows, study_probes
+from tokenweight.workflows.study.plan import check_study
+from tokenweight.workflows.study.pretrain import build_tiny_llama, pretrain_synth
 
 __all__ = [
     "CALIBRATION_STEPS",
@@ -354,10 +351,10 @@ def calibrate(
             from tokenweight.workflows.synth import write_synth
 
             start = tmp / "init"
-            _build_tiny_llama(config, start)
+            build_tiny_llama(config, start)
             small = dataclasses.replace(config, pretrain={**config.pretrain, "steps": k})
-            write_synth(_pretrain_synth(small), start, tmp / "pre-data")
-            tc = _train_config(
+            write_synth(pretrain_synth(small), start, tmp / "pre-data")
+            tc = train_config(
                 small, RunSpec(), 0, start, tmp / "pre-data", tmp / "pre-out", device, pretrain=True
             )
             log(f"    {k} pretraining steps ...")
@@ -369,7 +366,7 @@ def calibrate(
         starts = []
         for kind in dict.fromkeys(_step_kind(r.kind) for r in specs):
             spec = RunSpec("dense:0.75", kind) if kind != uniform_kind().name else RunSpec()
-            tc = _train_config(brief, spec, 0, start, data, tmp / f"train-{kind}", device)
+            tc = train_config(brief, spec, 0, start, data, tmp / f"train-{kind}", device)
             what = f"scorer {kind}"
             log(f"    {k} training steps ({what}) ...")
             s, steps[kind] = _timed_training(tc)
@@ -472,19 +469,17 @@ def _time_evaluation(config: StudyConfig, start: Path, data: Path, device: str) 
     long_context_nll(model, seqs)  # warm-up (first calls allocate and pick kernels)
     with _timer() as fwd:
         long = long_context_nll(model, seqs)
-    local = _local_window(config)
     with _timer() as extra:
-        stride = config.stride or max(1, config.window // 4)
-        short_context_nll_of(model, seqs, long, window=config.window, stride=stride)
-        short_context_nll_of(model, seqs, long, window=local, stride=max(1, local // 4))
+        for window, stride in start_windows(config).values():
+            short_context_nll_of(model, seqs, long, window=window, stride=stride)
     # with RoPE settings the start model is also evaluated extended (loaded again)
     start_extra = extra() + (fwd() if _extended(config) else 0.0)
     probe = 0.0
     if config.probes:
         one = dataclasses.replace(config, probe_depths=config.probe_depths[:1], probe_trials=1)
-        probes = _make_probes(one, tok, int(seqs.input_ids.shape[1]))
+        probes = study_probes(one, tok, int(seqs.input_ids.shape[1]))
         with _timer() as gen:
-            _answer_probes(model, tok, probes)
+            answer_probes(model, tok, probes)
         probe = gen() / max(1, len(probes))
     return {
         "eval_load": load(),
@@ -509,7 +504,7 @@ def dry_run(config: StudyConfig, log: Callable[[str], None] = print) -> None:
     log("  calibrating the cost estimate on this machine ...")
     timings = calibrate(config, checked.model_dir, checked.device, log)
     parts = estimate(
-        config, timings, train_sequences=_train_sequences(config), seq_len=_seq_len(config)
+        config, timings, train_sequences=_train_sequences(config), seq_len=sequence_length(config)
     )
     log(estimate_text(parts, timings))
 

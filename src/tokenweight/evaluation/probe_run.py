@@ -19,6 +19,9 @@ __all__ = ["make_probes_for", "probe_result", "probes_for", "run_probes"]
 
 
 def probe_result(probes: Sequence[Probe], outputs: Sequence[str], cfg: EvalConfig) -> dict:
+    """``results.json``'s ``probes`` of one model: per probe task, its exact-match score
+    (``outputs[i]`` is the answer to ``probes[i]``) overall, per length and per
+    ``(length, depth)`` cell, and every prompt's summary with its answer."""
     by_task: dict[str, Any] = {}
     for task in cfg.probe_tasks:
         cells = {(n, d): [0, 0] for n in cfg.lengths for d in cfg.depths}
@@ -61,6 +64,8 @@ def probes_for(tokenizer: Any, cfg: EvalConfig, cache: dict[tuple, list[Probe]])
 
 
 def make_probes_for(tokenizer: Any, tasks: Sequence[str], cfg: EvalConfig) -> list[Probe]:
+    """The prompts of the probe ``tasks`` in this tokenizer, on the grid and with the probe
+    settings of ``cfg`` (:func:`~tokenweight.evaluation.probes.make_probes`)."""
     return make_probes(
         tokenizer,
         tasks,

@@ -45,6 +45,10 @@ def summarize(
     bucket: int,
     stats: TargetStats,
 ) -> dict[str, Any]:
+    """What a selection kept (``selection.json``'s summary): counts of units, sequences and
+    targets kept and dropped, the key-token share of all and of the kept data, the score
+    ``by`` of all, kept and dropped units (min, median, mean, max) and the mean gain
+    ``s - l`` (nats) per position bucket of ``bucket`` tokens over every target."""
     kept = selected | extra
     tgt = units["targets"]
     bt = stats.bucket_targets.sum(axis=0)

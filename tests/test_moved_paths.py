@@ -150,3 +150,46 @@ def test_the_package_keeps_the_names_of_the_former_modules():
     ]
     assert missing == []
     assert set(study.__all__) == set(former[study].split())
+
+
+def test_split_modules_keep_their_names_where_they_were():
+    """``evaluation.runner`` and ``workflows.selection`` were split by job; every public name
+    they had is still an attribute there (and of ``tokenweight.evaluation``), the very object
+    of the module that now defines it."""
+    import tokenweight.evaluation as evaluation
+    from tokenweight.evaluation import config, runner
+    from tokenweight.workflows import selection, selection_report, selection_stats
+
+    defined = {
+        (runner, "EvalConfig"): config,
+        (runner, "ModelSpec"): config,
+        (evaluation, "EvalConfig"): config,
+        (evaluation, "ModelSpec"): config,
+        (evaluation, "evaluate_models"): runner,
+        (selection, "SELECTION_FILE"): selection_report,
+        **{
+            (selection, n): selection_stats
+            for n in [
+                "KEY_GAIN",
+                "KEY_LONG",
+                "STATISTICS",
+                "TargetStats",
+                "aggregate",
+                "choose",
+                "target_stats",
+            ]
+        },
+    }
+    moved = {
+        (m.__name__, n) for (m, n), home in defined.items() if getattr(m, n) is not getattr(home, n)
+    }
+    assert moved == set()
+    stays = {runner: "evaluate_models run_evaluation", selection: "SelectionResult select_dataset"}
+    assert [
+        (m.__name__, n) for m, ns in stays.items() for n in ns.split() if not hasattr(m, n)
+    ] == []
+    # the task name lists are read from the table at every use, as before
+    from tokenweight.evaluation.tasks import TEXT, task_names
+
+    assert (task_names(), task_names(TEXT)) == (runner.ALL_TASKS, runner.TEXT_TASKS)
+    assert task_names() == evaluation.ALL_TASKS

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tokenweight.commands import options
 
 if TYPE_CHECKING:
-    from tokenweight.evaluation.runner import EvalConfig
+    from tokenweight.evaluation.config import EvalConfig
 
 HELP = "evaluate models side by side: perplexity by position, LongPPL, passkey/needle probes (one process)"
 
@@ -177,8 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
     """The evaluation settings given on the command line (option names match the
-    settings of :class:`~tokenweight.evaluation.runner.EvalConfig`)."""
-    from tokenweight.evaluation.runner import EvalConfig
+    settings of :class:`~tokenweight.evaluation.config.EvalConfig`)."""
+    from tokenweight.evaluation.config import EvalConfig
 
     settings = {name: getattr(args, name) for name in EvalConfig.option_names()}
     if args.tasks:

@@ -5,8 +5,10 @@ torch), :mod:`.metrics` (pure functions on NLL tensors), :mod:`.text_tasks` (the
 tasks' code), :mod:`.probes` (prompt generation and exact-match scoring),
 :mod:`.generate` (batched greedy decoding), :mod:`.sequences` (evaluation data),
 :mod:`.perplexity` (long / short context NLL of a model), :mod:`.plots` (PNG figures),
-:mod:`.report` (results.md / results.json) and :mod:`.runner` (:func:`evaluate_models`,
-which ties them together).
+:mod:`.report` (results.md / results.json), :mod:`.config` (:class:`EvalConfig`,
+:class:`ModelSpec`, no torch) and :mod:`.runner` (:func:`evaluate_models`, the recipe that
+ties them together, its steps in :mod:`.preflight`, :mod:`.loading`, :mod:`.text_run` and
+:mod:`.probe_run`).
 
 ``import tokenweight.evaluation`` is light: the names below load from their module on
 first use, so the task table (no torch) serves help texts and config checks without
@@ -20,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tokenweight.evaluation.config import EvalConfig, ModelSpec
     from tokenweight.evaluation.metrics import (
         BucketStat,
         LongPPLResult,
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
         match_all,
         match_first,
     )
-    from tokenweight.evaluation.runner import ALL_TASKS, EvalConfig, ModelSpec, evaluate_models
+    from tokenweight.evaluation.runner import ALL_TASKS, evaluate_models
     from tokenweight.evaluation.tasks import EVAL_TASKS, EvalTask, TaskSetting, register_eval_task
 
 # public name -> the module defining it (imported on first use)
@@ -57,10 +60,8 @@ _LAZY: dict[str, str] = {
         ("PROBE_TASKS", "TASKS", "Probe", "make_probe", "make_probes", "match_all", "match_first"),
         "tokenweight.evaluation.probes",
     ),
-    **dict.fromkeys(
-        ("ALL_TASKS", "EvalConfig", "ModelSpec", "evaluate_models"),
-        "tokenweight.evaluation.runner",
-    ),
+    **dict.fromkeys(("EvalConfig", "ModelSpec"), "tokenweight.evaluation.config"),
+    **dict.fromkeys(("ALL_TASKS", "evaluate_models"), "tokenweight.evaluation.runner"),
     **dict.fromkeys(
         ("EVAL_TASKS", "EvalTask", "TaskSetting", "register_eval_task"),
         "tokenweight.evaluation.tasks",

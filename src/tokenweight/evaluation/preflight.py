@@ -4,18 +4,33 @@ Every evaluated model (and the LongPPL evaluator) is checked against every lengt
 would be asked for -- probe prompt lengths and the text tasks' sequence length -- from its
 config alone (no weights loaded), and every probe task's prompts are built once per
 tokenizer, so a length too short for any task is reported before anything is computed,
-for all tasks together.
+for all tasks together. :func:`check_before_computing` is this step of the runner.
+
+Importing this module imports no torch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from tokenweight.evaluation.config import EvalConfig, ModelSpec
 from tokenweight.infra.errors import TokenWeightError
 
-__all__ = ["asked_lengths", "build_all_probes", "check_positions"]
+if TYPE_CHECKING:
+    from tokenweight.evaluation.probes import Probe
+
+__all__ = [
+    "asked_lengths",
+    "build_all_probes",
+    "check_before_computing",
+    "check_positions",
+    "model_positions",
+    "text_length",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +93,76 @@ def build_all_probes(
     if errors:
         raise TokenWeightError("; ".join(errors))
     return probes
+
+
+def text_length(cfg: EvalConfig) -> int | None:
+    """Tokens per evaluation sequence of the text tasks: a prepared dataset's
+    ``seq_len`` (``None`` when it has no manifest), else ``--seq-len`` or the longest
+    probe length."""
+    from tokenweight.evaluation.sequences import is_prepared_dataset
+
+    if len(cfg.data) == 1 and is_prepared_dataset(cfg.data[0]):
+        if not (Path(cfg.data[0]) / "manifest.json").is_file():
+            return None
+        from tokenweight.data.manifest import read_manifest
+
+        return int(read_manifest(cfg.data[0])["seq_len"])
+    return cfg.seq_len or max(cfg.lengths)
+
+
+def model_positions(spec: ModelSpec, load_kwargs: dict[str, Any]) -> int | None:
+    """``max_position_embeddings`` the model will have, from its config alone."""
+    from tokenweight.infra.models import load_config, max_positions
+
+    if spec.model is not None:
+        return max_positions(spec.model)
+    if spec.source is None:
+        return None
+    config = load_config(
+        spec.source,
+        trust_remote_code=bool(load_kwargs.get("trust_remote_code", False)),
+        rope_theta=load_kwargs.get("rope_theta"),
+        max_position_embeddings=load_kwargs.get("max_position_embeddings"),
+    )
+    return max_positions(config)
+
+
+def check_before_computing(
+    specs: Sequence[ModelSpec],
+    evaluator: ModelSpec | None,
+    cfg: EvalConfig,
+    load_kwargs: dict[str, Any],
+    probe_cache: dict[tuple, list[Probe]],
+) -> None:
+    """Step: before any model call, the device, every length against every model's
+    positions and every probe task's prompts (into ``probe_cache``), all problems of a
+    kind reported together."""
+    from tokenweight.evaluation.loading import tokenizer_key
+    from tokenweight.evaluation.probe_run import make_probes_for
+    from tokenweight.infra.models import resolve_device
+
+    if load_kwargs.get("device") is not None:
+        resolve_device(load_kwargs["device"])  # refuses a device this machine lacks
+    text = text_length(cfg) if cfg.text_tasks else None
+    asked = asked_lengths(cfg.lengths if cfg.probe_tasks else (), text)
+    models = [(s.label, model_positions(s, load_kwargs), asked) for s in specs]
+    if evaluator is not None:
+        only_text = asked_lengths((), text)
+        models.append((evaluator.label, model_positions(evaluator, load_kwargs), only_text))
+    check_positions(models, cfg.allow_beyond_positions)
+    if not cfg.probe_tasks:
+        return
+    for spec in specs:
+        tokenizer = spec.tokenizer
+        if tokenizer is None:
+            from tokenweight.infra.models import load_tokenizer
+
+            if spec.source is None:
+                continue  # refused when loading (LoadedModel)
+            trust = bool(load_kwargs.get("trust_remote_code", False))
+            tokenizer = load_tokenizer(spec.source, trust_remote_code=trust)
+        key = tokenizer_key(tokenizer)
+        if key not in probe_cache:
+            probe_cache[key] = build_all_probes(
+                cfg.probe_tasks, functools.partial(make_probes_for, tokenizer, cfg=cfg)
+            )

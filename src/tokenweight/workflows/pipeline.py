@@ -418,7 +418,7 @@ class _Pipeline:
 
         def do_eval() -> str:
             from tokenweight.evaluation import evaluate_models
-            from tokenweight.evaluation.runner import ModelSpec
+            from tokenweight.evaluation.config import ModelSpec
 
             evaluate_models(
                 [ModelSpec(label=label, source=str(path)) for label, path in models],

@@ -147,3 +147,21 @@ def test_run_configs_equal_the_hand_built_ones(overrides, tmp_path):
             _hand_built(config, RunSpec(), 0, *folders, device, pretrain=True)
         )
         assert built.to_dict() == expected.to_dict()
+
+
+def test_the_study_page_states_the_train_defaults_fixed_keys_and_shorthand():
+    import re
+
+    from tokenweight.infra.config_sections import sections_of, shorthand_of
+
+    page = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    settings = page[page.index("### Settings") : page.index("### What the report concludes")]
+    (text,) = re.findall(r"`train: (\{.*?\}\})`", settings, flags=re.DOTALL)
+    stated = yaml.safe_load(text.replace("\n", " "))
+    specs = sections_of(StudyConfig)
+    assert set(specs) == {"train"}
+    assert stated == dict(specs["train"].defaults)
+    for key in specs["train"].fixed:
+        assert f"`train.{key}`" in settings, key
+    for key in shorthand_of(StudyConfig):
+        assert f"`{key}`" in settings, key

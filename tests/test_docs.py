@@ -80,3 +80,36 @@ def test_eval_help_example_names_the_folders_the_demo_writes(capsys):
     named = re.findall(r"=(runs/\S+?)\"?(?:\s|$)", text)
     expected = [f"{defaults.work_dir}/runs/{run_dir_name(s)}" for s in defaults.schemes]
     assert named == expected, named
+
+
+def test_the_layout_section_of_developing_names_every_module():
+    """Every module of the package is named in docs/DEVELOPING.md's layout section: by its
+    dotted name (``tokenweight.infra.files``), by its file name in its package's row, by
+    the commands' row, or (a layer's ``__init__``, ``__main__``) by its path in the layer
+    table."""
+    text = (ROOT / "docs" / "DEVELOPING.md").read_text(encoding="utf-8")
+    section = text[text.index("## Layout") : text.index("Outside the package:")]
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\| \w[\w ]* \| `([\w.*/]+)` \|.*$", section, re.M)
+    }
+    assert len(rows) > 30, "the module table was not found"
+    src = Path(tokenweight.__file__).resolve().parent
+    missing = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src.parent)
+        parts = list(rel.with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name, package = ".".join(parts), ".".join(parts[:-1])
+        named = (
+            f"`{name}`" in section
+            or f"{package}.*" in rows
+            or (package in rows and f"`{path.name}`" in rows[package])
+            or (path.name == "__init__.py" and f"`{rel.parent.as_posix()}/`" in section)
+            or f"`{rel.as_posix()}`" in section
+            or (f"`{path.name}`" in section and path.name == "__main__.py")
+        )
+        if not named:
+            missing.append(name)
+    assert missing == [], missing

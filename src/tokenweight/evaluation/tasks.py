@@ -5,7 +5,7 @@ NLL of every model (perplexity by position, LongPPL), or a *probe*, a retrieval 
 generated offline and answered greedily (``docs/method.md#evaluation``). Each task is an
 :class:`EvalTask` entry of :data:`EVAL_TASKS`: its kind, its one-line summary, whether it
 runs by default, its own settings (with defaults and help), the code that runs it and how
-the reports show it. Every consumer reads the table: :class:`~tokenweight.evaluation.runner.EvalConfig` validation and
+the reports show it. Every consumer reads the table: :class:`~tokenweight.evaluation.config.EvalConfig` validation and
 its defaults, ``tokenweight eval``'s options, help and errors, the runner, ``results.md``
 and its figures, the pipeline report, the pipeline's and the study's probes and the
 study's report. Adding a task is one entry here (:func:`register_eval_task`) plus the code
@@ -68,7 +68,7 @@ def _non_negative(value: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class TaskSetting:
-    """A setting of one task: an :class:`~tokenweight.evaluation.runner.EvalConfig` keyword, a key of ``results.json``'s
+    """A setting of one task: an :class:`~tokenweight.evaluation.config.EvalConfig` keyword, a key of ``results.json``'s
     ``settings`` and the option ``--NAME`` (underscores as dashes) of ``tokenweight eval``.
 
     Attributes:
@@ -187,7 +187,7 @@ EVAL_TASKS: dict[str, EvalTask] = {}
 def register_eval_task(task: EvalTask) -> EvalTask:
     """Add ``task`` to :data:`EVAL_TASKS`. A name already taken, or a setting that another
     task declares with another default, is an error; so is a setting named as a field of
-    :class:`~tokenweight.evaluation.runner.EvalConfig` (checked there)."""
+    :class:`~tokenweight.evaluation.config.EvalConfig` (checked there)."""
     if task.name in EVAL_TASKS:
         raise TokenWeightError(f"eval task {task.name!r} is already registered")
     known = {s.name: s for s in task_settings()}

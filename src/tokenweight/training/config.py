@@ -347,7 +347,7 @@ def load_config(
 
 # ------------------------------------------------------------------ embedded sections
 def config_from_sections(
-    parent: Any, scheme: str | Scheme, values: Mapping[str, Any] | None = None
+    parent: Any | None, scheme: str | Scheme, values: Mapping[str, Any] | None = None
 ) -> Config:
     """The training :class:`Config` of one run of a workflow whose config embeds the
     training sections (:mod:`tokenweight.infra.config_sections`).
@@ -356,7 +356,7 @@ def config_from_sections(
         parent: the workflow's config; each of its fields named like a section of
             :class:`Config` and holding that section's type (e.g. ``parent.train``, a
             :class:`TrainConfig`) is taken as it is; a section it lacks keeps the training
-            defaults.
+            defaults. ``None``: every section from the training defaults and ``values``.
         scheme: the run's weighting scheme.
         values: dotted keys the workflow sets for this run (``{"train.output_dir": ...,
             "model.source": <local folder>}``), on top of the sections; it must set every
@@ -368,9 +368,10 @@ def config_from_sections(
     from tokenweight.infra.config_sections import sections_of
 
     values = dict(values or {})
+    declared = sections_of(type(parent)) if parent is not None else {}
     missing = [
         f"{name}.{key}"
-        for name, spec in sections_of(type(parent)).items()
+        for name, spec in declared.items()
         for key in spec.fixed
         if f"{name}.{key}" not in values
     ]

@@ -388,9 +388,6 @@ def train_config(
         "bf16": config.train.bf16,
         "training_arguments": {"disable_tqdm": True},
     }
-    data_dict: dict[str, Any] = {"scheme": spec.scheme, "train": schedule}
-    for dotted, value in values.items():
-        name, _, key = dotted.partition(".")
-        if name != "train" or key not in schedule:
-            data_dict.setdefault(name, {})[key] = value
-    return Config.from_dict(data_dict)
+    # not ``config.train``: the pretraining's schedule is its own
+    values.update({f"train.{key}": value for key, value in schedule.items()})
+    return config_from_sections(None, spec.scheme, values)

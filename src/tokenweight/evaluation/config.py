@@ -17,6 +17,7 @@ from tokenweight.evaluation.tasks import (
     PROBE,
     TEXT,
     default_task_names,
+    positive_int,
     task_names,
     task_settings,
 )
@@ -59,13 +60,6 @@ def as_spec(item: ModelSpec | str | tuple[str, Any, Any]) -> ModelSpec:
         f"a model to evaluate must be a ModelSpec, 'LABEL=SOURCE' text or a "
         f"(label, model, tokenizer) tuple, got {type(item).__name__}"
     )
-
-
-def positive_int(value: Any, what: str) -> int:
-    """``value`` if it is an integer >= 1 (not a bool); else an error naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TokenWeightError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, init=False)

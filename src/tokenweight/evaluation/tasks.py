@@ -39,6 +39,7 @@ __all__ = [
     "default_task_names",
     "eval_task",
     "load",
+    "positive_int",
     "register_eval_task",
     "task_names",
     "task_settings",
@@ -56,9 +57,11 @@ DISTRACTORS = 3
 HOPS = 4
 
 
-def _positive(value: Any, name: str) -> None:
+def positive_int(value: Any, what: str) -> int:
+    """``value`` if it is an integer >= 1 (not a bool); else an error naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TokenWeightError(f"{name} must be a positive integer, got {value!r}")
+        raise TokenWeightError(f"{what} must be a positive integer, got {value!r}")
+    return value
 
 
 def _non_negative(value: Any, name: str) -> None:
@@ -77,7 +80,7 @@ class TaskSetting:
         help: the option's help text.
         type: parses the option's text (``int``, ``float``, ``str``).
         check: ``check(value, name)`` raises :class:`TokenWeightError` for a bad value
-            (``None``: any value).
+            (``None``: any value); what it returns is not used.
         metavar: the option's placeholder in ``--help`` (``None``: argparse's).
     """
 
@@ -85,7 +88,7 @@ class TaskSetting:
     default: Any
     help: str
     type: Callable[[str], Any] = int
-    check: Callable[[Any, str], None] | None = None
+    check: Callable[[Any, str], object] | None = None
     metavar: str | None = None
 
     @property
@@ -294,7 +297,9 @@ for _task in (
         "mean NLL by target position bucket, and the NLL-against-position curve",
         f"{_TEXT}:run_perplexity",
         default=True,
-        settings=(TaskSetting("bucket_size", 1024, "position bucket (tokens)", check=_positive),),
+        settings=(
+            TaskSetting("bucket_size", 1024, "position bucket (tokens)", check=positive_int),
+        ),
         key="perplexity",
         columns=(Column("perplexity", "perplexity", 2),),
         section=f"{_REPORT}:perplexity_section",
@@ -343,7 +348,7 @@ for _task in (
         PROBE,
         "variable tracking: a chain of assignments",
         f"{_PROBES}:vartrack_spec",
-        settings=(TaskSetting("hops", HOPS, "vartrack chain links", check=_positive),),
+        settings=(TaskSetting("hops", HOPS, "vartrack chain links", check=positive_int),),
     ),
 ):
     register_eval_task(_task)
